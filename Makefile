@@ -1,0 +1,45 @@
+# Every target installs what it needs first, so a fresh clone runs `make test` or `make serve` directly.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CLI := $(VENV)/bin/profile-embed
+PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
+STAMP := $(VENV)/.installed
+
+# Never reach a model hub: weights come from packages or local folders only.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install protos test lint serve bench train-full build-default clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU wheel of torch lies on disk; pinning it first keeps any range from pulling a CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,scale]'
+	touch $@
+
+install: $(STAMP) protos
+
+protos: $(STAMP)
+	@if [ -n "$(PROTO_SRC)" ]; then \
+	  mkdir -p server/_proto && \
+	  $(PY) -m grpc_tools.protoc -Iserver/_proto=protos --python_out=. --grpc_python_out=. \
+	    --pyi_out=. $(PROTO_SRC); \
+	fi
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check embedder heads server tests bench
+
+serve: install
+	$(CLI) embed embedder/data/sample_profiles.jsonl -o /tmp/profile-embed-sample.npy
+
+clean:
+	rm -rf $(VENV) server/_proto .pytest_cache

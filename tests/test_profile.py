@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from embedder.errors import InvalidInputError
+from embedder.profile import MAX_CAPTIONS, AssemblyConfig, Profile, assemble_texts, text_hash
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_base_dir):
+    return AutoTokenizer.from_pretrained(tiny_base_dir)
+
+
+def test_from_dict_keeps_extra_fields_and_stringifies_ids():
+    profile, dropped = Profile.from_dict({"id": 7, "biography": "hola", "followers": 12})
+    assert profile.id == "7"
+    assert profile.extra == {"followers": 12}
+    assert dropped == 0
+
+
+def test_from_dict_keeps_the_most_recent_captions():
+    captions = [f"c{i}" for i in range(8)]
+    profile, dropped = Profile.from_dict({"id": "a", "captions": captions})
+    assert profile.captions == tuple(captions[:MAX_CAPTIONS])
+    assert dropped == 3
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({"biography": "x"}, "id"),
+        ({"id": ""}, "id"),
+        ({"id": True}, "id"),
+        ({"id": "a", "biography": 5}, "biography"),
+        ({"id": "a", "captions": "one caption"}, "captions"),
+        ({"id": "a", "captions": ["ok", {"text": "no"}]}, "captions[1]"),
+    ],
+)
+def test_from_dict_names_the_bad_field(record, field):
+    with pytest.raises(InvalidInputError) as info:
+        Profile.from_dict(record, source="in.jsonl", line=3)
+    assert info.value.field == field
+    assert "in.jsonl, line 3" in str(info.value)
+
+
+def test_empty_profile_assembles_to_the_prefix(tokenizer):
+    (text,) = assemble_texts([Profile(id="e")], tokenizer, AssemblyConfig())
+    assert text == "passage: "
+
+
+def test_long_first_caption_cannot_crowd_out_the_others(tokenizer):
+    config = AssemblyConfig(max_tokens=40, bio_tokens=10)
+    profile = Profile(
+        id="p", biography="hello " * 200, captions=("paris " * 500, "tokyo", "lyon love")
+    )
+    (text,) = assemble_texts([profile], tokenizer, config)
+    assert "post: tokyo" in text and "post: lyon love" in text
+    body = text.removeprefix(config.prefix)
+    bio, first = body.split("\n")[0], body.split("\n")[1]
+    assert len(tokenizer.tokenize(bio.removeprefix("bio:"))) <= 10
+    # 40 - 10 bio tokens = 30; the two short captions take 3, the long one gets the remaining 27
+    assert len(tokenizer.tokenize(first.removeprefix("post:"))) == 27
+
+
+def test_huge_bio_is_cheap_and_truncated(tokenizer):
+    profile = Profile(id="big", biography="hola " * 200_000)
+    (text,) = assemble_texts([profile], tokenizer, AssemblyConfig(max_tokens=32, bio_tokens=16))
+    assert len(text) < 200
+
+
+def test_text_hash_is_sha256():
+    assert len(text_hash("x")) == 32 and text_hash("x") != text_hash("y")
