@@ -26,11 +26,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP) protos
 
 protos: $(STAMP)
-	@if [ -n "$(PROTO_SRC)" ]; then \
-	  mkdir -p server/_proto && \
-	  $(PY) -m grpc_tools.protoc -Iserver/_proto=protos --python_out=. --grpc_python_out=. \
-	    --pyi_out=. $(PROTO_SRC); \
-	fi
+	# grpc_tools.protoc -Iserver/_proto=protos ... plus the __init__.py files that make server._proto importable.
+	$(PY) -m server._codegen
 
 test: install
 	$(PY) -m pytest -q
