@@ -1,0 +1,118 @@
+"""Runtime settings of the gRPC server: one frozen dataclass built by flags, env vars and tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Instagram's limits, for messages; longer text is accepted and cut by the encoder's token budget.
+INSTAGRAM_BIO_CHARS = 150
+INSTAGRAM_CAPTION_CHARS = 2200
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    """Everything ``profile-embed serve`` can be told; each field is one flag (``--max-wait-ms``).
+
+    Attributes:
+        model: the model folder (``model.json``, ``encoder/``, ``heads/``).
+        host: interface to bind; ``0.0.0.0`` or ``[::]`` to accept remote callers.
+        port: gRPC port; 0 picks a free one.
+        metrics_port: Prometheus port (not the gRPC one); 0 picks a free one, None: no metrics.
+        max_batch_tokens: padded-token budget of one forward pass (profiles x longest input).
+        max_batch_profiles: most profiles in one forward pass.
+        max_wait_ms: how long the first queued profile waits for others to join its batch.
+        max_queue: most profiles waiting for the encoder; beyond it calls get RESOURCE_EXHAUSTED.
+        workers: forward passes that may run at once (each in its own thread).
+        cache: SQLite embedding cache file (created if missing); None turns the cache off.
+        index: similarity index folder (loaded if present, written on UpsertIndex); None: no index.
+        tls_cert: PEM certificate chain; with ``tls_key`` turns TLS on.
+        tls_key: PEM private key of ``tls_cert``.
+        tls_client_ca: PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+        auth_token_file: file with accepted bearer tokens, one per line; None: no token auth.
+        max_profiles_per_request: most profiles in one Embed/Predict/UpsertIndex/... call.
+        max_field_chars: hard cap on characters per text field (bigger is rejected, not truncated).
+        max_captions: hard cap on captions per profile (the first 5 are used, the rest dropped).
+        max_message_bytes: largest gRPC message received or sent.
+        max_search_k: most neighbours one SearchSimilar may ask for.
+        grace_s: on SIGTERM, how long in-flight calls get to finish.
+    """
+
+    model: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int | None = 9464
+    max_batch_tokens: int = 16384
+    max_batch_profiles: int = 256
+    max_wait_ms: float = 5.0
+    max_queue: int = 8192
+    workers: int = 1
+    cache: Path | None = None
+    index: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    auth_token_file: Path | None = None
+    max_profiles_per_request: int = 2048
+    max_field_chars: int = 100_000
+    max_captions: int = 100
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_search_k: int = 1000
+    grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check_port("port", self.port)
+        if self.metrics_port is not None:
+            _check_port("metrics_port", self.metrics_port)
+            if self.metrics_port == self.port and self.port != 0:
+                raise ValueError(f"metrics_port must differ from port, both are {self.port}")
+        _check_positive("max_batch_tokens", self.max_batch_tokens)
+        _check_positive("max_batch_profiles", self.max_batch_profiles)
+        _check_positive("workers", self.workers)
+        _check_positive("max_profiles_per_request", self.max_profiles_per_request)
+        _check_positive("max_search_k", self.max_search_k)
+        if not 0 <= self.max_wait_ms <= 1000:
+            raise ValueError(f"max_wait_ms must be in 0..1000, got {self.max_wait_ms}")
+        if self.max_queue < self.max_profiles_per_request:
+            raise ValueError(
+                f"max_queue ({self.max_queue}) must be >= max_profiles_per_request "
+                f"({self.max_profiles_per_request}), or one full request could never be queued"
+            )
+        if self.max_field_chars < INSTAGRAM_CAPTION_CHARS:
+            raise ValueError(
+                f"max_field_chars must be >= {INSTAGRAM_CAPTION_CHARS} (Instagram's caption "
+                f"limit), "
+                f"got {self.max_field_chars}"
+            )
+        if self.max_captions < 1:
+            raise ValueError(f"max_captions must be >= 1, got {self.max_captions}")
+        if not 1024 * 1024 <= self.max_message_bytes <= 2**31 - 1:
+            raise ValueError(
+                f"max_message_bytes must be in 1 MiB..2 GiB, got {self.max_message_bytes}"
+            )
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+
+    @property
+    def tls(self) -> bool:
+        """True when the server listens with TLS."""
+        return self.tls_cert is not None
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as gRPC expects it."""
+        return f"{self.host}:{self.port}"
+
+
+def _check_port(name: str, value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{name} must be in 0..65535, got {value}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
