@@ -1,0 +1,273 @@
+"""Dynamic batching: many callers' texts, one forward pass.
+
+Callers ``await batcher.submit(texts)``. A single collector task waits until a worker is free,
+then gathers queued texts for up to ``max_wait_ms`` (or until the token budget or profile cap is
+reached), sorts them by length, and runs one ``encode`` call in a worker thread (torch releases the
+GIL, so the event loop keeps accepting calls). Each caller's future resolves when all its texts are
+done.
+
+Backpressure: at most ``max_queue`` texts wait; beyond that ``submit`` raises ``OverloadedError``.
+Deadlines: a caller that is cancelled (deadline passed, client gone) marks its texts dead and they
+are dropped before the next forward pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedder.errors import NotReadyError, OverloadedError
+
+logger = logging.getLogger(__name__)
+
+EncodeFn = Callable[[list[str]], np.ndarray]
+#: ``on_batch(n_texts, padded_tokens, seconds)``, called after every forward pass (metrics).
+BatchCallback = Callable[[int, int, float], None]
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap upper-ish bound on subword tokens: about one per 3 characters, plus specials."""
+    return len(text) // 3 + 2
+
+
+@dataclass(eq=False)
+class _Job:
+    texts: list[str]
+    future: asyncio.Future[np.ndarray]
+    remaining: int
+    in_queue: int = 0
+    dead: bool = False
+    out: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class _Item:
+    job: _Job
+    pos: int
+    length: int
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher:
+    """Collect texts from concurrent callers into token-budgeted forward passes.
+
+    Args:
+        encode: ``texts -> (n, dim) float32`` array; runs in a worker thread.
+        max_batch_tokens: padded-token budget of one pass (texts x longest text).
+        max_batch_profiles: most texts in one pass.
+        max_wait_ms: how long the oldest queued text waits for company.
+        max_queue: most texts waiting; beyond it ``submit`` raises ``OverloadedError``.
+        workers: forward passes that may run at once.
+        length_fn: token count estimate of a text, used for the budget and the sort.
+        on_batch: optional callback after every pass (for metrics).
+    """
+
+    def __init__(
+        self,
+        encode: EncodeFn,
+        *,
+        max_batch_tokens: int = 16384,
+        max_batch_profiles: int = 256,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 8192,
+        workers: int = 1,
+        length_fn: Callable[[str], int] = estimate_tokens,
+        on_batch: BatchCallback | None = None,
+    ) -> None:
+        self._encode = encode
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_profiles = max_batch_profiles
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.workers = workers
+        self._length_fn = length_fn
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._live = 0
+        self._live_tokens = 0
+        self._closing = False
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(workers)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encoder")
+        self._collector: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Texts waiting for a forward pass (cancelled ones excluded)."""
+        return self._live
+
+    def start(self) -> None:
+        """Start the collector task on the running event loop."""
+        if self._collector is None:
+            self._collector = asyncio.get_running_loop().create_task(self._collect())
+
+    async def submit(self, texts: Sequence[str]) -> np.ndarray:
+        """Queue texts and wait for their embeddings.
+
+        Args:
+            texts: assembled encoder inputs.
+
+        Returns:
+            ``(len(texts), dim)`` float32 array in input order.
+
+        Raises:
+            OverloadedError: the queue cannot take ``len(texts)`` more texts.
+            NotReadyError: the batcher is shutting down.
+        """
+        if self._closing or self._collector is None:
+            raise NotReadyError("the server is not accepting work (starting or shutting down)")
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        if self._live + len(texts) > self.max_queue:
+            raise OverloadedError(
+                f"encoder queue is full: {self._live} profiles waiting, this request adds "
+                f"{len(texts)}, the limit is {self.max_queue}; retry with backoff"
+            )
+        loop = asyncio.get_running_loop()
+        job = _Job(texts=list(texts), future=loop.create_future(), remaining=len(texts))
+        for pos, text in enumerate(job.texts):
+            length = self._length_fn(text)
+            self._queue.append(_Item(job, pos, length))
+            self._live_tokens += length
+        job.in_queue = len(texts)
+        self._live += len(texts)
+        self._wakeup.set()
+        try:
+            return await job.future
+        finally:
+            if not job.future.done() or job.future.cancelled():
+                self._discard(job)
+
+    def _discard(self, job: _Job) -> None:
+        job.dead = True
+        self._live -= job.in_queue
+        job.in_queue = 0
+
+    def _full(self) -> bool:
+        return self._live >= self.max_batch_profiles or self._live_tokens >= self.max_batch_tokens
+
+    async def _collect(self) -> None:
+        while not (self._closing and not self._queue):
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._slots.acquire()
+            await self._wait_for_company()
+            batch = self._take()
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._forward(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _wait_for_company(self) -> None:
+        while self._queue and self._queue[0].job.dead:
+            self._pop_dead()
+        if not self._queue:
+            return
+        deadline = self._queue[0].enqueued + self.max_wait_s
+        while not self._full() and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+
+    def _pop_dead(self) -> None:
+        item = self._queue.popleft()
+        self._live_tokens -= item.length
+
+    def _take(self) -> list[_Item]:
+        batch: list[_Item] = []
+        longest = 0
+        while self._queue and len(batch) < self.max_batch_profiles:
+            item = self._queue[0]
+            if item.job.dead:
+                self._pop_dead()
+                continue
+            longest_if = max(longest, item.length)
+            if batch and longest_if * (len(batch) + 1) > self.max_batch_tokens:
+                break
+            self._queue.popleft()
+            self._live_tokens -= item.length
+            item.job.in_queue -= 1
+            self._live -= 1
+            longest = longest_if
+            batch.append(item)
+        batch.sort(key=lambda it: it.length, reverse=True)
+        return batch
+
+    async def _forward(self, batch: list[_Item]) -> None:
+        try:
+            # Callers cancelled while the batch waited for a worker are dropped before the pass.
+            batch = [it for it in batch if not it.job.future.done()]
+            if not batch:
+                return
+            texts = [it.job.texts[it.pos] for it in batch]
+            padded = len(batch) * max(it.length for it in batch)
+            start = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            try:
+                vectors = await loop.run_in_executor(self._executor, self._encode, texts)
+            except Exception as err:  # delivered to each caller, mapped to a status there
+                for job in {it.job for it in batch}:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+                return
+            seconds = time.perf_counter() - start
+            self._deliver(batch, vectors)
+            if self._on_batch is not None:
+                self._on_batch(len(batch), padded, seconds)
+            logger.debug(
+                "forward pass: %d texts, %d padded tokens, %.1f ms",
+                len(batch),
+                padded,
+                1000 * seconds,
+            )
+        finally:
+            self._slots.release()
+
+    @staticmethod
+    def _deliver(batch: list[_Item], vectors: np.ndarray) -> None:
+        for item, vector in zip(batch, vectors, strict=True):
+            job = item.job
+            if job.future.done():
+                continue
+            if job.out is None:
+                job.out = np.empty((len(job.texts), vectors.shape[1]), dtype=np.float32)
+            job.out[item.pos] = vector
+            job.remaining -= 1
+            if job.remaining == 0:
+                job.future.set_result(job.out)
+
+    async def close(self, *, drain: bool = True) -> None:
+        """Stop accepting work; with ``drain`` finish queued texts first, else fail them.
+
+        Args:
+            drain: finish what is queued (True) or cancel it (False).
+        """
+        self._closing = True
+        if not drain:
+            for item in self._queue:
+                if not item.job.future.done():
+                    item.job.future.set_exception(NotReadyError("the server is shutting down"))
+                    self._discard(item.job)
+        self._wakeup.set()
+        if self._collector is not None:
+            await self._collector
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        self._executor.shutdown(wait=True)

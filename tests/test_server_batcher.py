@@ -1,0 +1,157 @@
+"""The dynamic batcher on its own: grouping, order, backpressure, cancellation, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from embedder.errors import NotReadyError, OverloadedError
+from server.batcher import DynamicBatcher, estimate_tokens
+
+
+class RecordingEncoder:
+    """Deterministic encoder: vector = [len(text), first char code]; records each call's texts."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[list[str]] = []
+        self.delay = delay
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        self.release.wait(5)
+        self.calls.append(list(texts))
+        return np.array([[len(t), ord(t[0]) if t else 0] for t in texts], dtype=np.float32)
+
+
+def _expected(texts):
+    return np.array([[len(t), ord(t[0]) if t else 0] for t in texts], dtype=np.float32)
+
+
+def test_concurrent_callers_share_forward_passes_and_get_their_own_rows():
+    enc = RecordingEncoder()
+
+    async def main():
+        b = DynamicBatcher(enc, max_wait_ms=50, max_batch_profiles=64, max_batch_tokens=10**6)
+        b.start()
+        requests = [[f"{chr(97 + i)}" * (i + 1), "z" * (20 - i)] for i in range(10)]
+        results = await asyncio.gather(*(b.submit(r) for r in requests))
+        await b.close()
+        return requests, results
+
+    requests, results = asyncio.run(main())
+    for req, res in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(res, _expected(req))
+    assert len(enc.calls) < 10  # callers were batched together
+    for call in enc.calls:  # each pass is sorted longest first
+        lengths = [estimate_tokens(t) for t in call]
+        assert lengths == sorted(lengths, reverse=True)
+
+
+def test_token_budget_and_profile_cap_split_batches():
+    enc = RecordingEncoder()
+
+    async def main():
+        b = DynamicBatcher(enc, max_wait_ms=20, max_batch_profiles=4, max_batch_tokens=40)
+        b.start()
+        out = await b.submit(["x" * 30] * 10)  # ~12 tokens each: 3 fit the budget of 40
+        await b.close()
+        return out
+
+    out = asyncio.run(main())
+    assert out.shape == (10, 2)
+    assert all(len(c) <= 3 for c in enc.calls)
+    assert sum(len(c) for c in enc.calls) == 10
+
+
+def test_full_queue_raises_overloaded_and_recovers():
+    enc = RecordingEncoder()
+    enc.release.clear()
+
+    async def main():
+        b = DynamicBatcher(enc, max_wait_ms=0, max_batch_profiles=2, max_queue=5)
+        b.start()
+        first = asyncio.ensure_future(b.submit(["a", "b"]))
+        await asyncio.sleep(0.05)  # first pass is running (blocked), its texts left the queue
+        queued = asyncio.ensure_future(b.submit(["c", "d", "e", "f", "g"]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(OverloadedError, match="queue is full"):
+            await b.submit(["h"])
+        enc.release.set()
+        await asyncio.gather(first, queued)
+        again = await b.submit(["h"])
+        await b.close()
+        return again
+
+    again = asyncio.run(main())
+    np.testing.assert_array_equal(again, _expected(["h"]))
+
+
+def test_cancelled_callers_texts_never_reach_the_encoder():
+    enc = RecordingEncoder()
+    enc.release.clear()
+
+    async def main():
+        b = DynamicBatcher(enc, max_wait_ms=0, max_batch_profiles=1)
+        b.start()
+        blocker = asyncio.ensure_future(b.submit(["blocker"]))
+        await asyncio.sleep(0.05)
+        doomed = asyncio.ensure_future(b.submit(["doomed-1", "doomed-2"]))
+        await asyncio.sleep(0.01)
+        assert b.queue_depth == 2
+        doomed.cancel()
+        await asyncio.sleep(0.01)
+        assert b.queue_depth == 0
+        enc.release.set()
+        await blocker
+        ok = await asyncio.wait_for(b.submit(["after"]), 5)
+        await b.close()
+        return ok
+
+    asyncio.run(main())
+    flat = [t for c in enc.calls for t in c]
+    assert "doomed-1" not in flat and "doomed-2" not in flat
+    assert flat == ["blocker", "after"]
+
+
+def test_encoder_failure_reaches_every_caller_of_that_pass_and_batcher_survives():
+    state = {"fail": True}
+
+    def encode(texts):
+        if state["fail"]:
+            state["fail"] = False
+            raise RuntimeError("boom")
+        return _expected(texts)
+
+    async def main():
+        b = DynamicBatcher(encode, max_wait_ms=20)
+        b.start()
+        results = await asyncio.gather(b.submit(["a"]), b.submit(["b"]), return_exceptions=True)
+        ok = await b.submit(["c"])
+        await b.close()
+        return results, ok
+
+    results, ok = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    np.testing.assert_array_equal(ok, _expected(["c"]))
+
+
+def test_close_drains_queued_work_then_refuses_new_work():
+    enc = RecordingEncoder()
+
+    async def main():
+        b = DynamicBatcher(enc, max_wait_ms=30)
+        b.start()
+        pending = [asyncio.ensure_future(b.submit([f"t{i}"])) for i in range(5)]
+        await asyncio.sleep(0)
+        await b.close(drain=True)
+        done = [p.result() for p in pending]
+        with pytest.raises(NotReadyError):
+            await b.submit(["late"])
+        return done
+
+    done = asyncio.run(main())
+    assert len(done) == 5 and all(d.shape == (1, 2) for d in done)
