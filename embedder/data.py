@@ -310,7 +310,7 @@ def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, strict=True)  # a stray quote must not swallow rows
             header = next(reader, None)
             if header is None:
                 return
@@ -327,7 +327,12 @@ def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
                     prev = reader.line_num
                     yield (
                         start,
-                        InvalidInputError(f"malformed CSV: {err}", source=source, line=start),
+                        InvalidInputError(
+                            f"malformed CSV ({err}); a field with commas, quotes or line breaks "
+                            'must be in double quotes, with inner quotes doubled ("")',
+                            source=source,
+                            line=start,
+                        ),
                     )
                     continue
                 prev = reader.line_num
