@@ -1,0 +1,271 @@
+"""Joint fine-tuning: loss masking, determinism, resume, augmentation, data checks (tiny model)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embedder.errors import InvalidInputError, UnknownHeadError
+from embedder.profile import AssemblyConfig, Profile, assemble_texts
+from heads.augment import AugmentConfig, augment_profile, augment_profiles
+from heads.train_data import (
+    HEAD_TASKS,
+    MISSING,
+    bucketed_batches,
+    check_train_targets,
+    check_val_targets,
+    class_weights,
+    encode_targets,
+    resolve_tasks,
+)
+from heads.training import LoopConfig, MultiTaskTrainer, multitask_loss
+
+CITIES = {"FR": "paris lyon", "BR": "são paulo rio", "JP": "tokyo", "GB": "london"}
+TOPICS = {"food": "food coffee", "travel": "travel beach", "fitness": "gym"}
+
+
+class Row:
+    """A LabelledProfile stand-in with the same two attributes."""
+
+    def __init__(self, profile: Profile, labels: dict[str, str]) -> None:
+        self.profile, self.labels = profile, labels
+
+
+def make_rows(n: int, seed: int = 0, *, category_every: int = 2) -> list[Row]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        country = rng.choice(sorted(CITIES))
+        topic = rng.choice(sorted(TOPICS))
+        profile = Profile(
+            id=str(i),
+            username=f"user{i}",
+            full_name="Hola Hello",
+            biography=f"based in {CITIES[country]} 📍 love {TOPICS[topic]}",
+            captions=tuple(f"post {CITIES[country]} {TOPICS[topic]} {j} ❤️" for j in range(3)),
+        )
+        labels = {"country": country}
+        if i % category_every == 0:
+            labels["category"] = topic
+        rows.append(Row(profile, labels))
+    return rows
+
+
+def tiny_st(path: Path, seed: int = 0):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    torch.manual_seed(seed)
+    transformer = Transformer(str(path), max_seq_length=64)
+    return SentenceTransformer(
+        modules=[transformer, Pooling(32, pooling_mode="mean"), Normalize()], device="cpu"
+    )
+
+
+def make_trainer(
+    base: Path, rows, val_rows, *, ckpt=None, epochs=2, seed=0, heads=("geolocation", "category")
+):
+    from heads.registry import build_head
+
+    torch.manual_seed(seed)
+    st = tiny_st(base, seed)
+    assembly = AssemblyConfig(max_tokens=48, bio_tokens=16)
+    tasks = resolve_tasks(list(heads))
+    modules, train_t, val_t, weights = {}, {}, {}, {}
+    for i, task in enumerate(tasks):
+        head = build_head(
+            "softmax_abstain",
+            name=task.name,
+            labels=task.labels,
+            embedding_version="emb-test",
+            in_dim=32,
+            seed=seed + i,
+        )
+        modules[task.name] = head.logits_module()
+        train_t[task.name] = encode_targets(rows, task)
+        val_t[task.name] = encode_targets(val_rows, task)
+        weights[task.name] = class_weights(train_t[task.name], len(task.labels))
+    cfg = LoopConfig(
+        epochs=epochs, batch_size=8, eval_batch_size=16, seed=seed, lr=1e-3, head_lr=1e-2
+    )
+    return MultiTaskTrainer(
+        st,
+        lambda profiles: assemble_texts(profiles, st.tokenizer, assembly),
+        modules,
+        [r.profile for r in rows],
+        train_t,
+        [r.profile for r in val_rows],
+        val_t,
+        class_weights=weights,
+        config=cfg,
+        checkpoint_dir=ckpt,
+        run_info={"data": "test", "heads": list(heads)},
+    )
+
+
+# ---- loss masking ------------------------------------------------------------------------------
+def test_loss_ignores_rows_without_label_and_gives_no_gradient_when_all_missing():
+    torch.manual_seed(0)
+    geo, cat = torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)
+    x = torch.randn(5, 4)
+    y_geo = torch.tensor([0, 1, 2, 1, 0])
+    y_cat = torch.full((5,), MISSING)
+    total, parts = multitask_loss(
+        {"geolocation": geo(x), "category": cat(x)},
+        {"geolocation": y_geo, "category": y_cat},
+        {"geolocation": None, "category": None},
+    )
+    total.backward()
+    assert np.isnan(parts["category"])
+    assert cat.weight.grad is None or torch.count_nonzero(cat.weight.grad) == 0
+    assert torch.count_nonzero(geo.weight.grad) > 0
+
+    # partially missing: the loss equals cross-entropy over the labelled rows only
+    y_cat = torch.tensor([1, MISSING, 0, MISSING, MISSING])
+    _, parts = multitask_loss(
+        {"geolocation": geo(x), "category": cat(x)},
+        {"geolocation": y_geo, "category": y_cat},
+        {"geolocation": None, "category": None},
+    )
+    keep = torch.tensor([0, 2])
+    expected = torch.nn.functional.cross_entropy(cat(x)[keep], y_cat[keep])
+    assert parts["category"] == pytest.approx(float(expected.detach()), rel=1e-6)
+
+
+def test_class_weights_inverse_sqrt_and_missing():
+    y = np.array([0] * 16 + [1] * 4 + [MISSING] * 7)
+    w = class_weights(y, 3)
+    assert w[2] == 0
+    assert w[1] / w[0] == pytest.approx(2.0)
+    assert (w[y[y != MISSING]]).mean() == pytest.approx(1.0)
+
+
+# ---- determinism and resume --------------------------------------------------------------------
+def test_same_seed_same_loss_trajectory_and_resume_equals_uninterrupted(tiny_base_dir, tmp_path):
+    rows, val_rows = make_rows(40, 1), make_rows(16, 2)
+    a = make_trainer(tiny_base_dir, rows, val_rows, ckpt=tmp_path / "a", epochs=2)
+    a.fit()
+    b = make_trainer(tiny_base_dir, rows, val_rows, ckpt=None, epochs=2)
+    b.fit()
+    assert a.loss_trace == b.loss_trace
+    assert len(a.history) == 2
+
+    c = make_trainer(tiny_base_dir, rows, val_rows, ckpt=tmp_path / "c", epochs=2)
+    c.fit(stop_after=1)
+    assert len(c.loss_trace) == len(a.loss_trace) // 2
+    # a fresh process: new model with other init, then the checkpoint is loaded
+    d = make_trainer(tiny_base_dir, rows, val_rows, ckpt=tmp_path / "c", epochs=2, seed=0)
+    torch.manual_seed(123)  # the resumed RNG state must override this
+    d.resume(tmp_path / "c")
+    d.fit()
+    assert d.loss_trace == a.loss_trace
+    sa, sd = a.net.state_dict(), d.net.state_dict()
+    assert all(torch.equal(sa[k], sd[k]) for k in sa)
+    assert [h["val"] for h in d.history] == [h["val"] for h in a.history]
+
+
+def test_resume_refuses_other_data(tiny_base_dir, tmp_path):
+    rows, val_rows = make_rows(16, 1), make_rows(8, 2)
+    a = make_trainer(tiny_base_dir, rows, val_rows, ckpt=tmp_path / "a", epochs=1)
+    a.fit()
+    b = make_trainer(tiny_base_dir, rows, val_rows, heads=("geolocation",), epochs=1)
+    from embedder.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="heads"):
+        b.resume(tmp_path / "a")
+    with pytest.raises(ArtifactError, match="no checkpoint"):
+        b.resume(tmp_path)
+
+
+# ---- augmentation ------------------------------------------------------------------------------
+def _profile() -> Profile:
+    return Profile(
+        id="1",
+        username="ana",
+        full_name="Ana 🌸",
+        biography="📍 Lyon 🇫🇷 chef",
+        captions=("one two three four five six seven eight nine ten ❤️", "b post", "c post"),
+    )
+
+
+def test_augment_single_post_drops_bio_names_and_keeps_one_caption():
+    p = _profile()
+    out = augment_profile(
+        p, random.Random(0), AugmentConfig(**{**AugmentConfig.none().to_dict(), "single_post": 1.0})
+    )
+    assert (out.username, out.full_name, out.biography) == ("", "", "")
+    assert len(out.captions) == 1 and out.captions[0] in p.captions
+    assert out.id == p.id
+
+
+def test_augment_each_transform():
+    p, none = _profile(), AugmentConfig.none().to_dict()
+    rng = random.Random(0)
+    assert augment_profile(p, rng, AugmentConfig.none()) == p
+    out = augment_profile(p, rng, AugmentConfig(**{**none, "strip_emoji": 1.0}))
+    assert out.biography == "Lyon chef" and out.full_name == "Ana" and "❤️" not in out.captions[0]
+    out = augment_profile(p, rng, AugmentConfig(**{**none, "drop_bio": 1.0}))
+    assert out.biography == "" and out.username == "ana" and out.captions == p.captions
+    out = augment_profile(p, rng, AugmentConfig(**{**none, "drop_names": 1.0}))
+    assert (out.username, out.full_name) == ("", "") and out.biography == p.biography
+    out = augment_profile(p, rng, AugmentConfig(**{**none, "keep_one_caption": 1.0}))
+    assert len(out.captions) == 1 and out.biography == p.biography
+    out = augment_profile(p, rng, AugmentConfig(**{**none, "truncate_captions": 1.0}))
+    assert 3 <= len(out.captions[0].split()) < len(p.captions[0].split())
+    shuffled = {
+        augment_profile(
+            p, random.Random(s), AugmentConfig(**{**none, "shuffle_captions": 1.0})
+        ).captions
+        for s in range(20)
+    }
+    assert len(shuffled) > 1 and all(sorted(c) == sorted(p.captions) for c in shuffled)
+    with pytest.raises(ValueError, match="drop_bio"):
+        AugmentConfig(drop_bio=1.5)
+
+
+def test_augment_depends_on_seed_epoch_row_not_batch_order():
+    profiles = [_profile()] * 10
+    cfg = AugmentConfig(single_post=0.5, shuffle_captions=0.5)
+    a = augment_profiles(profiles, [3, 7], seed=1, epoch=0, config=cfg)
+    b = augment_profiles(profiles, [7, 3], seed=1, epoch=0, config=cfg)
+    assert a == b[::-1]
+    epochs = [augment_profiles(profiles, range(10), seed=1, epoch=e, config=cfg) for e in range(3)]
+    assert epochs[0] != epochs[1] or epochs[1] != epochs[2]
+
+
+def test_bucketed_batches_cover_every_row_once_with_similar_lengths():
+    lengths = list(np.random.default_rng(0).integers(5, 200, size=1000))
+    batches = bucketed_batches(lengths, 32, np.random.default_rng(1), pool=10)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    spread = np.mean([np.ptp(np.asarray(lengths)[b]) for b in batches])
+    assert spread < 40  # random batches would spread ~190
+
+
+# ---- bad data ----------------------------------------------------------------------------------
+def test_unknown_head_and_bad_labels():
+    with pytest.raises(UnknownHeadError, match=r"'language'.*known heads"):
+        resolve_tasks("geolocation,language")
+    rows = make_rows(4)
+    rows[2].labels["category"] = "cooking"
+    with pytest.raises(
+        InvalidInputError, match=r"'cooking'.*not in the label set"
+    ):
+        encode_targets(rows, HEAD_TASKS["category"], source="t.jsonl")
+
+
+def test_empty_one_class_and_val_missing_class(caplog):
+    task = HEAD_TASKS["geolocation"]
+    with pytest.raises(InvalidInputError, match="no training row has a 'country' label"):
+        check_train_targets(np.array([MISSING, MISSING]), task)
+    with pytest.raises(InvalidInputError, match="needs at least 2 classes"):
+        check_train_targets(np.array([3, 3, MISSING]), task)
+    with pytest.raises(InvalidInputError, match="no validation row"):
+        check_val_targets(np.array([MISSING]), np.array([0, 1]), task)
+    missing = check_val_targets(np.array([0, 0]), np.array([0, 1, 2]), task)
+    assert missing == [task.labels[1], task.labels[2]]
+    assert "none in validation" in caplog.text
