@@ -1,0 +1,241 @@
+"""The head interface: what every task head on the shared embedding looks like.
+
+A head maps embeddings (numpy or torch, never text) to probabilities over its label set and to
+``Prediction`` objects that carry abstention as data (``label=None``). On disk a head is a folder::
+
+    head_config.json   kind, name, head_version, embedding_version, in_dim, ... , format_version
+    labels.json        label i == output column i
+    model.safetensors  weights only (never pickle)
+    README.md          model card
+
+Concrete heads live in their own module and register a ``kind`` with
+``heads.registry.register_head``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from embedder.errors import ArtifactError, InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+#: Version of the on-disk head layout; bump when head_config.json changes incompatibly.
+HEAD_FORMAT_VERSION = 1
+CONFIG_FILE = "head_config.json"
+LABELS_FILE = "labels.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One head's answer for one profile.
+
+    Attributes:
+        label: the assigned label, or None when the head abstained (``UNCERTAIN``).
+        argmax: the most probable label, assigned or not.
+        score: calibrated probability of ``argmax``.
+        abstained: True when ``score`` is below the threshold of ``argmax``.
+        probabilities: calibrated probabilities aligned with ``head.labels``.
+    """
+
+    label: str | None
+    argmax: str
+    score: float
+    abstained: bool
+    probabilities: np.ndarray
+
+    def to_dict(self, labels: Sequence[str]) -> dict[str, Any]:
+        """Return the JSON form used by ``profile-embed predict`` (probabilities keyed by label)."""
+        return {
+            "label": self.label,
+            "argmax": self.argmax,
+            "score": round(float(self.score), 6),
+            "probabilities": {
+                lab: round(float(p), 6) for lab, p in zip(labels, self.probabilities, strict=True)
+            },
+        }
+
+
+def as_numpy_embeddings(embeddings: Any, in_dim: int | None = None) -> np.ndarray:
+    """Turn numpy / torch / nested-list embeddings into a float32 ``(n, dim)`` array.
+
+    Args:
+        embeddings: a 2-D array-like (a 1-D vector is treated as one row).
+        in_dim: the expected width, checked when given.
+
+    Returns:
+        A C-contiguous float32 array.
+
+    Raises:
+        InvalidInputError: on text input, a wrong rank, a wrong width or non-finite values.
+    """
+    if isinstance(embeddings, str) or (
+        isinstance(embeddings, Sequence) and embeddings and isinstance(embeddings[0], str)
+    ):
+        raise InvalidInputError("heads take embeddings (numpy or torch), not text; encode first")
+    if hasattr(embeddings, "detach"):  # torch.Tensor without importing torch
+        embeddings = embeddings.detach().to("cpu").float().numpy()
+    arr = np.asarray(embeddings, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise InvalidInputError(f"embeddings must be 2-D (n, dim), got shape {arr.shape}")
+    if in_dim is not None and arr.shape[1] != in_dim:
+        raise InvalidInputError(
+            f"embeddings have width {arr.shape[1]}, this head expects in_dim={in_dim}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise InvalidInputError("embeddings contain NaN or infinite values")
+    return np.ascontiguousarray(arr)
+
+
+class Head(ABC):
+    """Base class of every task head.
+
+    Subclasses set ``kind`` (through ``@register_head``) and implement ``predict_proba``,
+    ``logits_module``, ``get_config``, ``_tensors`` and ``_from_saved``. ``predict`` and ``save``
+    are shared: abstention uses the per-class thresholds in ``thresholds_`` (``inf`` = class
+    assigns nothing).
+
+    Attributes:
+        name: the head's name in a model ("geolocation", "category").
+        kind: the registry key, stored as "kind" in head_config.json.
+        labels: output labels; index i == output column i.
+        embedding_version: version of the encoder whose embeddings this head was trained on.
+        head_version: the v<k> folder number the head is (or will be) saved as.
+        in_dim: the embedding width.
+    """
+
+    kind: ClassVar[str] = ""
+    name: str
+    labels: tuple[str, ...]
+    embedding_version: str
+    head_version: int
+    in_dim: int
+    thresholds_: np.ndarray | None = None
+    card_: str | None = None
+
+    @abstractmethod
+    def predict_proba(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Return calibrated probabilities ``(n, len(labels))``; rows sum to 1."""
+
+    @abstractmethod
+    def logits_module(self) -> torch.nn.Module:
+        """Return the trainable torch module (embeddings -> logits) shared with inference."""
+
+    @abstractmethod
+    def get_config(self) -> dict[str, Any]:
+        """Return the JSON-ready head_config.json content (without ``format_version``)."""
+
+    @abstractmethod
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        """Return the weights to write to model.safetensors."""
+
+    @classmethod
+    @abstractmethod
+    def _from_saved(
+        cls, config: Mapping[str, Any], labels: Sequence[str], tensors: Mapping[str, torch.Tensor]
+    ) -> Head:
+        """Rebuild a fitted head from the three files (shape checks raise ArtifactError)."""
+
+    def predict(self, embeddings: np.ndarray | torch.Tensor) -> list[Prediction]:
+        """Predict with abstention: below its class threshold, ``label`` is None.
+
+        Args:
+            embeddings: ``(n, in_dim)`` numpy array or torch tensor.
+
+        Returns:
+            One ``Prediction`` per row, in order.
+        """
+        probs = self.predict_proba(embeddings)
+        return predictions_from_proba(probs, self.labels, self.thresholds_)
+
+    def model_card(self) -> str:
+        """Return the Markdown model card (the evaluation report when one was attached)."""
+        if self.card_:
+            return self.card_
+        cfg = self.get_config()
+        lines = [
+            f"# Head `{self.name}` v{self.head_version} ({self.kind})",
+            "",
+            f"- embedding_version: `{self.embedding_version}`",
+            f"- in_dim: {self.in_dim}, labels: {len(self.labels)}",
+            f"- temperature: {cfg.get('temperature')}",
+            "",
+            "No evaluation report was attached to this head.",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the head folder (config, labels, safetensors weights, model card).
+
+        Args:
+            path: the folder to create; it must not exist or be empty (artifacts are immutable).
+
+        Returns:
+            The folder path.
+
+        Raises:
+            ArtifactError: when the folder already holds files.
+        """
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise ArtifactError(f"refusing to overwrite the non-empty head folder {path}")
+        path.mkdir(parents=True, exist_ok=True)
+        config = {**self.get_config(), "format_version": HEAD_FORMAT_VERSION}
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self._tensors().items()}
+        save_file(tensors, str(path / WEIGHTS_FILE), metadata={"kind": self.kind})
+        (path / LABELS_FILE).write_text(json.dumps(list(self.labels), ensure_ascii=False) + "\n")
+        (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        (path / CARD_FILE).write_text(self.model_card(), encoding="utf-8")
+        logger.info("saved head %s v%d (%s) to %s", self.name, self.head_version, self.kind, path)
+        return path
+
+
+def predictions_from_proba(
+    probs: np.ndarray, labels: Sequence[str], thresholds: np.ndarray | None
+) -> list[Prediction]:
+    """Turn probability rows into predictions, abstaining below the argmax class threshold.
+
+    Args:
+        probs: ``(n, len(labels))`` calibrated probabilities.
+        labels: the label names.
+        thresholds: per-class thresholds on the max probability (``inf`` = never assign);
+            None = never abstain.
+
+    Returns:
+        One ``Prediction`` per row.
+    """
+    idx = probs.argmax(axis=1)
+    scores = probs[np.arange(len(probs)), idx]
+    if thresholds is None:
+        keep = np.ones(len(probs), dtype=bool)
+    else:
+        keep = scores >= np.asarray(thresholds)[idx]
+    out = []
+    for row, i, s, k in zip(probs, idx, scores, keep, strict=True):
+        out.append(
+            Prediction(
+                label=labels[i] if k else None,
+                argmax=labels[i],
+                score=float(s),
+                abstained=not bool(k),
+                probabilities=row,
+            )
+        )
+    return out

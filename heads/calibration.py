@@ -1,0 +1,300 @@
+"""Calibrated abstention: temperature scaling, then per-class thresholds with a precision guarantee.
+
+``fit_temperature`` minimises the validation negative log-likelihood of ``softmax(logits / T)``
+over a bounded 1-D range of ``log T``. ``select_thresholds`` then picks, for every class, the lowest
+threshold on the calibrated max-probability such that the predictions of that class at or above it
+have a *lower confidence bound* on precision >= the target (Wilson score or Clopper-Pearson,
+one-sided). Classes that cannot reach the target (too few or too noisy validation predictions) get
+``inf``: they assign nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy import optimize, stats
+
+from embedder.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+BoundMethod = Literal["wilson", "clopper-pearson"]
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row-wise softmax of ``logits / temperature`` (float64, numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    logz = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(logz - z[np.arange(len(y)), y]))
+
+
+def fit_temperature(
+    logits: np.ndarray, y: np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)
+) -> float:
+    """Fit the softmax temperature that minimises validation NLL.
+
+    Args:
+        logits: ``(n, k)`` uncalibrated logits on validation data.
+        y: ``(n,)`` integer class indices.
+        bounds: the search range for T.
+
+    Returns:
+        The temperature T (> 0); probabilities are ``softmax(logits / T)``.
+
+    Raises:
+        InvalidInputError: on empty input, mismatched lengths or class indices out of range.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    y = _check_targets(y, len(logits), logits.shape[1] if logits.ndim == 2 else 0)
+    res = optimize.minimize_scalar(
+        lambda t: _nll(logits, y, math.exp(t)),
+        bounds=(math.log(bounds[0]), math.log(bounds[1])),
+        method="bounded",
+        options={"xatol": 1e-4},
+    )
+    temperature = float(math.exp(res.x))
+    logger.info(
+        "temperature %.4f (NLL %.4f -> %.4f, n=%d)",
+        temperature,
+        _nll(logits, y, 1.0),
+        float(res.fun),
+        len(y),
+    )
+    return temperature
+
+
+def precision_lower_bound(
+    correct: np.ndarray | int,
+    total: np.ndarray | int,
+    *,
+    confidence: float = 0.95,
+    method: BoundMethod = "wilson",
+) -> np.ndarray:
+    """One-sided lower confidence bound on a binomial proportion.
+
+    Args:
+        correct: number of correct predictions (array-like).
+        total: number of predictions (array-like, same shape); 0 gives a bound of 0.
+        confidence: one-sided confidence level (0.95 -> z = 1.645).
+        method: ``"wilson"`` (score interval) or ``"clopper-pearson"`` (exact).
+
+    Returns:
+        The bounds, float64, same shape as the inputs.
+    """
+    k = np.asarray(correct, dtype=np.float64)
+    n = np.asarray(total, dtype=np.float64)
+    safe_n = np.maximum(n, 1.0)
+    if method == "wilson":
+        z = stats.norm.ppf(confidence)
+        p = k / safe_n
+        denom = 1.0 + z * z / safe_n
+        centre = p + z * z / (2 * safe_n)
+        half = z * np.sqrt(p * (1 - p) / safe_n + z * z / (4 * safe_n * safe_n))
+        lb = (centre - half) / denom
+    elif method == "clopper-pearson":
+        with np.errstate(invalid="ignore"):
+            lb = stats.beta.ppf(1.0 - confidence, k, n - k + 1)
+        lb = np.where(k <= 0, 0.0, lb)
+    else:
+        raise InvalidInputError(
+            f"unknown bound method {method!r}; use 'wilson' or 'clopper-pearson'"
+        )
+    return np.where(n > 0, np.clip(lb, 0.0, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class ClassThreshold:
+    """Validation report for one class's threshold.
+
+    Attributes:
+        label: the class name.
+        threshold: minimum calibrated max-probability to assign the class (``inf`` = never).
+        precision: point precision of the assigned predictions (None when none are assigned).
+        precision_lower: the lower confidence bound of that precision.
+        assigned: validation predictions assigned to the class at this threshold.
+        correct: how many of those are right.
+        predicted: validation rows whose argmax is this class (before abstention).
+        support: validation rows whose true label is this class.
+        recall: ``correct / support`` (share of the class's profiles assigned to it).
+        coverage: ``assigned / predicted`` (share of the class's argmax predictions kept).
+    """
+
+    label: str
+    threshold: float
+    precision: float | None
+    precision_lower: float
+    assigned: int
+    correct: int
+    predicted: int
+    support: int
+    recall: float
+    coverage: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``inf`` threshold written as None)."""
+        d = asdict(self)
+        d["threshold"] = None if math.isinf(self.threshold) else self.threshold
+        return d
+
+
+@dataclass(frozen=True)
+class ThresholdSelection:
+    """Result of ``select_thresholds``.
+
+    Attributes:
+        thresholds: ``(k,)`` per-class thresholds, ``inf`` where a class assigns nothing.
+        report: one ``ClassThreshold`` per class, in label order.
+        unreachable: labels that cannot reach the target and assign nothing.
+        target: the precision target.
+        confidence: the confidence of the lower bound.
+        method: the bound method.
+    """
+
+    thresholds: np.ndarray
+    report: tuple[ClassThreshold, ...]
+    unreachable: tuple[str, ...]
+    target: float
+    confidence: float
+    method: str
+
+
+def select_thresholds(
+    probs: np.ndarray,
+    y: np.ndarray,
+    target: float = 0.90,
+    confidence: float = 0.95,
+    *,
+    labels: Sequence[str] | None = None,
+    method: BoundMethod = "wilson",
+    min_threshold: float = 0.0,
+) -> ThresholdSelection:
+    """Choose per-class thresholds on the calibrated max-probability with a precision guarantee.
+
+    For class c, the candidates are the validation rows whose argmax is c, sorted by score. The
+    threshold is the lowest score t (at a tie boundary) such that the lower confidence bound of the
+    precision of ``{argmax == c and score >= t}`` is >= ``target``. If no t qualifies, it is
+    ``inf``.
+
+    Args:
+        probs: ``(n, k)`` calibrated validation probabilities.
+        y: ``(n,)`` true class indices.
+        target: the precision every assigned class must keep (0.90).
+        confidence: the one-sided confidence of the lower bound (0.95).
+        labels: class names for the report (defaults to "0", "1", ...).
+        method: ``"wilson"`` or ``"clopper-pearson"``.
+        min_threshold: never go below this score (e.g. 0 to allow any).
+
+    Returns:
+        A ``ThresholdSelection``.
+
+    Raises:
+        InvalidInputError: on empty or inconsistent inputs or a target outside (0, 1).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise InvalidInputError(f"probs must be 2-D (n, k), got shape {probs.shape}")
+    k = probs.shape[1]
+    y = _check_targets(y, len(probs), k)
+    if not 0.0 < target < 1.0 or not 0.0 < confidence < 1.0:
+        raise InvalidInputError(
+            f"target and confidence must be in (0, 1), got target={target}, confidence={confidence}"
+        )
+    names = [str(i) for i in range(k)] if labels is None else list(labels)
+    if len(names) != k:
+        raise InvalidInputError(f"got {len(names)} labels for {k} probability columns")
+    pred = probs.argmax(axis=1)
+    score = probs[np.arange(len(probs)), pred]
+    thresholds = np.full(k, np.inf)
+    report = []
+    for c in range(k):
+        t, row = _class_threshold(
+            score[pred == c], (y == c)[pred == c], target, confidence, method, min_threshold
+        )
+        thresholds[c] = t
+        support = int((y == c).sum())
+        report.append(
+            ClassThreshold(
+                label=names[c],
+                support=support,
+                recall=row["correct"] / support if support else 0.0,
+                **row,
+            )
+        )
+    unreachable = tuple(names[c] for c in range(k) if np.isinf(thresholds[c]))
+    if unreachable:
+        logger.info(
+            "%d of %d classes cannot reach precision %.2f and assign nothing: %s",
+            len(unreachable),
+            k,
+            target,
+            ", ".join(unreachable),
+        )
+    return ThresholdSelection(thresholds, tuple(report), unreachable, target, confidence, method)
+
+
+def _class_threshold(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    target: float,
+    confidence: float,
+    method: BoundMethod,
+    min_threshold: float,
+) -> tuple[float, dict[str, Any]]:
+    order = np.argsort(-scores, kind="stable")
+    s, ok = scores[order], correct[order]
+    n_pred = len(s)
+    empty = {
+        "threshold": math.inf,
+        "precision": None,
+        "precision_lower": 0.0,
+        "assigned": 0,
+        "correct": 0,
+        "predicted": n_pred,
+        "coverage": 0.0,
+    }
+    if n_pred == 0:
+        return math.inf, empty
+    tp = np.cumsum(ok)
+    n = np.arange(1, n_pred + 1)
+    # Only cut at tie boundaries: a threshold keeps every row with an equal score.
+    boundary = np.r_[s[1:] < s[:-1], True] & (s >= min_threshold)
+    lb = precision_lower_bound(tp, n, confidence=confidence, method=method)
+    good = np.flatnonzero(boundary & (lb >= target))
+    if len(good) == 0:
+        return math.inf, empty
+    i = int(good[-1])  # largest prefix == lowest threshold
+    return float(s[i]), {
+        "threshold": float(s[i]),
+        "precision": float(tp[i] / n[i]),
+        "precision_lower": float(lb[i]),
+        "assigned": int(n[i]),
+        "correct": int(tp[i]),
+        "predicted": n_pred,
+        "coverage": float(n[i] / n_pred),
+    }
+
+
+def _check_targets(y: Any, n: int, k: int) -> np.ndarray:
+    y = np.asarray(y)
+    if n == 0:
+        raise InvalidInputError("calibration needs at least one validation example, got 0")
+    if y.shape != (n,):
+        raise InvalidInputError(f"expected {n} integer targets, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise InvalidInputError(f"targets must be integer class indices, got dtype {y.dtype}")
+    if y.min() < 0 or y.max() >= k:
+        raise InvalidInputError(f"targets must be in [0, {k}), got range [{y.min()}, {y.max()}]")
+    return y.astype(np.int64)

@@ -1,0 +1,518 @@
+"""``softmax_abstain``: linear or one-hidden-layer softmax head, temperature, per-class thresholds.
+
+This is the geolocation head (labels ``GEO_LABELS``) and the default for any single-label task. The
+trainable part (``logits_module()``) is shared by joint fine-tuning and inference; temperature and
+thresholds are fitted afterwards on validation data by ``calibrate``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedder.errors import ArtifactError, InvalidInputError
+from heads.base import Head, as_numpy_embeddings
+from heads.calibration import (
+    BoundMethod,
+    ThresholdSelection,
+    fit_temperature,
+    select_thresholds,
+    softmax,
+)
+from heads.registry import register_head
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SoftmaxAbstainConfig:
+    """Settings of a ``softmax_abstain`` head (everything but the learned state).
+
+    Attributes:
+        name: the head's name in a model.
+        embedding_version: encoder version the head belongs to.
+        in_dim: embedding width.
+        hidden: width of the optional hidden layer (0 = linear head).
+        dropout: dropout before the output layer (only with a hidden layer, only in training).
+        label_field: the data field holding this head's labels ("country", "category").
+        head_version: the v<k> number.
+        min_confidence: floor under every class threshold.
+        seed: weight-initialisation seed.
+    """
+
+    name: str
+    embedding_version: str
+    in_dim: int
+    hidden: int = 0
+    dropout: float = 0.1
+    label_field: str | None = None
+    head_version: int = 1
+    min_confidence: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise InvalidInputError(f"head name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.in_dim, int) or self.in_dim <= 0:
+            raise InvalidInputError(f"in_dim must be a positive integer, got {self.in_dim!r}")
+        if not isinstance(self.hidden, int) or self.hidden < 0:
+            raise InvalidInputError(f"hidden must be an integer >= 0, got {self.hidden!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InvalidInputError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise InvalidInputError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if self.head_version < 1:
+            raise InvalidInputError(f"head_version must be >= 1, got {self.head_version}")
+
+
+def _build_module(in_dim: int, hidden: int, dropout: float, n_out: int) -> nn.Module:
+    if hidden == 0:
+        return nn.Sequential(nn.Linear(in_dim, n_out))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out)
+    )
+
+
+@register_head("softmax_abstain")
+class SoftmaxAbstainHead(Head):
+    """Softmax over the labels; abstains below a per-class, calibrated threshold.
+
+    Learned state: ``module_`` (torch), ``temperature_``, ``thresholds_`` (``inf`` = class assigns
+    nothing), ``calibration_`` (the validation report that chose the thresholds), ``fit_info_``.
+    """
+
+    def __init__(self, config: SoftmaxAbstainConfig, labels: Sequence[str]) -> None:
+        self.config = config
+        self.labels = tuple(labels)
+        self.name = config.name
+        self.embedding_version = config.embedding_version
+        self.head_version = config.head_version
+        self.in_dim = config.in_dim
+        self.module_: nn.Module | None = None
+        self.temperature_: float = 1.0
+        self.thresholds_: np.ndarray | None = None
+        self.calibration_: dict[str, Any] | None = None
+        self.fit_info_: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], labels: Sequence[str]) -> SoftmaxAbstainHead:
+        """Validate settings and labels, and initialise the weights.
+
+        Args:
+            cfg: ``SoftmaxAbstainConfig`` fields as a mapping.
+            labels: output labels (>= 2, unique, non-empty strings).
+
+        Returns:
+            An unfitted head with initialised weights.
+
+        Raises:
+            InvalidInputError: unknown settings, bad values or a bad label set.
+        """
+        allowed = set(SoftmaxAbstainConfig.__dataclass_fields__)
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown softmax_abstain settings {unknown}; allowed: {sorted(allowed)}"
+            )
+        labels = _check_labels(labels)
+        head = cls(SoftmaxAbstainConfig(**cfg), labels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(head.config.seed)
+            head.module_ = _build_module(
+                head.in_dim, head.config.hidden, head.config.dropout, len(labels)
+            )
+        return head
+
+    # ----------------------------------------------------------------- inference
+    def logits_module(self) -> nn.Module:
+        """Return the torch module (embeddings -> raw logits); temperature is applied after it."""
+        if self.module_ is None:
+            raise InvalidInputError(f"head {self.name!r} has no weights; build it with from_config")
+        return self.module_
+
+    def logits(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Return raw (uncalibrated) logits ``(n, len(labels))`` as float64."""
+        x = torch.from_numpy(as_numpy_embeddings(embeddings, self.in_dim))
+        module = self.logits_module()
+        was_training = module.training
+        module.eval()
+        with torch.inference_mode():
+            out = module(x).double().numpy()
+        module.train(was_training)
+        return out
+
+    def predict_proba(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Return calibrated probabilities ``softmax(logits / temperature_)``, shape (n, k)."""
+        return softmax(self.logits(embeddings), self.temperature_)
+
+    def encode_labels(self, values: Sequence[Any], *, source: str = "labels") -> np.ndarray:
+        """Map label strings (or integer indices) to column indices, refusing unknown values.
+
+        Raises:
+            InvalidInputError: naming the first unknown values and the allowed labels.
+        """
+        arr = np.asarray(values)
+        if arr.ndim != 1:
+            raise InvalidInputError(f"{source} must be 1-D, got shape {arr.shape}")
+        if np.issubdtype(arr.dtype, np.integer):
+            bad = arr[(arr < 0) | (arr >= len(self.labels))]
+            if len(bad):
+                raise InvalidInputError(
+                    f"{source}: class index {int(bad[0])} outside [0, {len(self.labels)})"
+                )
+            return arr.astype(np.int64)
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        unknown = sorted({str(v) for v in arr if str(v) not in index})
+        if unknown:
+            raise InvalidInputError(
+                f"{source}: label values {unknown[:10]} are not in head {self.name!r}'s label set "
+                f"{list(self.labels)}"
+            )
+        return np.array([index[str(v)] for v in arr], dtype=np.int64)
+
+    # ----------------------------------------------------------------- training
+    def fit(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        labels: Sequence[Any],
+        *,
+        val_embeddings: np.ndarray | torch.Tensor | None = None,
+        val_labels: Sequence[Any] | None = None,
+        epochs: int = 300,
+        lr: float = 1e-2,
+        weight_decay: float = 1e-4,
+        batch_size: int | None = None,
+        class_weight: Literal["balanced"] | None = "balanced",
+        patience: int = 20,
+        seed: int = 0,
+        calibrate: bool = True,
+        target_precision: float = 0.90,
+        confidence: float = 0.95,
+        missing_classes: Literal["error", "abstain"] = "error",
+    ) -> SoftmaxAbstainHead:
+        """Train on frozen embeddings with AdamW; early-stop on validation loss; then calibrate.
+
+        Args:
+            embeddings: ``(n, in_dim)`` training embeddings.
+            labels: ``n`` label strings (or class indices).
+            val_embeddings: validation embeddings (early stopping and calibration).
+            val_labels: validation labels.
+            epochs: maximum passes over the training data.
+            lr: AdamW learning rate.
+            weight_decay: AdamW weight decay.
+            batch_size: mini-batch size; None = full batch.
+            class_weight: ``"balanced"`` (inverse frequency) or None.
+            patience: epochs without validation improvement before stopping.
+            seed: shuffling seed.
+            calibrate: fit temperature and thresholds on validation data afterwards.
+            target_precision: per-class precision target for the thresholds.
+            confidence: confidence of the precision lower bound.
+            missing_classes: what to do when validation lacks a class present in training:
+                ``"error"`` (default) or ``"abstain"`` (the class assigns nothing).
+
+        Returns:
+            self.
+
+        Raises:
+            InvalidInputError: empty or one-class training data, unknown labels, shape mismatches.
+        """
+        x = as_numpy_embeddings(embeddings, self.in_dim)
+        y = self.encode_labels(labels, source="training labels")
+        if len(y) != len(x) or len(y) == 0:
+            raise InvalidInputError(
+                f"training needs n >= 1 rows with labels, got {len(x)} / {len(y)}"
+            )
+        if len(np.unique(y)) < 2:
+            raise InvalidInputError(
+                f"training labels of head {self.name!r} hold one class only "
+                f"({self.labels[int(y[0])]!r}); at least 2 are needed"
+            )
+        val = None
+        if val_embeddings is not None:
+            if val_labels is None:
+                raise InvalidInputError("val_embeddings given without val_labels")
+            vx = as_numpy_embeddings(val_embeddings, self.in_dim)
+            vy = self.encode_labels(val_labels, source="validation labels")
+            if len(vx) != len(vy) or len(vy) == 0:
+                raise InvalidInputError(f"validation has {len(vx)} rows and {len(vy)} labels")
+            val = (vx, vy)
+        self._train(
+            x,
+            y,
+            val,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            class_weight=class_weight,
+            patience=patience,
+            seed=seed,
+        )
+        if calibrate and val is not None:
+            self.calibrate(
+                val[0],
+                val[1],
+                target=target_precision,
+                confidence=confidence,
+                missing_classes=missing_classes,
+                train_labels=y,
+            )
+        return self
+
+    def _train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        val: tuple[np.ndarray, np.ndarray] | None,
+        *,
+        epochs: int,
+        lr: float,
+        weight_decay: float,
+        batch_size: int | None,
+        class_weight: str | None,
+        patience: int,
+        seed: int,
+    ) -> None:
+        module = self.logits_module()
+        k = len(self.labels)
+        counts = np.bincount(y, minlength=k).astype(np.float64)
+        if class_weight == "balanced":
+            w = np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
+        elif class_weight is None:
+            w = np.ones(k)
+        else:
+            raise InvalidInputError(
+                f"class_weight must be 'balanced' or None, got {class_weight!r}"
+            )
+        loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=torch.float32))
+        opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+        vt = (torch.from_numpy(val[0]), torch.from_numpy(val[1])) if val else None
+        gen = torch.Generator().manual_seed(seed)
+        bs = len(x) if not batch_size or batch_size >= len(x) else batch_size
+        best, best_state, stale, epoch = math.inf, None, 0, 0
+        for epoch in range(1, epochs + 1):  # noqa: B007
+            module.train()
+            for idx in torch.randperm(len(x), generator=gen).split(bs):
+                opt.zero_grad()
+                loss = loss_fn(module(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+            module.eval()
+            with torch.no_grad():
+                monitor = (
+                    float(loss_fn(module(vt[0]), vt[1])) if vt else float(loss_fn(module(xt), yt))
+                )
+            if monitor < best - 1e-5:
+                best, best_state, stale = monitor, copy.deepcopy(module.state_dict()), 0
+            else:
+                stale += 1
+                if vt is not None and stale >= patience:
+                    break
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        module.eval()
+        self.fit_info_ = {
+            "epochs_run": epoch,
+            "best_loss": best,
+            "n_train": len(x),
+            "monitor": "val_loss" if vt else "train_loss",
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "batch_size": bs,
+            "class_weight": class_weight,
+            "train_counts": {self.labels[i]: int(c) for i, c in enumerate(counts)},
+        }
+        logger.info(
+            "head %s: %d epochs, best %s %.4f", self.name, epoch, self.fit_info_["monitor"], best
+        )
+
+    def calibrate(
+        self,
+        val_embeddings: np.ndarray | torch.Tensor,
+        val_labels: Sequence[Any],
+        *,
+        target: float = 0.90,
+        confidence: float = 0.95,
+        method: BoundMethod = "wilson",
+        missing_classes: Literal["error", "abstain"] = "error",
+        train_labels: Sequence[Any] | None = None,
+    ) -> ThresholdSelection:
+        """Fit temperature and per-class thresholds on validation data (also after fine-tuning).
+
+        Args:
+            val_embeddings: validation embeddings.
+            val_labels: validation labels (strings or indices).
+            target: per-class precision target.
+            confidence: one-sided confidence of the lower bound.
+            method: ``"wilson"`` or ``"clopper-pearson"``.
+            missing_classes: ``"error"`` refuses a validation set lacking a class that the training
+                labels (or, if not given, the label set) contain; ``"abstain"`` lets it assign
+                nothing.
+            train_labels: training labels, to know which classes must be present.
+
+        Returns:
+            The threshold selection (also stored in ``thresholds_`` and ``calibration_``).
+        """
+        vy = self.encode_labels(val_labels, source="validation labels")
+        needed = (
+            set(self.encode_labels(train_labels).tolist())
+            if train_labels is not None
+            else set(range(len(self.labels)))
+        )
+        missing = sorted(self.labels[i] for i in needed - set(vy.tolist()))
+        if missing and missing_classes == "error":
+            raise InvalidInputError(
+                f"validation labels of head {self.name!r} lack classes {missing}; thresholds "
+                "cannot be verified for them (pass missing_classes='abstain' to make them assign "
+                "nothing)"
+            )
+        logits = self.logits(val_embeddings)
+        if len(logits) != len(vy):
+            raise InvalidInputError(f"validation has {len(logits)} rows and {len(vy)} labels")
+        self.temperature_ = fit_temperature(logits, vy)
+        sel = select_thresholds(
+            softmax(logits, self.temperature_),
+            vy,
+            target,
+            confidence,
+            labels=self.labels,
+            method=method,
+            min_threshold=self.config.min_confidence,
+        )
+        self.thresholds_ = sel.thresholds
+        self.calibration_ = {
+            "target_precision": target,
+            "confidence": confidence,
+            "bound": method,
+            "n_val": len(vy),
+            "missing_in_validation": missing,
+            "unreachable": list(sel.unreachable),
+            "per_class": {r.label: r.to_dict() for r in sel.report},
+        }
+        return sel
+
+    # ----------------------------------------------------------------- persistence
+    def get_config(self) -> dict[str, Any]:
+        """Return head_config.json content: settings, temperature, thresholds, validation report."""
+        cfg = asdict(self.config)
+        thresholds = None
+        if self.thresholds_ is not None:
+            thresholds = {
+                lab: (None if math.isinf(t) else float(t))
+                for lab, t in zip(self.labels, self.thresholds_, strict=True)
+            }
+        return {
+            "kind": self.kind,
+            **cfg,
+            "labels": list(self.labels),
+            "temperature": self.temperature_,
+            "thresholds": thresholds,
+            "calibration": self.calibration_,
+            "fit": self.fit_info_,
+        }
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.logits_module().state_dict())
+
+    @classmethod
+    def _from_saved(
+        cls, config: Mapping[str, Any], labels: Sequence[str], tensors: Mapping[str, torch.Tensor]
+    ) -> SoftmaxAbstainHead:
+        fields = {k: config[k] for k in SoftmaxAbstainConfig.__dataclass_fields__ if k in config}
+        try:
+            head = cls(SoftmaxAbstainConfig(**fields), _check_labels(labels))
+        except InvalidInputError as err:
+            raise ArtifactError(f"invalid head_config.json: {err}") from err
+        first = tensors.get("0.weight")
+        last = tensors.get("3.weight" if head.config.hidden else "0.weight")
+        if first is None or last is None:
+            raise ArtifactError(
+                f"weights {sorted(tensors)} do not match hidden={head.config.hidden}"
+            )
+        if first.shape[1] != head.in_dim:
+            raise ArtifactError(
+                f"in_dim {head.in_dim} in head_config.json but the weights take {first.shape[1]}"
+            )
+        if last.shape[0] != len(head.labels):
+            raise ArtifactError(
+                f"labels.json has {len(head.labels)} labels but the weights have "
+                f"{last.shape[0]} rows"
+            )
+        module = _build_module(head.in_dim, head.config.hidden, head.config.dropout, len(labels))
+        module.load_state_dict(dict(tensors))
+        module.eval()
+        head.module_ = module
+        head.temperature_ = float(config.get("temperature", 1.0))
+        thr = config.get("thresholds")
+        if thr is not None:
+            head.thresholds_ = np.array(
+                [math.inf if thr.get(lab) is None else float(thr[lab]) for lab in head.labels]
+            )
+        head.calibration_ = config.get("calibration")
+        head.fit_info_ = dict(config.get("fit") or {})
+        return head
+
+
+def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    labels = tuple(labels)
+    if len(labels) < 2:
+        raise InvalidInputError(f"a softmax head needs >= 2 labels, got {list(labels)}")
+    if any(not isinstance(x, str) or not x for x in labels):
+        raise InvalidInputError(f"labels must be non-empty strings, got {list(labels)[:10]}")
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise InvalidInputError(f"duplicate labels {dupes}")
+    return labels
+
+
+#: The built-in named heads: name -> (labels, data field).
+STANDARD_HEADS: dict[str, tuple[tuple[str, ...], str]] = {}
+
+
+def _standard_heads() -> dict[str, tuple[tuple[str, ...], str]]:
+    from embedder.labels import CATEGORIES, GEO_LABELS
+
+    return {"geolocation": (GEO_LABELS, "country"), "category": (CATEGORIES, "category")}
+
+
+STANDARD_HEADS.update(_standard_heads())
+
+
+def standard_head(
+    name: str, *, embedding_version: str, in_dim: int, **cfg: Any
+) -> SoftmaxAbstainHead:
+    """Build the standard ``geolocation`` (GEO_LABELS, field "country") or ``category`` head.
+
+    Args:
+        name: ``"geolocation"`` or ``"category"``.
+        embedding_version: the encoder's version.
+        in_dim: the encoder's dimension.
+        **cfg: other ``SoftmaxAbstainConfig`` settings (``hidden``, ``seed``, ...).
+
+    Returns:
+        An unfitted ``softmax_abstain`` head with initialised weights.
+
+    Raises:
+        UnknownHeadError: for any other name, listing the standard ones.
+    """
+    from embedder.errors import UnknownHeadError
+
+    if name not in STANDARD_HEADS:
+        raise UnknownHeadError(
+            f"no standard head {name!r}; standard heads: {sorted(STANDARD_HEADS)}"
+        )
+    labels, field = STANDARD_HEADS[name]
+    cfg.setdefault("label_field", field)
+    return SoftmaxAbstainHead.from_config(
+        {"name": name, "embedding_version": embedding_version, "in_dim": in_dim, **cfg}, labels
+    )

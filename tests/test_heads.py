@@ -1,0 +1,250 @@
+"""Head interface, registry, fitting, abstention, save -> load round trip and its refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from embedder.errors import ArtifactError, InvalidInputError, UnknownHeadError, VersionMismatchError
+from embedder.labels import GEO_LABELS
+from heads import (
+    Head,
+    SoftmaxAbstainHead,
+    available_kinds,
+    build_head,
+    load_head,
+    register_head,
+    standard_head,
+)
+
+EMB = "emb-0123456789ab"
+DIM = 16
+
+
+def _blobs(n: int, k: int, *, seed: int, spread: float = 2.0, dim: int = DIM):
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(k, dim)) * spread
+    y = rng.integers(0, k, n)
+    return (centres[y] + rng.normal(size=(n, dim))).astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def fitted() -> SoftmaxAbstainHead:
+    labels = ("FR", "DE", "BR", "OTHER")
+    x, y = _blobs(600, 4, seed=0)
+    vx, vy = _blobs(600, 4, seed=1)
+    head = build_head(
+        "softmax_abstain",
+        name="geo",
+        labels=labels,
+        embedding_version=EMB,
+        in_dim=DIM,
+        hidden=8,
+        label_field="country",
+    )
+    head.fit(
+        x, [labels[i] for i in y], val_embeddings=vx, val_labels=[labels[i] for i in vy], epochs=150
+    )
+    return head
+
+
+def test_registry_is_closed_dict_with_builtin_kind():
+    assert "softmax_abstain" in available_kinds()
+    with pytest.raises(UnknownHeadError, match=r"registered kinds: .*softmax_abstain"):
+        build_head("nope", name="x", labels=("a", "b"), embedding_version=EMB, in_dim=4)
+
+
+def test_register_head_refuses_taking_an_existing_kind():
+    with pytest.raises(ValueError, match="already registered"):
+
+        @register_head("softmax_abstain")
+        class Other(SoftmaxAbstainHead):
+            pass
+
+
+def test_build_head_validates_in_from_config():
+    with pytest.raises(InvalidInputError, match="unknown softmax_abstain settings"):
+        build_head(
+            "softmax_abstain", name="g", labels=("a", "b"), embedding_version=EMB, in_dim=4, hiden=3
+        )
+    with pytest.raises(InvalidInputError, match="duplicate labels"):
+        build_head("softmax_abstain", name="g", labels=("a", "a"), embedding_version=EMB, in_dim=4)
+    with pytest.raises(InvalidInputError, match=">= 2 labels"):
+        build_head("softmax_abstain", name="g", labels=("a",), embedding_version=EMB, in_dim=4)
+
+
+def test_geolocation_head_has_geo_labels_and_torch_module():
+    head = standard_head("geolocation", embedding_version=EMB, in_dim=DIM)
+    assert isinstance(head, Head) and head.labels == GEO_LABELS
+    assert head.config.label_field == "country"
+    module = head.logits_module()
+    assert isinstance(module, torch.nn.Module)
+    out = module(torch.zeros(2, DIM))
+    assert out.shape == (2, len(GEO_LABELS))
+    # numpy and torch inputs give the same probabilities, rows sum to 1
+    x = np.random.default_rng(0).normal(size=(5, DIM)).astype(np.float32)
+    p_np = head.predict_proba(x)
+    p_t = head.predict_proba(torch.from_numpy(x))
+    np.testing.assert_allclose(p_np, p_t)
+    np.testing.assert_allclose(p_np.sum(1), 1.0, atol=1e-9)
+    with pytest.raises(UnknownHeadError, match="standard heads"):
+        standard_head("language", embedding_version=EMB, in_dim=DIM)
+
+
+def test_heads_refuse_text_and_wrong_width():
+    head = standard_head("category", embedding_version=EMB, in_dim=DIM)
+    with pytest.raises(InvalidInputError, match="not text"):
+        head.predict_proba(["hello paris"])
+    with pytest.raises(InvalidInputError, match="in_dim=16"):
+        head.predict_proba(np.zeros((2, 8), dtype=np.float32))
+
+
+def test_fit_learns_and_calibrates(fitted):
+    tx, ty = _blobs(400, 4, seed=2)
+    probs = fitted.predict_proba(tx)
+    assert (probs.argmax(1) == ty).mean() > 0.9
+    assert fitted.temperature_ > 0
+    assert fitted.thresholds_ is not None and fitted.thresholds_.shape == (4,)
+    report = fitted.calibration_["per_class"]
+    assert set(report) == {"FR", "DE", "BR", "OTHER"}
+    for row in report.values():
+        if row["threshold"] is not None:
+            assert row["precision_lower"] >= 0.9
+
+
+def test_predict_abstains_below_class_threshold(fitted):
+    x, _ = _blobs(300, 4, seed=3)
+    probs = fitted.predict_proba(x)
+    fitted_thr = fitted.thresholds_.copy()
+    try:
+        fitted.thresholds_ = np.array([0.0, np.inf, 0.999, 0.0])
+        preds = fitted.predict(x)
+        for p, row in zip(preds, probs, strict=True):
+            i = int(row.argmax())
+            assert p.argmax == fitted.labels[i]
+            assert p.score == pytest.approx(row[i])
+            should_abstain = bool(i == 1 or (i == 2 and row[i] < 0.999))
+            assert p.abstained is should_abstain
+            assert p.label == (None if should_abstain else fitted.labels[i])
+        assert any(p.abstained for p in preds) and not all(p.abstained for p in preds)
+        assert all(p.label != "DE" for p in preds)  # a class with an inf threshold assigns nothing
+        d = preds[0].to_dict(fitted.labels)
+        assert set(d) == {"label", "argmax", "score", "probabilities"}
+        assert list(d["probabilities"]) == list(fitted.labels)
+    finally:
+        fitted.thresholds_ = fitted_thr
+
+
+def test_fit_refuses_bad_training_data():
+    head = build_head(
+        "softmax_abstain", name="g", labels=("a", "b", "c"), embedding_version=EMB, in_dim=DIM
+    )
+    x, _ = _blobs(20, 3, seed=0)
+    with pytest.raises(InvalidInputError, match="one class only"):
+        head.fit(x, ["a"] * 20)
+    with pytest.raises(InvalidInputError, match=r"\['zz'\] are not in head 'g'"):
+        head.fit(x, ["a", "b"] * 9 + ["zz", "a"])
+    with pytest.raises(InvalidInputError, match="n >= 1"):
+        head.fit(x[:0], [])
+    with pytest.raises(InvalidInputError, match=r"lack classes \['c'\]"):
+        head.fit(x, ["a", "b", "c", "a"] * 5, val_embeddings=x[:4], val_labels=["a", "b", "a", "b"])
+    # opting in: the missing class assigns nothing
+    head.fit(
+        x,
+        ["a", "b", "c", "a"] * 5,
+        val_embeddings=x[:4],
+        val_labels=["a", "b", "a", "b"],
+        missing_classes="abstain",
+        epochs=5,
+    )
+    assert np.isinf(head.thresholds_[2])
+    assert head.calibration_["missing_in_validation"] == ["c"]
+
+
+def test_minibatch_fit_is_deterministic():
+    x, y = _blobs(200, 3, seed=5)
+    outs = []
+    for _ in range(2):
+        h = build_head(
+            "softmax_abstain",
+            name="g",
+            labels=("a", "b", "c"),
+            embedding_version=EMB,
+            in_dim=DIM,
+            seed=3,
+        )
+        h.fit(x, y, val_embeddings=x[:60], val_labels=y[:60], batch_size=32, epochs=10)
+        outs.append(h.predict_proba(x))
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    path = fitted.save(tmp_path / "geo" / "v1")
+    assert sorted(p.name for p in path.iterdir()) == [
+        "README.md",
+        "head_config.json",
+        "labels.json",
+        "model.safetensors",
+    ]
+    cfg = json.loads((path / "head_config.json").read_text())
+    for key in (
+        "kind",
+        "name",
+        "head_version",
+        "embedding_version",
+        "in_dim",
+        "hidden",
+        "temperature",
+        "thresholds",
+        "calibration",
+        "label_field",
+        "format_version",
+    ):
+        assert key in cfg
+    assert cfg["kind"] == "softmax_abstain" and cfg["embedding_version"] == EMB
+    assert json.loads((path / "labels.json").read_text()) == list(fitted.labels)
+    loaded = load_head(path, embedding_version=EMB)
+    assert isinstance(loaded, SoftmaxAbstainHead)
+    x, _ = _blobs(50, 4, seed=7)
+    np.testing.assert_allclose(loaded.predict_proba(x), fitted.predict_proba(x), rtol=1e-6)
+    np.testing.assert_array_equal(loaded.thresholds_, fitted.thresholds_)
+    assert loaded.temperature_ == fitted.temperature_
+    assert [p.label for p in loaded.predict(x)] == [p.label for p in fitted.predict(x)]
+    with pytest.raises(ArtifactError, match="refusing to overwrite"):
+        fitted.save(path)
+
+
+def test_load_refuses_version_and_shape_mismatches(fitted, tmp_path):
+    path = fitted.save(tmp_path / "h")
+    with pytest.raises(VersionMismatchError) as err:
+        load_head(path, embedding_version="emb-ffffffffffff")
+    assert (
+        EMB in str(err.value)
+        and "emb-ffffffffffff" in str(err.value)
+        and str(path) in str(err.value)
+    )
+
+    cfg = json.loads((path / "head_config.json").read_text())
+    bad_dim = tmp_path / "bad_dim"
+    fitted.save(bad_dim)
+    (bad_dim / "head_config.json").write_text(json.dumps({**cfg, "in_dim": DIM + 1}))
+    with pytest.raises(ArtifactError, match=r"in_dim 17 .* weights take 16"):
+        load_head(bad_dim)
+
+    bad_labels = tmp_path / "bad_labels"
+    fitted.save(bad_labels)
+    (bad_labels / "labels.json").write_text(json.dumps(["FR", "DE", "BR"]))
+    with pytest.raises(ArtifactError, match="3 labels but the weights have 4 rows"):
+        load_head(bad_labels)
+
+    bad_kind = tmp_path / "bad_kind"
+    fitted.save(bad_kind)
+    (bad_kind / "head_config.json").write_text(json.dumps({**cfg, "kind": "mystery"}))
+    with pytest.raises(UnknownHeadError, match="mystery"):
+        load_head(bad_kind)
+
+    with pytest.raises(ArtifactError, match=r"has no head_config\.json"):
+        load_head(tmp_path / "nowhere")
