@@ -483,10 +483,10 @@ def write_profiles(path: str | Path, rows: Iterable[LabelledProfile]) -> int:
 
     JSONL writes one object per line. CSV writes captions as a JSON-array ``captions`` column and
     each extra as a column (text as is, other values JSON-encoded; text that would read back as JSON
-    is quoted). Parquet writes captions as ``list<string>``, extras of one scalar type as typed
-    columns and any other extra JSON-encoded (listed in the schema metadata). In CSV and Parquet a
-    null extra is the same as an absent one. The file is written to a temporary name and moved into
-    place, so a reader never sees half a file.
+    is quoted). Parquet writes captions and list-of-text extras as ``list<string>``, extras of one
+    scalar type as typed columns and any other extra JSON-encoded (named in the schema metadata).
+    In CSV and Parquet a null extra is the same as an absent one. The file is written to a temporary
+    name and moved into place, so a reader never sees half a file.
 
     Args:
         path: destination (``.jsonl``, ``.ndjson``, ``.csv`` or ``.parquet``); parent folders
@@ -571,6 +571,8 @@ def _write_parquet(path: Path, rows: Iterable[LabelledProfile]) -> int:
         types = {type(v) for v in values if v is not None}
         if len(types) <= 1 and types <= set(_SCALARS):
             arrays.append(pa.array(values, type=None if types else pa.string()))
+        elif types == {list} and all(isinstance(x, str) for v in values if v for x in v):
+            arrays.append(pa.array(values, type=pa.list_(pa.string())))  # e.g. simulator "cues"
         else:
             json_cols.append(name)
             arrays.append(pa.array([None if v is None else json.dumps(v) for v in values]))

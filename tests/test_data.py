@@ -580,3 +580,14 @@ def test_split_counts_groups_unlabelled_rows():
         "<none>": {"train": 1, "val": 0, "test": 0},
         "FR": {"train": 1, "val": 0, "test": 0},
     }
+
+
+def test_parquet_column_types(tmp_path):
+    path = tmp_path / "rows.parquet"
+    write_profiles(path, RICH_ROWS)
+    schema = pq.read_schema(path)
+    assert schema.field("captions").type == pa.list_(pa.string())
+    assert schema.field("cues").type == pa.list_(pa.string())
+    assert schema.field("followers").type == pa.int64()
+    assert schema.field("meta").type == pa.string()  # JSON-encoded, named in the metadata
+    assert json.loads(schema.metadata[b"profile_embeddings.json_columns"]) == ["meta"]
