@@ -298,3 +298,41 @@ def _check_targets(y: Any, n: int, k: int) -> np.ndarray:
     if y.min() < 0 or y.max() >= k:
         raise InvalidInputError(f"targets must be in [0, {k}), got range [{y.min()}, {y.max()}]")
     return y.astype(np.int64)
+
+
+def effective_prior(
+    probs: np.ndarray, y: np.ndarray, *, smoothing: float = 0.5, max_iter: int = 500
+) -> np.ndarray:
+    """Estimate the class prior the calibrated probabilities implicitly assume.
+
+    A head trained with class weights is calibrated as if classes were balanced, not as the
+    training data were. Prior-shift correction (``heads.audience``) needs that implied prior ``pi``:
+    the one for which reweighting the posteriors by ``pi_val / pi`` makes their mean match the
+    validation label distribution ``pi_val`` (solved by fixed-point iteration).
+
+    Args:
+        probs: ``(n, k)`` calibrated validation probabilities.
+        y: ``(n,)`` true class indices.
+        smoothing: add-``smoothing`` counts so that classes absent from validation stay positive.
+        max_iter: iteration cap.
+
+    Returns:
+        ``(k,)`` prior, positive, summing to 1.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+    y = _check_targets(y, len(probs), k)
+    pi_val = np.bincount(y, minlength=k) + smoothing
+    pi_val = pi_val / pi_val.sum()
+    w = np.ones(k)
+    for _ in range(max_iter):
+        adj = probs * w
+        adj /= adj.sum(axis=1, keepdims=True)
+        mean = np.maximum(adj.mean(axis=0), 1e-12)
+        step = pi_val / mean
+        w *= step
+        w /= w.sum()
+        if np.max(np.abs(step - 1)) < 1e-8:
+            break
+    prior = pi_val / w
+    return prior / prior.sum()

@@ -23,6 +23,7 @@ from heads.base import Head, as_numpy_embeddings
 from heads.calibration import (
     BoundMethod,
     ThresholdSelection,
+    effective_prior,
     fit_temperature,
     select_thresholds,
     softmax,
@@ -390,7 +391,10 @@ class SoftmaxAbstainHead(Head):
             min_threshold=self.config.min_confidence,
         )
         self.thresholds_ = sel.thresholds
+        prior = effective_prior(softmax(logits, self.temperature_), vy)
         self.calibration_ = {
+            "effective_prior": {lab: float(p) for lab, p in zip(self.labels, prior, strict=True)},
+            "confusion_counts": _confusion_counts(vy, logits.argmax(axis=1), len(self.labels)),
             "target_precision": target,
             "confidence": confidence,
             "bound": method,
@@ -516,3 +520,10 @@ def standard_head(
     return SoftmaxAbstainHead.from_config(
         {"name": name, "embedding_version": embedding_version, "in_dim": in_dim, **cfg}, labels
     )
+
+
+def _confusion_counts(y: np.ndarray, pred: np.ndarray, k: int) -> list[list[int]]:
+    """Validation confusion counts, rows = true class, columns = argmax (before abstention)."""
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (y, pred), 1)
+    return counts.tolist()
