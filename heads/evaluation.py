@@ -1,0 +1,512 @@
+"""Evaluation of a head: metrics with and without abstention, plots, and the Markdown report.
+
+``evaluate`` computes the numbers; ``write_report`` writes ``metrics.json``, ``REPORT.md`` and PNG
+plots (confusion matrix, reliability diagram, precision-coverage curve) for one or more heads into a
+folder; ``write_model_card`` writes the same Markdown (and plots) as a head folder's ``README.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedder.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+PLOTS = ("confusion", "reliability", "precision_coverage")
+
+
+@dataclass
+class HeadEvaluation:
+    """One head evaluated on one labelled set.
+
+    Attributes:
+        name: the head name.
+        labels: label names, aligned with the probability columns.
+        probs: ``(n, k)`` calibrated probabilities.
+        y: ``(n,)`` true class indices.
+        thresholds: per-class thresholds used for abstention (None = never abstain).
+        metrics: the JSON-ready metrics (see ``evaluate``).
+        info: free-form facts for the report (data file, embedding_version, head_version...).
+    """
+
+    name: str
+    labels: tuple[str, ...]
+    probs: np.ndarray
+    y: np.ndarray
+    thresholds: np.ndarray | None
+    metrics: dict[str, Any]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _per_class(y: np.ndarray, pred: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Support, predicted count and true positives per class; ``pred == -1`` means abstained."""
+    support = np.bincount(y, minlength=k)
+    keep = pred >= 0
+    predicted = np.bincount(pred[keep], minlength=k)
+    tp = np.bincount(y[keep & (pred == y)], minlength=k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        prec = np.where(predicted > 0, tp / np.maximum(predicted, 1), np.nan)
+        rec = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
+        f1 = np.where((tp > 0), 2 * tp / np.maximum(predicted + support, 1), 0.0)
+    return {
+        "support": support,
+        "predicted": predicted,
+        "tp": tp,
+        "precision": prec,
+        "recall": rec,
+        "f1": f1,
+    }
+
+
+def _macro_f1(stats: Mapping[str, np.ndarray]) -> float:
+    present = (stats["support"] > 0) | (stats["predicted"] > 0)
+    return float(stats["f1"][present].mean()) if present.any() else 0.0
+
+
+def _summary(y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None) -> dict[str, Any]:
+    k = probs.shape[1]
+    arg = probs.argmax(1)
+    score = probs[np.arange(len(y)), arg]
+    assigned = np.ones(len(y), bool) if thresholds is None else score >= thresholds[arg]
+    pred_abs = np.where(assigned, arg, -1)
+    s_all, s_abs = _per_class(y, arg, k), _per_class(y, pred_abs, k)
+    n_assigned = int(assigned.sum())
+    return (
+        {
+            "n": len(y),
+            "accuracy": float((arg == y).mean()),
+            "macro_f1": _macro_f1(s_all),
+            "coverage": n_assigned / len(y),
+            "selective_accuracy": float((arg == y)[assigned].mean()) if n_assigned else None,
+            "correct_assigned_share": float(((arg == y) & assigned).sum() / len(y)),
+            "macro_f1_with_abstention": _macro_f1(s_abs),
+        },
+        s_all,
+        s_abs,
+    )
+
+
+def _calibration_stats(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    arg = probs.argmax(1)
+    conf = probs[np.arange(len(y)), arg]
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            acc, c = float((arg[m] == y[m]).mean()), float(conf[m].mean())
+            ece += m.mean() * abs(acc - c)
+            rows.append(
+                {
+                    "lo": edges[b],
+                    "hi": edges[b + 1],
+                    "n": int(m.sum()),
+                    "accuracy": acc,
+                    "confidence": c,
+                }
+            )
+    nll = float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None))))
+    return {"ece": float(ece), "nll": nll, "bins": rows}
+
+
+def _precision_coverage(y: np.ndarray, probs: np.ndarray) -> dict[str, list[float]]:
+    arg = probs.argmax(1)
+    conf = probs[np.arange(len(y)), arg]
+    order = np.argsort(-conf, kind="stable")
+    correct = (arg == y)[order]
+    n = np.arange(1, len(y) + 1)
+    precision = np.cumsum(correct) / n
+    idx = np.unique(np.linspace(0, len(y) - 1, min(200, len(y))).astype(int))
+    return {
+        "coverage": (n[idx] / len(y)).tolist(),
+        "precision": precision[idx].tolist(),
+        "threshold": conf[order][idx].tolist(),
+    }
+
+
+def evaluate(
+    probs: np.ndarray,
+    y: Sequence[Any] | np.ndarray,
+    labels: Sequence[str],
+    *,
+    thresholds: np.ndarray | None = None,
+    slices: Mapping[str, np.ndarray] | None = None,
+    name: str = "head",
+    target: float = 0.90,
+    info: Mapping[str, Any] | None = None,
+) -> HeadEvaluation:
+    """Compute every metric of one head on one labelled set.
+
+    Args:
+        probs: ``(n, k)`` calibrated probabilities.
+        y: ``n`` true labels (strings in ``labels`` or class indices).
+        labels: label names.
+        thresholds: per-class abstention thresholds (``inf`` = class assigns nothing); None = none.
+        slices: ``{slice name: boolean mask (n,)}``, e.g. ``{"no bio, one caption": mask}``.
+        name: head name for the report.
+        target: the precision target, to count the classes that meet it.
+        info: facts shown at the top of the report.
+
+    Returns:
+        A ``HeadEvaluation`` whose ``metrics`` hold: n, accuracy, macro_f1, coverage,
+        selective_accuracy, correct_assigned_share, macro_f1_with_abstention, ece, nll,
+        per_class (support, precision, recall, f1 with and without abstention, threshold),
+        classes_meeting_target, classes_assigning_nothing, precision_coverage, reliability, slices.
+
+    Raises:
+        InvalidInputError: on empty input, shape mismatches, unknown labels or bad slice masks.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = tuple(labels)
+    k = len(labels)
+    if probs.ndim != 2 or probs.shape[1] != k or len(probs) == 0:
+        raise InvalidInputError(f"probs must have shape (n >= 1, {k}), got {probs.shape}")
+    yi = _encode(y, labels)
+    if len(yi) != len(probs):
+        raise InvalidInputError(f"{len(probs)} probability rows but {len(yi)} labels")
+    thr = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    summary, s_all, s_abs = _summary(yi, probs, thr)
+    per_class = {}
+    for c, lab in enumerate(labels):
+        per_class[lab] = {
+            "support": int(s_all["support"][c]),
+            "precision": _f(s_all["precision"][c]),
+            "recall": _f(s_all["recall"][c]),
+            "f1": _f(s_all["f1"][c]),
+            "assigned": int(s_abs["predicted"][c]),
+            "precision_with_abstention": _f(s_abs["precision"][c]),
+            "recall_with_abstention": _f(s_abs["recall"][c]),
+            "f1_with_abstention": _f(s_abs["f1"][c]),
+            "threshold": None if thr is None or math.isinf(thr[c]) else float(thr[c]),
+        }
+    metrics: dict[str, Any] = {
+        **summary,
+        **{k2: v for k2, v in _calibration_stats(yi, probs).items() if k2 != "bins"},
+        "target_precision": target,
+        "classes_meeting_target": sorted(
+            lab
+            for lab, r in per_class.items()
+            if r["assigned"] and (r["precision_with_abstention"] or 0) >= target
+        ),
+        "classes_assigning_nothing": sorted(
+            lab for lab, r in per_class.items() if not r["assigned"]
+        ),
+        "per_class": per_class,
+        "precision_coverage": _precision_coverage(yi, probs),
+        "reliability": _calibration_stats(yi, probs)["bins"],
+        "slices": {},
+    }
+    for sname, mask in (slices or {}).items():
+        m = np.asarray(mask, dtype=bool)
+        if m.shape != (len(yi),):
+            raise InvalidInputError(
+                f"slice {sname!r} mask has shape {m.shape}, expected ({len(yi)},)"
+            )
+        metrics["slices"][sname] = _summary(yi[m], probs[m], thr)[0] if m.any() else {"n": 0}
+    return HeadEvaluation(name, labels, probs, yi, thr, metrics, dict(info or {}))
+
+
+def evaluate_head(
+    head: Any,
+    embeddings: np.ndarray,
+    y: Sequence[Any],
+    *,
+    slices: Mapping[str, np.ndarray] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> HeadEvaluation:
+    """Evaluate a fitted head on embeddings with known labels (thresholds from the head).
+
+    Args:
+        head: a fitted ``heads.base.Head``.
+        embeddings: ``(n, in_dim)`` embeddings.
+        y: ``n`` true labels.
+        slices: optional named boolean masks.
+        info: facts shown in the report (head version and embedding version are added).
+
+    Returns:
+        The ``HeadEvaluation``.
+    """
+    cal = getattr(head, "calibration_", None) or {}
+    facts = {
+        "head_version": head.head_version,
+        "embedding_version": head.embedding_version,
+        "kind": head.kind,
+        **dict(info or {}),
+    }
+    return evaluate(
+        head.predict_proba(embeddings),
+        y,
+        head.labels,
+        thresholds=head.thresholds_,
+        slices=slices,
+        name=head.name,
+        target=cal.get("target_precision", 0.90),
+        info=facts,
+    )
+
+
+def _encode(y: Sequence[Any] | np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
+    arr = np.asarray(y)
+    if np.issubdtype(arr.dtype, np.integer):
+        if len(arr) and (arr.min() < 0 or arr.max() >= len(labels)):
+            raise InvalidInputError(f"class indices must be in [0, {len(labels)})")
+        return arr.astype(np.int64)
+    index = {lab: i for i, lab in enumerate(labels)}
+    unknown = sorted({str(v) for v in arr if str(v) not in index})
+    if unknown:
+        raise InvalidInputError(
+            f"labels {unknown[:10]} are not in the head's label set {list(labels)}"
+        )
+    return np.array([index[str(v)] for v in arr], dtype=np.int64)
+
+
+def _f(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+# --------------------------------------------------------------------------------------- plots
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(ev: HeadEvaluation, path: Path) -> Path:
+    """Row-normalised confusion matrix heatmap (argmax, before abstention)."""
+    plt = _plt()
+    k = len(ev.labels)
+    counts = np.zeros((k, k))
+    np.add.at(counts, (ev.y, ev.probs.argmax(1)), 1)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = max(5.0, 0.28 * k + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), ev.labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(k), ev.labels, fontsize=7)
+    ax.set_xlabel("predicted (argmax)")
+    ax.set_ylabel("true")
+    ax.set_title(f"{ev.name}: confusion (row-normalised, n={len(ev.y)})", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path, plt)
+
+
+def plot_reliability(ev: HeadEvaluation, path: Path) -> Path:
+    """Reliability diagram: accuracy vs confidence per bin, with bin counts."""
+    plt = _plt()
+    bins = ev.metrics["reliability"]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    ax.bar(
+        centres,
+        [b["accuracy"] for b in bins],
+        width=1 / 15,
+        edgecolor="k",
+        alpha=0.7,
+        label="accuracy",
+    )
+    ax.plot(
+        [b["confidence"] for b in bins],
+        [b["accuracy"] for b in bins],
+        "o-",
+        color="C3",
+        label="mean confidence",
+    )
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{ev.name}: reliability (ECE {ev.metrics['ece']:.3f})", fontsize=9)
+    ax.legend(fontsize=7)
+    ax2.bar(centres, [b["n"] for b in bins], width=1 / 15, color="grey")
+    ax2.set_xlabel("confidence (calibrated max probability)")
+    ax2.set_ylabel("n")
+    return _save(fig, path, plt)
+
+
+def plot_precision_coverage(ev: HeadEvaluation, path: Path) -> Path:
+    """Precision vs coverage under a global threshold sweep, with the per-class operating point."""
+    plt = _plt()
+    pc = ev.metrics["precision_coverage"]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(pc["coverage"], pc["precision"], label="global threshold sweep")
+    m = ev.metrics
+    if ev.thresholds is not None and m["selective_accuracy"] is not None:
+        ax.plot(
+            [m["coverage"]],
+            [m["selective_accuracy"]],
+            "o",
+            color="C3",
+            label="per-class thresholds",
+        )
+    ax.axhline(m["target_precision"], ls="--", color="grey", lw=1)
+    ax.set_xlabel("coverage (share of profiles assigned)")
+    ax.set_ylabel("precision of assigned")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{ev.name}: precision-coverage", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path, plt)
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def write_plots(ev: HeadEvaluation, directory: Path, *, prefix: str = "") -> dict[str, str]:
+    """Write the three PNGs of one head; return ``{plot: file name}``."""
+    makers = {
+        "confusion": plot_confusion,
+        "reliability": plot_reliability,
+        "precision_coverage": plot_precision_coverage,
+    }
+    return {k: makers[k](ev, directory / f"{prefix}{k}.png").name for k in PLOTS}
+
+
+# ------------------------------------------------------------------------------------ markdown
+def render_markdown(ev: HeadEvaluation, images: Mapping[str, str], *, level: int = 2) -> str:
+    """Markdown section for one head: summary, per-class table, slices, embedded plots.
+
+    Args:
+        ev: the evaluation.
+        images: ``{plot: relative path}`` as returned by ``write_plots``.
+        level: heading level of the section title.
+
+    Returns:
+        The Markdown text.
+    """
+    m, h = ev.metrics, "#" * level
+    out = [f"{h} Head `{ev.name}`", ""]
+    out += [f"- {k}: `{v}`" for k, v in ev.info.items()]
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    out += ["", "| metric | value |", "|---|---|"]
+    out += [
+        f"| profiles | {m['n']} |",
+        f"| accuracy (argmax) | {pct(m['accuracy'])} |",
+        f"| macro-F1 (argmax) | {m['macro_f1']:.3f} |",
+        f"| coverage (assigned, not UNCERTAIN) | {pct(m['coverage'])} |",
+        f"| precision of assigned | {pct(m['selective_accuracy'])} |",
+        f"| share of all profiles assigned their correct label | "
+        f"{pct(m['correct_assigned_share'])} |",
+        f"| macro-F1 with abstention | {m['macro_f1_with_abstention']:.3f} |",
+        f"| ECE / NLL | {m['ece']:.3f} / {m['nll']:.3f} |",
+        f"| classes meeting {pct(m['target_precision'])} precision | "
+        f"{len(m['classes_meeting_target'])} of {len(ev.labels)} |",
+        "",
+    ]
+    if m["classes_assigning_nothing"]:
+        out += [
+            "Classes that assign nothing (threshold unreachable or never predicted): "
+            + ", ".join(m["classes_assigning_nothing"]),
+            "",
+        ]
+    out += [
+        f"{h}# Per class",
+        "",
+        "| label | support | precision | recall | F1 | threshold | assigned "
+        "| precision (abst.) | recall (abst.) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for lab, r in m["per_class"].items():
+        thr = (
+            "never"
+            if r["threshold"] is None and ev.thresholds is not None
+            else ("-" if r["threshold"] is None else f"{r['threshold']:.3f}")
+        )
+        out.append(
+            f"| {lab} | {r['support']} | {pct(r['precision'])} | {pct(r['recall'])} | "
+            f"{r['f1']:.3f} | {thr} | {r['assigned']} | "
+            f"{pct(r['precision_with_abstention'])} | {pct(r['recall_with_abstention'])} |"
+        )
+    if m["slices"]:
+        out += [
+            "",
+            f"{h}# Slices",
+            "",
+            "| slice | n | accuracy | coverage | precision of assigned | correct assigned |",
+            "|---|---|---|---|---|---|",
+        ]
+        for sname, s in m["slices"].items():
+            if not s.get("n"):
+                out.append(f"| {sname} | 0 | - | - | - | - |")
+                continue
+            out.append(
+                f"| {sname} | {s['n']} | {pct(s['accuracy'])} | {pct(s['coverage'])} | "
+                f"{pct(s['selective_accuracy'])} | {pct(s['correct_assigned_share'])} |"
+            )
+    out += ["", f"{h}# Plots", ""]
+    out += [f"![{k}]({images[k]})" for k in PLOTS if k in images]
+    out += [
+        "",
+        "Thresholds: per class, the lowest calibrated max-probability whose validation "
+        "precision has a one-sided 95% lower confidence bound >= the target; a class that "
+        "cannot reach it assigns nothing (UNCERTAIN).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_report(
+    directory: str | Path,
+    evaluations: HeadEvaluation | Sequence[HeadEvaluation],
+    *,
+    title: str = "Evaluation report",
+    notes: str | None = None,
+) -> Path:
+    """Write ``metrics.json``, ``REPORT.md`` and ``<head>_<plot>.png`` for each head.
+
+    Args:
+        directory: output folder (created; existing files of the same names are replaced).
+        evaluations: one or more head evaluations.
+        title: report title.
+        notes: optional Markdown paragraph under the title (data, command line...).
+
+    Returns:
+        The path of REPORT.md.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    evs = [evaluations] if isinstance(evaluations, HeadEvaluation) else list(evaluations)
+    parts = [f"# {title}", ""] + ([notes, ""] if notes else [])
+    metrics = {}
+    for ev in evs:
+        images = write_plots(ev, directory, prefix=f"{ev.name}_")
+        parts.append(render_markdown(ev, images))
+        metrics[ev.name] = {**ev.metrics, "info": ev.info}
+    (directory / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    report = directory / "REPORT.md"
+    report.write_text("\n".join(parts), encoding="utf-8")
+    logger.info("wrote evaluation report of %d head(s) to %s", len(evs), directory)
+    return report
+
+
+def write_model_card(head_dir: str | Path, ev: HeadEvaluation) -> Path:
+    """Write the head's evaluation as its model card: ``README.md`` + PNGs in the head folder.
+
+    Args:
+        head_dir: the head's folder (while it is being created).
+        ev: the head's evaluation.
+
+    Returns:
+        The README.md path.
+    """
+    head_dir = Path(head_dir)
+    images = write_plots(ev, head_dir)
+    card = head_dir / "README.md"
+    card.write_text(
+        f"# Model card: head `{ev.name}`\n\n" + render_markdown(ev, images), encoding="utf-8"
+    )
+    return card
