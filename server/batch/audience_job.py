@@ -1,0 +1,258 @@
+"""``profile-embed batch-audience``: every influencer's audience estimate, computed on Ray Data.
+
+Input is either a batch output folder whose results carry ``influencer_id`` and the head's
+probability
+vectors (``profile-embed batch --with-probabilities --keep-fields influencer_id``), or raw follower
+files
+with an ``influencer_id`` field, which are first run through the batch pipeline into
+``OUTPUT/predictions`` (incremental like any batch run). Then
+``read_parquet -> groupby("influencer_id") -> map_groups(estimate)`` runs ``heads.audience``'s
+estimator
+(EM prior shift by default, with bootstrap intervals) once per influencer, in parallel, and the
+driver
+writes ``audience.parquet`` and ``audience.jsonl`` (temp names, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedder.errors import InvalidInputError
+from server.batch.incremental import RESULTS_DIR, atomic_write_bytes, atomic_write_json
+from server.batch.pipeline import BatchConfig, run_batch
+from server.batch.predictor import load_model
+from server.batch.runtime import ensure_ray, quiet_ray_data
+
+logger = logging.getLogger(__name__)
+
+GROUP_FIELD = "influencer_id"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudienceJobConfig:
+    """Settings of one audience job.
+
+    Attributes:
+        model_dir: the model folder (the head's prior and confusion come from it).
+        followers: a batch output folder, or a folder/glob of raw follower files.
+        output: the output folder.
+        head: the head whose label distribution is estimated.
+        method: estimator of ``heads.audience`` (``em``, ``average``, ``acc``, ``cc``).
+        n_bootstrap: bootstrap replicates per influencer.
+        min_followers: influencers with fewer followers get ``n`` and no shares.
+        seed: bootstrap seed.
+        num_actors ... show_progress: as in ``BatchConfig`` (used when raw files are given).
+    """
+
+    model_dir: Path
+    followers: str
+    output: Path
+    head: str = "geolocation"
+    method: str = "em"
+    n_bootstrap: int = 200
+    min_followers: int = 1
+    seed: int = 0
+    num_actors: int | None = None
+    batch_size: int = 256
+    encode_batch_size: int = 64
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float | None = None
+    num_cpus: int | None = None
+    numerics: str | None = None
+    show_progress: bool = True
+
+
+def _result_files(folder: Path, head: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    files = sorted((folder / RESULTS_DIR).glob("*.parquet"))
+    need = {GROUP_FIELD, f"{head}_probs"}
+    usable = [str(p) for p in files if need <= set(pq.read_schema(p).names)]
+    return usable
+
+
+def _estimate_group(
+    group: Any,
+    *,
+    labels: list[str],
+    method: str,
+    inputs: dict[str, Any],
+    n_bootstrap: int,
+    min_followers: int,
+    seed: int,
+    probs_col: str,
+) -> Any:
+    """map_groups function: one influencer's rows -> one row of estimates."""
+    import pyarrow as pa
+
+    from heads.audience import estimate_audience
+
+    influencer = group.column(GROUP_FIELD)[0].as_py()
+    col = group.column(probs_col).combine_chunks()
+    probs = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), len(labels))
+    n = len(probs)
+    row: dict[str, Any] = {"influencer_id": influencer, "n": n, "method": method}
+    if n < min_followers:
+        row.update(shares=None, lower=None, upper=None)
+    else:
+        est = estimate_audience(
+            probs, labels=labels, method=method, n_bootstrap=n_bootstrap, seed=seed, **inputs
+        )
+        row.update(
+            shares=[float(x) for x in est.shares],
+            lower=[float(x) for x in est.lower],
+            upper=[float(x) for x in est.upper],
+        )
+    vec = pa.list_(pa.float64())
+    schema = pa.schema(
+        [
+            ("influencer_id", pa.string()),
+            ("n", pa.int64()),
+            ("method", pa.string()),
+            ("shares", vec),
+            ("lower", vec),
+            ("upper", vec),
+        ]
+    )
+    return pa.Table.from_pylist([row], schema=schema)
+
+
+def _method_inputs(head: Any, method: str) -> dict[str, Any]:
+    from heads.audience import head_audience_inputs
+
+    raw = head_audience_inputs(head)
+    wanted = {"em": ("prior",), "acc": ("confusion",), "cc": ("thresholds",), "average": ()}
+    return {k: raw[k] for k in wanted.get(method, ())}
+
+
+def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
+    """Estimate every influencer's audience; see the module docstring.
+
+    Args:
+        cfg: the job settings.
+
+    Returns:
+        A summary (also ``OUTPUT/audience_summary.json``): influencers, followers used, rows
+        without an
+        influencer, and the nested batch summary when raw files were given.
+
+    Raises:
+        InvalidInputError: no usable follower predictions.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    t0 = time.perf_counter()
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    followers = Path(cfg.followers)
+    batch_summary = None
+    if not (followers / RESULTS_DIR).is_dir():
+        batch_summary = run_batch(
+            BatchConfig(
+                model_dir=cfg.model_dir,
+                input=cfg.followers,
+                output=cfg.output / "predictions",
+                heads=(cfg.head,),
+                with_probabilities=True,
+                keep_fields=(GROUP_FIELD,),
+                num_actors=cfg.num_actors,
+                batch_size=cfg.batch_size,
+                encode_batch_size=cfg.encode_batch_size,
+                gpus_per_actor=cfg.gpus_per_actor,
+                cpus_per_actor=cfg.cpus_per_actor,
+                num_cpus=cfg.num_cpus,
+                numerics=cfg.numerics,
+                show_progress=cfg.show_progress,
+            )
+        )
+        followers = cfg.output / "predictions"
+    files = _result_files(followers, cfg.head)
+    if not files:
+        raise InvalidInputError(
+            f"no batch results with columns '{GROUP_FIELD}' and '{cfg.head}_probs' under "
+            f"{followers / RESULTS_DIR}; run profile-embed batch with --with-probabilities "
+            f"--keep-fields {GROUP_FIELD}, or pass raw follower files",
+            field="followers",
+        )
+    ensure_ray(cfg.num_cpus)
+    quiet_ray_data(cfg.show_progress)
+    model = load_model(cfg.model_dir, [cfg.head], None, threads=None)
+    head = model.heads[cfg.head]
+    labels = list(head.labels)
+    inputs = _method_inputs(head, cfg.method)
+    del model
+    probs_col = f"{cfg.head}_probs"
+    ds = ray.data.read_parquet(files, columns=[GROUP_FIELD, probs_col])
+    n_rows = ds.count()
+    ds = ds.filter(expr=f"{GROUP_FIELD} is not null")
+    out = ds.groupby(GROUP_FIELD).map_groups(
+        _estimate_group,
+        batch_format="pyarrow",
+        fn_kwargs={
+            "labels": labels,
+            "method": cfg.method,
+            "inputs": inputs,
+            "n_bootstrap": cfg.n_bootstrap,
+            "min_followers": cfg.min_followers,
+            "seed": cfg.seed,
+            "probs_col": probs_col,
+        },
+    )
+    table = pa.concat_tables(list(out.iter_batches(batch_size=None, batch_format="pyarrow")))
+    table = table.sort_by("influencer_id")
+    n_used = int(pa.compute.sum(table["n"]).as_py() or 0)
+    meta = {
+        "head": cfg.head,
+        "labels": labels,
+        "method": cfg.method,
+        "embedding_version": head.embedding_version,
+        "n_bootstrap": cfg.n_bootstrap,
+    }
+    table = table.replace_schema_metadata({b"profile_embed_audience": json.dumps(meta).encode()})
+    _write_outputs(cfg.output, table, labels, pq)
+    summary = {
+        "influencers": table.num_rows,
+        "followers_used": n_used,
+        "rows_without_influencer": n_rows - n_used,
+        "head": cfg.head,
+        "method": cfg.method,
+        "output": str(cfg.output),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "batch": batch_summary,
+    }
+    atomic_write_json(cfg.output / "audience_summary.json", summary)
+    return summary
+
+
+def _write_outputs(out: Path, table: Any, labels: list[str], pq: Any) -> None:
+    tmp = out / f".audience.parquet.tmp-{time.time_ns()}"
+    pq.write_table(table, tmp)
+    tmp.replace(out / "audience.parquet")
+    lines = []
+    for row in table.to_pylist():
+        rec: dict[str, Any] = {
+            "influencer_id": row["influencer_id"],
+            "n": row["n"],
+            "method": row["method"],
+            "shares": None,
+        }
+        if row["shares"] is not None:
+            order = np.argsort(-np.asarray(row["shares"]), kind="stable")
+            rec["shares"] = {
+                labels[i]: {
+                    "share": round(row["shares"][i], 5),
+                    "lower": round(row["lower"][i], 5),
+                    "upper": round(row["upper"][i], 5),
+                }
+                for i in order
+            }
+        lines.append(json.dumps(rec, ensure_ascii=False))
+    atomic_write_bytes(out / "audience.jsonl", ("\n".join(lines) + "\n").encode())

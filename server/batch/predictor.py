@@ -1,0 +1,307 @@
+"""The actor-pool callable of ``profile-embed batch``: model loaded once per actor, rows in, parts
+out.
+
+Ray Data constructs :class:`BatchPredictor` once per actor (CPU or GPU) and calls it on batches of
+reader rows (``server.batch.sources.CHUNK_COLUMNS``). For each batch it assembles the texts, drops
+rows
+already done (``row_key`` in the done set), embeds the rest with the server's encoder settings,
+runs the
+heads, writes the results of each input file as a part under the run's temp folder, and returns one
+small accounting row per input file. Results never travel back to the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedder.errors import VersionMismatchError
+from embedder.profile import Profile, text_hash
+from server.batch.incremental import JobSpec, contains, row_key, write_part
+from server.batch.sources import MARKER_ROW
+
+logger = logging.getLogger(__name__)
+
+#: Bad rows listed per file in the accounting rows (all are counted).
+MAX_BAD_LISTED = 200
+
+
+def result_schema(spec: JobSpec, dim: int, head_labels: Mapping[str, Sequence[str]]) -> Any:
+    """The Arrow schema of result rows for ``spec``.
+
+    Args:
+        spec: the job spec (heads, optional columns).
+        dim: the embedding width.
+        head_labels: head name -> label order (for the probability vectors).
+
+    Returns:
+        A ``pyarrow.Schema``: id, source_row, embedding_version, text_hash, row_key, [embedding],
+        kept fields, and per head ``<head>_label`` (null when abstained), ``<head>_argmax``,
+        ``<head>_score`` [, ``<head>_probs``].
+    """
+    import pyarrow as pa
+
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("embedding_version", pa.string(), nullable=False),
+        pa.field("text_hash", pa.binary(32), nullable=False),
+        pa.field("row_key", pa.binary(16), nullable=False),
+    ]
+    if spec.with_embeddings:
+        fields.append(pa.field("embedding", pa.list_(pa.float32(), dim)))
+    fields += [pa.field(name, pa.string()) for name in spec.keep_fields]
+    for head in spec.heads:
+        fields += [
+            pa.field(f"{head}_label", pa.string()),
+            pa.field(f"{head}_argmax", pa.string()),
+            pa.field(f"{head}_score", pa.float32()),
+        ]
+        if spec.with_probabilities:
+            fields.append(pa.field(f"{head}_probs", pa.list_(pa.float32(), len(head_labels[head]))))
+    return pa.schema(fields)
+
+
+def load_model(
+    model_dir: str | Path, heads: Sequence[str], numerics: str | None, threads: int | None
+) -> Any:
+    """Load ``ProfileModel`` with the runtime settings of the serving path.
+
+    Args:
+        model_dir: the model folder.
+        heads: head names to load (empty: all).
+        numerics: encoder numerics (``fp32``/``bf16``/``int8``); None keeps the model's default.
+        threads: torch threads for this process; None keeps the encoder's default.
+
+    Returns:
+        The loaded ``heads.model.ProfileModel``.
+    """
+    from heads.model import ProfileModel
+
+    model = ProfileModel.load(model_dir, heads=list(heads) or None)
+    if numerics is not None:
+        model.encoder.numerics = numerics
+    if threads is not None:
+        model.encoder.threads = threads
+    return model
+
+
+class BatchPredictor:
+    """Ray Data callable class: one instance per actor, model loaded once in ``__init__``.
+
+    Args:
+        model_dir: the model folder.
+        spec: the job spec as a dict (``JobSpec.to_dict()``).
+        tmp_dir: this run's temp folder for parts.
+        schema_bytes: serialised Arrow result schema.
+        done_ref: a one-element list holding the ObjectRef of the sorted done keys (shared,
+        zero-copy).
+        cache_path: optional embedding cache (SQLite) path, local to the actor's node.
+        numerics: encoder numerics; None keeps the model default.
+        threads: torch threads per actor.
+        encode_batch_size: most texts per forward pass.
+        use_gpu: move the encoder to CUDA when the actor got a GPU.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_dir: str,
+        spec: dict[str, Any],
+        tmp_dir: str,
+        schema_bytes: bytes,
+        done_ref: list[Any] | None = None,
+        cache_path: str | None = None,
+        numerics: str | None = None,
+        threads: int | None = None,
+        encode_batch_size: int = 64,
+        use_gpu: bool = False,
+    ) -> None:
+        import pyarrow as pa
+
+        self.spec = JobSpec(
+            embedding_version=spec["embedding_version"],
+            heads=spec["heads"],
+            with_embeddings=spec["with_embeddings"],
+            with_probabilities=spec["with_probabilities"],
+            keep_fields=tuple(spec["keep_fields"]),
+        )
+        self.tmp_dir = tmp_dir
+        self.schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
+        self.model = load_model(model_dir, list(self.spec.heads), numerics, threads)
+        version = self.model.encoder.embedding_version
+        if version != self.spec.embedding_version:
+            raise VersionMismatchError(
+                f"actor loaded {model_dir} with embedding_version {version}, but the job was "
+                f"planned "
+                f"for {self.spec.embedding_version} (was the model folder replaced during the run?)"
+            )
+        if use_gpu:
+            _move_to_gpu(self.model)
+        self.encode_batch_size = encode_batch_size
+        self.done = _resolve_done(done_ref)
+        self.encoder = self.model.encoder
+        self.cache = None
+        if cache_path:
+            from embedder.cache import EmbeddingCache
+
+            self.cache = EmbeddingCache(
+                cache_path, embedding_version=version, dim=self.model.encoder.dim
+            )
+        logger.info(
+            "batch actor ready: %s, heads %s, %d done keys",
+            version,
+            list(self.spec.heads),
+            len(self.done),
+        )
+
+    def __call__(self, batch: Any) -> dict[str, list[Any]]:
+        """Process a ``pyarrow.Table`` of reader rows; return accounting rows per input file."""
+        cols = {name: batch.column(name).to_pylist() for name in batch.column_names}
+        stats: dict[str, dict[str, Any]] = defaultdict(
+            lambda: {
+                "n_in_file": 0,
+                "n_processed": 0,
+                "n_skipped": 0,
+                "n_written": 0,
+                "bad": [],
+                "n_bad": 0,
+                "failed": None,
+            }
+        )
+        good: list[int] = []
+        for i, fk in enumerate(cols["file_key"]):
+            st = stats[fk]
+            st["n_in_file"] = cols["n_in_file"][i]
+            if cols["row"][i] == MARKER_ROW:
+                st["failed"] = cols["error"][i]
+                continue
+            st["n_processed"] += 1
+            if cols["error"][i] is not None:
+                st["n_bad"] += 1
+                if len(st["bad"]) < MAX_BAD_LISTED:
+                    st["bad"].append(
+                        {
+                            "row": cols["row"][i],
+                            "field": cols["error_field"][i],
+                            "error": cols["error"][i],
+                        }
+                    )
+            else:
+                good.append(i)
+        if good:
+            self._predict_and_write(cols, good, stats)
+        keys = list(stats)
+        return {
+            "file_key": keys,
+            "n_in_file": [stats[k]["n_in_file"] for k in keys],
+            "n_processed": [stats[k]["n_processed"] for k in keys],
+            "n_skipped": [stats[k]["n_skipped"] for k in keys],
+            "n_written": [stats[k]["n_written"] for k in keys],
+            "n_bad": [stats[k]["n_bad"] for k in keys],
+            "bad": [json.dumps(stats[k]["bad"], ensure_ascii=False) for k in keys],
+            "failed": [stats[k]["failed"] or "" for k in keys],
+        }
+
+    def _predict_and_write(
+        self, cols: dict[str, list[Any]], good: list[int], stats: dict[str, dict[str, Any]]
+    ) -> None:
+        profiles = [
+            Profile(
+                id=cols["id"][i],
+                username=cols["username"][i],
+                full_name=cols["full_name"][i],
+                biography=cols["biography"][i],
+                captions=tuple(cols["captions"][i]),
+            )
+            for i in good
+        ]
+        texts = self.encoder.assemble(profiles)
+        hashes = [text_hash(t) for t in texts]
+        keys = [row_key(p.id, h) for p, h in zip(profiles, hashes, strict=True)]
+        skip = contains(self.done, keys)
+        todo = [j for j in range(len(good)) if not skip[j]]
+        for j in np.flatnonzero(skip):
+            stats[cols["file_key"][good[j]]]["n_skipped"] += 1
+        if not todo:
+            return
+        emb = self._embed([texts[j] for j in todo], [hashes[j] for j in todo])
+        preds = self.model.predict(emb, heads=list(self.spec.heads))
+        columns: dict[str, list[Any]] = {
+            "id": [profiles[j].id for j in todo],
+            "source_row": [cols["row"][good[j]] for j in todo],
+            "embedding_version": [self.spec.embedding_version] * len(todo),
+            "text_hash": [hashes[j] for j in todo],
+            "row_key": [keys[j] for j in todo],
+        }
+        if self.spec.with_embeddings:
+            columns["embedding"] = list(emb)
+        for name in self.spec.keep_fields:
+            columns[name] = [json.loads(cols["keep"][good[j]] or "{}").get(name) for j in todo]
+        for head in self.spec.heads:
+            ps = preds[head]
+            columns[f"{head}_label"] = [p.label for p in ps]
+            columns[f"{head}_argmax"] = [p.argmax for p in ps]
+            columns[f"{head}_score"] = [float(p.score) for p in ps]
+            if self.spec.with_probabilities:
+                columns[f"{head}_probs"] = [np.asarray(p.probabilities, np.float32) for p in ps]
+        self._write_by_file(columns, [cols["file_key"][good[j]] for j in todo], stats)
+
+    def _embed(self, texts: list[str], hashes: list[bytes]) -> np.ndarray:
+        if self.cache is None:
+            return self.encoder.encode_texts(texts, batch_size=self.encode_batch_size)
+        cached = self.cache.get_many(hashes)
+        miss = [j for j, v in enumerate(cached) if v is None]
+        out = np.zeros((len(texts), self.encoder.dim), dtype=np.float32)
+        for j, v in enumerate(cached):
+            if v is not None:
+                out[j] = v
+        if miss:
+            fresh = self.encoder.encode_texts(
+                [texts[j] for j in miss], batch_size=self.encode_batch_size
+            )
+            out[miss] = fresh
+            self.cache.put_many([hashes[j] for j in miss], fresh)
+        return out
+
+    def _write_by_file(
+        self, columns: dict[str, list[Any]], file_keys: list[str], stats: dict[str, dict[str, Any]]
+    ) -> None:
+        import pyarrow as pa
+
+        table = pa.table(columns, schema=self.schema)
+        by_file: dict[str, list[int]] = defaultdict(list)
+        for j, fk in enumerate(file_keys):
+            by_file[fk].append(j)
+        for fk, rows in by_file.items():
+            part = table.take(pa.array(rows)) if len(by_file) > 1 else table
+            write_part(self.tmp_dir, fk, part)
+            stats[fk]["n_written"] += len(rows)
+
+
+def _resolve_done(done_ref: list[Any] | None) -> np.ndarray:
+    if not done_ref:
+        return np.empty(0, dtype="S16")
+    import ray
+
+    return np.asarray(ray.get(done_ref[0]))
+
+
+def _move_to_gpu(model: Any) -> None:
+    """Put the encoder on the actor's GPU when the encoder supports a device; else stay on CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        logger.warning("actor was given a GPU but torch sees no CUDA device; encoding on CPU")
+        return
+    to = getattr(model.encoder, "to", None)
+    if to is None:
+        logger.warning("ProfileEncoder has no .to(device); encoding on CPU despite the GPU")
+        return
+    to("cuda")

@@ -1,0 +1,314 @@
+"""``profile-embed batch`` on a local Ray (2 CPUs) with a tiny model and simulated profiles.
+
+One Ray instance per module. The model folder is built once: a tiny encoder from ``tiny_base_dir``
+plus
+``geolocation`` and ``category`` heads fitted for a few epochs on simulated profiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+pa = pytest.importorskip("pyarrow")
+
+N_PROFILES = 2400
+N_FILES_JSONL = 4
+N_FILES_PARQUET = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _simulate(n: int, seed: int):
+    from embedder.simulator.core import simulate_profiles
+
+    return simulate_profiles(n, seed)
+
+
+def build_model_dir(base_dir: Path, root: Path, n_train: int = 600) -> Path:
+    """A model folder in the contract layout: encoder/ + heads/<name>/v1/ + model.json."""
+    from embedder.encoder import ProfileEncoder
+    from heads.softmax import standard_head
+
+    model = root / "model"
+    encoder = ProfileEncoder.from_base(base_dir, num_layers=3)
+    encoder.save(model / "encoder")
+    rows = _simulate(n_train, seed=7)
+    emb = encoder.encode([r.profile for r in rows])
+    half = n_train // 2
+    for name, field in (("geolocation", "country"), ("category", "category")):
+        y = [r.labels[field] for r in rows]
+        head = standard_head(name, embedding_version=encoder.embedding_version, in_dim=encoder.dim)
+        head.fit(
+            emb[:half],
+            y[:half],
+            val_embeddings=emb[half:],
+            val_labels=y[half:],
+            epochs=20,
+            missing_classes="abstain",
+        )
+        head.save(model / "heads" / name / "v1")
+    (model / "model.json").write_text(
+        json.dumps(
+            {
+                "format_version": 1,
+                "embedding_version": encoder.embedding_version,
+                "base": str(base_dir),
+                "created": time.time(),
+            }
+        )
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
+    return build_model_dir(tiny_base_dir, tmp_path_factory.mktemp("batch_model"))
+
+
+BAD_JSONL_LINES = [
+    b"{not json",  # invalid JSON
+    json.dumps({"username": "no_id"}).encode(),  # missing id
+    json.dumps({"id": "bad-bio", "biography": 42}).encode(),  # wrong type
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Profiles split over JSONL and Parquet files, with 3 bad JSONL lines and 1 bad Parquet row."""
+    root = tmp_path_factory.mktemp("batch_in")
+    rows = [r.profile.to_dict() for r in _simulate(N_PROFILES, seed=11)]
+    for r in rows:  # keep inputs compact and Parquet-typed
+        r.pop("cues", None)
+        r.pop("cue_text", None)
+    n_parts = N_FILES_JSONL + N_FILES_PARQUET
+    parts = [rows[i::n_parts] for i in range(n_parts)]
+    bad = []
+    for i, part in enumerate(parts[:N_FILES_JSONL]):
+        lines = [json.dumps(r, ensure_ascii=False).encode() for r in part]
+        path = root / f"profiles-{i}.jsonl"
+        if i == 1:
+            for j, raw in zip((5, 10, 20), BAD_JSONL_LINES, strict=True):
+                lines.insert(j, raw)
+            bad = [(str(path), 6, None), (str(path), 11, "id"), (str(path), 21, "biography")]
+        path.write_bytes(b"\n".join(lines) + b"\n")
+    for i, part in enumerate(parts[N_FILES_JSONL:]):
+        table = pa.Table.from_pylist(part)
+        if i == 0:
+            ids = table.column("id").to_pylist()
+            ids[3] = None
+            table = table.set_column(table.schema.get_field_index("id"), "id", pa.array(ids))
+            bad.append((str(root / "profiles-p0.parquet"), 4, "id"))
+        pq.write_table(table, root / f"profiles-p{i}.parquet")
+    valid = {r["id"] for r in rows} - {parts[N_FILES_JSONL][3]["id"]}
+    profiles = {r["id"]: r for r in rows}
+    return root, valid, bad, profiles
+
+
+def _results(out: Path):
+    files = sorted((out / "results").glob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else None
+
+
+def _config(model_dir, input_dir, out, **kw):
+    from server.batch.pipeline import BatchConfig
+
+    return BatchConfig(
+        model_dir=model_dir,
+        input=str(input_dir),
+        output=out,
+        num_actors=2,
+        batch_size=128,
+        show_progress=False,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(model_dir, inputs, tmp_path_factory):
+    from server.batch.pipeline import run_batch
+
+    out = tmp_path_factory.mktemp("batch_out")
+    summary = run_batch(
+        _config(model_dir, inputs[0], out, with_embeddings=True, with_probabilities=True)
+    )
+    return out, summary
+
+
+def test_output_equals_in_process_predict(model_dir, inputs, first_run):
+    from embedder.profile import Profile
+    from heads.model import ProfileModel
+
+    _, valid, _, profiles = inputs
+    out, summary = first_run
+    table = _results(out)
+    ids = table.column("id").to_pylist()
+    assert sorted(ids) == sorted(valid)
+    assert summary["rows_written"] == len(valid)
+    model = ProfileModel.load(model_dir)
+    sample = ids[:300]
+    plist = [Profile.from_dict(profiles[i])[0] for i in sample]
+    expected_emb = model.encoder.encode(plist)
+    expected = model.predict(plist)
+    got = table.slice(0, 300)
+    emb = np.stack(got.column("embedding").to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(emb, expected_emb, atol=1e-5)
+    assert set(table.column("embedding_version").to_pylist()) == {model.encoder.embedding_version}
+    for head, preds in expected.items():
+        assert got.column(f"{head}_argmax").to_pylist() == [p.argmax for p in preds]
+        assert got.column(f"{head}_label").to_pylist() == [p.label for p in preds]
+        np.testing.assert_allclose(
+            got.column(f"{head}_score").to_numpy(), [p.score for p in preds], atol=1e-5
+        )
+        probs = np.stack(got.column(f"{head}_probs").to_numpy(zero_copy_only=False))
+        np.testing.assert_allclose(probs, np.stack([p.probabilities for p in preds]), atol=1e-5)
+
+
+def test_bad_rows_reported_and_counted(inputs, first_run):
+    _, _, bad, _ = inputs
+    out, summary = first_run
+    assert summary["rows_bad"] == len(bad)
+    got = sorted((b["file"], b["row"], b["field"]) for b in summary["bad_rows"])
+    assert got == sorted(bad)
+    assert summary["files_failed"] == []
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["rows_bad"] == len(bad)
+
+
+def test_second_run_skips_everything(model_dir, inputs, first_run):
+    from server.batch.pipeline import run_batch
+
+    out, _ = first_run
+    before = sorted(p.name for p in (out / "results").iterdir())
+    summary = run_batch(
+        _config(model_dir, inputs[0], out, with_embeddings=True, with_probabilities=True)
+    )
+    assert (
+        summary["files_already_done"] == summary["files_total"] == N_FILES_JSONL + N_FILES_PARQUET
+    )
+    assert summary["rows_read"] == summary["rows_written"] == 0
+    assert sorted(p.name for p in (out / "results").iterdir()) == before
+    # A subset of the outputs (no embeddings) is also satisfied by these results.
+    subset = run_batch(_config(model_dir, inputs[0], out, heads=("category",)))
+    assert subset["files_already_done"] == subset["files_total"]
+
+
+def test_rows_already_done_are_skipped_in_a_new_file(model_dir, inputs, first_run, tmp_path):
+    """A re-export of known profiles under a new file name encodes nothing."""
+    from server.batch.pipeline import run_batch
+
+    out, _ = first_run
+    copy_dir = tmp_path / "reexport"
+    copy_dir.mkdir()
+    shutil.copy(inputs[0] / "profiles-0.jsonl", copy_dir / "profiles-0-copy.jsonl")
+    n_lines = len((copy_dir / "profiles-0-copy.jsonl").read_text().splitlines())
+    summary = run_batch(
+        _config(model_dir, copy_dir, out, with_embeddings=True, with_probabilities=True)
+    )
+    assert summary["rows_read"] == n_lines
+    assert summary["rows_skipped"] == n_lines
+    assert summary["rows_written"] == 0
+
+
+def test_killed_run_resumes_without_duplicates(model_dir, inputs, tmp_path):
+    """SIGKILL the CLI midway (whole process group), re-run: every valid id once, no leftovers."""
+    from server.batch.pipeline import run_batch
+
+    src, valid, _, _ = inputs
+    many = tmp_path / "many"
+    many.mkdir()
+    # 24 small files so that the kill lands between finished and unfinished files.
+    for f in sorted(src.glob("*.jsonl")):
+        lines = f.read_bytes().splitlines()
+        for k in range(6):
+            (many / f"{f.stem}-{k}.jsonl").write_bytes(b"\n".join(lines[k::6]) + b"\n")
+    for f in sorted(src.glob("*.parquet")):
+        shutil.copy(f, many / f.name)
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "batch",
+        "--model",
+        str(model_dir),
+        "--input",
+        str(many),
+        "--output",
+        str(out),
+        "--num-actors",
+        "1",
+        "--batch-size",
+        "32",
+        "--num-cpus",
+        "2",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + 120
+    results = out / "results"
+    while time.time() < deadline and proc.poll() is None:
+        if results.is_dir() and len(list(results.glob("*.parquet"))) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_with = len(list(results.glob("*.parquet")))
+    assert 3 <= killed_with < 26
+    summary = run_batch(_config(model_dir, many, out))
+    assert summary["files_already_done"] >= 3
+    assert summary["files_finished"] + summary["files_already_done"] == summary["files_total"] == 26
+    ids = _results(out).column("id").to_pylist()
+    assert len(ids) == len(set(ids)), "duplicate ids after restart"
+    assert set(ids) == valid
+    assert list((out / "_tmp").iterdir()) == []
+    assert not list(results.glob(".*"))
+
+
+def test_cli_batch_prints_summary_and_bad_rows(model_dir, inputs, tmp_path, capsys):
+    from server.cli import main
+
+    out = tmp_path / "cli_out"
+    code = main(
+        [
+            "batch",
+            "--model",
+            str(model_dir),
+            "--input",
+            str(inputs[0] / "profiles-1.jsonl"),
+            "--output",
+            str(out),
+            "--heads",
+            "geolocation",
+            "--num-actors",
+            "1",
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["rows_bad"] == 3 and summary["files_finished"] == 1
+    assert "row 11, field id" in captured.err
+    cols = pq.read_schema(next((out / "results").glob("*.parquet"))).names
+    assert "geolocation_label" in cols and "category_label" not in cols and "embedding" not in cols
