@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from embedder.errors import EmbedderError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("server.commands.embed",)
 
 _ENV_PREFIX = "PROFILE_EMBED_"
 

