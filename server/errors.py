@@ -1,13 +1,14 @@
 """The one place where errors become gRPC statuses, and where request limits are checked.
 
-Every servicer method runs inside :func:`map_errors`; stream items use :func:`item_status`. Both
-map the project's error tree the same way (TEI router style):
+Every servicer method's errors go through :func:`status_for`; stream items use :func:`item_status`.
+Both map the project's error tree the same way (TEI router style):
 
 ==========================  =====================  ==========================
 error                       gRPC status            stream item status
 ==========================  =====================  ==========================
 InvalidInputError           INVALID_ARGUMENT       ITEM_STATUS_INVALID_ARGUMENT
 UnknownHeadError            NOT_FOUND              ITEM_STATUS_NOT_FOUND
+UnknownIdError              NOT_FOUND              ITEM_STATUS_NOT_FOUND
 OverloadedError             RESOURCE_EXHAUSTED     ITEM_STATUS_RESOURCE_EXHAUSTED
 NotReadyError               UNAVAILABLE            ITEM_STATUS_UNAVAILABLE
 anything else               INTERNAL               ITEM_STATUS_INTERNAL
@@ -42,9 +43,17 @@ logger = logging.getLogger(__name__)
 #: Longest accepted profile id.
 MAX_ID_CHARS = 512
 
+class UnknownIdError(EmbedderError, KeyError):
+    """Raised when a profile id asked for is not in the similarity index (-> NOT_FOUND)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),
     (UnknownHeadError, grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
+    (UnknownIdError, grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
 )
@@ -78,33 +87,6 @@ def item_status(err: BaseException, rpc: str = "PredictStream") -> tuple[str, st
     """Map an exception to a stream item's ``ItemStatus`` name (``ITEM_STATUS_...``) and message."""
     _, name, message = _describe(err, rpc)
     return f"ITEM_STATUS_{name}", message
-
-
-class map_errors:
-    """Async context manager that turns any error raised inside into ``context.abort``.
-
-    Example::
-
-        async with map_errors(context, "Predict"):
-            ...
-
-    ``AbortError`` (an abort already decided) and cancellation pass through untouched.
-    """
-
-    def __init__(self, context: grpc.aio.ServicerContext, rpc: str) -> None:
-        self.context = context
-        self.rpc = rpc
-        self.code: grpc.StatusCode = grpc.StatusCode.OK
-
-    async def __aenter__(self) -> map_errors:
-        return self
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or not isinstance(exc, Exception) or isinstance(exc, grpc.aio.AbortError):
-            return False
-        self.code, message = status_for(exc, self.rpc)
-        await self.context.abort(self.code, message)
-        return False  # pragma: no cover - abort raises
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,216 @@
+"""What the servicer runs on: the loaded model, cache, index and batcher, and the embed path.
+
+``Runtime.load`` reads every artifact and refuses a mix of versions: a head, cache or index whose
+``embedding_version`` differs from the encoder's is an error at startup (``VersionMismatchError``),
+never a silent stale answer. ``embed`` is the one path every RPC uses: assemble -> cache lookup ->
+dynamic batcher for the misses (the batcher's worker writes them to the cache before anyone is
+answered, so an acknowledged vector survives a crash) -> vectors in request order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedder.errors import ArtifactError, NotReadyError
+from embedder.profile import Profile, text_hash
+from server.batcher import DynamicBatcher
+from server.config import ServerConfig
+from server.metrics import ServerMetrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """Vectors of one request, in request order, and which came from the cache."""
+
+    vectors: np.ndarray
+    cache_hits: np.ndarray
+
+
+class Runtime:
+    """Loaded artifacts plus the batching embed path.
+
+    Args:
+        config: the server settings.
+        model: a loaded ``heads.model.ProfileModel`` (encoder + heads).
+        cache: an ``embedder.cache.EmbeddingCache`` of the encoder's version, or None.
+        index: an ``embedder.index.SimilarityIndex`` of the encoder's version, or None.
+        metrics: where to record batches and cache lookups.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        model: Any,
+        *,
+        cache: Any = None,
+        index: Any = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.encoder = model.encoder
+        self.heads: Mapping[str, Any] = dict(model.heads)
+        self.cache = cache
+        self.index = index
+        self.metrics = metrics or ServerMetrics()
+        self.embedding_version: str = self.encoder.embedding_version
+        self.dim: int = int(self.encoder.dim)
+        self.base_model: str = _base_of(config.model, self.encoder)
+        self._index_lock = threading.Lock()
+        # Assembly, cache reads and heads run here so the event loop never blocks on them.
+        self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runtime")
+        self.batcher = DynamicBatcher(
+            self._encode_batch,
+            max_batch_tokens=config.max_batch_tokens,
+            max_batch_profiles=config.max_batch_profiles,
+            max_wait_ms=config.max_wait_ms,
+            max_queue=config.max_queue,
+            workers=config.workers,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.metrics.bind_queue_depth(lambda: self.batcher.queue_depth)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, config: ServerConfig, metrics: ServerMetrics | None = None) -> Runtime:
+        """Load model, cache and index named by ``config``; refuse any version mismatch.
+
+        Raises:
+            ArtifactError: a missing or broken artifact.
+            VersionMismatchError: a head, cache or index of another ``embedding_version``.
+        """
+        from heads.model import ProfileModel
+
+        if config.model is None:
+            raise ArtifactError("no model given: pass --model DIR (a folder written by train)")
+        model = ProfileModel.load(config.model)
+        version = model.encoder.embedding_version
+        cache = index = None
+        if config.cache is not None:
+            from embedder.cache import EmbeddingCache
+
+            cache = EmbeddingCache(config.cache, embedding_version=version, dim=model.encoder.dim)
+        if config.index is not None:
+            index = _load_index(Path(config.index), version, int(model.encoder.dim))
+        logger.info(
+            "loaded model %s: embedding_version=%s dim=%d heads=%s cache=%s index=%s",
+            config.model,
+            version,
+            model.encoder.dim,
+            sorted(model.heads),
+            "on" if cache is not None else "off",
+            "off" if index is None else f"{len(index)} vectors",
+        )
+        return cls(config, model, cache=cache, index=index, metrics=metrics)
+
+    def start(self) -> None:
+        """Start the batcher (on the running event loop)."""
+        self.batcher.start()
+
+    async def close(self) -> None:
+        """Drain the batcher, then close the cache."""
+        await self.batcher.close(drain=True)
+        self._cpu.shutdown(wait=True)
+        if self.cache is not None:
+            self.cache.close()
+
+    # ------------------------------------------------------------------ embed path
+    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+        """One forward pass (worker thread): dedupe, encode, write the cache, then return."""
+        unique = list(dict.fromkeys(texts))
+        vectors = self.encoder.encode_texts(unique, batch_size=len(unique))
+        if self.cache is not None:
+            self.cache.put_many([text_hash(t) for t in unique], vectors)
+        if len(unique) == len(texts):
+            return vectors
+        row = {t: i for i, t in enumerate(unique)}
+        return vectors[[row[t] for t in texts]]
+
+    def _lookup(self, profiles: Sequence[Profile]) -> tuple[list[str], list[np.ndarray | None]]:
+        texts = self.encoder.assemble(profiles)
+        if self.cache is None:
+            return texts, [None] * len(texts)
+        return texts, self.cache.get_many([text_hash(t) for t in texts])
+
+    async def run_cpu(self, fn: Any, *args: Any) -> Any:
+        """Run a blocking function on the runtime's small thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
+
+    async def embed(self, profiles: Sequence[Profile]) -> Embedded:
+        """Embed profiles: cache hits directly, misses through the dynamic batcher.
+
+        Raises:
+            OverloadedError: the encoder queue is full.
+            NotReadyError: the server is shutting down.
+        """
+        texts, cached = await self.run_cpu(self._lookup, profiles)
+        hits = np.array([v is not None for v in cached], dtype=bool)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, vec in enumerate(cached):
+            if vec is not None:
+                out[i] = vec
+        miss = np.flatnonzero(~hits)
+        if len(miss):
+            out[miss] = await self.batcher.submit([texts[i] for i in miss])
+        self.metrics.observe_cache(int(hits.sum()), len(miss))
+        return Embedded(out, hits)
+
+    async def predict(self, vectors: np.ndarray, heads: Sequence[str]) -> dict[str, list[Any]]:
+        """Run the named heads on embeddings (thread pool); record per-class outcomes."""
+
+        def run() -> dict[str, list[Any]]:
+            return {name: self.heads[name].predict(vectors) for name in heads}
+
+        result: dict[str, list[Any]] = await self.run_cpu(run)
+        for name, preds in result.items():
+            self.metrics.observe_predictions(
+                name, [p.argmax for p in preds], [p.abstained for p in preds]
+            )
+        return result
+
+    # ------------------------------------------------------------------ index
+    def require_index(self) -> Any:
+        """Return the index, or raise NotReadyError when the server runs without one."""
+        if self.index is None:
+            raise NotReadyError("this server has no similarity index (start it with --index DIR)")
+        return self.index
+
+    def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> int:
+        """Add or replace vectors by id and persist the index (blocking; call via run_cpu)."""
+        index = self.require_index()
+        with self._index_lock:
+            index.upsert(list(ids), vectors)
+            if self.config.index is not None:
+                index.save(self.config.index)
+            return len(index)
+
+
+def _base_of(model_dir: Path | None, encoder: Any) -> str:
+    if model_dir is not None:
+        try:
+            meta = json.loads((Path(model_dir) / "model.json").read_text(encoding="utf-8"))
+            if meta.get("base"):
+                return str(meta["base"])
+        except (OSError, ValueError):
+            pass
+    return str(getattr(encoder, "base", "") or "")
+
+
+def _load_index(path: Path, version: str, dim: int) -> Any:
+    from embedder.index import SimilarityIndex
+
+    if path.exists() and any(path.iterdir()):
+        return SimilarityIndex.load(path, embedding_version=version)
+    return SimilarityIndex(version, dim)

@@ -1,0 +1,443 @@
+"""The ``profile_embedding.v1.ProfileEmbeddingService`` servicer.
+
+Handlers are registered with raw-bytes deserialisation (:func:`add_to_server`) so a request that is
+not a valid message (wrong wire types, invalid UTF-8 such as a lone surrogate) becomes
+``INVALID_ARGUMENT`` instead of grpc's generic INTERNAL "Exception deserializing request!". Every
+method's errors go through ``server.errors`` (the one mapping) and are counted per RPC and code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from embedder.errors import InvalidInputError, NotReadyError
+from server import errors
+from server._codegen import modules
+from server.errors import RequestLimits
+from server.metrics import ServerMetrics
+from server.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+pb2, pb2_grpc = modules()
+
+SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["ProfileEmbeddingService"].full_name
+SERVER_VERSION = "0.1.0"
+#: Stream items processed together (one embed + heads call) and chunks in flight per stream.
+STREAM_CHUNK = 128
+STREAM_CHUNKS_IN_FLIGHT = 4
+
+
+def _parse(cls: Any, raw: bytes) -> Any:
+    try:
+        return cls.FromString(raw)
+    except DecodeError:
+        raise InvalidInputError(
+            f"request is not a valid {cls.DESCRIPTOR.full_name} message ({len(raw)} bytes; "
+            "strings must be valid UTF-8)"
+        ) from None
+
+
+def _vector_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+class ProfileEmbeddingServicer:
+    """Implements every RPC on top of a :class:`Runtime` (None until the models have loaded).
+
+    Args:
+        limits: the request limits.
+        metrics: per-RPC counters and latency histograms.
+    """
+
+    def __init__(self, limits: RequestLimits, metrics: ServerMetrics) -> None:
+        self.limits = limits
+        self.metrics = metrics
+        self.runtime: Runtime | None = None
+
+    def _rt(self) -> Runtime:
+        if self.runtime is None:
+            raise NotReadyError("models are still loading; retry shortly (health is NOT_SERVING)")
+        return self.runtime
+
+    # ------------------------------------------------------------------ Info
+    async def Info(self, request: Any, context: Any) -> Any:
+        """Describe the encoder, heads, limits and index."""
+        rt = self._rt()
+        return pb2.InfoResponse(
+            embedding_version=rt.embedding_version,
+            dim=rt.dim,
+            base_model=rt.base_model,
+            heads=[_head_info(name, head) for name, head in sorted(rt.heads.items())],
+            limits=pb2.Limits(
+                max_profiles_per_request=self.limits.max_profiles,
+                max_field_chars=self.limits.max_field_chars,
+                max_captions=self.limits.max_captions,
+                max_message_bytes=self.limits.max_message_bytes,
+                max_top_k=max((len(h.labels) for h in rt.heads.values()), default=0),
+                max_search_k=self.limits.max_search_k,
+            ),
+            index_size=len(rt.index) if rt.index is not None else 0,
+            cache_enabled=rt.cache is not None,
+            server_version=SERVER_VERSION,
+        )
+
+    # ------------------------------------------------------------------ Embed / Predict
+    async def Embed(self, request: Any, context: Any) -> Any:
+        """Embed a batch of profiles."""
+        rt = self._rt()
+        profiles = errors.to_profiles(request.profiles, self.limits)
+        self.metrics.profiles.labels("Embed").inc(len(profiles))
+        emb = await rt.embed(profiles)
+        return pb2.EmbedResponse(
+            embedding_version=rt.embedding_version,
+            dim=rt.dim,
+            embeddings=[
+                pb2.Embedding(id=p.id, vector=_vector_bytes(v), cache_hit=bool(h))
+                for p, v, h in zip(profiles, emb.vectors, emb.cache_hits, strict=True)
+            ],
+        )
+
+    async def Predict(self, request: Any, context: Any) -> Any:
+        """Predict every requested head for a batch of profiles."""
+        rt = self._rt()
+        heads = errors.check_heads(request.heads, list(rt.heads))
+        profiles = errors.to_profiles(request.profiles, self.limits)
+        self.metrics.profiles.labels("Predict").inc(len(profiles))
+        emb = await rt.embed(profiles)
+        preds = await rt.predict(emb.vectors, heads)
+        results = _profile_predictions(
+            rt, [p.id for p in profiles], emb, preds, request.top_k, request.include_embedding
+        )
+        return pb2.PredictResponse(
+            embedding_version=rt.embedding_version,
+            head_versions={h: int(rt.heads[h].head_version) for h in heads},
+            dim=rt.dim,
+            results=results,
+        )
+
+    # ------------------------------------------------------------------ PredictStream
+    async def PredictStream(
+        self, request_iterator: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[Any]:
+        """Bulk predictions: one response per item, errors per item, the stream goes on."""
+        rt = self._rt()
+        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_CHUNK * STREAM_CHUNKS_IN_FLIGHT)
+        reader = asyncio.ensure_future(self._read_stream(rt, request_iterator, out))
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                yield item
+            await reader  # re-raise a reader failure (mapped by the wrapper)
+        finally:
+            reader.cancel()
+
+    async def _read_stream(
+        self, rt: Runtime, request_iterator: AsyncIterator[bytes], out: asyncio.Queue[Any]
+    ) -> None:
+        slots = asyncio.Semaphore(STREAM_CHUNKS_IN_FLIGHT)
+        tasks: set[asyncio.Task[None]] = set()
+        chunk: list[tuple[int, bytes]] = []
+        index = 0
+        try:
+            async for raw in request_iterator:
+                chunk.append((index, raw))
+                index += 1
+                if len(chunk) >= STREAM_CHUNK:
+                    await slots.acquire()
+                    tasks.add(asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots)))
+                    chunk = []
+            if chunk:
+                await slots.acquire()
+                tasks.add(asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots)))
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await out.put(None)
+
+    async def _stream_chunk(
+        self,
+        rt: Runtime,
+        chunk: list[tuple[int, bytes]],
+        out: asyncio.Queue[Any],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
+            for response in await self._predict_items(rt, chunk):
+                await out.put(response)
+        finally:
+            slots.release()
+
+    async def _predict_items(self, rt: Runtime, chunk: list[tuple[int, bytes]]) -> list[Any]:
+        responses: dict[int, Any] = {}
+        valid: list[tuple[int, Any, Any, list[str]]] = []
+        for index, raw in chunk:
+            req = None
+            try:
+                req = _parse(pb2.PredictStreamRequest, raw)
+                heads = errors.check_heads(req.heads, list(rt.heads))
+                profile = errors.to_profile(req.profile, index, self.limits, where="stream")
+                valid.append((index, req, profile, heads))
+            except Exception as err:
+                responses[index] = _item_error(index, req, err)
+        self.metrics.profiles.labels("PredictStream").inc(len(chunk))
+        if valid:
+            try:
+                emb = await rt.embed([v[2] for v in valid])
+                all_heads = sorted({h for v in valid for h in v[3]})
+                preds = await rt.predict(emb.vectors, all_heads)
+            except Exception as err:
+                for index, req, _, _ in valid:
+                    responses[index] = _item_error(index, req, err)
+            else:
+                for row, (index, req, profile, heads) in enumerate(valid):
+                    responses[index] = _stream_ok(rt, row, index, req, profile, heads, emb, preds)
+        return [responses[i] for i, _ in chunk]
+
+    # ------------------------------------------------------------------ index
+    async def SearchSimilar(self, request: Any, context: Any) -> Any:
+        """k nearest indexed profiles to a profile or to an indexed id."""
+        rt = self._rt()
+        index = rt.require_index()
+        k = errors.check_k(request.k, self.limits)
+        which = request.WhichOneof("query")
+        if which == "profile":
+            profile = errors.to_profile(request.profile, 0, self.limits, where="profile")
+            emb = await rt.embed([profile])
+            ids, scores = await rt.run_cpu(index.search, emb.vectors, k)
+            ids, scores = ids[0], scores[0]
+        elif which == "id":
+            ids, scores = await rt.run_cpu(_search_by_id, index, request.id, k)
+        else:
+            raise InvalidInputError("set either 'profile' or 'id'", field="query")
+        neighbors = [
+            pb2.Neighbor(id=str(i), score=float(s))
+            for i, s in zip(ids, scores, strict=True)
+            if i is not None and str(i) != ""
+        ]
+        return pb2.SearchSimilarResponse(
+            embedding_version=rt.embedding_version, neighbors=neighbors
+        )
+
+    async def UpsertIndex(self, request: Any, context: Any) -> Any:
+        """Embed profiles and add (or replace) them in the index."""
+        rt = self._rt()
+        rt.require_index()
+        profiles = errors.to_profiles(request.profiles, self.limits)
+        ids = [p.id for p in profiles]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise InvalidInputError(f"id {dup[:80]!r} appears more than once", field="profiles")
+        self.metrics.profiles.labels("UpsertIndex").inc(len(profiles))
+        emb = await rt.embed(profiles)
+        size = await rt.run_cpu(rt.upsert, ids, emb.vectors)
+        return pb2.UpsertIndexResponse(
+            embedding_version=rt.embedding_version, upserted=len(ids), index_size=size
+        )
+
+    # ------------------------------------------------------------------ audience
+    async def EstimateAudience(self, request: Any, context: Any) -> Any:
+        """Label shares of one head over a set of followers, with confidence intervals."""
+        from server.audience import estimate
+
+        return await estimate(self, self._rt(), request)
+
+
+def _search_by_id(index: Any, profile_id: str, k: int) -> tuple[Sequence[Any], Sequence[float]]:
+    if profile_id not in index:
+        raise errors.UnknownIdError(
+            f"id {profile_id[:80]!r} is not in the index ({len(index)} profiles)"
+        )
+    return index.search_by_id(profile_id, k)
+
+
+def _head_info(name: str, head: Any) -> Any:
+    labels = list(head.labels)
+    thresholds = getattr(head, "thresholds_", None)
+    per_class = (getattr(head, "calibration_", None) or {}).get("per_class") or {}
+    classes = []
+    for i, label in enumerate(labels):
+        rep = per_class.get(label) or {}
+        thr = float("inf") if thresholds is None else float(thresholds[i])
+        info = pb2.ClassInfo(label=label, threshold=0.0 if thresholds is None else thr)
+        if rep.get("precision") is not None:
+            info.validation_precision = float(rep["precision"])
+        if rep.get("coverage") is not None:
+            info.validation_coverage = float(rep["coverage"])
+        classes.append(info)
+    msg = pb2.HeadInfo(
+        name=name,
+        kind=str(getattr(head, "kind", "")),
+        head_version=int(head.head_version),
+        labels=labels,
+        classes=classes,
+        temperature=float(getattr(head, "temperature_", 1.0) or 1.0),
+    )
+    assigned = sum(int(r.get("assigned", 0)) for r in per_class.values())
+    correct = sum(int(r.get("correct", 0)) for r in per_class.values())
+    predicted = sum(int(r.get("predicted", 0)) for r in per_class.values())
+    if assigned:
+        msg.validation_precision = correct / assigned
+    if predicted:
+        msg.validation_coverage = assigned / predicted
+    return msg
+
+
+def _head_predictions(rt: Runtime, name: str, preds: list[Any], top_k: int) -> list[Any]:
+    labels = rt.heads[name].labels
+    k = min(max(top_k, 1), len(labels))
+    probs = np.stack([p.probabilities for p in preds]) if preds else np.zeros((0, len(labels)))
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [
+        pb2.HeadPrediction(
+            head=name,
+            label=p.label or "",
+            abstained=bool(p.abstained),
+            argmax=p.argmax,
+            score=float(p.score),
+            top=[pb2.LabelScore(label=labels[j], probability=float(probs[row, j])) for j in t],
+        )
+        for row, (p, t) in enumerate(zip(preds, top, strict=True))
+    ]
+
+
+def _profile_predictions(
+    rt: Runtime, ids: list[str], emb: Any, preds: dict[str, list[Any]], top_k: int, include: bool
+) -> list[Any]:
+    per_head = {name: _head_predictions(rt, name, p, top_k) for name, p in preds.items()}
+    results = []
+    for row, pid in enumerate(ids):
+        msg = pb2.ProfilePrediction(id=pid, predictions=[per_head[h][row] for h in per_head])
+        if include:
+            msg.embedding.CopyFrom(
+                pb2.Embedding(
+                    id=pid,
+                    vector=_vector_bytes(emb.vectors[row]),
+                    cache_hit=bool(emb.cache_hits[row]),
+                )
+            )
+        results.append(msg)
+    return results
+
+
+def _stream_ok(
+    rt: Runtime,
+    row: int,
+    index: int,
+    req: Any,
+    profile: Any,
+    heads: list[str],
+    emb: Any,
+    preds: Any,
+) -> Any:
+    mine = {h: [preds[h][row]] for h in heads}
+    one = type(emb)(emb.vectors[row : row + 1], emb.cache_hits[row : row + 1])
+    result = _profile_predictions(rt, [profile.id], one, mine, req.top_k, req.include_embedding)
+    return pb2.PredictStreamResponse(
+        id=profile.id,
+        index=index,
+        status=pb2.ITEM_STATUS_OK,
+        result=result[0],
+        embedding_version=rt.embedding_version,
+        head_versions={h: int(rt.heads[h].head_version) for h in heads},
+    )
+
+
+def _item_error(index: int, req: Any, err: BaseException) -> Any:
+    status, message = errors.item_status(err)
+    return pb2.PredictStreamResponse(
+        id=req.profile.id if req is not None else "",
+        index=index,
+        status=pb2.ItemStatus.Value(status),
+        error=message,
+    )
+
+
+# ---------------------------------------------------------------------- registration
+def _unary(
+    servicer: ProfileEmbeddingServicer, name: str, req_cls: Any
+) -> Callable[[bytes, Any], Awaitable[Any]]:
+    impl = getattr(servicer, name)
+    metrics = servicer.metrics
+
+    async def handler(raw: bytes, context: Any) -> Any:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            return await impl(_parse(req_cls, raw), context)
+        except grpc.aio.AbortError:
+            code = "ABORTED_BY_HANDLER"
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as err:
+            status, message = errors.status_for(err, name)
+            code = status.name
+            await context.abort(status, message)
+        finally:
+            metrics.requests.labels(name, code).inc()
+            metrics.latency.labels(name).observe(time.perf_counter() - start)
+
+    return handler
+
+
+def _bidi(servicer: ProfileEmbeddingServicer, name: str) -> Callable[..., AsyncIterator[Any]]:
+    impl = getattr(servicer, name)
+    metrics = servicer.metrics
+
+    async def handler(request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+        start = time.perf_counter()
+        code = "OK"
+        try:
+            async for response in impl(request_iterator, context):
+                yield response
+        except grpc.aio.AbortError:
+            code = "ABORTED_BY_HANDLER"
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception as err:
+            status, message = errors.status_for(err, name)
+            code = status.name
+            await context.abort(status, message)
+        finally:
+            metrics.requests.labels(name, code).inc()
+            metrics.latency.labels(name).observe(time.perf_counter() - start)
+
+    return handler
+
+
+def add_to_server(servicer: ProfileEmbeddingServicer, server: grpc.aio.Server) -> None:
+    """Register every RPC of the service with raw-bytes request parsing (see module docstring)."""
+    service = pb2.DESCRIPTOR.services_by_name["ProfileEmbeddingService"]
+    handlers = {}
+    for method in service.methods:
+        req_cls = getattr(pb2, method.input_type.name)
+        resp_cls = getattr(pb2, method.output_type.name)
+        if method.client_streaming and method.server_streaming:
+            handlers[method.name] = grpc.stream_stream_rpc_method_handler(
+                _bidi(servicer, method.name), response_serializer=resp_cls.SerializeToString
+            )
+        elif not method.client_streaming and not method.server_streaming:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _unary(servicer, method.name, req_cls),
+                response_serializer=resp_cls.SerializeToString,
+            )
+        else:  # pragma: no cover - the proto has no such method
+            raise TypeError(f"unsupported streaming shape for {method.full_name}")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )

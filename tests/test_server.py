@@ -1,0 +1,390 @@
+"""The gRPC server in-process on 127.0.0.1:0: every RPC, error mapping, bad input, metrics."""
+
+from __future__ import annotations
+
+import copy
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from server_helpers import ServerThread, build_tiny_model, synthetic_profiles
+
+from server._codegen import modules
+from server.client import ProfileEmbeddingClient, to_message
+from server.config import ServerConfig
+
+pb2, pb2_grpc = modules()
+SERVICE = "/profile_embedding.v1.ProfileEmbeddingService/"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_base_dir):
+    return build_tiny_model(tiny_base_dir)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    from embedder.cache import EmbeddingCache
+    from embedder.index import SimilarityIndex
+
+    tmp = tmp_path_factory.mktemp("server")
+    enc = tiny_model.encoder
+    config = ServerConfig(
+        port=0,
+        metrics_port=0,
+        cache=tmp / "cache.sqlite",
+        index=tmp / "index",
+        max_profiles_per_request=64,
+        max_queue=256,
+        max_wait_ms=2,
+    )
+    cache = EmbeddingCache(config.cache, embedding_version=enc.embedding_version, dim=enc.dim)
+    index = SimilarityIndex(enc.embedding_version, enc.dim)
+    srv = ServerThread(config, tiny_model, cache=cache, index=index)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server):
+    with ProfileEmbeddingClient(server.target) as c:
+        yield c
+
+
+def _raw(target: str, method: str, payload: bytes, resp_cls):
+    with grpc.insecure_channel(target) as ch:
+        call = ch.unary_unary(
+            SERVICE + method, request_serializer=None, response_deserializer=resp_cls.FromString
+        )
+        return call(payload, timeout=30)
+
+
+def _code(fn):
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code(), info.value.details()
+
+
+def test_info_describes_encoder_heads_and_limits(client, tiny_model):
+    info = client.info()
+    assert info["embedding_version"] == tiny_model.encoder.embedding_version
+    assert info["dim"] == tiny_model.encoder.dim
+    heads = {h["name"]: h for h in info["heads"]}
+    assert set(heads) == {"geolocation", "category"}
+    geo = heads["geolocation"]
+    assert geo["kind"] == "softmax_abstain" and len(geo["labels"]) == 37
+    assert [c["label"] for c in geo["classes"]] == geo["labels"]
+    assert info["limits"]["max_profiles_per_request"] == 64
+    assert info["cache_enabled"] is True
+    assert client.health() == "SERVING"
+
+
+def test_embed_matches_in_process_encoder_and_hits_cache_second_time(client, tiny_model):
+    profiles, _, _ = synthetic_profiles(12, seed=11)
+    first = client.embed(profiles)
+    expected = tiny_model.encoder.encode(profiles)
+    np.testing.assert_allclose(first, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    req = pb2.EmbedRequest(profiles=[to_message(p) for p in profiles])
+    resp = client.stub.Embed(req)
+    assert all(e.cache_hit for e in resp.embeddings)
+    assert [e.id for e in resp.embeddings] == [p.id for p in profiles]
+    assert len(resp.embeddings[0].vector) == 4 * resp.dim
+
+
+def test_predict_all_heads_matches_in_process_heads(client, tiny_model):
+    profiles, _, _ = synthetic_profiles(6, seed=12)
+    req = pb2.PredictRequest(
+        profiles=[to_message(p) for p in profiles], top_k=3, include_embedding=True
+    )
+    resp = client.stub.Predict(req)
+    assert resp.embedding_version == tiny_model.encoder.embedding_version
+    assert dict(resp.head_versions) == {"geolocation": 1, "category": 1}
+    emb = tiny_model.encoder.encode(profiles)
+    local = {n: h.predict(emb) for n, h in tiny_model.heads.items()}
+    for row, result in enumerate(resp.results):
+        assert result.id == profiles[row].id
+        assert len(result.embedding.vector) == 4 * resp.dim
+        for p in result.predictions:
+            want = local[p.head][row]
+            assert p.argmax == want.argmax and p.abstained == want.abstained
+            assert p.label == (want.label or "")
+            assert p.score == pytest.approx(want.score, abs=1e-5)
+            assert len(p.top) == 3 and p.top[0].label == want.argmax
+
+
+def test_predict_subset_of_heads(client):
+    rows = client.predict([{"id": "a", "biography": "paris"}], heads=["category"])
+    assert list(rows[0]["predictions"]) == ["category"]
+
+
+def test_predict_stream_answers_every_item_and_survives_bad_ones(server):
+    good = [to_message(p) for p in synthetic_profiles(5, seed=13)[0]]
+    items = [
+        pb2.PredictStreamRequest(profile=good[0]).SerializeToString(),
+        pb2.PredictStreamRequest(profile=pb2.Profile(id="")).SerializeToString(),  # no id
+        pb2.PredictStreamRequest(profile=good[1], heads=["nope"]).SerializeToString(),
+        b"\x0a\x03\xed\xa0\x80",  # garbage: field 1 holds a lone-surrogate byte string
+        pb2.PredictStreamRequest(profile=good[2], top_k=2).SerializeToString(),
+        pb2.PredictStreamRequest(
+            profile=pb2.Profile(id="big", biography="x" * 200_000)
+        ).SerializeToString(),
+        pb2.PredictStreamRequest(profile=good[3], heads=["geolocation"]).SerializeToString(),
+    ]
+    with grpc.insecure_channel(server.target) as ch:
+        call = ch.stream_stream(
+            SERVICE + "PredictStream",
+            request_serializer=None,
+            response_deserializer=pb2.PredictStreamResponse.FromString,
+        )
+        responses = sorted(call(iter(items), timeout=60), key=lambda r: r.index)
+    assert [r.index for r in responses] == list(range(len(items)))
+    status = [pb2.ItemStatus.Name(r.status) for r in responses]
+    assert status == [
+        "ITEM_STATUS_OK",
+        "ITEM_STATUS_INVALID_ARGUMENT",
+        "ITEM_STATUS_NOT_FOUND",
+        "ITEM_STATUS_INVALID_ARGUMENT",
+        "ITEM_STATUS_OK",
+        "ITEM_STATUS_INVALID_ARGUMENT",
+        "ITEM_STATUS_OK",
+    ]
+    assert responses[0].id == good[0].id and responses[0].result.id == good[0].id
+    assert responses[2].id == good[1].id and "nope" in responses[2].error
+    assert "stream[5]" in responses[5].error and "biography" in responses[5].error
+    assert len(responses[4].result.predictions[0].top) == 2
+    assert [p.head for p in responses[6].result.predictions] == ["geolocation"]
+
+
+def test_predict_stream_many_items_through_client(client):
+    profiles = synthetic_profiles(300, seed=14)[0]
+    rows = list(client.predict_stream(profiles))
+    assert len(rows) == 300
+    assert sorted(r["index"] for r in rows) == list(range(300))
+    assert all(r["status"] == "ITEM_STATUS_OK" for r in rows)
+    assert {r["id"] for r in rows} == {p.id for p in profiles}
+
+
+def test_upsert_and_search_by_profile_and_by_id(client):
+    profiles = synthetic_profiles(20, seed=15)[0]
+    size = client.upsert(profiles)
+    assert size >= 20
+    by_profile = client.search(profile=profiles[0], k=3)
+    assert by_profile[0][0] == profiles[0].id
+    assert by_profile[0][1] == pytest.approx(1.0, abs=1e-4)
+    by_id = client.search(id=profiles[0].id, k=5)
+    assert len(by_id) == 5 and profiles[0].id not in [i for i, _ in by_id]
+    code, details = _code(lambda: client.search(id="no-such-id", k=3))
+    assert code == grpc.StatusCode.NOT_FOUND and "no-such-id" in details
+    code, _ = _code(lambda: client.search(id=profiles[0].id, k=10**6))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_estimate_audience_from_profiles_and_indexed_ids(client):
+    followers = synthetic_profiles(40, seed=16)[0]
+    client.upsert(followers[:10])
+    ids = [p.id for p in followers[:10]]
+    est = client.audience(followers[10:], follower_ids=ids, method="average", n_bootstrap=50)
+    assert est["n"] == 40 and est["head"] == "geolocation" and est["method"] == "average"
+    shares = est["shares"]
+    assert len(shares) == 37
+    assert sum(s.get("share", 0.0) for s in shares) == pytest.approx(1.0, abs=1e-6)
+    for s in shares:
+        assert 0.0 <= s.get("lower", 0.0) <= s.get("share", 0.0) + 1e-9
+        assert s.get("share", 0.0) <= s.get("upper", 0.0) + 1e-9 <= 1.0 + 1e-9
+    em = client.audience(followers[:5], n_bootstrap=5)  # server default: EM with the head's prior
+    assert em["method"] == "em" and em["n"] == 5
+    code, _ = _code(lambda: client.audience(follower_ids=["missing"]))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = _code(lambda: client.audience(followers[:2], head="nope"))
+    assert code == grpc.StatusCode.NOT_FOUND
+    code, _ = _code(lambda: client.audience(followers[:2], n_bootstrap=5000))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ---------------------------------------------------------------------- error mapping + bad inputs
+ODD_TEXTS = [
+    "nul\x00inside",
+    "\u202eRTL override",
+    "👩‍👩‍👧‍👦 zwj family",
+    "e\u0301\u0301\u0301 combining",
+    "\ufeffbom \uffff noncharacter",
+    "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𐍈 4-byte",
+    "\t\n\r whitespace only \u3000",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", ODD_TEXTS)
+def test_odd_but_valid_unicode_is_served(client, text):
+    rows = client.predict([{"id": "odd", "biography": text, "captions": [text, text]}])
+    assert rows[0]["id"] == "odd"
+    assert client.info()["dim"] > 0
+
+
+def _profiles(n, **fields):
+    return [pb2.Profile(id=f"i{i}", **fields) for i in range(n)]
+
+
+BAD_REQUESTS = [
+    ("empty request", pb2.PredictRequest().SerializeToString(), "at least 1"),
+    ("empty id", pb2.PredictRequest(profiles=[pb2.Profile()]).SerializeToString(), "'id'"),
+    ("10k items", pb2.PredictRequest(profiles=_profiles(10_000)).SerializeToString(), "10,000"),
+    (
+        "huge bio",
+        pb2.PredictRequest(
+            profiles=[*_profiles(3), pb2.Profile(id="x", biography="b" * 150_001)]
+        ).SerializeToString(),
+        "profiles[3], field 'biography'",
+    ),
+    (
+        "huge caption",
+        pb2.PredictRequest(
+            profiles=[pb2.Profile(id="x", captions=["ok", "c" * 100_001])]
+        ).SerializeToString(),
+        "captions[1]",
+    ),
+    (
+        "too many captions",
+        pb2.PredictRequest(
+            profiles=[pb2.Profile(id="x", captions=["c"] * 101)]
+        ).SerializeToString(),
+        "captions",
+    ),
+    (
+        "huge id",
+        pb2.PredictRequest(profiles=[pb2.Profile(id="i" * 600)]).SerializeToString(),
+        "'id'",
+    ),
+    ("lone surrogate", b"\x0a\x08\x0a\x01a\x22\x03\xed\xa0\x80", "valid UTF-8"),
+    # Profile.id sent as a varint: protobuf keeps it as an unknown field, so the id is empty.
+    ("wrong wire type", b"\x0a\x02\x08\x05", "'id'"),
+    ("length overrun", b"\x0a\x05\x01", "not a valid"),
+    (
+        "truncated",
+        pb2.PredictRequest(profiles=_profiles(2)).SerializeToString()[:-1],
+        "not a valid",
+    ),
+    ("garbage", bytes(range(256)), "not a valid"),
+]
+
+
+@pytest.mark.parametrize("name,payload,needle", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_requests_are_invalid_argument_and_server_keeps_serving(server, name, payload, needle):
+    code, details = _code(lambda: _raw(server.target, "Predict", payload, pb2.PredictResponse))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, details
+    assert needle in details
+    with ProfileEmbeddingClient(server.target) as c:
+        assert c.predict([{"id": "after", "biography": "paris"}])[0]["id"] == "after"
+
+
+def test_unknown_head_is_not_found(client):
+    code, details = _code(lambda: client.predict([{"id": "a"}], heads=["geolocation", "nope"]))
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert "'nope'" in details and "geolocation" in details
+
+
+def test_message_over_the_size_limit_is_rejected(server):
+    payload = pb2.EmbedRequest(profiles=[pb2.Profile(id="x", biography="b" * 90_000)] * 800)
+    code, _ = _code(
+        lambda: _raw(server.target, "Embed", payload.SerializeToString(), pb2.EmbedResponse)
+    )
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_metrics_endpoint_counts_requests_batches_cache_and_abstentions(server, client):
+    client.predict([{"id": "m", "biography": "tokyo"}])
+    port = server.running.metrics.port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for name in (
+        'profile_embed_requests_total{code="OK",rpc="Predict"}',
+        'profile_embed_request_seconds_bucket{le="0.001",rpc="Predict"}',
+        'profile_embed_requests_total{code="INVALID_ARGUMENT",rpc="Predict"}',
+        "profile_embed_batch_profiles_count",
+        "profile_embed_queue_depth",
+        "profile_embed_cache_hit_ratio",
+        "profile_embed_head_predictions_total{argmax=",
+    ):
+        assert name in text, name
+
+
+# ---------------------------------------------------------------------- server states and faults
+class _ExplodingHead:
+    """A head whose predict fails with a message that must never reach the caller."""
+
+    def __init__(self, head):
+        self._head = head
+
+    def __getattr__(self, name):
+        return getattr(self._head, name)
+
+    def predict(self, embeddings):
+        raise RuntimeError("secret profile text: based in paris")
+
+
+def test_unexpected_error_is_internal_with_an_id_and_no_raw_text(tiny_model, caplog):
+    model = copy.copy(tiny_model)
+    model.heads = {
+        **tiny_model.heads,
+        "geolocation": _ExplodingHead(tiny_model.heads["geolocation"]),
+    }
+    srv = ServerThread(ServerConfig(port=0, metrics_port=None), model)
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            code, details = _code(lambda: c.predict([{"id": "a"}]))
+            assert code == grpc.StatusCode.INTERNAL
+            assert "secret" not in details and "internal error (id " in details
+            assert c.predict([{"id": "a"}], heads=["category"])[0]["id"] == "a"
+    finally:
+        srv.stop()
+
+
+def test_not_ready_is_unavailable_and_health_not_serving():
+    srv = ServerThread(ServerConfig(port=0, metrics_port=None), None, load=False)
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            assert c.health() == "NOT_SERVING"
+            code, details = _code(lambda: c.predict([{"id": "a"}]))
+            assert code == grpc.StatusCode.UNAVAILABLE and "loading" in details
+            code, _ = _code(c.info)
+            assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        srv.stop()
+
+
+def test_full_queue_is_resource_exhausted(tiny_model):
+    config = ServerConfig(
+        port=0,
+        metrics_port=None,
+        max_queue=8,
+        max_profiles_per_request=8,
+        max_wait_ms=500,
+        max_batch_profiles=64,
+    )
+    srv = ServerThread(config, tiny_model)
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            first = c.stub.Embed.future(
+                pb2.EmbedRequest(profiles=_profiles(8, biography="paris")), timeout=30
+            )
+            time.sleep(0.15)  # the first request now waits in the queue for company
+            code, details = _code(
+                lambda: c.stub.Embed(pb2.EmbedRequest(profiles=_profiles(1, biography="lyon")))
+            )
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in details
+            assert len(first.result().embeddings) == 8
+            assert c.embed([{"id": "later"}]).shape[0] == 1
+    finally:
+        srv.stop()
+
+
+def test_without_index_search_is_unavailable(tiny_model):
+    srv = ServerThread(ServerConfig(port=0, metrics_port=None), tiny_model)
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            code, details = _code(lambda: c.search(id="x"))
+            assert code == grpc.StatusCode.UNAVAILABLE and "--index" in details
+    finally:
+        srv.stop()
