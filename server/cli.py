@@ -18,7 +18,11 @@ from collections.abc import Sequence
 from embedder.errors import EmbedderError
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("server.commands.embed",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "server.commands.embed",
+    "server.commands.serve",
+    "server.commands.client",
+)
 
 _ENV_PREFIX = "PROFILE_EMBED_"
 
