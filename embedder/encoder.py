@@ -441,15 +441,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _quiet_hf() -> AbstractContextManager[Any]:
-    """Silence transformers' own progress bars while loading/saving (our callers show their own)."""
+    """Silence transformers' progress bars and load report while loading/saving."""
     from transformers.utils import logging as hf_logging
 
     class _Quiet(AbstractContextManager[Any]):
         def __enter__(self) -> None:
             self.enabled = hf_logging.is_progress_bar_enabled()
+            self.verbosity = hf_logging.get_verbosity()
             hf_logging.disable_progress_bar()
+            # the load report lists the unused pooler of bases that have one: expected, not news
+            hf_logging.set_verbosity_error()
 
         def __exit__(self, *exc: object) -> None:
+            hf_logging.set_verbosity(self.verbosity)
             if self.enabled:
                 hf_logging.enable_progress_bar()
 
