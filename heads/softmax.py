@@ -418,6 +418,7 @@ class SoftmaxAbstainHead(Head):
         return {
             "kind": self.kind,
             **cfg,
+            "head_version": self.head_version,
             "labels": list(self.labels),
             "temperature": self.temperature_,
             "thresholds": thresholds,

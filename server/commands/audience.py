@@ -1,0 +1,107 @@
+"""``profile-embed audience``: country shares of an influencer's followers, with 95% intervals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``audience`` subcommand."""
+    p = subparsers.add_parser(
+        "audience",
+        help="estimate the follower label distribution of each influencer (prior-shift EM)",
+        description=(
+            "Embed every follower, take the head's calibrated probabilities and estimate the "
+            "audience's label shares (EM prior-shift correction by default), with bootstrap 95% "
+            "intervals. Followers are grouped by the 'influencer_id' field when present. With "
+            "--truth (the simulator's audience_truth.json) the mean absolute error is reported."
+        ),
+    )
+    p.add_argument("followers", help="follower profiles (.jsonl/.csv/.parquet)")
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--head", default="geolocation", help="head to use (default geolocation)")
+    p.add_argument("--method", default="em", choices=("em", "average", "acc", "cc"))
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (0 = none)")
+    p.add_argument("--min-share", type=float, default=0.005, help="omit smaller shares in output")
+    p.add_argument("--out", default=None, help="folder for PNG charts and audiences.json")
+    p.add_argument("--truth", default=None, help="JSON {influencer_id: {label: share}}")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def _groups(rows: list[Any]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        key = r.profile.extra.get("influencer_id")
+        groups.setdefault("all" if key is None else str(key), []).append(i)
+    return groups
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``audience``; print one JSON line per audience (and an error summary with --truth)."""
+    import numpy as np
+
+    from embedder.data import read_profiles
+    from embedder.errors import InvalidInputError
+    from heads.audience import (
+        audience_error,
+        estimate_audience,
+        head_audience_inputs,
+        plot_audience,
+    )
+    from heads.model import ProfileModel
+    from server.commands.predict import report_errors
+
+    model = ProfileModel.load(args.model, heads=[args.head])
+    head = model.head(args.head)
+    loaded = read_profiles(args.followers, skip_invalid=True)
+    report_errors(loaded.errors)
+    if not loaded.rows:
+        raise InvalidInputError(f"{args.followers} holds no valid follower profiles")
+    emb = model.embed(
+        [r.profile for r in loaded.rows], batch_size=args.batch_size, show_progress=True
+    )
+    probs = head.predict_proba(emb)
+    inputs = head_audience_inputs(head)
+    truth = json.loads(Path(args.truth).read_text()) if args.truth else {}
+    out_dir = Path(args.out) if args.out else None
+    results, errors = {}, []
+    for key, idx in _groups(loaded.rows).items():
+        est = estimate_audience(
+            probs[idx],
+            labels=head.labels,
+            method=args.method,
+            n_bootstrap=args.bootstrap,
+            seed=args.seed,
+            **inputs,
+        )
+        record = {"influencer_id": key, **est.to_dict(min_share=args.min_share)}
+        if key in truth:
+            record["mae"] = audience_error(truth[key], est)
+            errors.append((len(idx), record["mae"]))
+        if out_dir is not None:
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+            record["chart"] = str(
+                plot_audience(
+                    est, out_dir / f"audience_{safe}.png", title=f"{key}: {len(idx)} followers"
+                )
+            )
+        results[key] = record
+        print(json.dumps(record, ensure_ascii=False))
+    if out_dir is not None:
+        (out_dir / "audiences.json").write_text(json.dumps(results, indent=2) + "\n")
+    if errors:
+        print(
+            json.dumps(
+                {
+                    "audiences_with_truth": len(errors),
+                    "mean_mae": float(np.mean([e for _, e in errors])),
+                }
+            )
+        )
+    return 1 if loaded.errors else 0

@@ -1,0 +1,97 @@
+"""``profile-embed evaluate``: metrics, plots and a Markdown report of heads on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``evaluate`` subcommand."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a model's heads on labelled profiles; write metrics.json, REPORT.md, PNGs",
+        description=(
+            "Accuracy, macro-F1, per-class precision/recall/support with and without abstention, "
+            "coverage, share assigned their correct label, confusion matrix, reliability diagram "
+            "and precision-coverage curves, overall and on slices (no bio with at most one "
+            "caption; the 'language' extra when present)."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--data", required=True, help="labelled profiles (.jsonl/.csv/.parquet)")
+    p.add_argument("--report", required=True, help="output folder for the report")
+    p.add_argument("--heads", default=None, help="comma-separated head names (default: all)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=run)
+
+
+def label_field(head: Any) -> str:
+    """The data field holding a head's labels (config ``label_field``, else the standard one)."""
+    from heads.softmax import STANDARD_HEADS
+
+    field = getattr(getattr(head, "config", None), "label_field", None)
+    return field or STANDARD_HEADS.get(head.name, ((), head.name))[1]
+
+
+def default_slices(rows: list[Any], top_languages: int = 5) -> dict[str, Any]:
+    """Boolean masks: 'no bio, <= 1 caption' and the most frequent 'language' extra values."""
+    import numpy as np
+
+    masks = {
+        "no bio, <= 1 caption": np.array(
+            [not r.profile.biography.strip() and len(r.profile.captions) <= 1 for r in rows]
+        )
+    }
+    langs = [r.profile.extra.get("language") for r in rows]
+    if any(isinstance(x, str) for x in langs):
+        for lang, _ in Counter(x for x in langs if isinstance(x, str)).most_common(top_languages):
+            masks[f"language={lang}"] = np.array([x == lang for x in langs])
+    return masks
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``evaluate``; print the headline metrics per head as JSON."""
+    from embedder.data import read_profiles
+    from embedder.errors import InvalidInputError
+    from heads.evaluation import evaluate_head, write_report
+    from heads.model import ProfileModel
+    from server.commands.predict import parse_heads, report_errors
+
+    model = ProfileModel.load(args.model, heads=parse_heads(args.heads))
+    loaded = read_profiles(args.data, skip_invalid=True)
+    report_errors(loaded.errors)
+    evaluations = []
+    for name in model.head_names:
+        head = model.heads[name]
+        field = label_field(head)
+        rows = [r for r in loaded.rows if field in r.labels]
+        if not rows:
+            raise InvalidInputError(
+                f"{args.data} has no rows with the '{field}' label needed by head {name!r}"
+            )
+        emb = model.embed([r.profile for r in rows], batch_size=args.batch_size, show_progress=True)
+        evaluations.append(
+            evaluate_head(
+                head,
+                emb,
+                [r.labels[field] for r in rows],
+                slices=default_slices(rows),
+                info={"data": str(args.data), "model": str(args.model), "label_field": field},
+            )
+        )
+    write_report(args.report, evaluations, title=f"Evaluation of {args.model} on {args.data}")
+    keys = (
+        "n",
+        "accuracy",
+        "macro_f1",
+        "coverage",
+        "selective_accuracy",
+        "correct_assigned_share",
+        "ece",
+    )
+    summary = {ev.name: {k: ev.metrics[k] for k in keys} for ev in evaluations}
+    print(json.dumps({"report": str(args.report), "heads": summary}, indent=2))
+    return 1 if loaded.errors else 0

@@ -1,0 +1,79 @@
+"""``profile-embed predict``: label every profile of a file with every (or the chosen) head."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+DEFAULT_MODEL = "models/default"
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``predict`` subcommand."""
+    p = subparsers.add_parser(
+        "predict",
+        help="predict every head for each profile of a file (JSONL out, input order)",
+        description=(
+            "Read profiles (.jsonl/.csv/.parquet), run the model's heads and write one JSON object "
+            'per valid input row: {"id": ..., "<head>": {"label": ... | null, "argmax": ..., '
+            '"score": ..., "probabilities": {...}}}. Invalid rows are reported as file:line on '
+            "stderr and the command exits 1 at the end."
+        ),
+    )
+    p.add_argument("input", help="profiles file")
+    p.add_argument("-o", "--output", required=True, help="output .jsonl")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL})")
+    p.add_argument("--heads", default=None, help="comma-separated head names (default: all)")
+    p.add_argument("--batch-size", type=int, default=64, help="profiles per encoder batch")
+    p.add_argument("--chunk", type=int, default=1024, help="profiles per write chunk")
+    p.set_defaults(func=run)
+
+
+def parse_heads(text: str | None) -> list[str] | None:
+    """Split ``--heads a,b`` into names (None when not given)."""
+    if not text:
+        return None
+    return [h.strip() for h in text.split(",") if h.strip()]
+
+
+def report_errors(errors: list[Any]) -> None:
+    """Print each invalid row (``file, line N, field 'x': reason``) to stderr."""
+    for err in errors:
+        print(f"invalid row: {err}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``predict``; return 1 when any input row was invalid."""
+    from tqdm import tqdm
+
+    from embedder.data import read_profiles
+    from heads.model import ProfileModel
+
+    names = parse_heads(args.heads)
+    model = ProfileModel.load(args.model, heads=names)
+    names = names or model.head_names
+    loaded = read_profiles(args.input, skip_invalid=True)
+    report_errors(loaded.errors)
+    profiles = [r.profile for r in loaded.rows]
+    with (
+        open(args.output, "w", encoding="utf-8") as out,
+        tqdm(total=len(profiles), desc="predict", unit="profile", file=sys.stderr) as bar,
+    ):
+        for start in range(0, len(profiles), args.chunk):
+            chunk = profiles[start : start + args.chunk]
+            preds = model.predict(chunk, heads=names, batch_size=args.batch_size)
+            for i, profile in enumerate(chunk):
+                record: dict[str, Any] = {"id": profile.id}
+                for name in names:
+                    record[name] = preds[name][i].to_dict(model.heads[name].labels)
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            bar.update(len(chunk))
+    print(
+        json.dumps(
+            {"written": len(profiles), "invalid": len(loaded.errors), "output": args.output}
+        ),
+        file=sys.stderr,
+    )
+    return 1 if loaded.errors else 0
