@@ -1,0 +1,173 @@
+"""Simulator: determinism, shape of the corpus, planted cues, scripts, audience truth, stats."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from embedder.data import read_profiles
+from embedder.errors import InvalidInputError
+from embedder.labels import CATEGORIES, COUNTRIES, GEO_LABELS, OTHER
+from embedder.simulator import (
+    Simulator,
+    SimulatorConfig,
+    simulate_audience,
+    simulate_profiles,
+    write_corpus,
+)
+from embedder.simulator.scripts import text_scripts
+from server.cli import main as cli_main
+
+N = 1500
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return simulate_profiles(N, seed=7)
+
+
+def _text(row) -> str:
+    p = row.profile
+    return "\n".join((p.biography, *p.captions))
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for out, seed in ((a, 3), (b, 3), (c, 4)):
+        argv = ["simulate", "--n", "340", "--test-n", "40", "--seed", str(seed), "-o", str(out)]
+        assert cli_main([*argv, "--no-progress"]) == 0
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl", "stats.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert (a / "train.jsonl").read_bytes() != (c / "train.jsonl").read_bytes()
+
+
+def test_profile_does_not_depend_on_corpus_size(rows):
+    small = simulate_profiles(20, seed=7)
+    assert [r.profile.to_dict() for r in small] == [r.profile.to_dict() for r in rows[:20]]
+
+
+def test_labels_and_class_imbalance(rows):
+    counts = Counter(r.labels["country"] for r in rows)
+    assert set(counts) <= set(GEO_LABELS)
+    assert {r.labels["category"] for r in rows} <= set(CATEGORIES)
+    top12 = sum(sorted((counts[c] for c in COUNTRIES), reverse=True)[:12]) / N
+    assert 0.58 < top12 < 0.74
+    assert counts["US"] > counts["SE"] * 5
+    assert 0.05 < counts[OTHER] / N < 0.16
+    for r in rows:
+        iso = r.profile.extra["country_iso"]
+        assert r.labels["country"] == (iso if iso in COUNTRIES else OTHER)
+
+
+def test_cue_free_share_follows_config(rows):
+    share = sum(not r.profile.extra["cues"] for r in rows) / N
+    assert abs(share - 1 / 3) < 0.05
+    low = simulate_profiles(600, seed=1, config=SimulatorConfig(cue_free_share=0.1))
+    assert abs(sum(not r.profile.extra["cues"] for r in low) / 600 - 0.1) < 0.05
+
+
+def test_every_planted_cue_is_in_the_text(rows):
+    seen = Counter()
+    for r in rows:
+        ex = r.profile.extra
+        assert len(ex["cues"]) == len(ex["cue_text"])
+        for kind, fragment in zip(ex["cues"], ex["cue_text"], strict=True):
+            assert fragment and fragment in _text(r), (kind, fragment)
+            seen[kind] += 1
+    assert {"city", "flag", "country_name", "pattern", "region", "travel"} <= set(seen)
+
+
+def test_flag_cue_is_the_flag_of_the_true_country(rows):
+    for r in rows:
+        ex = r.profile.extra
+        if "flag" in ex["cues"] and not ex["label_noise"]:
+            iso = ex["country_iso"]
+            flag = "".join(chr(0x1F1E6 + ord(ch) - ord("A")) for ch in iso)
+            assert flag in ex["cue_text"][ex["cues"].index("flag")]
+
+
+def test_instagram_limits_and_shapes(rows):
+    assert all(len(r.profile.biography) <= 150 for r in rows)
+    assert all(len(r.profile.captions) <= 5 for r in rows)
+    assert all(r.profile.biography or r.profile.captions for r in rows)
+    single = sum(not r.profile.biography and len(r.profile.captions) == 1 for r in rows) / N
+    assert single > 0.12
+    lengths = sorted(len(c) for r in rows for c in r.profile.captions)
+    assert lengths[len(lengths) // 4] < 60 and lengths[-1] > 400  # many short, some long
+    text = "\n".join(_text(r) for r in rows)
+    for marker in ("#", "@", "\n", "http", ".com"):
+        assert marker in text
+
+
+@pytest.mark.parametrize(
+    ("lang", "scripts"),
+    [("ru", {"CYRILLIC"}), ("ar", {"ARABIC"}), ("ko", {"HANGUL"}),
+     ("ja", {"HIRAGANA", "KATAKANA", "CJK"}), ("hi", {"DEVANAGARI"}), ("th", {"THAI"}),
+     ("pt", {"LATIN"})],
+)  # fmt: skip
+def test_scripts_match_language(lang: str, scripts: set[str]):
+    iso = {"ru": "RU", "ar": "EG", "ko": "KR", "ja": "JP", "hi": "IN", "th": "TH", "pt": "BR"}[lang]
+    sim = Simulator(SimulatorConfig(code_switch_rate=0.0, english_rate={iso: 0.0}))
+    picked = [
+        r
+        for r in (sim.profile(0, "s", i, iso=iso) for i in range(60))
+        if r.profile.extra["language"] == lang
+    ]
+    assert len(picked) >= 10
+    counts = Counter()
+    for r in picked:
+        words = " ".join((*r.profile.captions, r.profile.biography)).split()
+        # hashtags, handles and links are ASCII on Instagram whatever the language
+        counts.update(text_scripts(" ".join(w for w in words if w[0] not in "#@" and "." not in w)))
+    assert sum(counts[s] for s in scripts) / sum(counts.values()) > 0.6, counts.most_common(4)
+
+
+def test_audience_truth_is_respected():
+    sim = Simulator(SimulatorConfig(label_noise=0.0))
+    followers, truth = simulate_audience(sim, seed=5, influencers=3, followers_per=400)
+    assert len(followers) == 1200 and len(truth) == 3
+    for inf_id, mix in truth.items():
+        assert set(mix) == set(GEO_LABELS) and abs(sum(mix.values()) - 1) < 1e-4
+        mine = [r for r in followers if r.profile.extra["influencer_id"] == inf_id]
+        emp = Counter(r.labels["country"] for r in mine)
+        tv = 0.5 * sum(abs(emp[lb] / len(mine) - mix[lb]) for lb in GEO_LABELS)
+        assert tv < 0.12, (inf_id, tv)
+        home = max(mix, key=mix.get)
+        assert emp.most_common(1)[0][0] == home
+
+
+def test_written_corpus_matches_stats(tmp_path: Path):
+    out = tmp_path / "sim"
+    stats = write_corpus(out, n=340, seed=2, test_n=30, audience=(2, 50))
+    assert stats["splits"]["train"]["n"] == 280 and stats["splits"]["val"]["n"] == 60
+    on_disk = json.loads((out / "stats.json").read_text())
+    assert on_disk["cue_free_share"] == stats["cue_free_share"]
+    for split in ("train", "val", "test"):
+        loaded = read_profiles(out / f"{split}.jsonl")
+        assert not loaded.errors
+        assert len(loaded.rows) == on_disk["splits"][split]["n"]
+        assert (
+            dict(Counter(r.labels["country"] for r in loaded.rows))
+            == on_disk["splits"][split]["country"]
+        )
+    all_rows = [r for s in ("train", "val", "test") for r in read_profiles(out / f"{s}.jsonl").rows]
+    cue_free = sum(not r.profile.extra["cues"] for r in all_rows) / len(all_rows)
+    assert round(cue_free, 4) == on_disk["cue_free_share"]
+    followers = read_profiles(out / "followers.jsonl").rows
+    truth = json.loads((out / "audience_truth.json").read_text())
+    assert {r.profile.extra["influencer_id"] for r in followers} == set(truth)
+    assert "not real-world accuracy" in (out / "SUMMARY.md").read_text()
+    with pytest.raises(InvalidInputError, match="overwrite"):
+        write_corpus(out, n=10, seed=2, test_n=0)
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(InvalidInputError, match="cue_free_share"):
+        SimulatorConfig(cue_free_share=1.5)
+    with pytest.raises(InvalidInputError, match="unknown cue types"):
+        SimulatorConfig(cue_rates={"zipcode": 0.1})
+    with pytest.raises(InvalidInputError, match="sum to <= 100"):
+        _ = Simulator(SimulatorConfig(prior_percent={"US": 120.0})).prior
