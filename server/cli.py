@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "server.commands.evaluate",
     "server.commands.predict",
     "server.commands.audience",
+    "server.commands.simulate",
     "server.commands.serve",
     "server.commands.client",
 )
