@@ -61,7 +61,7 @@ class LoopConfig:
     epochs: int = 3
     batch_size: int = 32
     lr: float = 5e-5
-    head_lr: float = 2e-3
+    head_lr: float = 1e-2
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     patience: int = 2
@@ -270,6 +270,8 @@ class MultiTaskTrainer:
         self.train_lengths = self._lengths(self.train_profiles)
         self.val_lengths = self._lengths(self.val_profiles)
         self.tokens_seen = 0
+        self.rows_seen = 0
+        self.last_val_embeddings: np.ndarray | None = None
         self.train_seconds = 0.0
 
     # ---- data -------------------------------------------------------------------------------
@@ -308,6 +310,7 @@ class MultiTaskTrainer:
             )
             feats = self._features(self.assemble(profiles))
             self.tokens_seen += int(feats["attention_mask"].sum())
+            self.rows_seen += len(idx)
             targets = {
                 k: torch.from_numpy(v[idx]).to(self.device) for k, v in self.train_targets.items()
             }
@@ -356,7 +359,8 @@ class MultiTaskTrainer:
 
     def validate(self) -> dict[str, dict[str, float]]:
         """Accuracy and macro-F1 per head on the validation set."""
-        _, logits = self.predict_logits(self.val_profiles, self.val_lengths)
+        emb, logits = self.predict_logits(self.val_profiles, self.val_lengths)
+        self.last_val_embeddings = emb
         return {k: classification_metrics(logits[k], self.val_targets[k]) for k in logits}
 
     # ---- the run ----------------------------------------------------------------------------
@@ -430,6 +434,7 @@ class MultiTaskTrainer:
             "bad_epochs": self.bad_epochs,
             "loss_trace": self.loss_trace,
             "tokens_seen": self.tokens_seen,
+            "rows_seen": self.rows_seen,
             "train_seconds": self.train_seconds,
             "loop_config": self.cfg.to_dict(),
             "run_info": self.run_info,
@@ -514,6 +519,7 @@ class MultiTaskTrainer:
         self.bad_epochs = int(state["bad_epochs"])
         self.loss_trace = list(state["loss_trace"])
         self.tokens_seen = int(state["tokens_seen"])
+        self.rows_seen = int(state["rows_seen"])
         self.train_seconds = float(state["train_seconds"])
         if self.checkpoint_dir is None:
             self.checkpoint_dir = path.parent

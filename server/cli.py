@@ -20,6 +20,7 @@ from embedder.errors import EmbedderError
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "server.commands.embed",
+    "server.commands.train",
     "server.commands.evaluate",
     "server.commands.predict",
     "server.commands.audience",

@@ -252,9 +252,7 @@ def test_unknown_head_and_bad_labels():
         resolve_tasks("geolocation,language")
     rows = make_rows(4)
     rows[2].labels["category"] = "cooking"
-    with pytest.raises(
-        InvalidInputError, match=r"'cooking'.*not in the label set"
-    ):
+    with pytest.raises(InvalidInputError, match=r"'cooking'.*not in the label set"):
         encode_targets(rows, HEAD_TASKS["category"], source="t.jsonl")
 
 
@@ -269,3 +267,89 @@ def test_empty_one_class_and_val_missing_class(caplog):
     missing = check_val_targets(np.array([0, 0]), np.array([0, 1, 2]), task)
     assert missing == [task.labels[1], task.labels[2]]
     assert "none in validation" in caplog.text
+
+
+# ---- end to end (train_model + CLI) ------------------------------------------------------------
+def _write_split(path: Path, rows) -> Path:
+    from embedder.data import LabelledProfile, write_profiles
+
+    write_profiles(path, [LabelledProfile(r.profile, dict(r.labels)) for r in rows])
+    return path
+
+
+def _tiny_config(tiny_base_dir, **kw):
+    from heads.train_run import TrainConfig
+
+    loop = LoopConfig(epochs=1, batch_size=8, eval_batch_size=32, lr=1e-3, head_lr=1e-2, seed=0)
+    return TrainConfig(
+        heads=("geolocation", "category"), base=str(tiny_base_dir), max_tokens=32, loop=loop, **kw
+    )
+
+
+def test_train_model_writes_a_loadable_model_and_refuses_overwrite(tiny_base_dir, tmp_path):
+    import json
+
+    from embedder.encoder import ProfileEncoder
+    from embedder.errors import ArtifactError
+    from heads.registry import load_head
+    from heads.train_run import train_model
+
+    train = _write_split(tmp_path / "train.jsonl", make_rows(48, 1))
+    val = _write_split(tmp_path / "val.jsonl", make_rows(24, 2))
+    out = tmp_path / "m"
+    result = train_model(train, val, out, _tiny_config(tiny_base_dir), test_path=val)
+    info = json.loads((out / "training.json").read_text())
+    assert (
+        info["data"]["train"]["sha256"]
+        and info["label_counts"]["category"]["train"]["<missing>"] == 24
+    )
+    assert info["versions"]["torch"] and info["wall_seconds"] > 0 and info["metrics"]["test"]
+    encoder = ProfileEncoder.load(out / "encoder")
+    assert encoder.embedding_version == result.embedding_version != info["start_embedding_version"]
+    emb = encoder.encode([r.profile for r in make_rows(5, 3)])
+    for name in ("geolocation", "category"):
+        head = load_head(out / "heads" / name / "v1", embedding_version=encoder.embedding_version)
+        preds = head.predict(emb)
+        assert len(preds) == 5 and all(p.argmax in head.labels for p in preds)
+    assert (out / "report" / "metrics.json").is_file()
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(ArtifactError, match="already exists"):
+        train_model(train, val, out, _tiny_config(tiny_base_dir))
+    assert sorted(p.name for p in out.rglob("*")) == before
+
+
+def test_cli_train_errors_are_specific(tiny_base_dir, tmp_path, capsys):
+    from embedder.data import LabelledProfile, write_profiles
+    from server.cli import main
+
+    rows = make_rows(16, 1)
+    train = _write_split(tmp_path / "train.jsonl", rows)
+    val = _write_split(tmp_path / "val.jsonl", make_rows(8, 2))
+    common = ["train", "--train", str(train), "--val", str(val), "--base", str(tiny_base_dir)]
+    assert main([*common, "-o", str(tmp_path / "a"), "--heads", "geolocation,language"]) == 1
+    assert "unknown head 'language'" in capsys.readouterr().err
+    one = [LabelledProfile(r.profile, {"country": "FR"}) for r in rows]
+    write_profiles(tmp_path / "one.jsonl", one)
+    args = ["train", "--train", str(tmp_path / "one.jsonl"), "--val", str(val)]
+    assert main([*args, "-o", str(tmp_path / "b"), "--base", str(tiny_base_dir)]) == 1
+    assert "needs at least 2 classes" in capsys.readouterr().err
+    no_cat = [LabelledProfile(r.profile, {"country": r.labels["country"]}) for r in make_rows(8, 2)]
+    write_profiles(tmp_path / "val_nocat.jsonl", no_cat)
+    args = ["train", "--train", str(train), "--val", str(tmp_path / "val_nocat.jsonl")]
+    rc = main(
+        [
+            *args,
+            "-o",
+            str(tmp_path / "c"),
+            "--base",
+            str(tiny_base_dir),
+            "--heads",
+            "geolocation,category",
+        ]
+    )
+    assert rc == 1
+    assert "no validation row has a 'category' label" in capsys.readouterr().err
+    (tmp_path / "d").mkdir()
+    assert main([*common, "-o", str(tmp_path / "d")]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert not any((tmp_path / p).exists() for p in ("a", "b", "c"))

