@@ -57,9 +57,13 @@ def test_labels_and_class_imbalance(rows):
     assert 0.58 < top12 < 0.74
     assert counts["US"] > counts["SE"] * 5
     assert 0.05 < counts[OTHER] / N < 0.16
+    noisy = 0
     for r in rows:
         iso = r.profile.extra["country_iso"]
-        assert r.labels["country"] == (iso if iso in COUNTRIES else OTHER)
+        truth = iso if iso in COUNTRIES else OTHER
+        noisy += r.profile.extra["label_noise"]
+        assert r.labels["country"] == truth or r.profile.extra["label_noise"]
+    assert 0.005 < noisy / N < 0.04
 
 
 def test_cue_free_share_follows_config(rows):
@@ -83,7 +87,7 @@ def test_every_planted_cue_is_in_the_text(rows):
 def test_flag_cue_is_the_flag_of_the_true_country(rows):
     for r in rows:
         ex = r.profile.extra
-        if "flag" in ex["cues"] and not ex["label_noise"]:
+        if "flag" in ex["cues"]:
             iso = ex["country_iso"]
             flag = "".join(chr(0x1F1E6 + ord(ch) - ord("A")) for ch in iso)
             assert flag in ex["cue_text"][ex["cues"].index("flag")]

@@ -158,8 +158,8 @@ class Simulator:
     ) -> LabelledProfile:
         iso = d.country.iso
         noisy = rng.random() < self.config.label_noise
-        if noisy:
-            iso = pick_cum(rng, self.prior.isos, self.prior.cum)
+        # label noise: the written label is a random draw; country_iso keeps the truth
+        label = to_geo_label(pick_cum(rng, self.prior.isos, self.prior.cum) if noisy else iso)
         named = not d.single_post or rng.random() < 0.5
         full_name = ""
         if named and rng.random() < 0.7:
@@ -179,9 +179,7 @@ class Simulator:
             captions=captions,
             extra=extra,
         )
-        return LabelledProfile(
-            profile=profile, labels={"country": to_geo_label(iso), "category": d.persona}
-        )
+        return LabelledProfile(profile=profile, labels={"country": label, "category": d.persona})
 
     def iter_profiles(
         self, n: int, seed: int, stream: str = "main", start: int = 0
@@ -215,7 +213,8 @@ def simulate_profiles(
         progress: called with 1 after each profile (e.g. ``tqdm.update``).
 
     Returns:
-        Profiles with labels ``country`` (GEO label) and ``category``, and extras ``country_iso``,
+        Profiles with labels ``country`` (GEO label) and ``category``, and extras ``country_iso``
+        (the true country, also under label noise),
         ``language``, ``cues``, ``cue_text``, ``label_noise``.
 
     Raises:
