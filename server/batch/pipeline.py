@@ -213,7 +213,7 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
                 BatchPredictor,
                 batch_size=cfg.batch_size,
                 batch_format="pyarrow",
-                concurrency=n_actors,
+                compute=ray.data.ActorPoolStrategy(size=n_actors),
                 num_cpus=cpus_per,
                 num_gpus=gpus_per,
                 fn_constructor_kwargs={
