@@ -25,6 +25,7 @@ class ServerConfig:
         max_queue: most profiles waiting for the encoder; beyond it calls get RESOURCE_EXHAUSTED.
         workers: forward passes that may run at once (each in its own thread).
         cache: SQLite embedding cache file (created if missing); None turns the cache off.
+        memory_cache: vectors kept in memory by profile content (skips assembly on a hit); 0 = off.
         index: similarity index folder (loaded if present, written on UpsertIndex); None: no index.
         tls_cert: PEM certificate chain; with ``tls_key`` turns TLS on.
         tls_key: PEM private key of ``tls_cert``.
@@ -48,6 +49,7 @@ class ServerConfig:
     max_queue: int = 8192
     workers: int = 1
     cache: Path | None = None
+    memory_cache: int = 50_000
     index: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -71,6 +73,8 @@ class ServerConfig:
         _check_positive("workers", self.workers)
         _check_positive("max_profiles_per_request", self.max_profiles_per_request)
         _check_positive("max_search_k", self.max_search_k)
+        if self.memory_cache < 0:
+            raise ValueError(f"memory_cache must be >= 0, got {self.memory_cache}")
         if not 0 <= self.max_wait_ms <= 1000:
             raise ValueError(f"max_wait_ms must be in 0..1000, got {self.max_wait_ms}")
         if self.max_queue < self.max_profiles_per_request:

@@ -10,9 +10,11 @@ answered, so an acknowledged vector survives a crash) -> vectors in request orde
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +71,10 @@ class Runtime:
         self.dim: int = int(self.encoder.dim)
         self.base_model: str = _base_of(config.model, self.encoder)
         self._index_lock = threading.Lock()
+        # Vectors by profile key: a hit skips text assembly (tokenizing), the costly part of a hit.
+        self._memory: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._memory_lock = threading.Lock()
+        self._key_prefix = self.embedding_version.encode() + b"\x00"
         # Assembly, cache reads and heads run here so the event loop never blocks on them.
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runtime")
         self.batcher = DynamicBatcher(
@@ -138,11 +144,42 @@ class Runtime:
         row = {t: i for i, t in enumerate(unique)}
         return vectors[[row[t] for t in texts]]
 
-    def _lookup(self, profiles: Sequence[Profile]) -> tuple[list[str], list[np.ndarray | None]]:
-        texts = self.encoder.assemble(profiles)
-        if self.cache is None:
-            return texts, [None] * len(texts)
-        return texts, self.cache.get_many([text_hash(t) for t in texts])
+    def profile_key(self, profile: Profile) -> bytes:
+        """Digest of the encoder version and every field the encoder reads (never the id)."""
+        h = hashlib.sha256(self._key_prefix)
+        for text in (profile.username, profile.full_name, profile.biography, *profile.captions):
+            raw = text.encode("utf-8", "surrogatepass")
+            h.update(len(raw).to_bytes(8, "little"))
+            h.update(raw)
+        return h.digest()
+
+    def _remember(self, keys: Sequence[bytes], vectors: np.ndarray) -> None:
+        limit = self.config.memory_cache
+        if limit <= 0:
+            return
+        with self._memory_lock:
+            for key, vec in zip(keys, vectors, strict=True):
+                self._memory[key] = vec
+                self._memory.move_to_end(key)
+            while len(self._memory) > limit:
+                self._memory.popitem(last=False)
+
+    def _lookup(
+        self, profiles: Sequence[Profile]
+    ) -> tuple[list[bytes], dict[int, str], list[np.ndarray | None]]:
+        keys = [self.profile_key(p) for p in profiles]
+        with self._memory_lock:
+            found: list[np.ndarray | None] = [self._memory.get(k) for k in keys]
+        todo = [i for i, v in enumerate(found) if v is None]
+        texts: dict[int, str] = {}
+        if todo:
+            assembled = self.encoder.assemble([profiles[i] for i in todo])
+            texts = dict(zip(todo, assembled, strict=True))
+            if self.cache is not None:
+                stored = self.cache.get_many([text_hash(t) for t in assembled])
+                for i, vec in zip(todo, stored, strict=True):
+                    found[i] = vec
+        return keys, texts, found
 
     async def run_cpu(self, fn: Any, *args: Any) -> Any:
         """Run a blocking function on the runtime's small thread pool."""
@@ -155,15 +192,18 @@ class Runtime:
             OverloadedError: the encoder queue is full.
             NotReadyError: the server is shutting down.
         """
-        texts, cached = await self.run_cpu(self._lookup, profiles)
+        keys, texts, cached = await self.run_cpu(self._lookup, profiles)
         hits = np.array([v is not None for v in cached], dtype=bool)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        out = np.empty((len(profiles), self.dim), dtype=np.float32)
         for i, vec in enumerate(cached):
             if vec is not None:
                 out[i] = vec
         miss = np.flatnonzero(~hits)
         if len(miss):
             out[miss] = await self.batcher.submit([texts[i] for i in miss])
+        if texts:  # rows that were not in memory: remember them
+            rows = sorted(texts)
+            self._remember([keys[i] for i in rows], out[rows])
         self.metrics.observe_cache(int(hits.sum()), len(miss))
         return Embedded(out, hits)
 

@@ -388,3 +388,35 @@ def test_without_index_search_is_unavailable(tiny_model):
             assert code == grpc.StatusCode.UNAVAILABLE and "--index" in details
     finally:
         srv.stop()
+
+
+def test_cache_hits_follow_content_not_ids(client):
+    base = {"id": "c1", "biography": "berlin coffee", "captions": ["gym"]}
+    same_text_other_id = {**base, "id": "c2"}
+    changed = {**base, "id": "c3", "captions": ["gym", "beach"]}
+
+    def hits(profiles):
+        req = pb2.EmbedRequest(profiles=[to_message(p) for p in profiles])
+        return [e.cache_hit for e in client.stub.Embed(req).embeddings]
+
+    assert hits([base]) == [False]
+    assert hits([same_text_other_id, changed]) == [True, False]
+    vectors = client.embed([base, same_text_other_id, changed])
+    np.testing.assert_array_equal(vectors[0], vectors[1])
+    assert not np.allclose(vectors[0], vectors[2])
+
+
+def test_sqlite_cache_alone_serves_hits(tiny_model, tmp_path):
+    from embedder.cache import EmbeddingCache
+
+    enc = tiny_model.encoder
+    config = ServerConfig(port=0, metrics_port=None, cache=tmp_path / "c.sqlite", memory_cache=0)
+    cache = EmbeddingCache(config.cache, embedding_version=enc.embedding_version, dim=enc.dim)
+    srv = ServerThread(config, tiny_model, cache=cache)
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            req = pb2.EmbedRequest(profiles=[pb2.Profile(id="s", biography="lyon")])
+            assert [e.cache_hit for e in c.stub.Embed(req).embeddings] == [False]
+            assert [e.cache_hit for e in c.stub.Embed(req).embeddings] == [True]
+    finally:
+        srv.stop()

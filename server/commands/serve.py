@@ -21,6 +21,7 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--max-queue", "max_queue", int, "profiles waiting for the encoder before overload"),
     ("--workers", "workers", int, "forward passes that may run at once"),
     ("--cache", "cache", Path, "SQLite embedding cache file"),
+    ("--memory-cache", "memory_cache", int, "vectors kept in memory by profile content"),
     ("--index", "index", Path, "similarity index folder (loaded, and written on UpsertIndex)"),
     ("--tls-cert", "tls_cert", Path, "PEM certificate chain (turns TLS on)"),
     ("--tls-key", "tls_key", Path, "PEM private key"),
