@@ -14,64 +14,38 @@ from heads.train_data import MISSING, HeadTask, encode_targets
 logger = logging.getLogger(__name__)
 
 
-def head_metrics(head: Any, emb: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Accuracy, macro-F1, coverage and precision after abstention of one head on labelled rows."""
-    from sklearn.metrics import f1_score
-
-    mask = y != MISSING
-    if not mask.any():
-        return {"n": 0}
-    probs = head.predict_proba(emb[mask])
-    yt = y[mask]
-    pred = probs.argmax(axis=1)
-    thr = head.thresholds_ if head.thresholds_ is not None else np.zeros(len(head.labels))
-    assigned = probs[np.arange(len(pred)), pred] >= np.asarray(thr)[pred]
-    correct = assigned & (pred == yt)
-    return {
-        "n": int(mask.sum()),
-        "accuracy": float((pred == yt).mean()),
-        "macro_f1": float(f1_score(yt, pred, average="macro", zero_division=0)),
-        "coverage": float(assigned.mean()),
-        "precision_assigned": float(correct.sum() / max(assigned.sum(), 1)),
-        "share_correct_assigned": float(correct.mean()),
-    }
+def single_post_mask(rows: Sequence[Any]) -> np.ndarray:
+    """Rows with no bio and at most one caption: the key real-world input."""
+    return np.array(
+        [not r.profile.biography.strip() and len(r.profile.captions) <= 1 for r in rows], dtype=bool
+    )
 
 
-def evaluate_split(
+def evaluations(
     heads: Mapping[str, Any],
     tasks: Sequence[HeadTask],
     rows: Sequence[Any],
     emb: np.ndarray,
+    split: str,
 ) -> dict[str, Any]:
-    """Metrics per head for one split."""
-    out: dict[str, Any] = {}
+    """``heads.evaluation.HeadEvaluation`` per head on its labelled rows of one split."""
+    from heads.evaluation import evaluate_head
+
+    single = single_post_mask(rows)
+    out = {}
     for task in tasks:
         y = encode_targets(rows, task)
-        out[task.name] = head_metrics(heads[task.name], emb, y)
+        mask = y != MISSING
+        if not mask.any():
+            continue
+        out[task.name] = evaluate_head(
+            heads[task.name],
+            emb[mask],
+            [task.labels[i] for i in y[mask]],
+            slices={"no bio, <= 1 caption": single[mask]},
+            info={"split": split, "rows": int(mask.sum())},
+        )
     return out
-
-
-def _write_report(metrics: Mapping[str, Any], report_dir: Path) -> None:
-    import json
-
-    report_dir.mkdir(parents=True, exist_ok=False)
-    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    lines = ["# Training report", ""]
-    for split, per_head in metrics.items():
-        lines += [
-            f"## {split}",
-            "",
-            "| head | n | accuracy | macro-F1 | coverage | precision (assigned) |",
-        ]
-        lines += ["|---|---|---|---|---|---|"]
-        for name, m in per_head.items():
-            if m.get("n"):
-                lines.append(
-                    f"| {name} | {m['n']} | {m['accuracy']:.4f} | {m['macro_f1']:.4f} | "
-                    f"{m['coverage']:.4f} | {m['precision_assigned']:.4f} |"
-                )
-        lines.append("")
-    (report_dir / "REPORT.md").write_text("\n".join(lines))
 
 
 def write_model(
@@ -83,58 +57,81 @@ def write_model(
     *,
     val: tuple[Sequence[Any], np.ndarray],
     test: Sequence[Any] | None = None,
+    training_file: str = "training.json",
 ) -> dict[str, Any]:
-    """Evaluate on validation (and test) and write the model folder with ``heads.model.save_model``.
+    """Evaluate on validation (and test) and write the model folder atomically.
+
+    The folder gets ``encoder/``, ``heads/<name>/v1/`` (validation report as model card),
+    ``report/`` (validation; ``report/test/`` for the test split), ``model.json`` (with a training
+    summary) and ``training.json`` (``info`` plus the metrics).
 
     Returns:
         ``{"val": {head: metrics}, "test": {...}}``.
-    """
-    val_rows, val_emb = val
-    metrics = {"val": evaluate_split(heads, tasks, val_rows, val_emb)}
-    test_emb = None
-    if test is not None:
-        test_emb = encoder.encode([r.profile for r in test], show_progress=True)
-        metrics["test"] = evaluate_split(heads, tasks, test, test_emb)
-    for task in tasks:
-        logger.info("val %s: %s", task.name, metrics["val"][task.name])
-    save_model_dir(out_dir, encoder, heads, extra={"training": _summary(info, metrics)})
-    _write_report(metrics, out_dir / "report")
-    return metrics
-
-
-def save_model_dir(
-    out_dir: Path, encoder: Any, heads: Mapping[str, Any], *, extra: Mapping[str, Any]
-) -> Path:
-    """Write ``model.json``, ``encoder/`` and ``heads/<name>/v<k>/`` (the documented layout).
 
     Raises:
         ArtifactError: when ``out_dir`` exists.
     """
     import json
-    from datetime import UTC, datetime
 
-    from embedder.errors import ArtifactError
+    from heads.evaluation import write_report
+    from heads.model import ModelWriter
 
-    if out_dir.exists():
-        raise ArtifactError(
-            f"output folder {out_dir} already exists; model folders are never overwritten"
-        )
-    out_dir.mkdir(parents=True)
-    encoder.save(out_dir / "encoder")
-    for name, head in heads.items():
-        head.save(out_dir / "heads" / name / f"v{head.head_version}")
-    meta = {
-        "format_version": 1,
-        "embedding_version": encoder.embedding_version,
-        "base": encoder.base,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "heads": sorted(heads),
-        **extra,
+    val_rows, val_emb = val
+    evs = {"val": evaluations(heads, tasks, val_rows, val_emb, "val")}
+    if test is not None:
+        test_emb = encoder.encode([r.profile for r in test], show_progress=True)
+        evs["test"] = evaluations(heads, tasks, test, test_emb, "test")
+    metrics = {
+        split: {name: _core(ev.metrics) for name, ev in per_head.items()}
+        for split, per_head in evs.items()
     }
-    (out_dir / "model.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return out_dir
+    for split, per_head in metrics.items():
+        for name, m in per_head.items():
+            logger.info("%s %s: %s", split, name, m)
+    info["metrics"] = metrics
+    with ModelWriter(out_dir) as writer:
+        writer.write_encoder(encoder)
+        for name, head in heads.items():
+            writer.write_head(head, evaluation=evs["val"].get(name))
+        notes = f"Fine-tuning run; settings and data hashes in `{training_file}`."
+        writer.write_report(list(evs["val"].values()), notes=notes)
+        if "test" in evs:
+            write_report(
+                writer.tmp / "report" / "test",
+                list(evs["test"].values()),
+                title="Test report",
+                notes=notes,
+            )
+        writer.meta["training"] = _summary(info)
+        (writer.tmp / training_file).write_text(
+            json.dumps(info, indent=2, default=_json_default) + "\n"
+        )
+    return metrics
 
 
-def _summary(info: Mapping[str, Any], metrics: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("data", "config", "best_epoch", "throughput", "versions", "start_embedding_version")
-    return {**{k: info.get(k) for k in keys}, "metrics": metrics}
+def _core(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The scalar metrics and the slices (the per-class tables and curves stay in report/)."""
+    return {k: v for k, v in m.items() if k == "slices" or not isinstance(v, (dict, list))}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _summary(info: Mapping[str, Any]) -> dict[str, Any]:
+    keys = (
+        "data",
+        "config",
+        "best_epoch",
+        "throughput",
+        "versions",
+        "start_embedding_version",
+        "metrics",
+    )
+    return {k: info.get(k) for k in keys}

@@ -406,22 +406,20 @@ def train_model(
     }
     from heads.train_output import write_model
 
-    metrics = write_model(out_dir, encoder, heads, tasks, info, val=(val, val_emb), test=test)
-    info["metrics"] = metrics
+    info["wall_seconds_before_write"] = round(time.perf_counter() - wall, 1)
+    write_model(
+        out_dir,
+        encoder,
+        heads,
+        tasks,
+        info,
+        val=(val, val_emb),
+        test=test,
+        training_file=TRAINING_FILE,
+    )
     info["wall_seconds"] = round(time.perf_counter() - wall, 1)
-    (out_dir / TRAINING_FILE).write_text(json.dumps(info, indent=2, default=_json_default) + "\n")
     logger.info("model %s written to %s in %.0f s", version, out_dir, info["wall_seconds"])
     return TrainResult(out_dir, version, info)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def _versions() -> dict[str, str]:

@@ -21,6 +21,7 @@ from embedder.errors import EmbedderError
 COMMAND_MODULES: tuple[str, ...] = (
     "server.commands.embed",
     "server.commands.train",
+    "server.commands.train_head",
     "server.commands.evaluate",
     "server.commands.predict",
     "server.commands.audience",

@@ -1,0 +1,52 @@
+"""``profile-embed train-head``: add a head to a model, trained on cached frozen embeddings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train-head`` subcommand."""
+    p = subparsers.add_parser(
+        "train-head",
+        help="train a new head on a model's frozen (cached) embeddings; add it as v<k+1>",
+        description=(
+            "Train, calibrate and evaluate one head on cached embeddings of the model's encoder "
+            "(the encoder and its embedding_version do not change); written as heads/<name>/v<k+1>."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument("--head", required=True, help="head name, e.g. category")
+    p.add_argument("--train", required=True, help="labelled training profiles")
+    p.add_argument("--val", required=True, help="labelled validation profiles")
+    p.add_argument("--hidden", type=int, default=0, help="hidden width (0 = linear)")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--target-precision", type=float, default=0.90)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cache", default=None, help="embedding cache file (default: the shared one); '' = none"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train the head and print a one-line JSON summary."""
+    from heads.train_head import HeadTrainConfig, train_head
+
+    config = HeadTrainConfig(
+        hidden=args.hidden,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        target_precision=args.target_precision,
+        seed=args.seed,
+    )
+    summary = train_head(
+        args.model, args.head, args.train, args.val, config=config, cache_path=args.cache
+    )
+    print(json.dumps(summary))
+    return 0
