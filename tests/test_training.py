@@ -303,7 +303,8 @@ def test_train_model_writes_a_loadable_model_and_refuses_overwrite(tiny_base_dir
         info["data"]["train"]["sha256"]
         and info["label_counts"]["category"]["train"]["<missing>"] == 24
     )
-    assert info["versions"]["torch"] and info["wall_seconds_before_write"] > 0 and info["metrics"]["test"]
+    assert info["versions"]["torch"] and info["wall_seconds_before_write"] > 0
+    assert info["metrics"]["test"]["geolocation"]["n"] == 24
     encoder = ProfileEncoder.load(out / "encoder")
     assert encoder.embedding_version == result.embedding_version != info["start_embedding_version"]
     emb = encoder.encode([r.profile for r in make_rows(5, 3)])
