@@ -42,39 +42,23 @@ def _simulate(n: int, seed: int):
 
 
 def build_model_dir(base_dir: Path, root: Path, n_train: int = 600) -> Path:
-    """A model folder in the contract layout: encoder/ + heads/<name>/v1/ + model.json."""
+    """A model folder (``save_model``): tiny encoder + geolocation/category heads."""
     from embedder.encoder import ProfileEncoder
+    from heads.model import save_model
     from heads.softmax import standard_head
 
-    model = root / "model"
     encoder = ProfileEncoder.from_base(base_dir, num_layers=3)
-    encoder.save(model / "encoder")
     rows = _simulate(n_train, seed=7)
     emb = encoder.encode([r.profile for r in rows])
     half = n_train // 2
+    heads = {}
     for name, field in (("geolocation", "country"), ("category", "category")):
         y = [r.labels[field] for r in rows]
         head = standard_head(name, embedding_version=encoder.embedding_version, in_dim=encoder.dim)
-        head.fit(
-            emb[:half],
-            y[:half],
-            val_embeddings=emb[half:],
-            val_labels=y[half:],
-            epochs=20,
-            missing_classes="abstain",
-        )
-        head.save(model / "heads" / name / "v1")
-    (model / "model.json").write_text(
-        json.dumps(
-            {
-                "format_version": 1,
-                "embedding_version": encoder.embedding_version,
-                "base": str(base_dir),
-                "created": time.time(),
-            }
-        )
-    )
-    return model
+        head.fit(emb[:half], y[:half], val_embeddings=emb[half:], val_labels=y[half:], epochs=20,
+                 missing_classes="abstain")  # fmt: skip
+        heads[name] = head
+    return save_model(root / "model", encoder, heads)
 
 
 @pytest.fixture(scope="module")

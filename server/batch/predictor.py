@@ -84,12 +84,12 @@ def load_model(
     """
     from heads.model import ProfileModel
 
-    model = ProfileModel.load(model_dir, heads=list(heads) or None)
+    kwargs: dict[str, Any] = {}
     if numerics is not None:
-        model.encoder.numerics = numerics
+        kwargs["numerics"] = numerics
     if threads is not None:
-        model.encoder.threads = threads
-    return model
+        kwargs["threads"] = threads
+    return ProfileModel.load(model_dir, heads=list(heads) or None, **kwargs)
 
 
 class BatchPredictor:
