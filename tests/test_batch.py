@@ -330,3 +330,64 @@ def test_cli_batch_prints_summary_and_bad_rows(model_dir, inputs, tmp_path, caps
     assert "row 11, field id" in captured.err
     cols = pq.read_schema(next((out / "results").glob("*.parquet"))).names
     assert "geolocation_label" in cols and "category_label" not in cols and "embedding" not in cols
+
+
+def test_batch_audience_from_raw_follower_files(model_dir, inputs, tmp_path):
+    """Raw follower files with influencer_id -> predictions -> groupby + map_groups estimates."""
+    from server.batch.audience_job import AudienceJobConfig, run_audience_job
+
+    _, _, _, profiles = inputs
+    followers = tmp_path / "followers"
+    followers.mkdir()
+    rows = list(profiles.values())[:300]
+    with open(followers / "followers.jsonl", "w", encoding="utf-8") as fh:
+        for i, r in enumerate(rows):
+            rec = {**r, "influencer_id": f"inf-{i % 3}" if i < 297 else None}
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    out = tmp_path / "aud"
+    summary = run_audience_job(
+        AudienceJobConfig(
+            model_dir=model_dir,
+            followers=str(followers),
+            output=out,
+            n_bootstrap=20,
+            num_actors=1,
+            show_progress=False,
+        )
+    )
+    assert summary["influencers"] == 3
+    assert summary["followers_used"] == 297 and summary["rows_without_influencer"] == 3
+    lines = [json.loads(x) for x in (out / "audience.jsonl").read_text().splitlines()]
+    assert [x["influencer_id"] for x in lines] == ["inf-0", "inf-1", "inf-2"]
+    for rec in lines:
+        assert rec["n"] == 99
+        shares = rec["shares"].values()
+        assert abs(sum(s["share"] for s in shares) - 1) < 1e-3
+        assert all(0 <= s["lower"] <= s["upper"] <= 1 for s in shares)
+    # Point estimates equal heads.audience run in-process on the same follower probabilities.
+    from heads.audience import estimate_audience, head_audience_inputs
+    from heads.model import ProfileModel
+
+    head = ProfileModel.load(model_dir, heads=["geolocation"]).heads["geolocation"]
+    preds = _results(out / "predictions")
+    mask = [x == "inf-1" for x in preds.column("influencer_id").to_pylist()]
+    probs = np.stack(preds.filter(pa.array(mask)).column("geolocation_probs").to_numpy(False))
+    expected = estimate_audience(
+        probs, labels=head.labels, prior=head_audience_inputs(head)["prior"], n_bootstrap=0
+    ).as_mapping()
+    got = {k: v["share"] for k, v in lines[1]["shares"].items()}
+    assert got == pytest.approx(expected, abs=1e-4)
+    table = pq.read_table(out / "audience.parquet")
+    assert table.num_rows == 3 and set(table.column_names) >= {"shares", "lower", "upper", "n"}
+    # The predictions folder is a normal batch output: a second audience run reuses it.
+    again = run_audience_job(
+        AudienceJobConfig(
+            model_dir=model_dir,
+            followers=str(followers),
+            output=out,
+            n_bootstrap=20,
+            num_actors=1,
+            show_progress=False,
+        )
+    )
+    assert again["batch"]["files_already_done"] == 1

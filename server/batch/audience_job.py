@@ -192,7 +192,9 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     probs_col = f"{cfg.head}_probs"
     ds = ray.data.read_parquet(files, columns=[GROUP_FIELD, probs_col])
     n_rows = ds.count()
-    ds = ds.filter(expr=f"{GROUP_FIELD} is not null")
+    from ray.data.expressions import col
+
+    ds = ds.filter(expr=col(GROUP_FIELD).is_not_null())
     out = ds.groupby(GROUP_FIELD).map_groups(
         _estimate_group,
         batch_format="pyarrow",
