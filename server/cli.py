@@ -20,6 +20,8 @@ from embedder.errors import EmbedderError
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "server.commands.embed",
+    "server.commands.batch",
+    "server.commands.index",
     "server.commands.train",
     "server.commands.train_head",
     "server.commands.evaluate",
