@@ -17,7 +17,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -29,12 +28,13 @@ import numpy as np
 import torch
 
 from embedder.errors import ArtifactError, InvalidInputError
+from embedder.numerics import NUMERICS, ONNX_NUMERICS, check_numerics, default_threads
 from embedder.profile import AssemblyConfig, Profile, assemble_texts
 
 logger = logging.getLogger(__name__)
 
-#: Numeric modes of the inference path. The ``embedding_version`` does not depend on it.
-NUMERICS = ("fp32", "bf16", "int8")
+__all__ = ["NUMERICS", "ProfileEncoder", "default_threads"]
+
 FORMAT_VERSION = 1
 _VERSION_FILE = "embedding_version.json"
 _ASSEMBLY_FILE = "assembly.json"
@@ -54,14 +54,6 @@ _CONFIG_KEYS = (
 )
 
 
-def default_threads() -> int:
-    """The number of cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 class ProfileEncoder:
     """Profiles -> L2-normalised float32 vectors, shared by every task head.
 
@@ -69,9 +61,12 @@ class ProfileEncoder:
         st_model: a ``SentenceTransformer`` made of Transformer + Pooling(mean) + Normalize.
         assembly: how profiles become text (part of the version).
         base: where the weights came from (spec string or path), recorded on save.
-        numerics: ``"fp32"``, ``"bf16"`` (CPU autocast) or ``"int8"`` (dynamic quantization of
-            Linear layers, on a copy; ``st_model`` stays fp32).
-        threads: torch intra-op threads for encoding; None uses every core this process may use.
+        numerics: one of ``embedder.numerics.NUMERICS``: ``"fp32"``, ``"bf16"`` (CPU autocast),
+            ``"int8"`` (dynamic quantization of Linear layers, on a copy; ``st_model`` stays fp32),
+            ``"onnx-fp32"`` / ``"onnx-int8"`` (ONNX Runtime on an export cached by
+            ``embedding_version``, see ``embedder.onnx_backend``).
+        threads: intra-op threads for encoding (torch or ONNX Runtime); None: one per physical
+            core this process may use.
         max_batch_tokens: cap on padded tokens (batch size x longest length) per forward pass.
     """
 
@@ -85,8 +80,7 @@ class ProfileEncoder:
         threads: int | None = None,
         max_batch_tokens: int = 16384,
     ) -> None:
-        if numerics not in NUMERICS:
-            raise ValueError(f"numerics must be one of {NUMERICS}, got {numerics!r}")
+        check_numerics(numerics)
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
         self.st_model = st_model
@@ -97,6 +91,8 @@ class ProfileEncoder:
         self.max_batch_tokens = max_batch_tokens
         self._version: str | None = None
         self._int8_model: Any = None
+        self._onnx_model: Any = None
+        self._build_lock = threading.Lock()
         # HF fast tokenizers mutate their truncation state on every call: serialise those calls.
         self._tok_lock = threading.RLock()
 
@@ -266,13 +262,14 @@ class ProfileEncoder:
         return self._version
 
     def refresh_version(self) -> str:
-        """Recompute ``embedding_version`` after the weights changed (and drop derived int8 copies).
+        """Recompute ``embedding_version`` after the weights changed (and drop derived copies).
 
         Returns:
             The new version.
         """
         self._version = self._compute_version()
         self._int8_model = None
+        self._onnx_model = None
         return self._version
 
     def _compute_version(self) -> str:
@@ -379,17 +376,33 @@ class ProfileEncoder:
 
     def _inference_model(self) -> Any:
         self.st_model.eval()
+        if self.numerics in ONNX_NUMERICS:
+            return self._onnx_inference_model()
         if self.numerics != "int8":
             return self.st_model
-        if self._int8_model is None:
-            with warnings.catch_warnings():
-                # torch.ao dynamic quantization is deprecated in favour of torchao (not installed).
-                warnings.simplefilter("ignore")
-                self._int8_model = torch.ao.quantization.quantize_dynamic(
-                    copy.deepcopy(self.st_model), {torch.nn.Linear}, dtype=torch.qint8
+        with self._build_lock:
+            if self._int8_model is None:
+                with warnings.catch_warnings():
+                    # torch.ao dynamic quantization is deprecated in favour of torchao (absent).
+                    warnings.simplefilter("ignore")
+                    self._int8_model = torch.ao.quantization.quantize_dynamic(
+                        copy.deepcopy(self.st_model), {torch.nn.Linear}, dtype=torch.qint8
+                    )
+                self._int8_model.eval()
+            return self._int8_model
+
+    def _onnx_inference_model(self) -> Any:
+        with self._build_lock:
+            if self._onnx_model is None:
+                from embedder.onnx_backend import build_onnx_model  # lazy: onnxruntime
+
+                self._onnx_model = build_onnx_model(
+                    self.st_model,
+                    self.embedding_version,
+                    self.numerics,
+                    self.threads or default_threads(),
                 )
-            self._int8_model.eval()
-        return self._int8_model
+            return self._onnx_model
 
 
 def _buckets(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
