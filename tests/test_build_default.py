@@ -1,0 +1,81 @@
+"""``profile-embed build-default`` end to end at toy size: the same code path as the shipped model
+(simulate -> location tokens -> fine-tune -> calibrate -> evaluate -> versioned folder + link)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    # prepare_base caches prepared bases under PROFILE_EMBED_HOME: keep the test's own.
+    monkeypatch.setenv("PROFILE_EMBED_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, capsys):
+    from heads.model import ProfileModel
+    from heads.recipes import read_build
+    from server.cli import main
+
+    models, data = home / "models", home / "data"
+    code = main(
+        [
+            "build-default",
+            "--recipe",
+            "toy",
+            "--base",
+            str(tiny_base_dir),
+            "--models-root",
+            str(models),
+            "--data-root",
+            str(data),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    link = models / "default"
+    assert link.is_symlink() and link.resolve() == (models / out["model"].split("/")[-1]).resolve()
+    assert out["model"].endswith(out["embedding_version"][:12])
+    assert 0.0 <= out["test_geolocation"]["accuracy"] <= 1.0
+    assert out["test_geolocation"]["n"] == 120  # the toy recipe's test stream
+
+    record = read_build(link)
+    assert record["recipe"]["name"] == "toy"
+    assert record["recipe"]["train"]["location_tokens"] is True
+    assert set(record["metrics"]) == {"val", "test"}
+    assert (link / "report" / "test" / "REPORT.md").is_file()
+    assert not list(models.glob(".*partial*")), "no partial folders or checkpoints left behind"
+
+    model = ProfileModel.load(link)
+    assert set(model.heads) == {"geolocation", "category"}
+    # Location emoji are whole pieces of the shipped vocabulary.
+    assert model.encoder.tokenizer.tokenize("📍")[-1] == "📍"
+
+
+def test_if_missing_skips_and_a_real_folder_is_never_replaced(tiny_base_dir, home, capsys):
+    from server.cli import main
+
+    models = home / "models"
+    (models / "default").mkdir(parents=True)
+    (models / "default" / "model.json").write_text("{}")
+    args = ["build-default", "--recipe", "toy", "--base", str(tiny_base_dir)]
+    args += ["--models-root", str(models), "--data-root", str(home / "data"), "--no-progress"]
+    assert main([*args, "--if-missing"]) == 0
+    assert "nothing to build" in capsys.readouterr().err
+
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "is a real folder" in err and "Traceback" not in err
+    assert (models / "default" / "model.json").read_text() == "{}"
+
+
+def test_unknown_recipe_is_a_clear_error():
+    from embedder.errors import InvalidInputError
+    from heads.recipes import get_recipe
+
+    with pytest.raises(InvalidInputError, match=r"unknown recipe 'big'.*default, full, toy"):
+        get_recipe("big")
