@@ -73,6 +73,15 @@ def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
     return dict(meta)
 
 
+def model_numerics(model_dir: str | Path) -> str | None:
+    """The model's default encoder numerics (``numerics`` in model.json), or None when unset."""
+    path = Path(model_dir) / MODEL_FILE
+    if not path.is_file():
+        return None
+    value = read_model_meta(model_dir).get("numerics")
+    return None if value is None else str(value)
+
+
 class ProfileModel:
     """An encoder and its heads: profiles (or embeddings) in, predictions per head out.
 
@@ -106,7 +115,9 @@ class ProfileModel:
             model_dir: the model folder.
             heads: head names to load; None loads all.
             **encoder_kwargs: runtime options for ``ProfileEncoder.load`` (``numerics``,
-                ``threads``).
+                ``threads``). Without ``numerics`` the model's default applies: the
+                ``numerics`` key of model.json when present, else fp32. The server, the batch
+                job and ``profile-embed embed`` all go through here, so they agree.
 
         Returns:
             The model.
@@ -120,6 +131,8 @@ class ProfileModel:
 
         model_dir = Path(model_dir)
         meta = read_model_meta(model_dir)
+        if meta.get("numerics") is not None:
+            encoder_kwargs.setdefault("numerics", str(meta["numerics"]))
         encoder = ProfileEncoder.load(model_dir / "encoder", **encoder_kwargs)
         version = encoder.embedding_version
         if meta.get("embedding_version") not in (None, version):

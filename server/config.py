@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedder.numerics import check_numerics
+
 #: Instagram's limits, for messages; longer text is accepted and cut by the encoder's token budget.
 INSTAGRAM_BIO_CHARS = 150
 INSTAGRAM_CAPTION_CHARS = 2200
@@ -16,6 +18,8 @@ class ServerConfig:
 
     Attributes:
         model: the model folder (``model.json``, ``encoder/``, ``heads/``).
+        numerics: encoder numerics (``embedder.numerics.NUMERICS``); None: the model's default
+            (``numerics`` in its model.json, else fp32), the same rule as ``profile-embed batch``.
         host: interface to bind; ``0.0.0.0`` or ``[::]`` to accept remote callers.
         port: gRPC port; 0 picks a free one.
         metrics_port: Prometheus port (not the gRPC one); 0 picks a free one, None: no metrics.
@@ -40,6 +44,7 @@ class ServerConfig:
     """
 
     model: Path | None = None
+    numerics: str | None = None
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int | None = 9464
@@ -63,6 +68,8 @@ class ServerConfig:
     grace_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.numerics is not None:
+            check_numerics(self.numerics)
         _check_port("port", self.port)
         if self.metrics_port is not None:
             _check_port("metrics_port", self.metrics_port)

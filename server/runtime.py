@@ -101,7 +101,8 @@ class Runtime:
 
         if config.model is None:
             raise ArtifactError("no model given: pass --model DIR (a folder written by train)")
-        model = ProfileModel.load(config.model)
+        options = {} if config.numerics is None else {"numerics": config.numerics}
+        model = ProfileModel.load(config.model, **options)
         version = model.encoder.embedding_version
         cache = index = None
         if config.cache is not None:

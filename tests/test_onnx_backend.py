@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from embedder.encoder import ProfileEncoder
-from embedder.numerics import NUMERICS, check_numerics, physical_cores
 from embedder.onnx_backend import onnx_path
 from embedder.profile import Profile
 
@@ -47,11 +46,3 @@ def test_onnx_matches_torch(encoder, reference, numerics, min_cosine, tmp_path, 
     again = ProfileEncoder(encoder.st_model, assembly=encoder.assembly, numerics=numerics)
     np.testing.assert_allclose(again.encode(PROFILES, batch_size=2), out, atol=1e-5)
     assert cached.stat().st_mtime_ns == mtime  # exported once, reused
-
-
-def test_numerics_list_and_threads() -> None:
-    assert {"fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"} == set(NUMERICS)
-    with pytest.raises(ValueError, match="onnx-fp16"):
-        check_numerics("onnx-fp16")
-    assert physical_cores() >= 1
-    assert physical_cores({0}) == 1

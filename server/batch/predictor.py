@@ -76,7 +76,7 @@ def load_model(
     Args:
         model_dir: the model folder.
         heads: head names to load (empty: all).
-        numerics: encoder numerics (``fp32``/``bf16``/``int8``); None keeps the model's default.
+        numerics: one of ``embedder.numerics.NUMERICS``; None keeps the model's default.
         threads: torch threads for this process; None keeps the encoder's default.
 
     Returns:

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from embedder.numerics import NUMERICS
+
 #: Bad rows printed to stderr (all are counted, and up to 1000 listed in summary.json).
 MAX_BAD_PRINTED = 20
 
@@ -56,7 +58,7 @@ def _add_ray_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--numerics",
-        choices=("fp32", "bf16", "int8"),
+        choices=NUMERICS,
         default=None,
         help="encoder numerics (default: the model's, as the server)",
     )

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from embedder.numerics import NUMERICS
+
 logger = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet")
@@ -59,9 +61,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--numerics",
-        choices=("fp32", "bf16", "int8"),
-        default="fp32",
-        help="encoder numerics (default fp32)",
+        choices=NUMERICS,
+        default=None,
+        help="encoder numerics (default: the model's, as the server; fp32 with --base)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -91,11 +93,16 @@ def _check_suffixes(args: argparse.Namespace) -> None:
 def _load_encoder(args: argparse.Namespace) -> Any:
     from embedder.encoder import ProfileEncoder
 
-    options = {"numerics": args.numerics}
+    options = {} if args.numerics is None else {"numerics": args.numerics}
     model = args.model
     if model is None and args.base is None and DEFAULT_MODEL_DIR.is_dir():
         model = DEFAULT_MODEL_DIR
     if model is not None:
+        from heads.model import model_numerics
+
+        default = model_numerics(model)
+        if args.numerics is None and default is not None:
+            options["numerics"] = default
         folder = model / "encoder" if (model / "encoder").is_dir() else model
         logger.info("encoder: model %s", folder)
         return ProfileEncoder.load(folder, **options)
