@@ -1,0 +1,112 @@
+"""Benchmark helpers: analytic FLOPs vs torch's counter, the marked-section writer, the choice."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench(name: str):
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"bench.{name}")
+
+
+def test_encoder_flops_by_hand_and_against_torch_counter() -> None:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import BertConfig, BertModel
+
+    flops = _bench("flops")
+    # one layer, s=3, h=4, ffn=8: 2*3*(4*16 + 2*4*8) + 4*9*4 = 912
+    assert flops.encoder_flops([3], hidden=4, ffn=8, layers=2) == 2 * 912
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=37,
+        attn_implementation="eager",
+    )
+    model = BertModel(config, add_pooling_layer=False).eval()
+    counted = 0
+    for s in (5, 17):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(input_ids=torch.randint(0, 50, (1, s)))
+        counted += counter.get_total_flops()
+    assert flops.config_flops(config, [5, 17]) == counted
+
+
+def test_replace_section_keeps_hand_written_text(tmp_path) -> None:
+    report = _bench("report")
+    doc = f"# B\n\nhand\n\n{report.START}\nold\n{report.END}\n\n## gRPC\nkept\n"
+    new = report.replace_section(doc, "| a |\n|---|\n| 1 |")
+    assert new.startswith("# B\n\nhand\n\n") and new.endswith("\n\n## gRPC\nkept\n")
+    assert "old" not in new and "| 1 |" in new
+    assert report.replace_section(new, "| a |\n|---|\n| 1 |") == new
+    appended = report.replace_section("# only\n", "x")
+    assert appended == f"# only\n\n{report.START}\nx\n{report.END}\n"
+    with pytest.raises(ValueError, match="marker"):
+        report.replace_section(f"{report.END} {report.START}", "x")
+    path = tmp_path / "B.md"
+    path.write_text(doc)
+    report.write_section(path, "fresh")
+    assert "fresh" in path.read_text() and "kept" in path.read_text()
+
+
+def test_chosen_is_the_fastest_within_the_accuracy_budget() -> None:
+    enc = _bench("encoder_bench")
+    truth = ["A", "B"] * 50
+    good = np.tile(np.eye(2, dtype=np.float32), (50, 1))  # always right
+    bad = good.copy()
+    bad[:10] = bad[:10, ::-1]  # 10 % wrong
+
+    class Head:
+        def predict(self, vectors):
+            return [
+                SimpleNamespace(argmax="AB"[int(v.argmax())], label="AB"[int(v.argmax())])
+                for v in vectors
+            ]
+
+    def st(vectors, seconds):
+        return {"n": len(vectors), "seconds": seconds, "vectors": vectors, "prepare_s": 0.0}
+
+    state = {
+        "fp32": st(good, 4.0),
+        "int8": st(bad, 1.0),  # fastest, 10 points worse
+        "onnx-int8": st(good, 2.0),
+        enc.ST_BASELINE: st(good, 5.0),
+    }
+    config = SimpleNamespace(hidden_size=2, intermediate_size=4, num_hidden_layers=1)
+    model = SimpleNamespace(
+        encoder=SimpleNamespace(
+            transformer=SimpleNamespace(auto_model=SimpleNamespace(config=config))
+        ),
+        heads={"geolocation": Head()},
+    )
+    work = enc.Workload(["t"] * 100, [8] * 100, truth)
+    peak = {"fp32": 1e9, "int8": 2e9}
+    out = enc.summarize(state, work, model, peak, "geolocation", 0.5)
+    v = out["variants"]
+    assert out["chosen"] == "onnx-int8"
+    assert v["int8"]["delta_accuracy"] == pytest.approx(-10.0) and not v["int8"]["within_budget"]
+    assert v["onnx-int8"]["ratio_vs_st"] == pytest.approx(2.5)
+    assert v["onnx-int8"]["peak_kind"] == "int8" and v["fp32"]["peak_kind"] == "fp32"
+    assert "onnx-int8" in _bench("render").render(
+        {
+            "machine": {
+                "date": "d", "cpu_model": "cpu", "physical_cores": 2, "logical_cpus": 2,
+                "cpu_flags": [], "load_average_1m": 0.0, "torch": "t", "onnxruntime": "o",
+                "faiss": "f",
+            },
+            "model": "m", "embedding_version": "emb-x", "seconds": 1.0,
+            "encoder": {**out, "n": 100, "mean_tokens": 8.0, "max_seq_length": 16, "threads": 2},
+        }
+    )  # fmt: skip
