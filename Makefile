@@ -47,5 +47,11 @@ build-default: install
 train-full: install
 	$(CLI) build-default --recipe full --link full
 
+# Encoder numerics vs plain SentenceTransformer, FLOP/s vs matmul peak, accuracy cost, scaling,
+# faiss at 100k/1M, small gRPC run: ~10-12 min on 2 cores. JSON in bench/results/, table in
+# docs/BENCHMARKS.md. BENCH_ARGS=--quick runs it at toy sizes.
+bench: build-default
+	$(PY) bench/run_all.py --model models/default $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) server/_proto .pytest_cache
