@@ -24,7 +24,7 @@ PROFILES = [
         "biography": "Pâtissière passionnée 🍰 📍 Lyon\nCommandes en DM ✉️",
         "captions": ["Nouvelle tarte aux fraises pour ce week-end 🍓 #patisserie #lyon"],
     },
-    {"id": "rio", "biography": "carioca da gema 🇧🇷 | Rio de Janeiro", "captions": ["praia hoje 🌊"]},
+    {"id": "rio", "biography": "carioca 🇧🇷 | Rio de Janeiro", "captions": ["praia hoje 🌊"]},
     {"id": "tokyo", "biography": "東京在住 📷 カフェ巡り", "captions": []},
     {"id": "plain", "biography": "", "captions": ["good morning ☕"]},
 ]
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     lyon = answers["lyon"]
     label = lyon.get("label") or ""
     if label != "FR":
-        print(f"FAIL: the Lyon bio got label {label!r} (argmax {lyon.get('argmax')!r})", file=sys.stderr)
+        argmax = lyon.get("argmax")
+        print(f"FAIL: the Lyon bio got label {label!r} (argmax {argmax!r})", file=sys.stderr)
         return 1
     print("OK: the Lyon bio is FR", file=sys.stderr)
     return 0
