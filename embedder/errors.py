@@ -1,7 +1,7 @@
 """The one error tree of the project (httpx ``_exceptions.py`` style).
 
-Every error a user can cause derives from :class:`EmbedderError`; the CLI prints its message without a
-stack trace and the gRPC layer maps each kind to one status code in one place.
+Every error a user can cause derives from :class:`EmbedderError`; the CLI prints its message
+without a stack trace and the gRPC layer maps each kind to one status code in one place.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class InvalidInputError(EmbedderError, ValueError):
 
 
 class ArtifactError(EmbedderError):
-    """Raised when a saved model, head, cache or index on disk is missing, corrupt or incompatible."""
+    """A saved model, head, cache or index on disk is missing, corrupt or incompatible."""
 
 
 class VersionMismatchError(ArtifactError):

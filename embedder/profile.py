@@ -1,8 +1,9 @@
 """The ``Profile`` record and how it becomes one encoder input.
 
 A profile is the text a human analyst would read: name, username, bio and the most recent captions.
-``assemble_texts`` turns it into one string with field markers and a per-field token budget, so a 2,200
-character first caption cannot crowd the bio or the other captions out of the encoder's window.
+``assemble_texts`` turns it into one string with field markers and a per-field token budget, so
+a 2,200 character first caption cannot crowd the bio or the other captions out of the
+encoder's window.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class Profile:
         full_name: the display name.
         biography: the bio (Instagram allows 150 characters; longer text is accepted and truncated).
         captions: the most recent captions, newest first, at most ``MAX_CAPTIONS``.
-        extra: any other fields of the input record, kept for the caller and never fed to the encoder.
+        extra: any other fields of the input record, kept for the caller, never fed to the encoder.
     """
 
     id: str
@@ -60,13 +61,15 @@ class Profile:
             record: mapping with ``id`` and optional text fields.
             source: file or request name used in error messages.
             line: line / row / item number used in error messages.
-            extra_exclude: keys that are neither text fields nor ``extra`` (labels, handled by the caller).
+            extra_exclude: keys that are neither text fields nor ``extra`` (labels, handled by
+                the caller).
 
         Returns:
             The profile and the number of captions dropped beyond ``MAX_CAPTIONS``.
 
         Raises:
-            InvalidInputError: naming the source, line and field, on a missing id or a wrongly typed field.
+            InvalidInputError: naming the source, line and field, on a missing id or a wrongly
+                typed field.
         """
         if not isinstance(record, Mapping):
             raise InvalidInputError(
@@ -191,7 +194,7 @@ class AssemblyConfig:
 
     @property
     def marker_overhead(self) -> int:
-        """A safe bound on tokens taken by prefix and markers, for the encoder's max sequence length."""
+        """A safe bound on tokens taken by prefix and markers (for the max sequence length)."""
         return 8 + 4 * (MAX_CAPTIONS + 1)
 
 

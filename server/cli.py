@@ -1,7 +1,8 @@
 """The ``profile-embed`` console script: one argparse program, one module per subcommand.
 
 Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its parser and sets
-``func``. Heavy imports (torch, faiss, grpc) happen inside the command functions, so ``--help`` is instant.
+``func``. Heavy imports (torch, faiss, grpc) happen inside the command functions, so ``--help``
+is instant.
 Every flag also reads an environment fallback ``PROFILE_EMBED_<FLAG>`` (``--batch-size`` ->
 ``PROFILE_EMBED_BATCH_SIZE``).
 """
@@ -42,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="profile-embed",
         description="Multilingual profile embeddings, task heads and the gRPC service.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -39,7 +39,9 @@ def build_tiny_tokenizer(path: Path):
     raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     raw.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     raw.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
     )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=raw,
@@ -77,7 +79,7 @@ def build_tiny_bert(path: Path, vocab_size: int, *, layers: int = 3, seed: int =
 
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Hugging Face folder with a tiny random BERT and an XLM-R-shaped tokenizer: a stand-in base."""
+    """A Hugging Face folder: a tiny random BERT and an XLM-R-shaped tokenizer (a stand-in base)."""
     path = tmp_path_factory.mktemp("tiny_base")
     tok = build_tiny_tokenizer(path)
     build_tiny_bert(path, vocab_size=len(tok))
