@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,32 @@ def default_cache_path() -> Path:
     return cache_home() / "embeddings.sqlite"
 
 
-def _labelled(path: str | Path, task: Any, label: str) -> tuple[list[Any], np.ndarray]:
+def _labelled(
+    path: str | Path,
+    task: Any,
+    label: str,
+    *,
+    skip_invalid: bool = False,
+    report: Callable[[str, Any], None] | None = None,
+) -> tuple[list[Any], np.ndarray, int]:
+    """The rows of a file that carry the task's label, their targets and the invalid rows skipped.
+
+    Without ``skip_invalid`` the first invalid row raises (``embedder.data.read_profiles``);
+    ``report(path, load_result)`` is called once the file is read.
+    """
     from embedder.data import read_profiles
     from embedder.errors import InvalidInputError
 
-    rows = read_profiles(path).rows
+    loaded = read_profiles(path, skip_invalid=skip_invalid)
+    if report is not None:
+        report(str(path), loaded)
+    rows = loaded.rows
     if not rows:
-        raise InvalidInputError(f"the {label} file has no rows", source=str(path))
+        what = "no valid rows" if loaded.errors else "no rows"
+        raise InvalidInputError(f"the {label} file has {what}", source=str(path))
     y = encode_targets(rows, task, source=str(path))
     keep = y != MISSING
-    return [r for r, k in zip(rows, keep, strict=True) if k], y[keep]
+    return [r for r, k in zip(rows, keep, strict=True) if k], y[keep], loaded.n_invalid
 
 
 def train_head(
@@ -77,6 +94,8 @@ def train_head(
     *,
     config: HeadTrainConfig | None = None,
     cache_path: str | Path | None = None,
+    skip_invalid: bool = False,
+    report: Callable[[str, Any], None] | None = None,
 ) -> dict[str, Any]:
     """Train, calibrate, evaluate and add one head to a model folder.
 
@@ -87,13 +106,17 @@ def train_head(
         val_path: labelled validation profiles (early stop, calibration, report).
         config: head settings.
         cache_path: the embedding cache (default ``default_cache_path()``); None-like "" disables.
+        skip_invalid: skip invalid rows (counted in the head's fit info under
+            ``data.<split>.rows_invalid``) instead of raising on the first one.
+        report: called as ``report(path, load_result)`` after each file is read.
 
     Returns:
         A summary: head folder, head_version, embedding_version, metrics, cache stats, seconds.
 
     Raises:
         UnknownHeadError: unknown head name.
-        InvalidInputError: labels outside the head's set, no labels, one class, empty validation.
+        InvalidInputError: an invalid row (unless ``skip_invalid``), labels outside the head's
+            set, no labels, one class, empty validation.
         VersionMismatchError: the model folder's records disagree with its encoder.
     """
     from embedder.cache import CachedEncoder, EmbeddingCache
@@ -107,9 +130,10 @@ def train_head(
     (task,) = resolve_tasks([head_name])
     model_dir = Path(model_dir)
     meta = read_model_meta(model_dir)
-    train_rows, y_train = _labelled(train_path, task, "training")
+    opts: dict[str, Any] = {"skip_invalid": skip_invalid, "report": report}
+    train_rows, y_train, train_bad = _labelled(train_path, task, "training", **opts)
     check_train_targets(y_train, task, source=str(train_path))
-    val_rows, y_val = _labelled(val_path, task, "validation")
+    val_rows, y_val, val_bad = _labelled(val_path, task, "validation", **opts)
     missing = check_val_targets(y_val, y_train, task, source=str(val_path))
     encoder = ProfileEncoder.load(model_dir / "encoder")
     version = encoder.embedding_version
@@ -156,8 +180,16 @@ def train_head(
     head.fit_info_.update(
         {
             "data": {
-                "train": {"path": str(train_path), "sha256": file_sha256(train_path)},
-                "val": {"path": str(val_path), "sha256": file_sha256(val_path)},
+                "train": {
+                    "path": str(train_path),
+                    "sha256": file_sha256(train_path),
+                    "rows_invalid": train_bad,
+                },
+                "val": {
+                    "path": str(val_path),
+                    "sha256": file_sha256(val_path),
+                    "rows_invalid": val_bad,
+                },
             },
             "label_counts": {
                 "train": label_counts(y_train, task),

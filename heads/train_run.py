@@ -10,7 +10,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,13 +106,27 @@ class TrainResult:
     info: dict[str, Any]
 
 
-def _read(path: str | Path, label: str) -> list[Any]:
+def _read(
+    path: str | Path,
+    label: str,
+    *,
+    skip_invalid: bool = False,
+    report: Callable[[str, Any], None] | None = None,
+) -> tuple[list[Any], int]:
+    """Read one split's rows; return them and the number of invalid rows skipped.
+
+    Without ``skip_invalid`` the first invalid row raises (``embedder.data.read_profiles``);
+    ``report(path, load_result)`` is called once the file is read, before any training.
+    """
     from embedder.data import read_profiles
 
-    rows = read_profiles(path).rows
-    if not rows:
-        raise InvalidInputError(f"the {label} file has no rows", source=str(path))
-    return rows
+    loaded = read_profiles(path, skip_invalid=skip_invalid)
+    if report is not None:
+        report(str(path), loaded)
+    if not loaded.rows:
+        what = "no valid rows" if loaded.errors else "no rows"
+        raise InvalidInputError(f"the {label} file has {what}", source=str(path))
+    return loaded.rows, loaded.n_invalid
 
 
 def _subsample(rows: list[Any], n: int | None, seed: int) -> list[Any]:
@@ -303,6 +317,8 @@ def train_model(
     test_path: str | Path | None = None,
     resume: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
+    skip_invalid: bool = False,
+    report: Callable[[str, Any], None] | None = None,
 ) -> TrainResult:
     """Fine-tune encoder + heads, calibrate, evaluate and write a new model folder.
 
@@ -314,13 +330,18 @@ def train_model(
         test_path: optional test profiles, evaluated into ``report/test``.
         resume: a checkpoint folder (``epoch-NNN`` or a checkpoint root) to continue from.
         checkpoint_dir: where epoch checkpoints go (default ``<out_dir>.checkpoints``).
+        skip_invalid: skip invalid rows of every file (counted in ``training.json`` under
+            ``data.<split>.rows_invalid``) instead of raising on the first one.
+        report: called as ``report(path, load_result)`` after each file is read (the CLI lists
+            the skipped rows with it).
 
     Returns:
         The model folder, its embedding_version and the recorded facts.
 
     Raises:
         ArtifactError: the output folder exists, or the checkpoint does not match this run.
-        InvalidInputError: bad data (unknown label, no labels, one class, empty validation).
+        InvalidInputError: bad data (an invalid row unless ``skip_invalid``, unknown label, no
+            labels, one class, empty validation).
         UnknownHeadError: an unknown head name.
     """
     wall = time.perf_counter()
@@ -328,16 +349,32 @@ def train_model(
     check_output(out_dir)
     tasks = resolve_tasks(list(config.heads))
     paths = (str(train_path), str(val_path))
-    train = _subsample(_read(train_path, "training"), config.max_train, config.loop.seed)
-    val = _read(val_path, "validation")
-    test = _read(test_path, "test") if test_path is not None else None
+    opts: dict[str, Any] = {"skip_invalid": skip_invalid, "report": report}
+    train, train_bad = _read(train_path, "training", **opts)
+    train = _subsample(train, config.max_train, config.loop.seed)
+    val, val_bad = _read(val_path, "validation", **opts)
+    test, test_bad = _read(test_path, "test", **opts) if test_path is not None else (None, 0)
     y_train, y_val, val_missing = _targets(tasks, train, val, paths)
     data_info = {
-        "train": {"path": paths[0], "sha256": file_sha256(train_path), "rows_used": len(train)},
-        "val": {"path": paths[1], "sha256": file_sha256(val_path), "rows": len(val)},
+        "train": {
+            "path": paths[0],
+            "sha256": file_sha256(train_path),
+            "rows_used": len(train),
+            "rows_invalid": train_bad,
+        },
+        "val": {
+            "path": paths[1],
+            "sha256": file_sha256(val_path),
+            "rows": len(val),
+            "rows_invalid": val_bad,
+        },
     }
     if test_path is not None:
-        data_info["test"] = {"path": str(test_path), "sha256": file_sha256(test_path)}
+        data_info["test"] = {
+            "path": str(test_path),
+            "sha256": file_sha256(test_path),
+            "rows_invalid": test_bad,
+        }
     device = resolve_device(config.device)
     seed_everything(config.loop.seed)
     encoder = build_encoder(config)

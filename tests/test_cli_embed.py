@@ -90,6 +90,7 @@ def test_bad_lines_reported_with_file_and_line(encoder_dir, tmp_path, capsys) ->
             str(encoder_dir),
             "--no-cache",
             "--no-progress",
+            "--skip-invalid",
         ]
     )
     captured = capsys.readouterr()

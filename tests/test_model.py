@@ -139,10 +139,10 @@ def test_cli_predict_evaluate_audience(built, tmp_path, capsys):
     inp = tmp_path / "in.jsonl"
     inp.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
-    code = main(["predict", "--model", str(path), str(inp), "-o", str(out)])
-    assert code == 1  # invalid rows -> exit 1 at the end, valid rows still written
+    code = main(["predict", "--model", str(path), str(inp), "-o", str(out), "--skip-invalid"])
+    assert code == 1  # invalid rows skipped -> exit 1 at the end, valid rows still written
     err = capsys.readouterr().err
-    assert "line 5" in err and "line 6" in err and "in.jsonl" in err
+    assert f"{inp}:5: field 'captions'" in err and f"{inp}:6:" in err
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in recs] == [r["id"] for r in rows]
     g = recs[0]["geolocation"]

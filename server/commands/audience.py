@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from server.commands.invalid_rows import add_skip_invalid
+
 
 def register(subparsers: Any) -> None:
     """Add the ``audience`` subcommand."""
@@ -31,6 +33,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--truth", default=None, help="JSON {influencer_id: {label: share}}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    add_skip_invalid(p)
     p.set_defaults(func=run)
 
 
@@ -43,10 +46,12 @@ def _groups(rows: list[Any]) -> dict[str, list[int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``audience``; print one JSON line per audience (and an error summary with --truth)."""
+    """Run ``audience``; print one JSON line per audience (and an error summary with --truth).
+
+    Returns 1 when follower rows were skipped (``--skip-invalid``), else 0.
+    """
     import numpy as np
 
-    from embedder.data import read_profiles
     from embedder.errors import InvalidInputError
     from heads.audience import (
         audience_error,
@@ -55,14 +60,13 @@ def run(args: argparse.Namespace) -> int:
         plot_audience,
     )
     from heads.model import ProfileModel
-    from server.commands.predict import report_errors
+    from server.commands.invalid_rows import load_profiles
 
-    model = ProfileModel.load(args.model, heads=[args.head])
-    head = model.head(args.head)
-    loaded = read_profiles(args.followers, skip_invalid=True)
-    report_errors(loaded.errors)
+    loaded = load_profiles(args.followers, skip_invalid=args.skip_invalid)
     if not loaded.rows:
         raise InvalidInputError(f"{args.followers} holds no valid follower profiles")
+    model = ProfileModel.load(args.model, heads=[args.head])
+    head = model.head(args.head)
     emb = model.embed(
         [r.profile for r in loaded.rows], batch_size=args.batch_size, show_progress=True
     )

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from server.commands.invalid_rows import add_skip_invalid
+
 
 def register(subparsers: Any) -> None:
     """Add the ``client`` subcommand."""
@@ -28,17 +30,92 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cert", type=Path, default=None, help="PEM client certificate (mTLS)")
     p.add_argument("--key", type=Path, default=None, help="PEM client key (mTLS)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call [60]")
+    add_skip_invalid(p)
     p.set_defaults(func=run)
 
 
-def _records(path: str) -> Any:
-    from embedder.profile import Profile
+class _Reader:
+    """Profiles of a JSON-lines stream, validated line by line (the ``--skip-invalid`` rule).
 
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    with stream:
-        for line_no, line in enumerate(stream, 1):
-            if line.strip():
-                yield Profile.from_dict(json.loads(line), source=path, line=line_no)[0]
+    Malformed JSON, a wrongly typed field or an id seen before raises an ``InvalidInputError``
+    naming the input, line and field; with ``skip_invalid`` the row is listed on stderr (the first
+    ``MAX_LISTED``), counted and skipped. Rows are streamed, so without ``skip_invalid`` the
+    results of the lines before the bad one have already been printed when it stops.
+    """
+
+    def __init__(self, path: str, *, skip_invalid: bool) -> None:
+        self.path = path
+        self.source = "<stdin>" if path == "-" else path
+        self.skip_invalid = skip_invalid
+        self.n_read = 0
+        self.errors: list[Any] = []
+
+    def __iter__(self) -> Any:
+        from embedder.errors import InvalidInputError
+
+        stream = sys.stdin if self.path == "-" else open(self.path, encoding="utf-8")
+        seen: dict[str, int] = {}
+        with stream:
+            try:
+                for line_no, line in enumerate(stream, 1):
+                    if not line.strip():
+                        continue
+                    self.n_read += 1
+                    try:
+                        profile = self._profile(line, line_no, seen)
+                    except InvalidInputError as err:
+                        if not self.skip_invalid:
+                            raise
+                        self._skip(err)
+                        continue
+                    seen[profile.id] = line_no
+                    yield profile
+            except UnicodeDecodeError as err:
+                raise InvalidInputError(
+                    f"not valid UTF-8 text ({err.reason}); save the input as UTF-8",
+                    source=self.source,
+                ) from None
+
+    def _profile(self, line: str, line_no: int, seen: dict[str, int]) -> Any:
+        from embedder.errors import InvalidInputError
+        from embedder.profile import Profile
+
+        where = {"source": self.source, "line": line_no}
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InvalidInputError(
+                f"malformed JSON at column {err.colno}: {err.msg}; expected one JSON object per "
+                "line",
+                **where,
+            ) from None
+        profile = Profile.from_dict(record, **where)[0]
+        if profile.id in seen:
+            raise InvalidInputError(
+                f"duplicate id {profile.id!r}: first seen at line {seen[profile.id]}; ids must be "
+                "unique within an input",
+                field="id",
+                **where,
+            )
+        return profile
+
+    def _skip(self, err: Any) -> None:
+        from server.commands.invalid_rows import MAX_LISTED, describe
+
+        self.errors.append(err)
+        if len(self.errors) <= MAX_LISTED:
+            print(describe(err), file=sys.stderr)
+
+    def report(self) -> None:
+        """With ``--skip-invalid``: how many more were skipped, and the count line (stderr)."""
+        from server.commands.invalid_rows import MAX_LISTED, count_line
+
+        if not self.skip_invalid:
+            return
+        if len(self.errors) > MAX_LISTED:
+            print(f"... and {len(self.errors) - MAX_LISTED} more invalid rows", file=sys.stderr)
+        n_bad = len(self.errors)
+        print(count_line(self.source, self.n_read, self.n_read - n_bad, n_bad), file=sys.stderr)
 
 
 def _batches(items: Any, size: int) -> Any:
@@ -53,7 +130,10 @@ def _batches(items: Any, size: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one client action; exit 1 with the server's status on an RPC error."""
+    """Run one client action; exit 1 with the server's status on an RPC error.
+
+    Also exits 1 when input rows were skipped (``--skip-invalid``).
+    """
     import grpc
 
     from server.client import ProfileEmbeddingClient
@@ -69,12 +149,13 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     heads = [h for h in args.heads.split(",") if h]
+    reader = _Reader(args.input, skip_invalid=args.skip_invalid)
     try:
         with client:
             if args.action == "info":
                 print(json.dumps(client.info(), ensure_ascii=False))
                 return 0
-            for batch in _batches(_records(args.input), args.batch_size):
+            for batch in _batches(reader, args.batch_size):
                 if args.action == "embed":
                     vectors = client.embed(batch)
                     for p, v in zip(batch, vectors, strict=True):
@@ -87,4 +168,5 @@ def run(args: argparse.Namespace) -> int:
     except grpc.RpcError as err:
         print(f"profile-embed client: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
-    return 0
+    reader.report()
+    return 1 if reader.errors else 0

@@ -1,7 +1,9 @@
 """``profile-embed embed``: embed a profile file into ``.npy`` (+ ids sidecar) or ``.parquet``.
 
-Bad rows are reported as ``file:line: message`` on stderr and skipped; the command still writes the
-good rows and exits 1 at the end. A summary goes to stdout as one JSON object.
+An invalid row stops the command with an error naming the file, line and field (exit 1, nothing
+written); with ``--skip-invalid`` bad rows are listed as ``file:line: field 'x': message`` on stderr
+and skipped, the valid rows are all written, and the command exits 1 at the end (see
+``server.commands.invalid_rows``). A summary goes to stdout as one JSON object.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 from embedder.numerics import NUMERICS
+from server.commands.invalid_rows import add_skip_invalid, load_profiles
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +23,6 @@ INPUT_SUFFIXES = (".jsonl", ".ndjson", ".csv", ".parquet")
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 DEFAULT_MODEL_DIR = Path("models/default")
 DEFAULT_CACHE = Path("~/.cache/profile-embeddings/embeddings.sqlite")
-#: Bad rows printed one by one; the rest are only counted.
-MAX_ERRORS_PRINTED = 50
 
 
 def register(subparsers: Any) -> None:
@@ -66,6 +66,7 @@ def register(subparsers: Any) -> None:
         help="encoder numerics (default: the model's, as the server; fp32 with --base)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_skip_invalid(p)
     p.set_defaults(func=run)
 
 
@@ -116,22 +117,6 @@ def _load_encoder(args: argparse.Namespace) -> Any:
     return ProfileEncoder.from_base(base, num_layers=args.layers, **options)
 
 
-def _report(result: Any) -> None:
-    for err in result.errors[:MAX_ERRORS_PRINTED]:
-        where = f"{err.source}:{err.line}" if err.line is not None else str(err.source)
-        field = f" field '{err.field}':" if err.field else ""
-        print(f"{where}:{field} {err.reason}", file=sys.stderr)
-    if len(result.errors) > MAX_ERRORS_PRINTED:
-        print(
-            f"... and {len(result.errors) - MAX_ERRORS_PRINTED} more invalid rows", file=sys.stderr
-        )
-    if result.captions_dropped:
-        print(
-            f"note: {result.captions_dropped} captions beyond the 5 most recent were dropped",
-            file=sys.stderr,
-        )
-
-
 def _write(path: Path, ids: list[str], vectors: Any, version: str) -> None:
     import numpy as np
 
@@ -162,13 +147,11 @@ def _write(path: Path, ids: list[str], vectors: Any, version: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Embed the file; return 1 when some rows were invalid, else 0."""
+    """Embed the file; return 1 when rows were skipped (``--skip-invalid``), else 0."""
     _check_suffixes(args)
     from embedder.cache import CachedEncoder, EmbeddingCache
-    from embedder.data import read_profiles
 
-    result = read_profiles(args.input, skip_invalid=True)
-    _report(result)
+    result = load_profiles(args.input, skip_invalid=args.skip_invalid)
     encoder = _load_encoder(args)
     cache = None
     if not args.no_cache:

@@ -7,6 +7,8 @@ import json
 from collections import Counter
 from typing import Any
 
+from server.commands.invalid_rows import add_skip_invalid
+
 
 def register(subparsers: Any) -> None:
     """Add the ``evaluate`` subcommand."""
@@ -25,6 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report", required=True, help="output folder for the report")
     p.add_argument("--heads", default=None, help="comma-separated head names (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
+    add_skip_invalid(p)
     p.set_defaults(func=run)
 
 
@@ -53,16 +56,18 @@ def default_slices(rows: list[Any], top_languages: int = 5) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``evaluate``; print the headline metrics per head as JSON."""
-    from embedder.data import read_profiles
+    """Run ``evaluate``; print the headline metrics per head as JSON.
+
+    Returns 1 when rows were skipped (``--skip-invalid``), else 0.
+    """
     from embedder.errors import InvalidInputError
     from heads.evaluation import evaluate_head, write_report
     from heads.model import ProfileModel
-    from server.commands.predict import parse_heads, report_errors
+    from server.commands.invalid_rows import load_profiles
+    from server.commands.predict import parse_heads
 
+    loaded = load_profiles(args.data, skip_invalid=args.skip_invalid)
     model = ProfileModel.load(args.model, heads=parse_heads(args.heads))
-    loaded = read_profiles(args.data, skip_invalid=True)
-    report_errors(loaded.errors)
     evaluations = []
     for name in model.head_names:
         head = model.heads[name]

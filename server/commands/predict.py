@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from server.commands.invalid_rows import add_skip_invalid
+
 DEFAULT_MODEL = "models/default"
 
 
@@ -18,8 +20,10 @@ def register(subparsers: Any) -> None:
         description=(
             "Read profiles (.jsonl/.csv/.parquet), run the model's heads and write one JSON object "
             'per valid input row: {"id": ..., "<head>": {"label": ... | null, "argmax": ..., '
-            '"score": ..., "probabilities": {...}}}. Invalid rows are reported as file:line on '
-            "stderr and the command exits 1 at the end."
+            '"score": ..., "probabilities": {...}}}. An invalid row stops the command with an '
+            "error naming file, line and field; with --skip-invalid invalid rows are listed as "
+            "file:line on stderr and skipped, every valid row is written, and the command exits 1 "
+            "at the end."
         ),
     )
     p.add_argument("input", help="profiles file")
@@ -28,6 +32,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--heads", default=None, help="comma-separated head names (default: all)")
     p.add_argument("--batch-size", type=int, default=64, help="profiles per encoder batch")
     p.add_argument("--chunk", type=int, default=1024, help="profiles per write chunk")
+    add_skip_invalid(p)
     p.set_defaults(func=run)
 
 
@@ -38,24 +43,17 @@ def parse_heads(text: str | None) -> list[str] | None:
     return [h.strip() for h in text.split(",") if h.strip()]
 
 
-def report_errors(errors: list[Any]) -> None:
-    """Print each invalid row (``file, line N, field 'x': reason``) to stderr."""
-    for err in errors:
-        print(f"invalid row: {err}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
-    """Run ``predict``; return 1 when any input row was invalid."""
+    """Run ``predict``; return 1 when input rows were skipped (``--skip-invalid``)."""
     from tqdm import tqdm
 
-    from embedder.data import read_profiles
     from heads.model import ProfileModel
+    from server.commands.invalid_rows import load_profiles
 
     names = parse_heads(args.heads)
+    loaded = load_profiles(args.input, skip_invalid=args.skip_invalid)
     model = ProfileModel.load(args.model, heads=names)
     names = names or model.head_names
-    loaded = read_profiles(args.input, skip_invalid=True)
-    report_errors(loaded.errors)
     profiles = [r.profile for r in loaded.rows]
     with (
         open(args.output, "w", encoding="utf-8") as out,

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from server.commands.invalid_rows import add_skip_invalid
+
 
 def _indices(text: str) -> tuple[int, ...]:
     try:
@@ -72,6 +74,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint-dir", default=None, help="default: <output>.checkpoints")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--no-augment", action="store_true", help="turn every augmentation off")
+    add_skip_invalid(p)
     p.set_defaults(func=run)
 
 
@@ -114,9 +117,13 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the training and print a one-line JSON summary."""
+    """Run the training and print a one-line JSON summary.
+
+    Returns 1 when rows were skipped (``--skip-invalid``; the model is still written), else 0.
+    """
     from embedder.errors import EmbedderError, InvalidInputError
     from heads.train_run import train_model
+    from server.commands.invalid_rows import LoadReporter
 
     try:
         config = build_config(args)
@@ -124,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     except ValueError as err:  # a dataclass check (e.g. epochs < 1): a usage error
         raise InvalidInputError(str(err)) from err
+    reporter = LoadReporter(skip_invalid=args.skip_invalid)
     result = train_model(
         args.train,
         args.val,
@@ -132,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         test_path=args.test,
         resume=args.resume,
         checkpoint_dir=args.checkpoint_dir,
+        skip_invalid=args.skip_invalid,
+        report=reporter,
     )
     info = result.info
     summary = {
@@ -143,4 +153,4 @@ def run(args: argparse.Namespace) -> int:
         "wall_seconds": info["wall_seconds"],
     }
     print(json.dumps(summary))
-    return 0
+    return 1 if reporter.n_invalid else 0

@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from server.commands.invalid_rows import add_skip_invalid
+
 
 def register(subparsers: Any) -> None:
     """Add the ``train-head`` subcommand."""
@@ -30,12 +32,17 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--cache", default=None, help="embedding cache file (default: the shared one); '' = none"
     )
+    add_skip_invalid(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train the head and print a one-line JSON summary."""
+    """Train the head and print a one-line JSON summary.
+
+    Returns 1 when rows were skipped (``--skip-invalid``; the head is still added), else 0.
+    """
     from heads.train_head import HeadTrainConfig, train_head
+    from server.commands.invalid_rows import LoadReporter
 
     config = HeadTrainConfig(
         hidden=args.hidden,
@@ -45,8 +52,16 @@ def run(args: argparse.Namespace) -> int:
         target_precision=args.target_precision,
         seed=args.seed,
     )
+    reporter = LoadReporter(skip_invalid=args.skip_invalid)
     summary = train_head(
-        args.model, args.head, args.train, args.val, config=config, cache_path=args.cache
+        args.model,
+        args.head,
+        args.train,
+        args.val,
+        config=config,
+        cache_path=args.cache,
+        skip_invalid=args.skip_invalid,
+        report=reporter,
     )
     print(json.dumps(summary))
-    return 0
+    return 1 if reporter.n_invalid else 0
