@@ -47,10 +47,16 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     assert record["recipe"]["name"] == "toy"
     assert record["recipe"]["train"]["location_tokens"] is True
     assert set(record["metrics"]) == {"val", "test"}
+    check = record["numerics"]
+    assert check["rows"] == 60 and {"fp32", "onnx-int8"} <= set(check)
+    assert check["fp32"]["agreement_with_fp32"] == 1.0
+    # The chosen numerics is the model's default from now on (server, batch and embed read it).
+    assert json.loads((link / "model.json").read_text())["numerics"] == check["chosen"]
     assert (link / "report" / "test" / "REPORT.md").is_file()
     assert not list(models.glob(".*partial*")), "no partial folders or checkpoints left behind"
 
     model = ProfileModel.load(link)
+    assert model.encoder.numerics == check["chosen"]
     assert set(model.heads) == {"geolocation", "category"}
     # Location emoji are whole pieces of the shipped vocabulary.
     assert model.encoder.tokenizer.tokenize("📍")[-1] == "📍"
