@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         NotReadyError,
         OverloadedError,
         UnknownHeadError,
+        UnknownIdError,
         VersionMismatchError,
     )
     from embedder.index import SimilarityIndex
@@ -38,6 +39,7 @@ _EXPORTS = {
     "ArtifactError": "embedder.errors",
     "VersionMismatchError": "embedder.errors",
     "UnknownHeadError": "embedder.errors",
+    "UnknownIdError": "embedder.errors",
     "OverloadedError": "embedder.errors",
     "NotReadyError": "embedder.errors",
 }
@@ -55,6 +57,7 @@ __all__ = [
     "ProfileEncoder",
     "SimilarityIndex",
     "UnknownHeadError",
+    "UnknownIdError",
     "VersionMismatchError",
     "assemble_texts",
     "text_hash",

@@ -6,6 +6,8 @@ without a stack trace and the gRPC layer maps each kind to one status code in on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class EmbedderError(Exception):
     """Base class for every error this project raises on purpose."""
@@ -57,6 +59,22 @@ class VersionMismatchError(ArtifactError):
 
 class UnknownHeadError(EmbedderError, KeyError):
     """Raised when a head name or head kind is not known."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownIdError(EmbedderError, KeyError):
+    """Raised when a profile id asked for is not in the similarity index (gRPC: NOT_FOUND).
+
+    Args:
+        message: which ids are missing and how many the index holds.
+        ids: the missing ids, kept in ``self.ids``.
+    """
+
+    def __init__(self, message: str, ids: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.ids: tuple[str, ...] = tuple(ids)
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""

@@ -5,6 +5,8 @@ index is exact (``IndexIDMap2(IndexFlatIP)``); when an upsert takes it past the 
 rebuilt once as ``IndexIVFFlat`` (nlist ~ 4 sqrt(n), trained on a sample, hashtable direct map so
 ids can be replaced and looked up). The IVF lists are not retrained as the index keeps growing.
 String ids map to int64 labels; the map is saved next to the index.
+:meth:`SimilarityIndex.get_vectors` gives back the stored (L2-normalised) vectors by id: exactly for
+flat and IVF-flat indexes, as decoded from the codes for an IVF-PQ index (``index build``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from embedder.errors import ArtifactError, InvalidInputError, VersionMismatchError
+from embedder.errors import ArtifactError, InvalidInputError, UnknownIdError, VersionMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,38 @@ class SimilarityIndex:
         """Stored ids, in insertion order of their current vectors."""
         with self._lock:
             return [self._id_of[label] for label in sorted(self._id_of)]
+
+    def get_vectors(self, ids: Sequence[str]) -> np.ndarray:
+        """Return the stored vectors of ``ids``, in that order (repeats allowed).
+
+        The vectors are the L2-normalised ones :meth:`upsert` stored: bit-identical for flat and
+        IVF-flat indexes, the decoded approximation for an IVF-PQ index.
+
+        Args:
+            ids: profile ids, each in the index.
+
+        Returns:
+            ``float32`` array of shape ``(len(ids), dim)``.
+
+        Raises:
+            UnknownIdError: naming the ids that are not in the index (all of them in ``.ids``).
+        """
+        ids = [str(i) for i in ids]
+        with self._lock:
+            missing = list(dict.fromkeys(i for i in ids if i not in self._label_of))
+            if missing:
+                shown = ", ".join(repr(i[:80]) for i in missing[:10])
+                more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+                raise UnknownIdError(
+                    f"{len(missing)} of the {len(ids)} ids asked for are not in the index "
+                    f"{self.embedding_version} ({len(self)} ids): {shown}{more}",
+                    ids=missing,
+                )
+            if not ids:
+                return np.empty((0, self.dim), dtype=np.float32)
+            labels = np.fromiter((self._label_of[i] for i in ids), dtype=np.int64, count=len(ids))
+            out = self._index.reconstruct_batch(labels)
+        return np.ascontiguousarray(out, dtype=np.float32).reshape(len(ids), self.dim)
 
     def _check(self, vectors: Any) -> np.ndarray:
         arr = np.array(vectors, dtype=np.float32, copy=True)
@@ -314,6 +348,9 @@ class SimilarityIndex:
                 f"{path}: index has dim {index.d} and {index.ntotal} vectors but the metadata "
                 f"says dim {meta.get('dim')!r} and {len(labels)} labels / {len(ids)} ids"
             )
+        if isinstance(index, faiss.IndexIVF) and index.direct_map.type == faiss.DirectMap.NoMap:
+            # lookups by id (replace, search_by_id, get_vectors) need the id -> entry map
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)
         self = cls(
             str(stored),
             int(meta["dim"]),

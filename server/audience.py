@@ -38,13 +38,10 @@ def indexed_vectors(index: Any, ids: Sequence[str]) -> np.ndarray:
     if missing:
         raise errors.UnknownIdError(
             f"{len(missing)} follower ids are not in the index, e.g. {missing[0][:80]!r}; "
-            "add them with UpsertIndex or send the profiles"
+            "add them with UpsertIndex or send the profiles",
+            ids=missing,
         )
-    if hasattr(index, "get_vectors"):
-        return np.asarray(index.get_vectors(list(ids)), dtype=np.float32)
-    # SimilarityIndex has no public vector lookup yet; its faiss IDMap2 can reconstruct by label.
-    with index._lock:
-        return np.stack([index._index.reconstruct(index._label_of[i]) for i in ids])
+    return np.asarray(index.get_vectors(list(ids)), dtype=np.float32)
 
 
 def _prior(head: Any) -> np.ndarray | None:

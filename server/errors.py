@@ -34,6 +34,7 @@ from embedder.errors import (
     NotReadyError,
     OverloadedError,
     UnknownHeadError,
+    UnknownIdError,
 )
 from embedder.profile import MAX_CAPTIONS, Profile
 from server.config import INSTAGRAM_BIO_CHARS, INSTAGRAM_CAPTION_CHARS, ServerConfig
@@ -42,13 +43,6 @@ logger = logging.getLogger(__name__)
 
 #: Longest accepted profile id.
 MAX_ID_CHARS = 512
-
-class UnknownIdError(EmbedderError, KeyError):
-    """Raised when a profile id asked for is not in the similarity index (-> NOT_FOUND)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
 
 _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from embedder.errors import ArtifactError, InvalidInputError, VersionMismatchError
+from embedder.errors import ArtifactError, EmbedderError, InvalidInputError, VersionMismatchError
 from embedder.index import INDEX_FILE, META_FILE, SimilarityIndex
 
 DIM = 16
@@ -128,3 +128,80 @@ def test_switches_to_ivf_with_sane_recall(tmp_path) -> None:
         queries[:5], k=10
     )
     assert loaded.search_by_id("p1", k=1)[0] == ["p0"]
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    x = np.array(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_get_vectors_flat_after_upsert_and_reload(tmp_path) -> None:
+    from embedder.errors import UnknownIdError
+
+    rng = np.random.default_rng(4)
+    raw = rng.standard_normal((12, DIM)).astype(np.float32) * 3.0  # not unit: stored normalised
+    ids = [f"p{i}" for i in range(12)]
+    index = SimilarityIndex("emb-aaaaaaaaaaaa", DIM)
+    index.upsert(ids, raw)
+    want = _normalised(raw)
+    np.testing.assert_array_equal(index.get_vectors(ids), want)
+    got = index.get_vectors(["p7", "p2", "p7"])  # any order, repeats allowed
+    assert got.dtype == np.float32 and got.shape == (3, DIM)
+    np.testing.assert_array_equal(got, want[[7, 2, 7]])
+    assert index.get_vectors([]).shape == (0, DIM)
+    assert "p3" in index and "nope" not in index and index.ids() == ids
+
+    new = rng.standard_normal((1, DIM)).astype(np.float32)
+    index.upsert(["p2"], new)  # replaced: the new vector comes back, p2 moves to the end
+    np.testing.assert_array_equal(index.get_vectors(["p2"]), _normalised(new))
+    assert index.ids() == [i for i in ids if i != "p2"] + ["p2"]
+    index.remove(["p5"])
+
+    index.save(tmp_path / "idx")
+    loaded = SimilarityIndex.load(tmp_path / "idx", embedding_version="emb-aaaaaaaaaaaa")
+    keep = index.ids()
+    np.testing.assert_array_equal(loaded.get_vectors(keep), index.get_vectors(keep))
+    assert "p5" not in loaded and loaded.ids() == index.ids()
+
+    with pytest.raises(UnknownIdError) as err:
+        loaded.get_vectors(["p1", "p5", "ghost", "p5"])
+    assert err.value.ids == ("p5", "ghost")
+    assert "'p5'" in str(err.value) and "'ghost'" in str(err.value)
+    assert "2 of the 4 ids" in str(err.value)
+    assert isinstance(err.value, KeyError) and isinstance(err.value, EmbedderError)
+
+
+def test_get_vectors_ivf_exact_after_replace_and_reload(tmp_path) -> None:
+    from embedder.errors import UnknownIdError
+
+    rng = np.random.default_rng(5)
+    raw = rng.standard_normal((600, DIM)).astype(np.float32)
+    ids = [f"p{i}" for i in range(600)]
+    index = SimilarityIndex("emb-aaaaaaaaaaaa", DIM, ivf_threshold=500, nprobe=4)
+    index.upsert(ids, raw)
+    assert index.kind == "ivf"
+    want = _normalised(raw)
+    np.testing.assert_array_equal(index.get_vectors(ids), want)
+    index.upsert(["p10"], raw[11:12] * 2)  # replace inside the IVF index
+    np.testing.assert_array_equal(index.get_vectors(["p10", "p11"]), want[[11, 11]])
+    index.save(tmp_path / "ivf")
+    loaded = SimilarityIndex.load(tmp_path / "ivf", embedding_version="emb-aaaaaaaaaaaa")
+    assert loaded.kind == "ivf"
+    np.testing.assert_array_equal(loaded.get_vectors(ids[:50]), index.get_vectors(ids[:50]))
+    with pytest.raises(UnknownIdError, match="'missing'"):
+        loaded.get_vectors(["missing"])
+
+
+def test_load_adds_a_direct_map_to_an_ivf_index_without_one(tmp_path) -> None:
+    import faiss
+
+    rng = np.random.default_rng(6)
+    raw = _normalised(rng.standard_normal((300, DIM)))
+    index = SimilarityIndex("emb-aaaaaaaaaaaa", DIM, ivf_threshold=200)
+    index.upsert([f"p{i}" for i in range(300)], raw)
+    index.save(tmp_path / "ivf")
+    stored = faiss.read_index(str(tmp_path / "ivf" / INDEX_FILE))
+    stored.set_direct_map_type(faiss.DirectMap.NoMap)  # as a foreign writer might leave it
+    faiss.write_index(stored, str(tmp_path / "ivf" / INDEX_FILE))
+    loaded = SimilarityIndex.load(tmp_path / "ivf", embedding_version=None)
+    np.testing.assert_array_equal(loaded.get_vectors(["p3", "p299"]), raw[[3, 299]])
