@@ -131,6 +131,7 @@ def _toy() -> Recipe:
             layers=2,
             max_tokens=32,
             max_train=300,
+            place_snippets=100,
             freeze_embeddings=True,
             location_tokens=True,
             trim_vocab=False,
@@ -273,7 +274,7 @@ def build_model(
         test_path=corpus / "test.jsonl",
         checkpoint_dir=partial.with_name(partial.name + ".checkpoints"),
     )
-    final = models_root / f"{recipe.name}-{result.embedding_version[:12]}"
+    final = models_root / f"{recipe.name}-{result.embedding_version.removeprefix('emb-')[:12]}"
     if final.exists():
         # The same recipe on the same packages gives the same weights: keep the first copy.
         logger.info("%s already exists (identical embedding_version); keeping it", final)

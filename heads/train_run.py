@@ -55,6 +55,9 @@ class TrainConfig:
         max_tokens: content tokens per profile (``AssemblyConfig.max_tokens``).
         bio_tokens: tokens the name + bio may take (default: a third of ``max_tokens``).
         max_train: use at most this many training rows (a seeded sample).
+        place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
+            training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
+            cost of full profiles. Validation and test are untouched.
         freeze_embeddings: keep the word-embedding matrix fixed.
         distill_from_full: first distil the full base's embeddings into the cut student.
         distill_epochs: passes over the training texts for distillation.
@@ -75,6 +78,7 @@ class TrainConfig:
     max_tokens: int = 192
     bio_tokens: int | None = None
     max_train: int | None = None
+    place_snippets: int = 0
     freeze_embeddings: bool = False
     distill_from_full: bool = False
     distill_epochs: int = 1
@@ -352,6 +356,11 @@ def train_model(
     opts: dict[str, Any] = {"skip_invalid": skip_invalid, "report": report}
     train, train_bad = _read(train_path, "training", **opts)
     train = _subsample(train, config.max_train, config.loop.seed)
+    n_profiles = len(train)
+    if config.place_snippets:
+        from embedder.simulator.places import place_snippets
+
+        train = [*train, *place_snippets(config.place_snippets, seed=config.loop.seed)]
     val, val_bad = _read(val_path, "validation", **opts)
     test, test_bad = _read(test_path, "test", **opts) if test_path is not None else (None, 0)
     y_train, y_val, val_missing = _targets(tasks, train, val, paths)
@@ -359,7 +368,8 @@ def train_model(
         "train": {
             "path": paths[0],
             "sha256": file_sha256(train_path),
-            "rows_used": len(train),
+            "rows_used": n_profiles,
+            "place_snippets": len(train) - n_profiles,
             "rows_invalid": train_bad,
         },
         "val": {

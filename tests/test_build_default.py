@@ -39,7 +39,7 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     out = json.loads(capsys.readouterr().out)
     link = models / "default"
     assert link.is_symlink() and link.resolve() == (models / out["model"].split("/")[-1]).resolve()
-    assert out["model"].endswith(out["embedding_version"][:12])
+    assert out["model"].endswith("toy-" + out["embedding_version"].removeprefix("emb-")[:12])
     assert 0.0 <= out["test_geolocation"]["accuracy"] <= 1.0
     assert out["test_geolocation"]["n"] == 120  # the toy recipe's test stream
 
@@ -47,6 +47,9 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     assert record["recipe"]["name"] == "toy"
     assert record["recipe"]["train"]["location_tokens"] is True
     assert set(record["metrics"]) == {"val", "test"}
+    training = json.loads((link / "training.json").read_text())
+    assert training["data"]["train"]["rows_used"] == 300
+    assert 90 <= training["data"]["train"]["place_snippets"] <= 100
     check = record["numerics"]
     assert check["rows"] == 60 and {"fp32", "onnx-int8"} <= set(check)
     assert check["fp32"]["agreement_with_fp32"] == 1.0

@@ -56,6 +56,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--warmup-ratio", type=float, default=0.06)
     p.add_argument("--max-tokens", type=int, default=192, help="content tokens per profile")
     p.add_argument("--max-train", type=int, default=None, help="use at most N training rows")
+    p.add_argument(
+        "--place-snippets",
+        type=int,
+        default=0,
+        help="add N simulated place snippets ('📍 Lyon') to the training rows",
+    )
     p.add_argument("--freeze-embeddings", action="store_true", help="keep word embeddings fixed")
     p.add_argument(
         "--distill-from-full",
@@ -105,6 +111,7 @@ def build_config(args: argparse.Namespace) -> Any:
         layer_indices=args.layer_indices,
         max_tokens=args.max_tokens,
         max_train=args.max_train,
+        place_snippets=args.place_snippets,
         freeze_embeddings=args.freeze_embeddings,
         distill_from_full=args.distill_from_full,
         distill_epochs=args.distill_epochs,
