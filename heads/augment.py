@@ -97,7 +97,8 @@ def augment_profile(profile: Profile, rng: random.Random, config: AugmentConfig)
         username, full_name, bio = "", "", ""
         captions = [rng.choice(captions)]
     else:
-        if rng.random() < config.drop_bio:
+        # A bio-only profile (or a place snippet) without its bio says nothing: keep its bio.
+        if captions and rng.random() < config.drop_bio:
             bio = ""
         if rng.random() < config.drop_names:
             username, full_name = "", ""

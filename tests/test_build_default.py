@@ -50,6 +50,8 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     training = json.loads((link / "training.json").read_text())
     assert training["data"]["train"]["rows_used"] == 300
     assert 90 <= training["data"]["train"]["place_snippets"] <= 100
+    # The category head is added afterwards on the frozen encoder (the train-head path).
+    assert record["heads_after"]["category"]["val"]["n"] == 60
     check = record["numerics"]
     assert check["rows"] == 60 and {"fp32", "onnx-int8"} <= set(check)
     assert check["fp32"]["agreement_with_fp32"] == 1.0

@@ -210,6 +210,9 @@ def test_augment_each_transform():
     assert out.biography == "Lyon chef" and out.full_name == "Ana" and "❤️" not in out.captions[0]
     out = augment_profile(p, rng, AugmentConfig(**{**none, "drop_bio": 1.0}))
     assert out.biography == "" and out.username == "ana" and out.captions == p.captions
+    # Without captions the bio is all there is (a place snippet): it is never dropped.
+    bio_only = Profile(id="s", biography="📍 Lyon")
+    assert augment_profile(bio_only, rng, AugmentConfig(**{**none, "drop_bio": 1.0})) == bio_only
     out = augment_profile(p, rng, AugmentConfig(**{**none, "drop_names": 1.0}))
     assert (out.username, out.full_name) == ("", "") and out.biography == p.biography
     out = augment_profile(p, rng, AugmentConfig(**{**none, "keep_one_caption": 1.0}))
