@@ -317,7 +317,12 @@ class ProfileEncoder:
         )
 
     def encode_texts(
-        self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        show_progress: bool = False,
+        pass_overhead_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed already assembled texts with length-bucketed batches.
 
@@ -325,6 +330,11 @@ class ProfileEncoder:
             texts: encoder inputs (as returned by :meth:`assemble`).
             batch_size: most inputs per forward pass (the token budget may make batches smaller).
             show_progress: show a tqdm bar.
+            pass_overhead_tokens: None: fill each pass up to ``batch_size`` (longest first).
+                Else cut the length-sorted inputs into the passes that minimise padded tokens
+                plus this fixed cost per pass (in token equivalents), within the same caps: a
+                server batch of mixed lengths then runs as a few passes of similar lengths
+                instead of one pass padded to its longest input.
 
         Returns:
             ``(n, dim)`` float32, L2-normalised, in input order.
@@ -334,6 +344,10 @@ class ProfileEncoder:
         """
         if batch_size < 1:
             raise InvalidInputError(f"batch_size must be >= 1, got {batch_size}")
+        if pass_overhead_tokens is not None and pass_overhead_tokens < 0:
+            raise InvalidInputError(
+                f"pass_overhead_tokens must be >= 0 or None, got {pass_overhead_tokens}"
+            )
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise InvalidInputError(f"texts[{i}] must be a string, got {type(t).__name__}")
@@ -357,7 +371,14 @@ class ProfileEncoder:
 
         bar = tqdm(total=len(texts), desc="embedding", unit="profile", disable=not show_progress)
         with torch.inference_mode(), self._autocast(), bar:
-            for batch in _buckets([len(x) for x in ids], batch_size, self.max_batch_tokens):
+            lengths = [len(x) for x in ids]
+            if pass_overhead_tokens is None:
+                batches = _buckets(lengths, batch_size, self.max_batch_tokens)
+            else:
+                batches = _min_cost_buckets(
+                    lengths, batch_size, self.max_batch_tokens, pass_overhead_tokens
+                )
+            for batch in batches:
                 features = _pad([ids[i] for i in batch], pad_id)
                 emb = model(features)["sentence_embedding"]
                 out[batch] = emb.float().cpu().numpy()
@@ -419,6 +440,34 @@ def _buckets(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterat
         longest = longest_if_added
     if batch:
         yield batch
+
+
+def _min_cost_buckets(
+    lengths: Sequence[int], batch_size: int, max_tokens: int, overhead: int
+) -> list[list[int]]:
+    """Length-sorted passes minimising sum(rows x longest + overhead), within both caps.
+
+    Dynamic programming over cut points of the longest-first order (a pass is a run of it, its
+    longest input is its first): O(n x batch_size): about a millisecond for a batch of 100.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j - 1, max(-1, j - 1 - batch_size), -1):
+            rows, longest = j - i, lengths[order[i]]
+            if rows > 1 and rows * longest > max_tokens:
+                break
+            cost = best[i] + overhead + rows * longest
+            if cost <= best[j]:
+                best[j], start[j] = cost, i
+    passes: list[list[int]] = []
+    j = n
+    while j > 0:
+        passes.append(order[start[j] : j])
+        j = start[j]
+    return passes[::-1]
 
 
 def _pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:

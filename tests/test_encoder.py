@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from embedder.encoder import ProfileEncoder
-from embedder.errors import ArtifactError
+from embedder.errors import ArtifactError, InvalidInputError
 from embedder.profile import AssemblyConfig, Profile
 
 PROFILES = [
@@ -78,6 +78,39 @@ def test_bucketed_equals_unbatched_and_keeps_order(encoder) -> None:
     np.testing.assert_allclose(bucketed, single, atol=1e-5)
     reversed_ = encoder.encode_texts(texts[::-1], batch_size=64)
     np.testing.assert_allclose(reversed_[::-1], single, atol=1e-5)
+
+
+def _pass_cost(lengths, passes, overhead):
+    return sum(overhead + len(p) * max(lengths[i] for i in p) for p in passes)
+
+
+def test_min_cost_passes_cover_every_input_within_caps_and_beat_one_padded_pass() -> None:
+    from embedder.encoder import _buckets, _min_cost_buckets
+
+    rng = np.random.default_rng(0)
+    lengths = [int(x) for x in rng.choice([96, 96, 96, 90, 70, 50, 30, 12], size=90)]
+    for overhead in (0, 16, 64, 10**6):
+        passes = _min_cost_buckets(lengths, 40, 2000, overhead)
+        assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
+        for p in passes:
+            assert len(p) <= 40 and len(p) * max(lengths[i] for i in p) <= 2000
+        greedy = list(_buckets(lengths, 40, 2000))
+        assert _pass_cost(lengths, passes, overhead) <= _pass_cost(lengths, greedy, overhead)
+    # no per-pass cost: every pass holds inputs of one length (no padding at all)
+    assert all(len({lengths[i] for i in p}) == 1 for p in _min_cost_buckets(lengths, 256, 10**6, 0))
+    # a huge per-pass cost: as few passes as the caps allow
+    assert len(_min_cost_buckets(lengths, 256, 10**6, 10**6)) == 1
+    assert _min_cost_buckets([], 8, 100, 5) == []
+    assert _min_cost_buckets([500, 3], 8, 100, 0) == [[0], [1]]  # one over-budget input alone
+
+
+def test_min_cost_passes_give_the_same_vectors(encoder) -> None:
+    texts = encoder.assemble(PROFILES) + [f"passage: hello {'paris ' * i}" for i in range(15)]
+    plain = encoder.encode_texts(texts, batch_size=len(texts))
+    split = encoder.encode_texts(texts, batch_size=len(texts), pass_overhead_tokens=4)
+    np.testing.assert_allclose(split, plain, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="pass_overhead_tokens"):
+        encoder.encode_texts(texts, pass_overhead_tokens=-1)
 
 
 def test_save_load_round_trip(encoder, tmp_path) -> None:
