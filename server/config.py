@@ -28,6 +28,12 @@ class ServerConfig:
         max_wait_ms: how long the first queued profile waits for others to join its batch.
         max_queue: most profiles waiting for the encoder; beyond it calls get RESOURCE_EXHAUSTED.
         workers: forward passes that may run at once (each in its own thread).
+        threads: intra-op threads of each forward pass (torch or ONNX Runtime); None: the
+            physical cores this process may use divided by ``workers`` (at least 1), so the
+            passes never ask for more cores than there are.
+        pass_overhead_tokens: fixed cost of one forward pass in token equivalents; a collected
+            batch runs as the length-sorted passes minimising padded tokens plus this cost per
+            pass (``ProfileEncoder.encode_texts``), instead of one pass padded to its longest.
         cache: SQLite embedding cache file (created if missing); None turns the cache off.
         memory_cache: vectors kept in memory by profile content (skips assembly on a hit); 0 = off.
         index: similarity index folder (loaded if present, written on UpsertIndex); None: no index.
@@ -53,6 +59,8 @@ class ServerConfig:
     max_wait_ms: float = 5.0
     max_queue: int = 8192
     workers: int = 1
+    threads: int | None = None
+    pass_overhead_tokens: int = 64
     cache: Path | None = None
     memory_cache: int = 50_000
     index: Path | None = None
@@ -78,6 +86,10 @@ class ServerConfig:
         _check_positive("max_batch_tokens", self.max_batch_tokens)
         _check_positive("max_batch_profiles", self.max_batch_profiles)
         _check_positive("workers", self.workers)
+        if self.threads is not None:
+            _check_positive("threads", self.threads)
+        if self.pass_overhead_tokens < 0:
+            raise ValueError(f"pass_overhead_tokens must be >= 0, got {self.pass_overhead_tokens}")
         _check_positive("max_profiles_per_request", self.max_profiles_per_request)
         _check_positive("max_search_k", self.max_search_k)
         if self.memory_cache < 0:
@@ -107,6 +119,15 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key must be given together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+
+    @property
+    def threads_per_worker(self) -> int:
+        """``threads``, else the usable physical cores shared out among ``workers``."""
+        if self.threads is not None:
+            return self.threads
+        from embedder.numerics import default_threads
+
+        return max(1, default_threads() // self.workers)
 
     @property
     def tls(self) -> bool:

@@ -101,7 +101,9 @@ class Runtime:
 
         if config.model is None:
             raise ArtifactError("no model given: pass --model DIR (a folder written by train)")
-        options = {} if config.numerics is None else {"numerics": config.numerics}
+        options: dict[str, Any] = {"threads": config.threads_per_worker}
+        if config.numerics is not None:
+            options["numerics"] = config.numerics
         model = ProfileModel.load(config.model, **options)
         version = model.encoder.embedding_version
         cache = index = None
@@ -135,9 +137,18 @@ class Runtime:
 
     # ------------------------------------------------------------------ embed path
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        """One forward pass (worker thread): dedupe, encode, write the cache, then return."""
+        """One collected batch (worker thread): dedupe, encode, write the cache, then return.
+
+        The batch arrives in arrival order with mixed lengths; ``pass_overhead_tokens`` makes the
+        encoder run it as length-sorted passes (as an in-process ``encode`` over many profiles
+        does) rather than one pass padded to the longest input.
+        """
         unique = list(dict.fromkeys(texts))
-        vectors = self.encoder.encode_texts(unique, batch_size=len(unique))
+        vectors = self.encoder.encode_texts(
+            unique,
+            batch_size=len(unique),
+            pass_overhead_tokens=self.config.pass_overhead_tokens,
+        )
         if self.cache is not None:
             self.cache.put_many([text_hash(t) for t in unique], vectors)
         if len(unique) == len(texts):

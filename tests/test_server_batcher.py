@@ -155,3 +155,18 @@ def test_close_drains_queued_work_then_refuses_new_work():
 
     done = asyncio.run(main())
     assert len(done) == 5 and all(d.shape == (1, 2) for d in done)
+
+
+def test_forward_pass_threads_share_the_cores_among_workers(monkeypatch):
+    import embedder.numerics
+    from server.config import ServerConfig
+
+    monkeypatch.setattr(embedder.numerics, "default_threads", lambda: 2)
+    assert ServerConfig().threads_per_worker == 2
+    assert ServerConfig(workers=2).threads_per_worker == 1  # 2 passes x 1 thread on 2 cores
+    assert ServerConfig(workers=3).threads_per_worker == 1
+    assert ServerConfig(workers=2, threads=2).threads_per_worker == 2  # an explicit choice wins
+    with pytest.raises(ValueError, match="threads"):
+        ServerConfig(threads=0)
+    with pytest.raises(ValueError, match="pass_overhead_tokens"):
+        ServerConfig(pass_overhead_tokens=-1)

@@ -31,6 +31,13 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--max-wait-ms", "max_wait_ms", float, "how long a request waits for batch company"),
     ("--max-queue", "max_queue", int, "profiles waiting for the encoder before overload"),
     ("--workers", "workers", int, "forward passes that may run at once"),
+    ("--threads", "threads", int, "intra-op threads per forward pass (unset: cores / workers)"),
+    (
+        "--pass-overhead-tokens",
+        "pass_overhead_tokens",
+        int,
+        "cost of one forward pass in tokens (how far a batch is split by length)",
+    ),
     ("--cache", "cache", Path, "SQLite embedding cache file"),
     ("--memory-cache", "memory_cache", int, "vectors kept in memory by profile content"),
     ("--index", "index", Path, "similarity index folder (loaded, and written on UpsertIndex)"),
