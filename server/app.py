@@ -199,5 +199,8 @@ async def serve_until_signal(config: ServerConfig) -> int:
 
 
 def serve(config: ServerConfig) -> int:
-    """Blocking entry point of ``profile-embed serve``."""
+    """Blocking entry point of ``profile-embed serve`` (fixes the malloc mmap threshold first)."""
+    from server.allocator import fix_mmap_threshold
+
+    fix_mmap_threshold()
     return asyncio.run(serve_until_signal(config))

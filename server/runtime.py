@@ -25,6 +25,7 @@ import numpy as np
 
 from embedder.errors import ArtifactError, NotReadyError
 from embedder.profile import Profile, text_hash
+from server.allocator import Trimmer
 from server.batcher import DynamicBatcher
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
@@ -77,6 +78,8 @@ class Runtime:
         self._key_prefix = self.embedding_version.encode() + b"\x00"
         # Assembly, cache reads and heads run here so the event loop never blocks on them.
         self._cpu = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runtime")
+        # Hands back heap pages freed by passes of ever different shapes (server.allocator).
+        self._trim = Trimmer(interval_s=1.0)
         self.batcher = DynamicBatcher(
             self._encode_batch,
             max_batch_tokens=config.max_batch_tokens,
@@ -151,6 +154,7 @@ class Runtime:
         )
         if self.cache is not None:
             self.cache.put_many([text_hash(t) for t in unique], vectors)
+        self._trim()
         if len(unique) == len(texts):
             return vectors
         row = {t: i for i, t in enumerate(unique)}
