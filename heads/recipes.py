@@ -224,12 +224,18 @@ def _head_rows(path: Path, n: int | None) -> Path:
     return out
 
 
-def point_link(link: Path, target: Path) -> None:
-    """Atomically make ``link`` a relative symlink to ``target`` (readers never see it missing)."""
+def check_link(link: Path) -> None:
+    """Refuse to replace a real folder with a link (checked before building and at the end)."""
     if link.exists() and not link.is_symlink():
         raise ArtifactError(
-            f"{link} is a real folder, not a link to a built model; move it away or pass another -o"
+            f"{link} is a real folder, not a link to a built model; move it away or pass "
+            "another --link"
         )
+
+
+def point_link(link: Path, target: Path) -> None:
+    """Atomically make ``link`` a relative symlink to ``target`` (readers never see it missing)."""
+    check_link(link)
     tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(os.path.relpath(target, link.parent))
@@ -268,8 +274,8 @@ def build_model(
     models_root, data_root = Path(models_root), Path(data_root)
     models_root.mkdir(parents=True, exist_ok=True)
     link = models_root / link_name if link_name else None
-    if link is not None and link.exists() and not link.is_symlink():
-        raise ArtifactError(f"{link} is a real folder; move it away before building a new default")
+    if link is not None:
+        check_link(link)
 
     logger.info("[1/5] simulating the corpus (%s)", recipe.description or recipe.name)
     corpus = simulate_corpus(corpus_dir(data_root, recipe), recipe, progress=progress)
