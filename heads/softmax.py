@@ -398,6 +398,8 @@ class SoftmaxAbstainHead(Head):
             "target_precision": target,
             "confidence": confidence,
             "bound": method,
+            "rule": "lowest threshold with label lower bound and mean calibrated probability "
+            ">= target",
             "n_val": len(vy),
             "missing_in_validation": missing,
             "unreachable": list(sel.unreachable),

@@ -39,7 +39,9 @@ def test_top_k_correct_gives_the_known_threshold():
     scores = np.linspace(0.99, 0.40, 200)  # distinct, descending
     probs = _probs_for(scores, 0, k)
     y = np.array([0] * 100 + [1] * 100)  # exactly the top 100 of class 0 are correct
-    sel = select_thresholds(probs, y, target=0.9, confidence=0.95, labels=["a", "b", "c"])
+    sel = select_thresholds(
+        probs, y, target=0.9, confidence=0.95, labels=["a", "b", "c"], confidence_check=False
+    )
     z = 1.6448536269514722
     n_best = max(n for n in range(1, 201) if _wilson_lb(min(n, 100), n, z) >= 0.9)
     assert 100 <= n_best < 112  # a few wrong ones may ride along, never many
@@ -61,7 +63,7 @@ def test_lower_bound_not_point_estimate_for_small_classes():
     assert math.isinf(sel.thresholds[1]) and "1" in sel.unreachable
     # 40 of 40 correct is enough (lb = 40 / (40 + z^2) = 0.937)
     probs = _probs_for(np.linspace(0.9, 0.6, 40), 1, 3)
-    sel = select_thresholds(probs, np.ones(40, dtype=int), target=0.9)
+    sel = select_thresholds(probs, np.ones(40, dtype=int), target=0.9, confidence_check=False)
     assert sel.thresholds[1] == pytest.approx(0.6)
 
 
@@ -71,7 +73,7 @@ def test_lowest_qualifying_threshold_is_chosen_and_ties_are_not_split():
     ok = np.array([True] * 60 + [False] + [True] * 60 + [False] * 40)
     scores = np.linspace(0.99, 0.5, len(ok))
     y = np.where(ok, 2, 0)
-    sel = select_thresholds(_probs_for(scores, 2, 3), y, target=0.9)
+    sel = select_thresholds(_probs_for(scores, 2, 3), y, target=0.9, confidence_check=False)
     t = sel.thresholds[2]
     kept = scores >= t
     assert kept[:121].all()
@@ -83,9 +85,26 @@ def test_lowest_qualifying_threshold_is_chosen_and_ties_are_not_split():
     # ties: 50 correct and 10 wrong share one score -> cannot cut between them
     scores = np.r_[np.linspace(0.99, 0.9, 50), np.full(60, 0.8)]
     y = np.r_[np.zeros(50, int), np.zeros(50, int), np.ones(10, int)]
-    sel = select_thresholds(_probs_for(scores, 0, 2), y, target=0.9)
+    sel = select_thresholds(_probs_for(scores, 0, 2), y, target=0.9, confidence_check=False)
     assert sel.thresholds[0] == pytest.approx(0.9)
     assert sel.report[0].assigned == 50
+
+
+def test_thin_low_probability_tail_is_not_assigned():
+    # 300 confident rows (0.95, 95% right) and a tail of 40 rows at 0.30 that happen to be
+    # right: the label bound alone slides the threshold down to 0.30; the model's own calibrated
+    # probabilities say that tail is mostly wrong, so the checked rule stops above it.
+    scores = np.r_[np.full(300, 0.95), np.full(40, 0.30)]
+    y = np.r_[np.where(np.arange(300) % 20 == 0, 1, 0), np.zeros(40, int)]
+    probs = _probs_for(scores, 0, 5)
+    label_only = select_thresholds(probs, y, target=0.9, confidence_check=False)
+    assert label_only.thresholds[0] == pytest.approx(0.30)
+    checked = select_thresholds(probs, y, target=0.9)
+    assert checked.thresholds[0] == pytest.approx(0.95)
+    assert checked.report[0].assigned == 300 and checked.report[0].correct == 285
+    # a class whose calibrated probabilities never reach the target assigns nothing
+    low = select_thresholds(_probs_for(np.full(200, 0.85), 0, 2), np.zeros(200, int), target=0.9)
+    assert math.isinf(low.thresholds[0]) and "0" in low.unreachable
 
 
 def test_fit_temperature_recovers_overconfidence():
