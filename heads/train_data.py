@@ -195,6 +195,36 @@ def bucketed_batches(
     return [batches[i] for i in perm]
 
 
+def staged_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    rng: np.random.Generator,
+    first: np.ndarray,
+    *,
+    pool: int = 50,
+) -> list[np.ndarray]:
+    """``bucketed_batches`` over the rows in ``first``, then over the others.
+
+    Each stage's batches are bucketed and shuffled on their own, so the two never share a batch.
+
+    Args:
+        lengths: a length proxy per row.
+        batch_size: rows per batch.
+        rng: the epoch's generator.
+        first: boolean mask, True for the rows trained before the rest.
+        pool: pool size in batches.
+
+    Returns:
+        Index arrays (into ``lengths``), one per batch, first stage first.
+    """
+    first = np.asarray(first, dtype=bool)
+    lens = np.asarray(lengths)
+    out: list[np.ndarray] = []
+    for rows in (np.flatnonzero(first), np.flatnonzero(~first)):
+        out.extend(rows[b] for b in bucketed_batches(lens[rows], batch_size, rng, pool=pool))
+    return out
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()

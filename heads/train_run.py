@@ -58,6 +58,8 @@ class TrainConfig:
         place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
             training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
             cost of full profiles. Validation and test are untouched.
+        snippets_first: train the snippets before the profiles in the first epoch instead of
+            shuffled among them (for heads the snippets carry no label for, e.g. category).
         freeze_embeddings: keep the word-embedding matrix fixed.
         distill_from_full: first distil the full base's embeddings into the cut student.
         distill_epochs: passes over the training texts for distillation.
@@ -79,6 +81,7 @@ class TrainConfig:
     bio_tokens: int | None = None
     max_train: int | None = None
     place_snippets: int = 0
+    snippets_first: bool = False
     freeze_embeddings: bool = False
     distill_from_full: bool = False
     distill_epochs: int = 1
@@ -414,6 +417,11 @@ def train_model(
             "heads": [t.name for t in tasks],
             "config": config.to_dict(),
         },
+        first_stage=(
+            np.arange(len(train)) >= n_profiles
+            if config.snippets_first and config.place_snippets
+            else None
+        ),
     )
     if resume is not None:
         trainer.resume(resume)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from embedder.errors import ArtifactError
 from embedder.profile import Profile
 from heads.augment import AugmentConfig, augment_profiles
-from heads.train_data import MISSING, bucketed_batches
+from heads.train_data import MISSING, bucketed_batches, staged_batches
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +222,10 @@ class MultiTaskTrainer:
         device: where to train.
         checkpoint_dir: where epoch checkpoints go (created; None = no checkpoints).
         run_info: JSON-ready facts stored in checkpoints and compared on resume (e.g. data hashes).
+        first_stage: optional boolean mask over the training rows: in the first epoch these rows
+            are trained before all others (place snippets first, then the profiles that carry
+            every head's label, so heads missing from the snippets are trained on profile batches
+            only at the end of the schedule instead of drifting between them).
     """
 
     def __init__(
@@ -239,8 +243,14 @@ class MultiTaskTrainer:
         device: torch.device | str = "cpu",
         checkpoint_dir: str | Path | None = None,
         run_info: Mapping[str, Any] | None = None,
+        first_stage: np.ndarray | None = None,
     ) -> None:
         self.cfg = config or LoopConfig()
+        self.first_stage = None if first_stage is None else np.asarray(first_stage, dtype=bool)
+        if self.first_stage is not None and len(self.first_stage) != len(train_profiles):
+            raise ValueError(
+                f"first_stage has {len(self.first_stage)} entries for {len(train_profiles)} rows"
+            )
         self.device = torch.device(device)
         self.net = MultiTaskNet(st_model, heads).to(self.device)
         self.assemble = assemble
@@ -298,7 +308,10 @@ class MultiTaskTrainer:
         cfg, epoch = self.cfg, self.epoch
         self.net.train()
         rng = np.random.default_rng([cfg.seed, epoch])
-        batches = bucketed_batches(self.train_lengths, cfg.batch_size, rng)
+        if self.first_stage is not None and epoch == 0:
+            batches = staged_batches(self.train_lengths, cfg.batch_size, rng, self.first_stage)
+        else:
+            batches = bucketed_batches(self.train_lengths, cfg.batch_size, rng)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)

@@ -21,6 +21,7 @@ from heads.train_data import (
     class_weights,
     encode_targets,
     resolve_tasks,
+    staged_batches,
 )
 from heads.training import LoopConfig, MultiTaskTrainer, multitask_loss
 
@@ -247,6 +248,18 @@ def test_bucketed_batches_cover_every_row_once_with_similar_lengths():
     assert sorted(flat.tolist()) == list(range(1000))
     spread = np.mean([np.ptp(np.asarray(lengths)[b]) for b in batches])
     assert spread < 40  # random batches would spread ~190
+
+
+def test_staged_batches_train_the_first_rows_before_the_rest():
+    lengths = list(np.random.default_rng(0).integers(5, 200, size=500))
+    first = np.arange(500) >= 300  # e.g. place snippets appended after 300 profiles
+    batches = staged_batches(lengths, 32, np.random.default_rng(1), first, pool=5)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(500))
+    kinds = [bool(first[b].all()) if first[b].any() else False for b in batches]
+    assert all(first[b].all() or not first[b].any() for b in batches)  # stages never mix
+    n_first = sum(kinds)
+    assert kinds[:n_first] == [True] * n_first and not any(kinds[n_first:])
 
 
 # ---- bad data ----------------------------------------------------------------------------------

@@ -62,6 +62,11 @@ def register(subparsers: Any) -> None:
         default=0,
         help="add N simulated place snippets ('📍 Lyon') to the training rows",
     )
+    p.add_argument(
+        "--snippets-first",
+        action="store_true",
+        help="train the place snippets before the profiles in the first epoch (not shuffled in)",
+    )
     p.add_argument("--freeze-embeddings", action="store_true", help="keep word embeddings fixed")
     p.add_argument(
         "--distill-from-full",
@@ -112,6 +117,7 @@ def build_config(args: argparse.Namespace) -> Any:
         max_tokens=args.max_tokens,
         max_train=args.max_train,
         place_snippets=args.place_snippets,
+        snippets_first=args.snippets_first,
         freeze_embeddings=args.freeze_embeddings,
         distill_from_full=args.distill_from_full,
         distill_epochs=args.distill_epochs,
