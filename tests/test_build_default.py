@@ -50,8 +50,11 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     training = json.loads((link / "training.json").read_text())
     assert training["data"]["train"]["rows_used"] == 300
     assert 90 <= training["data"]["train"]["place_snippets"] <= 100
-    # The category head is added afterwards on the frozen encoder (the train-head path).
-    assert record["heads_after"]["category"]["val"]["n"] == 60
+    # Both heads are trained jointly, the snippets first; the first epoch's snippet rows carry no
+    # category label.
+    assert record["recipe"]["train"]["snippets_first"] is True
+    assert record["metrics"]["val"]["category"]["n"] == 60
+    assert training["label_counts"]["category"]["train"]["<missing>"] >= 90
     check = record["numerics"]
     assert check["rows"] == 60 and {"fp32", "onnx-int8"} <= set(check)
     assert check["fp32"]["agreement_with_fp32"] == 1.0
