@@ -190,6 +190,17 @@ def _linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
+def _staged_schedule(first: int, rest: int, warmup_ratio: float) -> Callable[[int], float]:
+    """Two linear warm-up + decay cycles: ``first`` steps, then ``rest`` steps."""
+    one = _linear_schedule(first, int(first * warmup_ratio))
+    two = _linear_schedule(rest, int(rest * warmup_ratio))
+
+    def factor(step: int) -> float:
+        return one(step) if step < first else two(step - first)
+
+    return factor
+
+
 def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Accuracy and macro-F1 (over classes present in ``y`` or predicted) on labelled rows."""
     from sklearn.metrics import f1_score
@@ -224,8 +235,8 @@ class MultiTaskTrainer:
         run_info: JSON-ready facts stored in checkpoints and compared on resume (e.g. data hashes).
         first_stage: optional boolean mask over the training rows: in the first epoch these rows
             are trained before all others (place snippets first, then the profiles that carry
-            every head's label, so heads missing from the snippets are trained on profile batches
-            only at the end of the schedule instead of drifting between them).
+            every head's label, so heads missing from the snippets are not left to drift between
+            snippet batches), each stage with its own learning-rate warm-up and decay.
     """
 
     def __init__(
@@ -267,10 +278,18 @@ class MultiTaskTrainer:
         self.run_info = dict(run_info or {})
         self.steps_per_epoch = math.ceil(len(self.train_profiles) / self.cfg.batch_size)
         total = self.steps_per_epoch * self.cfg.epochs
+        ratio = self.cfg.warmup_ratio
+        if self.first_stage is None:
+            schedule = _linear_schedule(total, int(total * ratio))
+        else:
+            # Each stage gets its own warm-up and decay: the profiles, which carry every head's
+            # label, train at full learning rate instead of in the tail of the snippets' decay.
+            first = math.ceil(int(self.first_stage.sum()) / self.cfg.batch_size)
+            rest = math.ceil(int((~self.first_stage).sum()) / self.cfg.batch_size)
+            rest += self.steps_per_epoch * (self.cfg.epochs - 1)
+            schedule = _staged_schedule(first, rest, ratio)
         self.optimizer = torch.optim.AdamW(_param_groups(self.net, self.cfg))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _linear_schedule(total, int(total * self.cfg.warmup_ratio))
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_score = -math.inf

@@ -262,6 +262,16 @@ def test_staged_batches_train_the_first_rows_before_the_rest():
     assert kinds[:n_first] == [True] * n_first and not any(kinds[n_first:])
 
 
+def test_staged_schedule_restarts_the_learning_rate_for_the_second_stage():
+    from heads.training import _staged_schedule
+
+    f = _staged_schedule(100, 50, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)  # warm-up of stage one
+    assert f(99) == pytest.approx(1 / 90)  # stage one decays to ~0 ...
+    assert f(100) == pytest.approx(0.2) and f(104) == pytest.approx(1.0)  # ... then warms up again
+    assert f(149) == pytest.approx(1 / 45)
+
+
 # ---- bad data ----------------------------------------------------------------------------------
 def test_unknown_head_and_bad_labels():
     with pytest.raises(UnknownHeadError, match=r"'language'.*known heads"):
