@@ -139,7 +139,9 @@ def add_location_tokens(model, tokenizer) -> tuple[Any, list[str]]:
         rows = [*_country_names(iso2), iso2]
         wanted.append((flag, top, lambda w, n=rows: _mean_row(w, tokenizer, n)))
     for char, name in location_emoji().items():
-        for form in {char, char.replace("\ufe0f", "")}:
+        # dict, not set: the order of added pieces fixes their ids, hence the embedding_version,
+        # and a set's order changes with the process's hash seed.
+        for form in dict.fromkeys((char, char.replace("\ufe0f", ""))):
             wanted.append((form, top, lambda w, n=name: _mean_row(w, tokenizer, [n, "location"])))
     added, rows = [], []
     for piece, score, init in wanted:

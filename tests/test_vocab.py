@@ -61,6 +61,30 @@ def test_flags_and_location_emoji_become_single_tokens(tiny):
     assert torch.allclose(emb[new_tok.convert_tokens_to_ids(ri_q)], emb[q_ids].mean(0))
 
 
+def test_added_pieces_do_not_depend_on_the_hash_seed(tiny_base_dir):
+    # The order of added pieces fixes their ids and so the embedding_version: two builds of the
+    # same recipe must agree, whatever PYTHONHASHSEED each process drew.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json; from transformers import AutoModel, AutoTokenizer;"
+        "from embedder.vocab import add_location_tokens;"
+        f"d = {str(tiny_base_dir)!r};"
+        "_, added = add_location_tokens(AutoModel.from_pretrained(d), AutoTokenizer.from_pretrained(d));"
+        "print(json.dumps(added))"
+    )
+    runs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "HF_HUB_OFFLINE": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert runs[0] == runs[1] and len(runs[0]) > 200
+
+
 def test_trim_keeps_used_pieces_and_maps_ids(tiny):
     model, tok = tiny
     new_tok, added = add_location_tokens(model, tok)
