@@ -72,7 +72,8 @@ def test_added_pieces_do_not_depend_on_the_hash_seed(tiny_base_dir):
         "import sys, json; from transformers import AutoModel, AutoTokenizer;"
         "from embedder.vocab import add_location_tokens;"
         f"d = {str(tiny_base_dir)!r};"
-        "_, added = add_location_tokens(AutoModel.from_pretrained(d), AutoTokenizer.from_pretrained(d));"
+        "m, t = AutoModel.from_pretrained(d), AutoTokenizer.from_pretrained(d);"
+        "_, added = add_location_tokens(m, t);"
         "print(json.dumps(added))"
     )
     runs = []
