@@ -41,10 +41,6 @@ class Recipe:
         sim_seed: simulator seed; the same seed gives the same corpus bytes.
         max_val: validation rows used for early stopping and calibration (None = all).
         train: the fine-tuning settings (base, layers, sequence budget, epochs, heads...).
-        head_after: heads added after fine-tuning on the frozen encoder's cached embeddings
-            (``profile-embed train-head``), e.g. a head whose task the fine-tuning data would
-            swamp. They get a validation report.
-        head_after_rows: training rows for each of those heads.
         numerics_candidates: faster inference numerics to try, in order of preference; the
             first whose geolocation accuracy stays within ``numerics_tolerance`` of fp32 on
             ``numerics_check_rows`` test profiles becomes the model's default (model.json).
@@ -59,8 +55,6 @@ class Recipe:
     sim_seed: int = 0
     max_val: int | None = None
     train: TrainConfig
-    head_after: tuple[str, ...] = ()
-    head_after_rows: int = 6_000
     numerics_candidates: tuple[str, ...] = ("onnx-int8", "onnx-fp32")
     numerics_check_rows: int = 1000
     numerics_tolerance: float = 0.005
@@ -298,14 +292,12 @@ def build_model(
         logger.info("%s already exists (identical embedding_version); keeping it", final)
         _remove_tree(partial)
     else:
-        after = train_heads_after(partial, corpus, val, recipe)
         logger.info("[4/5] choosing the inference numerics")
         numerics = choose_numerics(partial, corpus / "test.jsonl", recipe)
         summary = {
             "recipe": recipe.to_dict(),
             "build_seconds": round(time.perf_counter() - start, 1),
             "metrics": result.info.get("metrics", {}),
-            "heads_after": after,
             "numerics": numerics,
         }
         (partial / BUILD_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
@@ -316,21 +308,6 @@ def build_model(
         point_link(link, final)
         logger.info("%s -> %s", link, final.name)
     return BuildResult(final, link, result.embedding_version, read_build(final))
-
-
-def train_heads_after(model_dir: Path, corpus: Path, val: Path, recipe: Recipe) -> dict[str, Any]:
-    """Add the recipe's ``head_after`` heads on the frozen encoder (the ``train-head`` path)."""
-    from heads.train_head import HeadTrainConfig, train_head
-
-    out = {}
-    for name in recipe.head_after:
-        logger.info("training head %s on the frozen encoder", name)
-        train = _head_rows(corpus / "train.jsonl", recipe.head_after_rows)
-        summary = train_head(
-            model_dir, name, train, val, config=HeadTrainConfig(seed=recipe.train.loop.seed)
-        )
-        out[name] = {"val": summary["val"], "seconds": summary["seconds"]}
-    return out
 
 
 def choose_numerics(model_dir: Path, test_path: Path, recipe: Recipe) -> dict[str, Any]:
