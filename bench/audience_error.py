@@ -7,6 +7,10 @@ geolocation head gives calibrated probabilities, and each estimator of ``heads.a
 influencer's followers into label shares:
 
 - ``em``: EM prior-shift correction (the default of ``profile-embed audience``);
+- ``guarded``: EM held to what the followers' argmax / confident labels support, else the average;
+- ``map``: MAP-EM with a Dirichlet prior centred on the probability average;
+- ``fallback``: ``guarded``, or the average when the followers fit no prior shift of validation;
+- ``ensemble``: per-label median of ``em``, ``average`` and ``acc``;
 - ``average``: calibrated probability averaging;
 - ``acc``: adjusted classify-and-count (the head's validation confusion matrix);
 - ``cc``: plain classify-and-count of confident labels (the head's thresholds).
@@ -14,9 +18,11 @@ influencer's followers into label shares:
 Error = mean absolute error per label share, ``mean_l |estimate_l - truth_l|`` over the 37 labels,
 averaged over influencers. The truth is the influencer's mixture, so even a perfect classifier has
 sampling error; the ``oracle`` row counts the followers' true labels and shows that floor. With
-bootstrap intervals the mean 95% interval width and the share of (influencer, label) pairs whose
-true share lies inside are reported too. Simulated audiences; simulated accuracy is not
-real-world accuracy.
+bootstrap intervals (followers and, unless ``--model-error 0``, the head's calibration error) the
+mean 95% interval width and the share of (influencer, label) pairs whose true share lies inside
+are reported too, and per estimator the share of audiences where ``guarded``/``fallback`` used
+the average, and the share flagged low-evidence (the flags do not depend on the estimator).
+Simulated audiences; simulated accuracy is not real-world accuracy.
 
 Each size uses its own simulator seed (``seed * 100_000 + F``) so sizes are independent draws;
 followers come from the ``aud<k>`` streams, never the training or test streams.
@@ -53,11 +59,26 @@ logger = logging.getLogger("audience_error")
 SIZES: tuple[int, ...] = (200, 1000, 10000)
 #: Influencers per size: ~27k followers in all.
 DEFAULT_INFLUENCERS: dict[int, int] = {200: 10, 1000: 5, 10000: 2}
-ESTIMATORS: tuple[str, ...] = ("em", "average", "acc", "cc")
+ESTIMATORS: tuple[str, ...] = (
+    "em",
+    "guarded",
+    "map",
+    "fallback",
+    "ensemble",
+    "average",
+    "acc",
+    "cc",
+)
+#: Keys of ``heads.audience.head_audience_inputs`` passed to ``estimate_audience``.
+INPUT_KEYS = ("prior", "confusion", "thresholds", "val_assigned_share", "recall_counts")
 #: The counted true labels: what a perfect classifier would report (the sampling floor).
 ORACLE = "oracle"
 NAMES = {
     "em": "EM prior shift",
+    "guarded": "EM guarded by hard labels",
+    "map": "MAP-EM (Dirichlet at the average)",
+    "fallback": "guarded, else average",
+    "ensemble": "median of em/average/acc",
     "average": "probability average",
     "acc": "adjusted classify-and-count",
     "cc": "classify-and-count (confident)",
@@ -166,6 +187,7 @@ def score(
     estimators: Sequence[str],
     n_bootstrap: int,
     seed: int,
+    model_error: float | None = None,
 ) -> dict[str, Any]:
     """Every estimator (and the counted true labels) on one audience, against its true mixture."""
     from heads.audience import audience_error, estimate_audience
@@ -175,21 +197,28 @@ def score(
     sample = _counts_share(aud.true_labels, labels)
     row: dict[str, Any] = {"influencer_id": aud.influencer_id, "size": aud.size}
     row[ORACLE] = {"mae": audience_error(truth, sample), "mae_vs_sample": 0.0}
-    for m in estimators:
+    kwargs = {key: inputs.get(key) for key in INPUT_KEYS}
+    for i, m in enumerate(estimators):
         t0 = time.perf_counter()
         est = estimate_audience(
             probs,
             labels=labels,
             method=m,  # type: ignore[arg-type]
-            prior=inputs.get("prior"),
-            confusion=inputs.get("confusion"),
-            thresholds=inputs.get("thresholds"),
             n_bootstrap=n_bootstrap,
             seed=seed,
+            model_error=model_error,
+            diagnose=i == 0,  # the flags do not depend on the estimator: once per audience
+            **kwargs,
         )
+        if i == 0:
+            row["flags"] = list(est.flags)
+            row["diagnostics"] = est.diagnostics
         rec = {
             "mae": audience_error(truth, est.shares),
             "mae_vs_sample": audience_error(sample, est.shares),
+            "total_variation": 0.5 * float(np.abs(truth - est.shares).sum()),
+            "max_abs_error": float(np.max(np.abs(truth - est.shares))),
+            "used": est.used,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if n_bootstrap > 0:
@@ -217,7 +246,11 @@ def _summary(
                 "mae_max": float(np.max([r["mae"] for r in recs])),
                 "mae_vs_sample": float(np.mean([r["mae_vs_sample"] for r in recs])),
             }
-            for key in ("interval_width", "coverage", "coverage_share_ge_1pct", "seconds"):
+            if m != ORACLE:
+                out["used_average"] = float(np.mean([r.get("used") == "average" for r in recs]))
+                out["flagged"] = float(np.mean([bool(r.get("flags")) for r in done]))
+            keys = ("total_variation", "max_abs_error", "interval_width", "coverage")
+            for key in (*keys, "coverage_share_ge_1pct", "seconds"):
                 vals = [r[key] for r in recs if r.get(key) is not None]
                 if vals:
                     out[key] = float(np.mean(vals))
@@ -240,6 +273,7 @@ def benchmark(
     model_key: str = "",
     time_budget: float | None = None,
     sim: Any = None,
+    model_error: float | None = None,
 ) -> dict[str, Any]:
     """Simulate the audiences, estimate them with every estimator and score against the truth.
 
@@ -262,6 +296,8 @@ def benchmark(
             cost only in the first half of it; the first step of a run always starts. The result
             is then marked incomplete; the same call with the same cache continues.
         sim: the simulator (default ``Simulator()``).
+        model_error: ``estimate_audience``'s model-error term of the intervals (None = its
+            default ``MODEL_ERROR``, 0 = followers only).
 
     Returns:
         ``{"complete", "sizes": {F: {estimator: metrics}}, "influencers": [...], "timing"}``;
@@ -274,7 +310,9 @@ def benchmark(
     influencers = {f: (influencers or DEFAULT_INFLUENCERS).get(f, 5) for f in sorted(sizes)}
     sizes = sorted(sizes)
     labels = tuple(labels)
-    estimators = [m for m in estimators if m != "acc" or inputs.get("confusion") is not None]
+    from heads.audience import NEEDS
+
+    estimators = [m for m in estimators if all(inputs.get(x) is not None for x in NEEDS[m])]
     audiences = simulate(sizes, influencers, seed, sim)
     sim_seconds = time.perf_counter() - t_start
     boot = {f: n_bootstrap[f] if isinstance(n_bootstrap, Mapping) else n_bootstrap for f in sizes}
@@ -294,7 +332,7 @@ def benchmark(
     rows = []
     for aud in audiences:
         pkey = f"{model_key}|{aud.influencer_id}|{aud.size}"
-        rkey = f"{pkey}|B{boot[aud.size]}|seed{seed}|{','.join(estimators)}"
+        rkey = f"{pkey}|B{boot[aud.size]}|seed{seed}|{','.join(estimators)}|me{model_error}"
         if rkey in cache.rows:
             rows.append(cache.rows[rkey])
             continue
@@ -320,6 +358,7 @@ def benchmark(
             estimators,
             boot[aud.size],
             seed,
+            model_error,
         )
         dt = time.perf_counter() - t0
         spent["estimate"] += dt
@@ -337,6 +376,7 @@ def benchmark(
         "influencers": rows,
         "estimators": list(estimators),
         "n_bootstrap": {str(f): b for f, b in boot.items()},
+        "model_error": model_error,
         "timing": {
             "profiles_embedded_this_run": embedded,
             "embed_seconds_this_run": round(spent["embed"], 2),
@@ -372,6 +412,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
                     else "-"
                 )
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _robustness_table(result, sizes)]
     counts = ", ".join(f"{result['sizes'][f][ORACLE]['influencers']} x {int(f):,}" for f in sizes)
     lines += [
         "",
@@ -382,7 +423,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     if intervals:
         lines.append(
             f"Intervals: {'/'.join(str(boot.get(f, 0)) for f in sizes)} bootstrap replicates "
-            "over followers (per size); width = "
+            "over followers and the head's calibration error (model_error "
+            f"{result.get('model_error')}, None = the default) per size; width = "
             "mean upper - lower over labels; coverage = share of (influencer, label) pairs whose "
             "true share lies inside, over all labels / over labels with true share >= 1%."
         )
@@ -391,6 +433,26 @@ def markdown_table(result: Mapping[str, Any]) -> str:
             f"INCOMPLETE: {result['audiences_done']} of {result['audiences']} audiences done; "
             "rerun the same command with the same --cache to continue."
         )
+    return "\n".join(lines)
+
+
+def _robustness_table(result: Mapping[str, Any], sizes: Sequence[str]) -> str:
+    head = ["estimator"] + [f"TV / max error / used average @ {int(f):,}" for f in sizes]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in result["estimators"]:
+        cells = [f"`{m}`"]
+        for f in sizes:
+            s = result["sizes"][f][m]
+            cells.append(
+                f"{s.get('total_variation', float('nan')):.3f} / "
+                f"{s.get('max_abs_error', float('nan')):.3f} / {s.get('used_average', 0):.0%}"
+            )
+        lines.append("| " + " | ".join(cells) + " |")
+    first = result["estimators"][0]
+    flagged = ", ".join(
+        f"{result['sizes'][f][first].get('flagged', 0):.0%} @ {int(f):,}" for f in sizes
+    )
+    lines.append(f"\nAudiences flagged low-evidence (any flag): {flagged}.")
     return "\n".join(lines)
 
 
@@ -452,6 +514,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="seconds; stop starting new steps past it (exit 3, rerun with --cache to continue)",
     )
+    parser.add_argument(
+        "--model-error",
+        type=float,
+        default=None,
+        help="model-error term of the intervals (default: heads.audience.MODEL_ERROR; 0 = "
+        "resample followers only)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -484,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
         cache=Cache.open(args.cache),
         model_key=key,
         time_budget=None if args.time_budget is None else args.time_budget - load_seconds,
+        model_error=args.model_error,
     )
     result["timing"]["load_seconds"] = round(load_seconds, 2)
     record = {

@@ -1,35 +1,100 @@
-"""Audience location: the label distribution of an influencer's followers, estimated without bias.
+"""Audience location: the label distribution of an influencer's followers, estimated honestly.
 
 Counting confident labels is biased: abstention drops whole populations (followers from countries
-the head is unsure about vanish). The estimators here use every follower's calibrated probabilities:
+the head is unsure about vanish). The estimators here use every follower's calibrated probabilities
+(arithmetic in ``heads.audience_estimators``):
 
-- ``"average"``: probability averaging (unbiased when the audience has the training prior);
 - ``"em"``: EM prior-shift correction (Saerens, Latinne & Decaestecker 2002), which re-estimates the
-  audience prior and re-weights posteriors until they agree — the default;
+  audience prior and re-weights posteriors until they agree — the default. Best on followers like
+  the training data; on unfamiliar text it multiplies the head's mis-calibration (on real
+  populations it put 36% of a US/UK audience on Nigeria);
+- ``"guarded"``: EM whose shares may exceed the probability average only as far as the followers'
+  argmax counts can carry them under the validation confusion (``pi_k <= q_k / R_kk``);
+- ``"map"``: MAP-EM with a Dirichlet prior centred on the probability average, weighing as much
+  as the followers (``MAP_STRENGTH``);
+- ``"fallback"``: ``guarded``, or ``average`` when the followers' argmax shares fit no prior shift
+  of the validation data (the ``unlike_training`` check);
+- ``"ensemble"``: per-label median of ``em``, ``average`` and ``acc``, renormalised;
+- ``"average"``: probability averaging (unbiased when the audience has the training prior);
 - ``"acc"``: adjusted classify-and-count, inverting the validation confusion matrix;
 - ``"cc"``: plain classify-and-count of confident labels (the biased baseline, for comparison).
 
-Intervals come from a bootstrap over followers. ``audience_error`` measures an estimate against a
-known mixture (mean absolute error per label share); ``profile-embed audience --truth`` uses it
-on the simulator's ``audience_truth.json``.
+Intervals come from a bootstrap that redraws the followers **and the model**: each replicate
+also rescales every label's probabilities by ``exp(d_k)``, ``d_k ~ N(0, 1/(s_k + 1) +
+model_error**2)`` (``s_k`` validation rows of label ``k``), and redraws the validation confusion
+rows. Every estimate carries ``flags`` for low evidence (``few_followers``, ``few_assigned``,
+``unlike_training``, ``estimators_disagree``) and the ``diagnostics`` behind them.
+``audience_error`` measures an estimate against a known mixture (mean absolute error per label
+share); ``profile-embed audience --truth`` uses it on the simulator's ``audience_truth.json``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from embedder.errors import InvalidInputError
+from heads.audience_estimators import (
+    adjusted_classify_and_count,
+    classify_and_count,
+    confusion_rates,
+    em_prior_shift,
+    em_refuted,
+    guarded_em,
+    label_shift_misfit,
+    map_em,
+    probability_average,
+    total_variation,
+)
+
+__all__ = [
+    "METHODS",
+    "AudienceEstimate",
+    "adjusted_classify_and_count",
+    "audience_error",
+    "classify_and_count",
+    "em_prior_shift",
+    "estimate_audience",
+    "head_audience_inputs",
+    "plot_audience",
+    "probability_average",
+]
 
 logger = logging.getLogger(__name__)
 
-Method = Literal["em", "average", "acc", "cc"]
-METHODS: tuple[str, ...] = ("em", "average", "acc", "cc")
+Method = Literal["em", "guarded", "map", "fallback", "ensemble", "average", "acc", "cc"]
+METHODS: tuple[str, ...] = ("em", "guarded", "map", "fallback", "ensemble", "average", "acc", "cc")
+#: What each method needs besides the probabilities (keys of ``head_audience_inputs``).
+NEEDS: dict[str, tuple[str, ...]] = {
+    "em": ("prior",),
+    "guarded": ("prior", "confusion"),
+    "map": ("prior",),
+    "fallback": ("prior", "confusion"),
+    "ensemble": ("prior", "confusion"),
+    "average": (),
+    "acc": ("confusion",),
+    "cc": (),
+}
+#: Dirichlet weight of ``map`` in pseudo-followers per follower.
+MAP_STRENGTH = 1.0
+#: Systematic calibration error per label (log scale, sd) added to the bootstrap; sized on
+#: simulated audiences of seed 0 (bench/audience_error.py), coverage measured on seed 1.
+MODEL_ERROR = 0.15
+#: Flag thresholds.
+MIN_FOLLOWERS = 100
+MIN_ASSIGNED = 30
+ASSIGNED_RATIO = 0.5  # assigned share below this fraction of the validation's -> few_assigned
+MISFIT_P = 0.01  # unlike_training: label-shift misfit significant at this level ...
+MISFIT_TV = 0.05  # ... and larger than this total variation
+#: estimators_disagree: EM (soft probabilities) and ACC (argmax counts), both unbiased when the
+#: followers are a prior shift of the validation data, this far apart (total variation).
+DISAGREE_TV = 0.25
+FLAGS: tuple[str, ...] = ("few_followers", "few_assigned", "unlike_training", "estimators_disagree")
 
 
 @dataclass(frozen=True)
@@ -42,9 +107,14 @@ class AudienceEstimate:
         lower: lower end of the bootstrap interval per label.
         upper: upper end of the bootstrap interval per label.
         n: number of followers used.
-        method: the estimator.
+        method: the estimator asked for.
         confidence: interval level (0.95).
         n_bootstrap: bootstrap replicates (0 = no intervals; lower == upper == shares).
+        used: the estimator that produced the shares (``method``, except that ``fallback`` says
+            ``guarded`` or ``average``).
+        interval: what the intervals resample: ``"followers+model"`` or ``"followers"``.
+        flags: low-evidence warnings, a subset of ``FLAGS`` in that order.
+        diagnostics: the numbers behind the flags (JSON-ready).
     """
 
     labels: tuple[str, ...]
@@ -55,6 +125,10 @@ class AudienceEstimate:
     method: str
     confidence: float
     n_bootstrap: int
+    used: str = ""
+    interval: str = "followers"
+    flags: tuple[str, ...] = ()
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def as_mapping(self) -> dict[str, float]:
         """Return ``{label: share}``."""
@@ -75,88 +149,231 @@ class AudienceEstimate:
         return {
             "n_followers": self.n,
             "method": self.method,
+            "used": self.used or self.method,
             "confidence": self.confidence,
             "n_bootstrap": self.n_bootstrap,
+            "interval": self.interval,
+            "flags": list(self.flags),
+            "diagnostics": self.diagnostics,
             "shares": shares,
         }
 
 
-def probability_average(probs: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Mean of the calibrated probability vectors (optionally weighted)."""
-    return np.average(probs, axis=0, weights=weights)
-
-
-def em_prior_shift(
-    probs: np.ndarray,
-    prior: np.ndarray,
-    *,
-    weights: np.ndarray | None = None,
-    init: np.ndarray | None = None,
-    max_iter: int = 1000,
-    tol: float = 1e-5,
-) -> tuple[np.ndarray, int]:
-    """Saerens et al. (2002) EM: the audience prior under which the re-weighted posteriors agree.
-
-    Args:
-        probs: ``(n, k)`` posteriors calibrated under ``prior``.
-        prior: ``(k,)`` the prior the posteriors assume (``heads.calibration.effective_prior``).
-        weights: per-follower weights (bootstrap counts), default 1.
-        init: starting estimate (default: ``prior``).
-        max_iter: iteration cap.
-        tol: stop when no share moves more than this in one step. Shares are read to a tenth
-            of a percent and the bootstrap runs EM hundreds of times, so 1e-5 (not 1e-7, which
-            often took thousands of iterations) is the useful precision.
-
-    Returns:
-        The estimated shares and the number of iterations run.
-    """
-    prior = np.maximum(np.asarray(prior, dtype=np.float64), 1e-12)
-    pi = prior.copy() if init is None else np.maximum(np.asarray(init, dtype=np.float64), 1e-12)
-    pi = pi / pi.sum()
-    it = 0
-    for it in range(1, max_iter + 1):  # noqa: B007
-        adj = probs * (pi / prior)
-        adj /= adj.sum(axis=1, keepdims=True)
-        new = np.average(adj, axis=0, weights=weights)
-        done = np.max(np.abs(new - pi)) < tol
-        pi = new
-        if done:
-            break
-    return pi, it
-
-
-def classify_and_count(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
-    """Shares of confident argmax labels; abstentions are dropped (the biased baseline)."""
-    k = probs.shape[1]
-    idx = probs.argmax(axis=1)
-    keep = np.ones(len(idx), bool) if thresholds is None else probs.max(axis=1) >= thresholds[idx]
-    counts = np.bincount(idx[keep], minlength=k).astype(np.float64)
-    return counts / counts.sum() if counts.sum() else np.full(k, 1.0 / k)
-
-
-def adjusted_classify_and_count(
-    probs: np.ndarray, confusion: np.ndarray, weights: np.ndarray | None = None
+def _check(
+    probs: np.ndarray, labels: Sequence[str], method: str, given: Mapping[str, Any]
 ) -> np.ndarray:
-    """Adjusted classify-and-count: solve ``q = C^T pi`` with non-negative least squares.
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(labels)
+    if probs.ndim != 2 or probs.shape[1] != k:
+        raise InvalidInputError(f"probs must have shape (n, {k}), got {probs.shape}")
+    if len(probs) == 0:
+        raise InvalidInputError("an audience needs at least one follower, got 0")
+    if method not in METHODS:
+        raise InvalidInputError(f"unknown audience method {method!r}; choose one of {METHODS}")
+    for name in NEEDS[method]:
+        if given[name] is None:
+            what = {
+                "prior": "the head's prior (prior=...)",
+                "confusion": "the validation confusion matrix (confusion=...)",
+            }[name]
+            raise InvalidInputError(f"method {method!r} needs {what}")
+    for name, shape in (("prior", (k,)), ("confusion", (k, k)), ("thresholds", (k,))):
+        value = given[name]
+        if value is not None and np.shape(value) != shape:
+            raise InvalidInputError(f"{name} must have shape {shape}, got {np.shape(value)}")
+    return probs
 
-    Args:
-        probs: ``(n, k)`` probabilities (only the argmax is used).
-        confusion: ``(k, k)`` validation counts or rates, rows = true class, columns = argmax.
-        weights: per-follower weights.
 
-    Returns:
-        The estimated shares.
-    """
-    from scipy.optimize import nnls
+def _estimator(
+    method: str, prior: Any, thresholds: Any, recall_counts: Any = None
+) -> Callable[[np.ndarray, np.ndarray | None, Any, np.ndarray | None], np.ndarray]:
+    """``(probs, weights, confusion, init) -> shares`` for one concrete method."""
 
-    k = probs.shape[1]
+    def run(p: np.ndarray, w: np.ndarray | None, conf: Any, init: np.ndarray | None) -> np.ndarray:
+        if method == "em":
+            return em_prior_shift(p, prior, weights=w, init=init)[0]
+        if method == "guarded":
+            return guarded_em(
+                p,
+                prior,
+                conf,
+                weights=w,
+                init=init,
+                thresholds=thresholds,
+                recall_counts=recall_counts,
+            )[0]
+        if method == "map":
+            return map_em(p, prior, strength=MAP_STRENGTH, weights=w, init=init)
+        if method == "average":
+            return probability_average(p, w)
+        if method == "acc":
+            return adjusted_classify_and_count(p, conf, w)
+        if method == "ensemble":
+            members = [
+                em_prior_shift(p, prior, weights=w)[0],
+                probability_average(p, w),
+                adjusted_classify_and_count(p, conf, w),
+            ]
+            med = np.median(np.stack(members), axis=0)
+            return med / med.sum()
+        if w is None:
+            return classify_and_count(p, thresholds)
+        return classify_and_count(np.repeat(p, w.astype(int), axis=0), thresholds)
+
+    return run
+
+
+def _model_sd(confusion: np.ndarray | None, k: int, model_error: float) -> np.ndarray:
+    if confusion is None:
+        return np.full(k, model_error)
+    support = np.asarray(confusion, dtype=np.float64).sum(axis=1)
+    return np.sqrt(1.0 / (support + 1.0) + model_error**2)
+
+
+def _redraw_confusion(rng: np.random.Generator, confusion: np.ndarray) -> np.ndarray:
     c = np.asarray(confusion, dtype=np.float64)
-    rows = c.sum(axis=1, keepdims=True)
-    rates = np.where(rows > 0, c / np.maximum(rows, 1e-12), np.eye(k))
-    q = np.bincount(probs.argmax(axis=1), weights=weights, minlength=k).astype(np.float64)
-    q /= q.sum()
-    pi, _ = nnls(rates.T, q)
-    return pi / pi.sum() if pi.sum() > 0 else np.full(k, 1.0 / k)
+    rates = confusion_rates(c)
+    support = c.sum(axis=1).astype(np.int64)
+    return rng.multinomial(support, rates).astype(np.float64)
+
+
+def _bootstrap(
+    run: Callable[..., np.ndarray],
+    probs: np.ndarray,
+    confusion: np.ndarray | None,
+    shares: np.ndarray,
+    *,
+    n_bootstrap: int,
+    confidence: float,
+    model_error: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    n, k = probs.shape
+    sd = _model_sd(confusion, k, model_error)
+    reps = []
+    for _ in range(n_bootstrap):
+        w = rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64)
+        p, conf = probs, confusion
+        if model_error > 0:
+            p = probs * np.exp(rng.normal(0.0, sd))
+            p /= p.sum(axis=1, keepdims=True)
+            if confusion is not None:
+                conf = _redraw_confusion(rng, confusion)
+        reps.append(run(p, w, conf, shares))
+    alpha = (1 - confidence) / 2
+    lower, upper = np.quantile(np.stack(reps), [alpha, 1 - alpha], axis=0)
+    return np.minimum(lower, shares), np.maximum(upper, shares)
+
+
+def _point(
+    method: str,
+    probs: np.ndarray,
+    prior: np.ndarray | None,
+    confusion: np.ndarray | None,
+    thresholds: np.ndarray | None,
+    recall_counts: np.ndarray | None,
+    misfit: Mapping[str, float] | None,
+) -> tuple[str, np.ndarray, tuple[bool, dict[str, float]] | None]:
+    """``(used, shares, em_refuted result)``: resolves ``fallback`` and ``guarded`` to what ran."""
+    used = method
+    if method == "fallback":
+        assert misfit is not None  # NEEDS: fallback has the confusion
+        unlike = misfit["p_value"] < MISFIT_P and misfit["misfit"] > MISFIT_TV
+        used = "average" if unlike else "guarded"
+    shares = _estimator(used, prior, thresholds, recall_counts)(probs, None, confusion, None)
+    refuted = None
+    if used == "guarded":
+        assert misfit is not None and confusion is not None
+        refuted = em_refuted(shares, probs, confusion, tolerance=misfit["null_p95"])
+        if refuted[0]:
+            used = "average"
+            shares = probability_average(probs)
+    return used, shares, refuted
+
+
+def _diagnose(
+    method: str,
+    used: str,
+    probs: np.ndarray,
+    shares: np.ndarray,
+    prior: np.ndarray | None,
+    confusion: np.ndarray | None,
+    thresholds: np.ndarray | None,
+    recall_counts: np.ndarray | None,
+    misfit: Mapping[str, float] | None,
+    val_assigned_share: float | None,
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """Flags and diagnostics; runs each other estimator whose inputs are given once."""
+    given = {"prior": prior, "confusion": confusion, "thresholds": thresholds}
+    known: dict[str, np.ndarray] = {}
+    capped = None
+    if method in ("guarded", "fallback") and confusion is not None and prior is not None:
+        known["guarded"], caps = guarded_em(
+            probs, prior, confusion, thresholds=thresholds, recall_counts=recall_counts
+        )
+        capped = np.flatnonzero(known["guarded"] >= caps - 1e-9).tolist()
+    others = {
+        m: known[m]
+        if m in known
+        else _estimator(m, prior, thresholds, recall_counts)(probs, None, confusion, None)
+        for m in ("em", "guarded", "average", "acc")
+        if m != used and all(given[x] is not None for x in NEEDS[m])
+    }
+    flags, diag = _flags(probs, shares, used, others, misfit, thresholds, val_assigned_share)
+    diag["used"] = used
+    if capped is not None:
+        diag["capped"] = capped
+    return flags, diag
+
+
+def _assigned(probs: np.ndarray, thresholds: np.ndarray | None) -> int | None:
+    if thresholds is None:
+        return None
+    idx = probs.argmax(axis=1)
+    return int(np.sum(probs.max(axis=1) >= np.asarray(thresholds, dtype=np.float64)[idx]))
+
+
+def _flags(
+    probs: np.ndarray,
+    shares: np.ndarray,
+    used: str,
+    others: Mapping[str, np.ndarray],
+    misfit: Mapping[str, float] | None,
+    thresholds: np.ndarray | None,
+    val_assigned_share: float | None,
+) -> tuple[tuple[str, ...], dict[str, Any]]:
+    n = len(probs)
+    diag: dict[str, Any] = {"n_followers": n}
+    raised = set()
+    if n < MIN_FOLLOWERS:
+        raised.add("few_followers")
+    assigned = _assigned(probs, thresholds)
+    if assigned is not None:
+        diag["assigned"] = assigned
+        diag["assigned_share"] = round(assigned / n, 4)
+        if val_assigned_share is not None:
+            diag["validation_assigned_share"] = round(float(val_assigned_share), 4)
+        low_share = val_assigned_share is not None and (
+            assigned / n < ASSIGNED_RATIO * val_assigned_share
+        )
+        if assigned < MIN_ASSIGNED or low_share:
+            raised.add("few_assigned")
+    if misfit is not None:
+        diag["label_shift_misfit"] = {key: round(v, 4) for key, v in misfit.items()}
+        if misfit["p_value"] < MISFIT_P and misfit["misfit"] > MISFIT_TV:
+            raised.add("unlike_training")
+    if others:
+        diag["total_variation_to"] = {
+            m: round(total_variation(shares, s), 4) for m, s in others.items()
+        }
+    shift = {m: others.get(m, shares if used == m else None) for m in ("em", "acc")}
+    if shift["em"] is not None and shift["acc"] is not None:
+        tv = total_variation(shift["em"], shift["acc"])
+        diag["em_vs_acc"] = round(tv, 4)
+        if tv > DISAGREE_TV:
+            raised.add("estimators_disagree")
+    return tuple(f for f in FLAGS if f in raised), diag
 
 
 def estimate_audience(
@@ -170,69 +387,91 @@ def estimate_audience(
     n_bootstrap: int = 200,
     confidence: float = 0.95,
     seed: int = 0,
+    model_error: float | None = None,
+    val_assigned_share: float | None = None,
+    recall_counts: np.ndarray | None = None,
+    diagnose: bool = True,
 ) -> AudienceEstimate:
     """Estimate an audience's label shares from per-follower calibrated probabilities.
 
     Args:
         probs: ``(n, k)`` calibrated probabilities of the followers.
         labels: the ``k`` label names.
-        method: ``"em"`` (needs ``prior``), ``"average"``, ``"acc"`` (needs ``confusion``) or
-            ``"cc"``.
-        prior: the prior the probabilities assume (``effective_prior`` of the head); EM only.
-        confusion: validation confusion matrix (rows true, columns argmax); ACC only.
-        thresholds: per-class thresholds; CC only (None counts every argmax).
-        n_bootstrap: bootstrap replicates over followers (0 = no interval).
+        method: one of ``METHODS`` (see the module docstring); ``NEEDS`` lists their inputs.
+        prior: the prior the probabilities assume (``effective_prior`` of the head).
+        confusion: validation confusion counts (rows true, columns argmax).
+        thresholds: per-class thresholds (``cc``; and the ``few_assigned`` flag).
+        n_bootstrap: bootstrap replicates (0 = no interval).
         confidence: interval level.
         seed: bootstrap seed.
+        model_error: systematic calibration error per label (log-scale sd) added to each
+            replicate, together with the validation sampling error of the probabilities and the
+            confusion; None = ``MODEL_ERROR``, 0 = resample the followers only.
+        val_assigned_share: share of validation profiles the head assigned a label (for the
+            ``few_assigned`` flag; ``head_audience_inputs`` gives it).
+        recall_counts: ``(k, 2)`` validation counts per label: rows of the label assigned to it
+            at its threshold, and the label's rows; with ``thresholds`` they tighten the
+            ``guarded`` caps (``head_audience_inputs`` gives them).
+        diagnose: compute the flags (runs the other estimators once); False skips them.
 
     Returns:
         The ``AudienceEstimate``.
 
     Raises:
-        InvalidInputError: no followers, a bad shape, an unknown method or a missing input.
+        InvalidInputError: no followers, a bad shape, an unknown method, a missing input or a bad
+            ``model_error``.
     """
-    probs = np.asarray(probs, dtype=np.float64)
-    k = len(labels)
-    if probs.ndim != 2 or probs.shape[1] != k:
-        raise InvalidInputError(f"probs must have shape (n, {k}), got {probs.shape}")
-    if len(probs) == 0:
-        raise InvalidInputError("an audience needs at least one follower, got 0")
-    if method not in METHODS:
-        raise InvalidInputError(f"unknown audience method {method!r}; choose one of {METHODS}")
-    if method == "em" and prior is None:
-        raise InvalidInputError("method 'em' needs the head's prior (prior=...)")
-    if method == "acc" and confusion is None:
-        raise InvalidInputError(
-            "method 'acc' needs the validation confusion matrix (confusion=...)"
-        )
-
-    def run(weights: np.ndarray | None, init: np.ndarray | None = None) -> np.ndarray:
-        if method == "em":
-            return em_prior_shift(probs, prior, weights=weights, init=init)[0]  # type: ignore[arg-type]
-        if method == "average":
-            return probability_average(probs, weights)
-        if method == "acc":
-            return adjusted_classify_and_count(probs, confusion, weights)  # type: ignore[arg-type]
-        if weights is None:
-            return classify_and_count(probs, thresholds)
-        return classify_and_count(np.repeat(probs, weights.astype(int), axis=0), thresholds)
-
-    shares = run(None)
+    given = {"prior": prior, "confusion": confusion, "thresholds": thresholds}
+    probs = _check(probs, labels, method, given)
+    model_error = MODEL_ERROR if model_error is None else float(model_error)
+    if not 0.0 <= model_error <= 2.0:
+        raise InvalidInputError(f"model_error must be in [0, 2], got {model_error}")
+    conf = None if confusion is None else np.asarray(confusion, dtype=np.float64)
+    pri = None if prior is None else np.asarray(prior, dtype=np.float64)
+    thr = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    rc = None if recall_counts is None else np.asarray(recall_counts, dtype=np.float64)
+    if rc is not None and rc.shape != (len(labels), 2):
+        raise InvalidInputError(f"recall_counts must have shape ({len(labels)}, 2), got {rc.shape}")
+    misfit = label_shift_misfit(probs, conf, seed=seed) if conf is not None else None
+    used, shares, refuted = _point(method, probs, pri, conf, thr, rc, misfit)
+    run = _estimator(used, pri, thr, rc)
     lower, upper = shares.copy(), shares.copy()
     if n_bootstrap > 0:
-        rng = np.random.default_rng(seed)
-        n = len(probs)
-        reps = np.stack(
-            [
-                run(rng.multinomial(n, np.full(n, 1.0 / n)).astype(np.float64), shares)
-                for _ in range(n_bootstrap)
-            ]
+        lower, upper = _bootstrap(
+            run,
+            probs,
+            conf,
+            shares,
+            n_bootstrap=n_bootstrap,
+            confidence=confidence,
+            model_error=model_error,
+            seed=seed,
         )
-        alpha = (1 - confidence) / 2
-        lower, upper = np.quantile(reps, [alpha, 1 - alpha], axis=0)
-    logger.info("audience of %d followers estimated with %s", len(probs), method)
+    flags: tuple[str, ...] = ()
+    diag: dict[str, Any] = {}
+    if diagnose:
+        flags, diag = _diagnose(
+            method, used, probs, shares, pri, conf, thr, rc, misfit, val_assigned_share
+        )
+        if refuted is not None:
+            diag["em_refuted"] = bool(refuted[0])
+            diag["argmax_misfit"] = refuted[1]
+        if "capped" in diag:
+            diag["capped"] = [labels[i] for i in diag["capped"]]
+    logger.info("audience of %d followers estimated with %s (flags %s)", len(probs), used, flags)
     return AudienceEstimate(
-        tuple(labels), shares, lower, upper, len(probs), method, confidence, n_bootstrap
+        tuple(labels),
+        shares,
+        lower,
+        upper,
+        len(probs),
+        method,
+        confidence,
+        n_bootstrap,
+        used=used,
+        interval="followers+model" if model_error > 0 and n_bootstrap > 0 else "followers",
+        flags=flags,
+        diagnostics=diag,
     )
 
 
@@ -292,14 +531,36 @@ def plot_audience(
     s = estimate.shares[order]
     err = np.vstack([s - estimate.lower[order], estimate.upper[order] - s]).clip(min=0)
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(order) + 2), 4))
-    ax.bar([estimate.labels[i] for i in order], s, yerr=err, capsize=3, color="#4c72b0")
+    flagged = bool(estimate.flags)
+    ax.bar(
+        [estimate.labels[i] for i in order],
+        s,
+        yerr=err,
+        capsize=3,
+        color="#b0b0b0" if flagged else "#4c72b0",
+    )
     ax.set_ylabel("share of followers")
+    used = estimate.used or estimate.method
+    how = used if used == estimate.method else f"{estimate.method} -> {used}"
+    kind = "followers + model" if estimate.interval == "followers+model" else "follower"
     ax.set_title(
-        title
-        or f"Audience ({estimate.n} followers, {estimate.method}, "
-        f"{int(estimate.confidence * 100)}% bootstrap intervals)",
+        f"{title}\nestimator: {how}"
+        if title
+        else f"Audience ({estimate.n} followers, {how}, "
+        f"{int(estimate.confidence * 100)}% {kind} bootstrap intervals)",
         fontsize=9,
     )
+    if flagged:
+        ax.text(
+            0.99,
+            0.97,
+            "LOW EVIDENCE: " + ", ".join(estimate.flags),
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
+            color="#c03030",
+        )
     ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     path = Path(path)
@@ -310,18 +571,36 @@ def plot_audience(
 
 
 def head_audience_inputs(head: Any) -> dict[str, Any]:
-    """Return ``prior``, ``confusion`` and ``thresholds`` stored with a calibrated head.
+    """Return every input ``estimate_audience`` takes from a calibrated head.
 
-    The prior is the head's ``effective_prior`` (from calibration); without calibration data, EM
-    falls back to a uniform prior.
+    All come from the head's calibration record: the prior is its ``effective_prior`` (without
+    calibration data, a uniform prior), the confusion its validation ``confusion_counts``, and
+    ``val_assigned_share`` the share of validation profiles given a label (``per_class``
+    ``assigned`` over ``n_val``) and ``recall_counts`` (``per_class`` ``correct`` and
+    ``support``), each None when not recorded. The dict can be passed to
+    ``estimate_audience`` as keyword arguments.
     """
     cal = getattr(head, "calibration_", None) or {}
     k = len(head.labels)
     eff = cal.get("effective_prior")
     prior = np.array([eff[x] for x in head.labels]) if eff else np.full(k, 1.0 / k)
     conf = cal.get("confusion_counts")
+    per_class = cal.get("per_class") or {}
+    n_val = cal.get("n_val")
+    rows = [per_class.get(lab) for lab in head.labels]
+    complete = all(isinstance(r, Mapping) for r in rows) and rows
+    share = recall = None
+    if complete:
+        assigned = [r.get("assigned") for r in rows]  # type: ignore[union-attr]
+        if n_val and all(isinstance(a, int | float) for a in assigned):
+            share = float(sum(assigned)) / float(n_val)
+        counts = [(r.get("correct"), r.get("support")) for r in rows]  # type: ignore[union-attr]
+        if all(isinstance(c, int | float) and isinstance(t, int | float) for c, t in counts):
+            recall = np.asarray(counts, dtype=np.float64)
     return {
         "prior": prior,
         "confusion": np.asarray(conf, dtype=np.float64) if conf is not None else None,
         "thresholds": getattr(head, "thresholds_", None),
+        "val_assigned_share": share,
+        "recall_counts": recall,
     }

@@ -1,9 +1,12 @@
 """``EstimateAudience``: followers (profiles and/or indexed ids) -> label shares with intervals.
 
 Follower vectors come from the embed path (cache, batcher) for profiles and from the similarity
-index for ids; the head's calibrated probabilities go to ``heads.audience.estimate_audience``. With
-the prior the head was calibrated under (``effective_prior``) the EM prior-shift estimator is used,
-else the probability average; both with bootstrap intervals over followers.
+index for ids; the head's calibrated probabilities go to ``heads.audience.estimate_audience`` with
+everything the head's calibration record holds (``head_audience_inputs``). With the prior the head
+was calibrated under (``effective_prior``) the EM prior-shift estimator is the default, else the
+probability average; intervals resample the followers and the head's calibration error. The
+response says which estimator produced the shares (``used``), carries the low-evidence ``flags``
+and the ``diagnostics`` behind them.
 """
 
 from __future__ import annotations
@@ -44,6 +47,19 @@ def indexed_vectors(index: Any, ids: Sequence[str]) -> np.ndarray:
     return np.asarray(index.get_vectors(list(ids)), dtype=np.float32)
 
 
+#: AudienceMethod enum name -> heads.audience method.
+_METHODS = {
+    "AUDIENCE_METHOD_EM": "em",
+    "AUDIENCE_METHOD_AVERAGE": "average",
+    "AUDIENCE_METHOD_CLASSIFY_AND_COUNT": "cc",
+    "AUDIENCE_METHOD_GUARDED": "guarded",
+    "AUDIENCE_METHOD_MAP": "map",
+    "AUDIENCE_METHOD_FALLBACK": "fallback",
+    "AUDIENCE_METHOD_ENSEMBLE": "ensemble",
+    "AUDIENCE_METHOD_ACC": "acc",
+}
+
+
 def _prior(head: Any) -> np.ndarray | None:
     stored = (getattr(head, "calibration_", None) or {}).get("effective_prior")
     if not stored:
@@ -51,25 +67,70 @@ def _prior(head: Any) -> np.ndarray | None:
     return np.array([float(stored.get(lab, 0.0)) for lab in head.labels])
 
 
-def _method(requested: int, prior: np.ndarray | None) -> str:
-    name = pb2.AudienceMethod.Name(requested)
-    if name == "AUDIENCE_METHOD_EM" and prior is None:
+def _method(requested: int, prior: np.ndarray | None, head: Any = None) -> str:
+    """The ``heads.audience`` method of a request's ``AudienceMethod`` (validated).
+
+    Args:
+        requested: the enum number.
+        prior: the head's calibration prior (``_prior``); None when it recorded none.
+        head: the head; given, a method that needs the validation confusion is refused when the
+            head recorded none.
+
+    Raises:
+        InvalidInputError: an undefined number, or a method the head lacks the inputs for.
+    """
+    from heads.audience import NEEDS, head_audience_inputs
+
+    try:
+        name = pb2.AudienceMethod.Name(requested)
+    except ValueError:
         raise InvalidInputError(
-            "EM needs the prior the head was calibrated under, and this head has none recorded; "
-            "use AUDIENCE_METHOD_AVERAGE",
+            f"is {requested}, not an AudienceMethod; allowed: {sorted(_METHODS)}", field="method"
+        ) from None
+    if name == "AUDIENCE_METHOD_UNSPECIFIED":
+        return "em" if prior is not None else "average"
+    method = _METHODS[name]
+    missing = []
+    if "prior" in NEEDS[method] and prior is None:
+        missing.append("the prior it was calibrated under")
+    if "confusion" in NEEDS[method] and head is not None:
+        if head_audience_inputs(head)["confusion"] is None:
+            missing.append("a validation confusion matrix")
+    if missing:
+        raise InvalidInputError(
+            f"{name} needs {' and '.join(missing)} from the head's calibration, and this head "
+            "has none recorded; use AUDIENCE_METHOD_AVERAGE",
             field="method",
         )
+    return method
+
+
+def response_fields(est: Any) -> dict[str, Any]:
+    """The ``used``/``flags``/``interval``/``diagnostics`` fields of an ``AudienceEstimate``."""
+    d = est.diagnostics
+    misfit = d.get("label_shift_misfit") or {}
+    diagnostics = pb2.AudienceDiagnostics(
+        assigned=int(d.get("assigned") or 0),
+        assigned_share=float(d.get("assigned_share") or 0.0),
+        validation_assigned_share=float(d.get("validation_assigned_share") or 0.0),
+        label_shift_misfit=float(misfit.get("misfit", 0.0)),
+        label_shift_p_value=float(misfit.get("p_value", 0.0)),
+        em_refuted=bool(d.get("em_refuted", False)),
+        em_vs_acc=float(d.get("em_vs_acc") or 0.0),
+        capped=list(d.get("capped") or ()),
+        total_variation_to={k: float(v) for k, v in (d.get("total_variation_to") or {}).items()},
+    )
     return {
-        "AUDIENCE_METHOD_UNSPECIFIED": "em" if prior is not None else "average",
-        "AUDIENCE_METHOD_EM": "em",
-        "AUDIENCE_METHOD_AVERAGE": "average",
-        "AUDIENCE_METHOD_CLASSIFY_AND_COUNT": "cc",
-    }[name]
+        "used": est.used or est.method,
+        "flags": [pb2.AudienceFlag.Value(f"AUDIENCE_FLAG_{f.upper()}") for f in est.flags],
+        "interval": est.interval,
+        "diagnostics": diagnostics,
+    }
 
 
 async def estimate(servicer: Any, rt: Runtime, request: Any) -> Any:
     """Serve one ``EstimateAudienceRequest``; see the module docstring."""
-    from heads.audience import estimate_audience
+    from heads.audience import estimate_audience, head_audience_inputs
 
     head_name = request.head or "geolocation"
     errors.check_heads([head_name], list(rt.heads))
@@ -78,6 +139,14 @@ async def estimate(servicer: Any, rt: Runtime, request: Any) -> Any:
         raise InvalidInputError(f"must be in [0.5, 1), got {confidence}", field="confidence")
     total = len(request.followers) + len(request.follower_ids)
     errors.check_count(total, servicer.limits, field="followers + follower_ids")
+    head = rt.heads[head_name]
+    inputs = {**head_audience_inputs(head), "prior": _prior(head)}
+    method = _method(request.method, inputs["prior"], head)
+    n_bootstrap = request.n_bootstrap or N_BOOTSTRAP
+    if n_bootstrap > MAX_BOOTSTRAP:
+        raise InvalidInputError(
+            f"is {n_bootstrap}; the most allowed is {MAX_BOOTSTRAP}", field="n_bootstrap"
+        )
     parts = []
     if request.follower_ids:
         index = rt.require_index()
@@ -87,14 +156,6 @@ async def estimate(servicer: Any, rt: Runtime, request: Any) -> Any:
         parts.append((await rt.embed(profiles)).vectors)
     servicer.metrics.profiles.labels("EstimateAudience").inc(total)
     vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    head = rt.heads[head_name]
-    prior = _prior(head)
-    method = _method(request.method, prior)
-    n_bootstrap = request.n_bootstrap or N_BOOTSTRAP
-    if n_bootstrap > MAX_BOOTSTRAP:
-        raise InvalidInputError(
-            f"is {n_bootstrap}; the most allowed is {MAX_BOOTSTRAP}", field="n_bootstrap"
-        )
 
     def run() -> Any:
         probs = head.predict_proba(vectors)
@@ -102,9 +163,9 @@ async def estimate(servicer: Any, rt: Runtime, request: Any) -> Any:
             probs,
             labels=head.labels,
             method=method,
-            prior=prior,
             n_bootstrap=n_bootstrap,
             confidence=confidence,
+            **inputs,
         )
 
     est = await rt.run_cpu(run)
@@ -119,4 +180,5 @@ async def estimate(servicer: Any, rt: Runtime, request: Any) -> Any:
             pb2.LabelShare(label=lab, share=float(s), lower=float(lo), upper=float(hi))
             for lab, s, lo, hi in zip(est.labels, est.shares, est.lower, est.upper, strict=True)
         ],
+        **response_fields(est),
     )

@@ -69,17 +69,20 @@ def test_benchmark_on_a_tiny_model_and_resume(tiny_model, tmp_path, capsys):
         predict_proba, labels, inputs, sizes=[20], influencers={20: 2}, n_bootstrap=10
     )
     assert result["complete"] and result["audiences_done"] == 2
-    methods = {"em", "average", "cc", "oracle"} | (
-        {"acc"} if inputs["confusion"] is not None else set()
-    )
+    from heads.audience import METHODS, NEEDS
+
+    methods = {m for m in METHODS if all(inputs[x] is not None for x in NEEDS[m])} | {"oracle"}
+    assert {"em", "guarded", "fallback", "average"} <= methods  # the tiny head is calibrated
     assert set(result["sizes"]["20"]) == methods
     for m, s in result["sizes"]["20"].items():
         assert 0.0 <= s["mae"] <= 1.0 and s["influencers"] == 2, m
         if m != "oracle":
             assert 0.0 <= s["coverage"] <= 1.0 and s["interval_width"] >= 0.0
+            assert 0.0 <= s["total_variation"] <= 1.0 and s["flagged"] == 1.0  # 20 followers
     assert len(result["influencers"]) == 2
     table = bench.markdown_table(result)
-    assert "MAE @ 20" in table and "`em`" in table
+    assert "MAE @ 20" in table and "`em`" in table and "`guarded`" in table
+    assert "Audiences flagged low-evidence (any flag): 100% @ 20" in table
 
     # the CLI, in parts: a zero budget does one step, a rerun with the cache finishes
     out, cache = tmp_path / "aud.json", tmp_path / "cache"
@@ -112,7 +115,7 @@ def test_perfect_probabilities_recover_the_mixture():
         one_hot, GEO_LABELS, inputs, sizes=[1000], influencers={1000: 2}, n_bootstrap=0
     )
     s = result["sizes"]["1000"]
-    for m in ("em", "average", "acc", "cc"):
+    for m in ("em", "guarded", "map", "fallback", "ensemble", "average", "acc", "cc"):
         assert s[m]["mae_vs_sample"] == pytest.approx(0.0, abs=1e-9), m
         assert s[m]["mae"] == pytest.approx(s["oracle"]["mae"], abs=1e-9), m
     assert s["oracle"]["mae"] < 0.01  # 1,000 followers: only sampling error is left

@@ -8,9 +8,10 @@ with an ``influencer_id`` field, which are first run through the batch pipeline 
 ``OUTPUT/predictions`` (incremental like any batch run). Then
 ``read_parquet -> groupby("influencer_id") -> map_groups(estimate)`` runs ``heads.audience``'s
 estimator
-(EM prior shift by default, with bootstrap intervals) once per influencer, in parallel, and the
-driver
-writes ``audience.parquet`` and ``audience.jsonl`` (temp names, then ``os.replace``).
+(EM prior shift by default, with bootstrap intervals over followers and the head's calibration
+error) once per influencer, in parallel, and the driver writes ``audience.parquet`` and
+``audience.jsonl`` (temp names, then ``os.replace``). Every row names the estimator that produced
+its shares (``used``) and its low-evidence ``flags`` (see ``heads.audience.FLAGS``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class AudienceJobConfig:
         followers: a batch output folder, or a folder/glob of raw follower files.
         output: the output folder.
         head: the head whose label distribution is estimated.
-        method: estimator of ``heads.audience`` (``em``, ``average``, ``acc``, ``cc``).
+        method: estimator of ``heads.audience`` (one of ``heads.audience.METHODS``).
         n_bootstrap: bootstrap replicates per influencer.
         min_followers: influencers with fewer followers get ``n`` and no shares.
         seed: bootstrap seed.
@@ -100,7 +101,7 @@ def _estimate_group(
     n = len(probs)
     row: dict[str, Any] = {"influencer_id": influencer, "n": n, "method": method}
     if n < min_followers:
-        row.update(shares=None, lower=None, upper=None)
+        row.update(shares=None, lower=None, upper=None, used=None, flags=None, interval=None)
     else:
         est = estimate_audience(
             probs, labels=labels, method=method, n_bootstrap=n_bootstrap, seed=seed, **inputs
@@ -109,27 +110,47 @@ def _estimate_group(
             shares=[float(x) for x in est.shares],
             lower=[float(x) for x in est.lower],
             upper=[float(x) for x in est.upper],
+            used=est.used,
+            flags=list(est.flags),
+            interval=est.interval,
         )
-    vec = pa.list_(pa.float64())
-    schema = pa.schema(
-        [
-            ("influencer_id", pa.string()),
-            ("n", pa.int64()),
-            ("method", pa.string()),
-            ("shares", vec),
-            ("lower", vec),
-            ("upper", vec),
-        ]
-    )
+    schema = pa.schema(_audience_columns(pa))
     return pa.Table.from_pylist([row], schema=schema)
 
 
+def _audience_columns(pa: Any) -> list[tuple[str, Any]]:
+    """The columns of ``audience.parquet``."""
+    vec = pa.list_(pa.float64())
+    return [
+        ("influencer_id", pa.string()),
+        ("n", pa.int64()),
+        ("method", pa.string()),
+        ("used", pa.string()),
+        ("flags", pa.list_(pa.string())),
+        ("interval", pa.string()),
+        ("shares", vec),
+        ("lower", vec),
+        ("upper", vec),
+    ]
+
+
 def _method_inputs(head: Any, method: str) -> dict[str, Any]:
-    from heads.audience import head_audience_inputs
+    """Everything the head's calibration gives ``estimate_audience`` (the flags use it all).
+
+    Raises:
+        InvalidInputError: a method that needs what the head did not record.
+    """
+    from heads.audience import NEEDS, head_audience_inputs
 
     raw = head_audience_inputs(head)
-    wanted = {"em": ("prior",), "acc": ("confusion",), "cc": ("thresholds",), "average": ()}
-    return {k: raw[k] for k in wanted.get(method, ())}
+    missing = [k for k in NEEDS[method] if raw[k] is None]
+    if missing:
+        raise InvalidInputError(
+            f"{method!r} needs {missing} from the head's calibration record, which has none; "
+            "use 'average'",
+            field="method",
+        )
+    return raw
 
 
 def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
@@ -150,6 +171,10 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import ray
 
+    from heads.audience import METHODS
+
+    if cfg.method not in METHODS:
+        raise InvalidInputError(f"is {cfg.method!r}; allowed: {METHODS}", field="method")
     t0 = time.perf_counter()
     cfg.output.mkdir(parents=True, exist_ok=True)
     followers = Path(cfg.followers)
@@ -244,6 +269,9 @@ def _write_outputs(out: Path, table: Any, labels: list[str], pq: Any) -> None:
             "influencer_id": row["influencer_id"],
             "n": row["n"],
             "method": row["method"],
+            "used": row["used"],
+            "flags": row["flags"],
+            "interval": row["interval"],
             "shares": None,
         }
         if row["shares"] is not None:

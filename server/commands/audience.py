@@ -1,14 +1,24 @@
-"""``profile-embed audience``: country shares of an influencer's followers, with 95% intervals."""
+"""``profile-embed audience``: country shares of an influencer's followers, with 95% intervals.
+
+Each audience's JSON line names the estimator asked for (``method``) and the one that produced the
+shares (``used``), the interval kind, the low-evidence ``flags`` and their ``diagnostics``; a
+flagged audience is also reported on stderr, and its PNG says so.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from server.commands.invalid_rows import add_skip_invalid
+
+#: ``heads.audience.METHODS``, spelled out: importing ``heads`` here would load torch for every
+#: ``profile-embed`` command (a test keeps the two equal).
+METHODS = ("em", "guarded", "map", "fallback", "ensemble", "average", "acc", "cc")
 
 
 def register(subparsers: Any) -> None:
@@ -18,15 +28,23 @@ def register(subparsers: Any) -> None:
         help="estimate the follower label distribution of each influencer (prior-shift EM)",
         description=(
             "Embed every follower, take the head's calibrated probabilities and estimate the "
-            "audience's label shares (EM prior-shift correction by default), with bootstrap 95% "
-            "intervals. Followers are grouped by the 'influencer_id' field when present. With "
+            "audience's label shares (EM prior-shift correction by default; 'guarded' holds EM "
+            "to what the followers' hard labels support), with bootstrap 95%% intervals over the "
+            "followers and the head's calibration error. Followers are grouped by the "
+            "'influencer_id' field when present. Low-evidence results are flagged (few "
+            "followers, few assigned, unlike the training data, estimators disagreeing). With "
             "--truth (the simulator's audience_truth.json) the mean absolute error is reported."
         ),
     )
     p.add_argument("followers", help="follower profiles (.jsonl/.csv/.parquet)")
     p.add_argument("--model", required=True, help="model folder")
     p.add_argument("--head", default="geolocation", help="head to use (default geolocation)")
-    p.add_argument("--method", default="em", choices=("em", "average", "acc", "cc"))
+    p.add_argument(
+        "--method",
+        default="em",
+        choices=METHODS,
+        help="estimator (default em); see heads/audience.py",
+    )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (0 = none)")
     p.add_argument("--min-share", type=float, default=0.005, help="omit smaller shares in output")
     p.add_argument("--out", default=None, help="folder for PNG charts and audiences.json")
@@ -85,8 +103,16 @@ def run(args: argparse.Namespace) -> int:
             **inputs,
         )
         record = {"influencer_id": key, **est.to_dict(min_share=args.min_share)}
+        if est.flags:
+            print(
+                f"profile-embed audience: {key}: low evidence ({', '.join(est.flags)}); "
+                f"estimator {est.used}",
+                file=sys.stderr,
+            )
         if key in truth:
             record["mae"] = audience_error(truth[key], est)
+            # total variation = 0.5 * sum |difference| = (number of labels / 2) * MAE
+            record["total_variation"] = round(record["mae"] * len(head.labels) / 2, 5)
             errors.append((len(idx), record["mae"]))
         if out_dir is not None:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
