@@ -24,6 +24,7 @@ from embedder.errors import ArtifactError
 from server.auth import BearerTokenInterceptor, read_tokens
 from server.config import ServerConfig
 from server.errors import RequestLimits
+from server.intake import Intake, IntakeInterceptor
 from server.metrics import ServerMetrics
 from server.runtime import Runtime
 from server.service import SERVICE_NAME, ProfileEmbeddingServicer, add_to_server
@@ -70,6 +71,7 @@ class RunningServer:
 
     async def attach(self, runtime: Runtime) -> None:
         """Serve with an already loaded runtime: start its batcher and turn health SERVING."""
+        runtime.batcher.max_queue_delay_s = self.config.max_queue_delay_ms / 1000.0
         runtime.start()
         self.servicer.runtime = runtime
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -114,6 +116,18 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def _serve_metrics(config: ServerConfig, metrics: ServerMetrics, tokens: tuple[bytes, ...]) -> None:
+    tls = config.metrics_tls
+    metrics.serve(
+        config.metrics_host,
+        config.metrics_port or 0,
+        certfile=str(config.tls_cert) if tls else None,
+        keyfile=str(config.tls_key) if tls else None,
+        client_cafile=str(config.tls_client_ca) if tls and config.tls_client_ca else None,
+        tokens=tokens if config.metrics_auth else (),
+    )
+
+
 async def start_server(config: ServerConfig, *, load: bool = True) -> RunningServer:
     """Create, bind and start the server; with ``load`` also load the models (else call ``load()``).
 
@@ -122,9 +136,21 @@ async def start_server(config: ServerConfig, *, load: bool = True) -> RunningSer
         EmbedderError: a load failure (the server is stopped first).
     """
     metrics = ServerMetrics()
-    interceptors = []
+    servicer = ProfileEmbeddingServicer(RequestLimits.from_config(config), metrics)
+    intake = Intake(
+        config.max_concurrent_calls, config.max_inflight_bytes, config.max_message_bytes
+    )
+    metrics.bind_intake(lambda: intake.calls, lambda: intake.committed)
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    tokens: tuple[bytes, ...] = ()
     if config.auth_token_file is not None:
-        interceptors.append(BearerTokenInterceptor(read_tokens(config.auth_token_file)))
+        tokens = read_tokens(config.auth_token_file)
+        # First: a call without a valid token is refused before anything of its body is read.
+        deny = BearerTokenInterceptor(
+            tokens, on_reject=lambda method: metrics.refused(method, "UNAUTHENTICATED")
+        )
+        interceptors.append(deny)
+    interceptors.append(IntakeInterceptor(intake, servicer.shed, metrics.refused))
     credentials = server_credentials(config)
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -132,9 +158,11 @@ async def start_server(config: ServerConfig, *, load: bool = True) -> RunningSer
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Without BDP probing a call's HTTP/2 window stays at 64 KiB until its body is read,
+            # so bodies the intake has not admitted stay with the client (server.intake).
+            ("grpc.http2.bdp_probe", 0),
         ],
     )
-    servicer = ProfileEmbeddingServicer(RequestLimits.from_config(config), metrics)
     add_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -154,18 +182,19 @@ async def start_server(config: ServerConfig, *, load: bool = True) -> RunningSer
     running = RunningServer(server, port, metrics, health_servicer, servicer, config)
     if config.metrics_port is not None:
         try:
-            metrics.serve(config.host, config.metrics_port)
+            _serve_metrics(config, metrics, tokens)
         except OSError as err:
             await server.stop(0)
             raise ArtifactError(
-                f"cannot serve metrics on {config.host}:{config.metrics_port}: {err.strerror}"
+                f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: "
+                f"{err.strerror or err}"
             ) from err
     logger.info(
         "listening on %s:%d (%s%s), metrics port %s",
         config.host,
         port,
         "TLS" if credentials else "plaintext",
-        ", token auth" if interceptors else "",
+        ", token auth" if tokens else "",
         metrics.port,
     )
     if load:

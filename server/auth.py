@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 #: Method prefixes callable without a token (load balancers and orchestrators probe health).
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+#: Least seconds between two log lines about refused calls.
+LOG_INTERVAL_S = 10.0
 
 
 def read_tokens(path: Path) -> tuple[bytes, ...]:
@@ -39,14 +42,30 @@ def read_tokens(path: Path) -> tuple[bytes, ...]:
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Reject calls without ``authorization: Bearer <token>`` metadata as UNAUTHENTICATED.
 
+    The refusal is decided on the metadata alone and answered without reading the request body
+    (the denying handler never asks grpc for a message), so an unauthenticated client cannot make
+    the server hold its payload. Refusals are logged as one WARNING line per ``log_interval_s``
+    with their count, not one line per call.
+
     Args:
         tokens: accepted tokens (compared in constant time).
         open_prefixes: method prefixes that need no token.
+        log_interval_s: least time between two log lines about refused calls.
+        on_reject: called with the method of each refused call (metrics).
     """
 
-    def __init__(self, tokens: Sequence[bytes], open_prefixes: Sequence[str] = OPEN_PREFIXES):
+    def __init__(
+        self,
+        tokens: Sequence[bytes],
+        open_prefixes: Sequence[str] = OPEN_PREFIXES,
+        *,
+        log_interval_s: float = LOG_INTERVAL_S,
+        on_reject: Callable[[str], None] | None = None,
+    ):
         self._tokens = tuple(tokens)
         self._open = tuple(open_prefixes)
+        self._on_reject = on_reject
+        self.log = RateLimitedLog(log_interval_s)
 
     def _allowed(self, metadata: Any) -> bool:
         for key, value in metadata or ():
@@ -69,27 +88,53 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if method.startswith(self._open) or self._allowed(handler_call_details.invocation_metadata):
             return await continuation(handler_call_details)
-        logger.info("rejected unauthenticated call to %s", method)
-        handler = await continuation(handler_call_details)
-        return _denying(handler)
+        self.log.event(method)
+        if self._on_reject is not None:
+            self._on_reject(method)
+        return _DENY
 
 
-def _denying(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    message = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
+class RateLimitedLog:
+    """Count refused calls; log at most one WARNING per ``interval_s``, with the count.
 
-    async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    Args:
+        interval_s: least time between two lines.
+    """
 
-    async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this an async generator
+    def __init__(self, interval_s: float = LOG_INTERVAL_S) -> None:
+        self.interval_s = interval_s
+        self.total = 0
+        self.lines = 0
+        self._pending = 0
+        self._last = float("-inf")
 
-    req_stream = bool(handler and handler.request_streaming)
-    resp_stream = bool(handler and handler.response_streaming)
-    if req_stream and resp_stream:
-        return grpc.stream_stream_rpc_method_handler(deny_stream)
-    if req_stream:
-        return grpc.stream_unary_rpc_method_handler(deny)
-    if resp_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream)
-    return grpc.unary_unary_rpc_method_handler(deny)
+    def event(self, method: str) -> None:
+        """Count one refused call to ``method``; log when the interval has passed."""
+        self.total += 1
+        self._pending += 1
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            return
+        logger.warning(
+            "refused %d unauthenticated call(s) in the last %s (latest: %s; %d since start)",
+            self._pending,
+            "start" if self._last == float("-inf") else f"{now - self._last:.0f} s",
+            method,
+            self.total,
+        )
+        self.lines += 1
+        self._pending = 0
+        self._last = now
+
+
+_MESSAGE = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
+
+
+async def _deny(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    # A stream handler that never reads: grpc does not receive the body (see server.intake).
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
+    yield  # pragma: no cover - makes this an async generator
+
+
+#: One handler for every refused method: the wire is the same whatever the method's shape.
+_DENY = grpc.stream_stream_rpc_method_handler(_deny)

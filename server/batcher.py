@@ -6,7 +6,12 @@ reached), sorts them by length, and runs one ``encode`` call in a worker thread 
 GIL, so the event loop keeps accepting calls). Each caller's future resolves when all its texts are
 done.
 
-Backpressure: at most ``max_queue`` texts wait; beyond that ``submit`` raises ``OverloadedError``.
+Backpressure: at most ``max_queue`` texts wait, and (with ``max_queue_delay_s``) at most that
+long by estimate: the tokens queued ahead x the seconds per token of recent passes (an
+exponential average), shared out among the workers; a caller then waits about that plus its own
+pass. Beyond either ``submit`` raises ``OverloadedError`` at once, and
+:meth:`DynamicBatcher.overloaded` says so before a request is even read (``server.service``).
+
 Deadlines: a caller that is cancelled (deadline passed, client gone) marks its texts dead and they
 are dropped before the next forward pass.
 """
@@ -67,7 +72,11 @@ class DynamicBatcher:
         workers: forward passes that may run at once.
         length_fn: token count estimate of a text, used for the budget and the sort.
         on_batch: optional callback after every pass (for metrics).
+        max_queue_delay_s: most estimated wait of a newly queued text; 0: no bound.
     """
+
+    #: Weight of the newest pass in the seconds-per-token average.
+    EWMA_ALPHA = 0.2
 
     def __init__(
         self,
@@ -80,6 +89,7 @@ class DynamicBatcher:
         workers: int = 1,
         length_fn: Callable[[str], int] = estimate_tokens,
         on_batch: BatchCallback | None = None,
+        max_queue_delay_s: float = 0.0,
     ) -> None:
         self._encode = encode
         self.max_batch_tokens = max_batch_tokens
@@ -89,6 +99,8 @@ class DynamicBatcher:
         self.workers = workers
         self._length_fn = length_fn
         self._on_batch = on_batch
+        self.max_queue_delay_s = max_queue_delay_s
+        self.seconds_per_token: float | None = None
         self._queue: deque[_Item] = deque()
         self._live = 0
         self._live_tokens = 0
@@ -103,6 +115,30 @@ class DynamicBatcher:
     def queue_depth(self) -> int:
         """Texts waiting for a forward pass (cancelled ones excluded)."""
         return self._live
+
+    def estimated_delay(self) -> float:
+        """Seconds a text queued now would wait for the work ahead of it; 0 before any pass."""
+        if self.seconds_per_token is None:
+            return 0.0
+        return self._live_tokens * self.seconds_per_token / self.workers
+
+    def overloaded(self, extra_texts: int = 1) -> str | None:
+        """Why ``extra_texts`` more texts would be refused now, or None when they fit."""
+        if self._live + extra_texts > self.max_queue:
+            return (
+                f"encoder queue is full: {self._live} profiles waiting, this request adds "
+                f"{extra_texts}, the limit is {self.max_queue}; retry with backoff"
+            )
+        if self.max_queue_delay_s > 0:
+            delay = self.estimated_delay()
+            if delay > self.max_queue_delay_s:
+                return (
+                    f"encoder queue is full: {self._live} profiles waiting, about "
+                    f"{1000 * delay:.0f} ms of work, the limit is "
+                    f"{1000 * self.max_queue_delay_s:.0f} ms (--max-queue-delay-ms); "
+                    "retry with backoff"
+                )
+        return None
 
     def start(self) -> None:
         """Start the collector task on the running event loop."""
@@ -126,11 +162,9 @@ class DynamicBatcher:
             raise NotReadyError("the server is not accepting work (starting or shutting down)")
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
-        if self._live + len(texts) > self.max_queue:
-            raise OverloadedError(
-                f"encoder queue is full: {self._live} profiles waiting, this request adds "
-                f"{len(texts)}, the limit is {self.max_queue}; retry with backoff"
-            )
+        reason = self.overloaded(len(texts))
+        if reason is not None:
+            raise OverloadedError(reason)
         loop = asyncio.get_running_loop()
         job = _Job(texts=list(texts), future=loop.create_future(), remaining=len(texts))
         for pos, text in enumerate(job.texts):
@@ -228,6 +262,7 @@ class DynamicBatcher:
                         job.future.set_exception(err)
                 return
             seconds = time.perf_counter() - start
+            self._learn_speed(seconds, sum(it.length for it in batch))
             self._deliver(batch, vectors)
             if self._on_batch is not None:
                 self._on_batch(len(batch), padded, seconds)
@@ -239,6 +274,14 @@ class DynamicBatcher:
             )
         finally:
             self._slots.release()
+
+    def _learn_speed(self, seconds: float, tokens: int) -> None:
+        per_token = seconds / max(tokens, 1)
+        if self.seconds_per_token is None:
+            self.seconds_per_token = per_token
+        else:
+            a = self.EWMA_ALPHA
+            self.seconds_per_token = a * per_token + (1 - a) * self.seconds_per_token
 
     @staticmethod
     def _deliver(batch: list[_Item], vectors: np.ndarray) -> None:

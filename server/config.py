@@ -23,10 +23,18 @@ class ServerConfig:
         host: interface to bind; ``0.0.0.0`` or ``[::]`` to accept remote callers.
         port: gRPC port; 0 picks a free one.
         metrics_port: Prometheus port (not the gRPC one); 0 picks a free one, None: no metrics.
+        metrics_host: interface of the metrics endpoint; loopback unless told otherwise, whatever
+            ``host`` is (a scraper on another machine needs it set, ideally with the two below).
+        metrics_tls: serve metrics over HTTPS with ``tls_cert``/``tls_key`` (and require a client
+            certificate signed by ``tls_client_ca`` when that is set).
+        metrics_auth: require ``Authorization: Bearer <token>`` from ``auth_token_file``.
         max_batch_tokens: padded-token budget of one forward pass (profiles x longest input).
         max_batch_profiles: most profiles in one forward pass.
         max_wait_ms: how long the first queued profile waits for others to join its batch.
         max_queue: most profiles waiting for the encoder; beyond it calls get RESOURCE_EXHAUSTED.
+        max_queue_delay_ms: most estimated wait in the encoder queue (queued tokens x the measured
+            seconds per token); a call that would wait longer gets RESOURCE_EXHAUSTED at once,
+            and when the queue already holds that much, before its body is read. 0: no bound.
         workers: forward passes that may run at once (each in its own thread).
         threads: intra-op threads of each forward pass (torch or ONNX Runtime); None: the
             physical cores this process may use divided by ``workers`` (at least 1), so the
@@ -44,7 +52,14 @@ class ServerConfig:
         max_profiles_per_request: most profiles in one Embed/Predict/UpsertIndex/... call.
         max_field_chars: hard cap on characters per text field (bigger is rejected, not truncated).
         max_captions: hard cap on captions per profile (the first 5 are used, the rest dropped).
-        max_message_bytes: largest gRPC message received or sent.
+        max_message_bytes: largest gRPC message received or sent. 16 MiB holds a full request
+            of 2,048 profiles at 8 KiB each (bio, names and three full 2,200-character captions
+            in a Latin script); the encoder reads at most 5 captions cut to its token budget, so
+            bigger profiles go in smaller requests or over PredictStream.
+        max_concurrent_calls: calls in progress at once (every method); beyond: RESOURCE_EXHAUSTED
+            before the body is read.
+        max_inflight_bytes: request-body bytes being read or held by calls in progress; a read
+            needs room for a message of ``max_message_bytes`` (server.intake).
         max_search_k: most neighbours one SearchSimilar may ask for.
         grace_s: on SIGTERM, how long in-flight calls get to finish.
     """
@@ -54,10 +69,14 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int | None = 9464
+    metrics_host: str = "127.0.0.1"
+    metrics_tls: bool = False
+    metrics_auth: bool = False
     max_batch_tokens: int = 16384
     max_batch_profiles: int = 256
     max_wait_ms: float = 5.0
     max_queue: int = 8192
+    max_queue_delay_ms: float = 1000.0
     workers: int = 1
     threads: int | None = None
     pass_overhead_tokens: int = 64
@@ -71,7 +90,9 @@ class ServerConfig:
     max_profiles_per_request: int = 2048
     max_field_chars: int = 100_000
     max_captions: int = 100
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent_calls: int = 128
+    max_inflight_bytes: int = 128 * 1024 * 1024
     max_search_k: int = 1000
     grace_s: float = 10.0
 
@@ -113,6 +134,21 @@ class ServerConfig:
             raise ValueError(
                 f"max_message_bytes must be in 1 MiB..2 GiB, got {self.max_message_bytes}"
             )
+        _check_positive("max_concurrent_calls", self.max_concurrent_calls)
+        if self.max_inflight_bytes < self.max_message_bytes:
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be >= max_message_bytes "
+                f"({self.max_message_bytes}), or a message of the largest size could never be read"
+            )
+        if not 0 <= self.max_queue_delay_ms <= 600_000:
+            raise ValueError(
+                f"max_queue_delay_ms must be in 0..600000 (0 = no bound), got "
+                f"{self.max_queue_delay_ms}"
+            )
+        if self.metrics_tls and self.tls_cert is None:
+            raise ValueError("metrics_tls needs tls_cert and tls_key")
+        if self.metrics_auth and self.auth_token_file is None:
+            raise ValueError("metrics_auth needs auth_token_file (the accepted tokens)")
         if self.grace_s < 0:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
         if (self.tls_cert is None) != (self.tls_key is None):

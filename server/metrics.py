@@ -7,12 +7,17 @@ outcomes, by ``head`` and ``argmax``; a rising rate for one class is the cheapes
 
 from __future__ import annotations
 
+import hmac
 import logging
+import socket
+import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +87,14 @@ class ServerMetrics:
             ["head", "argmax", "outcome"],
             registry=r,
         )
+        self.calls_in_progress = Gauge(
+            "profile_embed_calls_in_progress", "Calls admitted and not yet finished", registry=r
+        )
+        self.inflight_bytes = Gauge(
+            "profile_embed_inflight_request_bytes",
+            "Request-body bytes held, plus the worst case of every read in progress",
+            registry=r,
+        )
         self.ready = Gauge(
             "profile_embed_ready", "1 when models are loaded and serving", registry=r
         )
@@ -94,6 +107,15 @@ class ServerMetrics:
     def bind_queue_depth(self, fn: Callable[[], float]) -> None:
         """Read the queue depth from ``fn`` at scrape time."""
         self.queue_depth.set_function(fn)
+
+    def bind_intake(self, calls: Callable[[], float], inflight: Callable[[], float]) -> None:
+        """Read calls in progress and in-flight request bytes at scrape time."""
+        self.calls_in_progress.set_function(calls)
+        self.inflight_bytes.set_function(inflight)
+
+    def refused(self, method: str, code: str) -> None:
+        """Count a call refused before its handler ran (auth, intake), by method and code."""
+        self.requests.labels(method.rsplit("/", 1)[-1], code).inc()
 
     def observe_batch(self, n: int, padded_tokens: int, seconds: float) -> None:
         """Record one forward pass (the batcher's ``on_batch`` callback)."""
@@ -124,12 +146,49 @@ class ServerMetrics:
         for (label, outcome), n in counts.items():
             self.head_predictions.labels(head, label, outcome).inc(n)
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint (a daemon thread); return the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        client_cafile: str | None = None,
+        tokens: Iterable[bytes] = (),
+    ) -> int:
+        """Start the HTTP(S) endpoint (a daemon thread); return the bound port.
+
+        Args:
+            host: interface to bind.
+            port: port (0: any free one).
+            certfile: PEM certificate chain; with ``keyfile`` the endpoint speaks HTTPS only.
+            keyfile: its private key.
+            client_cafile: with TLS, require client certificates signed by this CA.
+            tokens: when given, every scrape needs ``Authorization: Bearer <one of them>``.
+        """
+        app = make_wsgi_app(self.registry)
+        accepted = tuple(tokens)
+        if accepted:
+            app = _bearer_only(app, accepted)
+        server_cls = _ThreadingServerV6 if ":" in host.strip("[]") else _ThreadingServer
+        server = make_server(host.strip("[]"), port, app, server_cls, handler_class=_QuietHandler)
+        if certfile is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(certfile, keyfile)
+            if client_cafile is not None:
+                ctx.load_verify_locations(client_cafile)
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
         self._http = server
         self.port = int(server.server_address[1])
-        logger.info("metrics on http://%s:%d/metrics", host, self.port)
+        logger.info(
+            "metrics on %s://%s:%d/metrics%s",
+            "https" if certfile else "http",
+            host,
+            self.port,
+            " (bearer token)" if accepted else "",
+        )
         return self.port
 
     def close(self) -> None:
@@ -138,3 +197,33 @@ class ServerMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _ThreadingServerV6(_ThreadingServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged (one line per scrape would flood the log)."""
+
+
+def _bearer_only(app: Any, tokens: tuple[bytes, ...]) -> Any:
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").encode().partition(b" ")
+        ok = scheme.lower() == b"bearer" and any(
+            [hmac.compare_digest(token.strip(), t) for t in tokens]
+        )
+        if not ok:
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
+            )
+            return [b"missing or invalid bearer token\n"]
+        return app(environ, start_response)
+
+    return guarded

@@ -34,16 +34,31 @@ SERVER_VERSION = "0.1.0"
 #: Stream items processed together (one embed + heads call) and chunks in flight per stream.
 STREAM_CHUNK = 128
 STREAM_CHUNKS_IN_FLIGHT = 4
+#: Methods that queue encoder work: refused before their body is read when the queue is full.
+SHED_METHODS = frozenset(
+    f"/{SERVICE_NAME}/{name}"
+    for name in (
+        "Embed",
+        "Predict",
+        "PredictStream",
+        "SearchSimilar",
+        "UpsertIndex",
+        "EstimateAudience",
+    )
+)
 
 
 def _parse(cls: Any, raw: bytes) -> Any:
     try:
         return cls.FromString(raw)
     except DecodeError:
-        raise InvalidInputError(
-            f"request is not a valid {cls.DESCRIPTOR.full_name} message ({len(raw)} bytes; "
-            "strings must be valid UTF-8)"
-        ) from None
+        pass
+    # Raised outside the except block: a DecodeError as __context__ would keep this frame, and
+    # with it the whole body, alive until the cyclic garbage collector runs.
+    raise InvalidInputError(
+        f"request is not a valid {cls.DESCRIPTOR.full_name} message ({len(raw)} bytes; "
+        "strings must be valid UTF-8)"
+    )
 
 
 def _vector_bytes(vector: np.ndarray) -> bytes:
@@ -62,6 +77,15 @@ class ProfileEmbeddingServicer:
         self.limits = limits
         self.metrics = metrics
         self.runtime: Runtime | None = None
+
+    def shed(self, method: str) -> str | None:
+        """Why a call to ``method`` is refused before its body is read (full queue), or None.
+
+        Only methods that queue work for the encoder are shed; Info and health stay answered.
+        """
+        if self.runtime is None or method not in SHED_METHODS:
+            return None
+        return self.runtime.batcher.overloaded(1)
 
     def _rt(self) -> Runtime:
         if self.runtime is None:
@@ -148,23 +172,34 @@ class ProfileEmbeddingServicer:
         slots = asyncio.Semaphore(STREAM_CHUNKS_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
         chunk: list[tuple[int, bytes]] = []
+        chunk_bytes = 0
         index = 0
+        cancelled = False
         try:
             async for raw in request_iterator:
                 chunk.append((index, raw))
+                chunk_bytes += len(raw)
                 index += 1
-                if len(chunk) >= STREAM_CHUNK:
+                # A chunk also closes at max_message_bytes, so a stream keeps at most
+                # (STREAM_CHUNKS_IN_FLIGHT + 1) chunks of about that size.
+                if len(chunk) >= STREAM_CHUNK or chunk_bytes >= self.limits.max_message_bytes:
                     await slots.acquire()
                     tasks.add(asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots)))
-                    chunk = []
+                    chunk, chunk_bytes = [], 0
             if chunk:
                 await slots.acquire()
                 tasks.add(asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots)))
             await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
         finally:
             for t in tasks:
                 t.cancel()
-            await out.put(None)
+            # After a cancel nobody reads ``out`` any more: waiting for room there (the queue
+            # may be full) would never end, so the end marker goes only to a live reader.
+            if not cancelled:
+                await out.put(None)
 
     async def _stream_chunk(
         self,
@@ -365,6 +400,18 @@ def _item_error(index: int, req: Any, err: BaseException) -> Any:
 
 
 # ---------------------------------------------------------------------- registration
+def _final_code(code: str, context: Any) -> str:
+    """The code to count: a call the client cancelled or whose deadline passed is not OK."""
+    if code not in ("OK", "CANCELLED"):
+        return code
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return "DEADLINE_EXCEEDED"
+    if code == "CANCELLED" or context.cancelled():
+        return "CANCELLED"
+    return code
+
+
 def _unary(
     servicer: ProfileEmbeddingServicer, name: str, req_cls: Any
 ) -> Callable[[bytes, Any], Awaitable[Any]]:
@@ -375,19 +422,23 @@ def _unary(
         start = time.perf_counter()
         code = "OK"
         try:
-            return await impl(_parse(req_cls, raw), context)
-        except grpc.aio.AbortError:
-            code = "ABORTED_BY_HANDLER"
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as err:
-            status, message = errors.status_for(err, name)
+            try:
+                return await impl(_parse(req_cls, raw), context)
+            except grpc.aio.AbortError:
+                code = "ABORTED_BY_HANDLER"
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception as err:
+                status, message = errors.status_for(err, name)
+            # Aborting outside the except block: inside it, the bound error and this frame would
+            # form a cycle that keeps the request body in memory until a full gc run.
             code = status.name
             await context.abort(status, message)
         finally:
-            metrics.requests.labels(name, code).inc()
+            raw = b""  # this frame may outlive the call in a traceback: not with the body
+            metrics.requests.labels(name, _final_code(code, context)).inc()
             metrics.latency.labels(name).observe(time.perf_counter() - start)
 
     return handler
@@ -401,20 +452,23 @@ def _bidi(servicer: ProfileEmbeddingServicer, name: str) -> Callable[..., AsyncI
         start = time.perf_counter()
         code = "OK"
         try:
-            async for response in impl(request_iterator, context):
-                yield response
-        except grpc.aio.AbortError:
-            code = "ABORTED_BY_HANDLER"
-            raise
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as err:
-            status, message = errors.status_for(err, name)
+            try:
+                async for response in impl(request_iterator, context):
+                    yield response
+                return
+            except grpc.aio.AbortError:
+                code = "ABORTED_BY_HANDLER"
+                raise
+            except (asyncio.CancelledError, GeneratorExit):
+                # GeneratorExit: grpc closed the stream (client gone) while it waited at a yield.
+                code = "CANCELLED"
+                raise
+            except Exception as err:
+                status, message = errors.status_for(err, name)
             code = status.name
             await context.abort(status, message)
         finally:
-            metrics.requests.labels(name, code).inc()
+            metrics.requests.labels(name, _final_code(code, context)).inc()
             metrics.latency.labels(name).observe(time.perf_counter() - start)
 
     return handler

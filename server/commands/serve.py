@@ -26,10 +26,19 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--host", "host", str, "interface to bind (0.0.0.0 to accept remote callers)"),
     ("--port", "port", int, "gRPC port (0 = any free port)"),
     ("--metrics-port", "metrics_port", int, "Prometheus port (0 = any free, -1 = off)"),
+    ("--metrics-host", "metrics_host", str, "interface of the metrics endpoint"),
+    ("--metrics-tls", "metrics_tls", bool, "serve metrics over HTTPS with --tls-cert/--tls-key"),
+    ("--metrics-auth", "metrics_auth", bool, "metrics need a bearer token of --auth-token-file"),
     ("--max-batch-tokens", "max_batch_tokens", int, "padded tokens per forward pass"),
     ("--max-batch-profiles", "max_batch_profiles", int, "profiles per forward pass"),
     ("--max-wait-ms", "max_wait_ms", float, "how long a request waits for batch company"),
     ("--max-queue", "max_queue", int, "profiles waiting for the encoder before overload"),
+    (
+        "--max-queue-delay-ms",
+        "max_queue_delay_ms",
+        float,
+        "most estimated wait in the encoder queue before overload (0 = no bound)",
+    ),
     ("--workers", "workers", int, "forward passes that may run at once"),
     ("--threads", "threads", int, "intra-op threads per forward pass (unset: cores / workers)"),
     (
@@ -48,6 +57,13 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--max-profiles-per-request", "max_profiles_per_request", int, "profiles per request"),
     ("--max-field-chars", "max_field_chars", int, "hard cap on characters per text field"),
     ("--max-message-bytes", "max_message_bytes", int, "largest gRPC message"),
+    ("--max-concurrent-calls", "max_concurrent_calls", int, "calls in progress at once"),
+    (
+        "--max-inflight-bytes",
+        "max_inflight_bytes",
+        int,
+        "request-body bytes being read or held at once",
+    ),
     ("--grace", "grace_s", float, "seconds in-flight calls get on SIGTERM"),
 )
 
@@ -64,6 +80,9 @@ def register(subparsers: Any) -> None:
         default = getattr(defaults, field)
         if field == "metrics_port" and default is None:
             default = -1
+        if typ is bool:
+            p.add_argument(flag, dest=field, action="store_true", help=text)
+            continue
         p.add_argument(flag, dest=field, type=typ, default=default, help=f"{text} [{default}]")
     p.set_defaults(func=run)
 

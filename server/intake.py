@@ -1,0 +1,289 @@
+"""Memory-bounded intake: request bodies are read only when the byte budget can hold them.
+
+grpc reads a unary request's whole body into memory before a handler runs, and a read may bring
+up to ``max_message_bytes``. So :class:`IntakeInterceptor` hands every method a handler of the
+same wire shape that reads the body itself, through :class:`Intake`:
+
+* a call beyond ``max_calls`` in progress gets RESOURCE_EXHAUSTED before anything is read;
+* a read starts only when ``held + reading x max_message_bytes + max_message_bytes`` fits in
+  ``max_bytes`` (the worst case of every read in progress), else it waits up to ``wait_s`` and
+  then gets RESOURCE_EXHAUSTED; its reservation shrinks to the body's real size once read;
+* a unary body is held (counted) until its call ends; a stream item's read is released as soon
+  as the item is read (the servicer bounds the items a stream keeps, see ``server.service``).
+
+This only bounds memory because the server runs with ``grpc.http2.bdp_probe`` off
+(``server.app``): with it on, HTTP/2 flow control lets a client push several MB per call into
+the transport before any read; with it off, an unread call holds at most the 64 KiB window.
+An unauthenticated call is answered by ``server.auth`` without reading its body at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+
+from embedder.errors import OverloadedError
+from server.allocator import Trimmer
+
+logger = logging.getLogger(__name__)
+
+#: Longest a read waits for room in the byte budget before RESOURCE_EXHAUSTED.
+WAIT_S = 1.0
+#: Release of this many bytes or more trims the heap (returns a burst's pages to the kernel).
+TRIM_BYTES = 1024 * 1024
+
+#: ``hook(method) -> reason or None``, asked before a body is read (fast load shedding).
+ShedHook = Callable[[str], "str | None"]
+
+
+class Intake:
+    """Counts calls and body bytes; see the module docstring.
+
+    Args:
+        max_calls: calls that may be in progress at once (every method).
+        max_bytes: request-body bytes being read or held at once.
+        max_message_bytes: the largest message grpc accepts (what one read may bring).
+        wait_s: how long a read waits for room before RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(
+        self, max_calls: int, max_bytes: int, max_message_bytes: int, wait_s: float = WAIT_S
+    ) -> None:
+        if max_bytes < max_message_bytes:
+            raise ValueError(
+                f"max_bytes ({max_bytes}) must be >= max_message_bytes ({max_message_bytes}), "
+                "or a message of the largest allowed size could never be read"
+            )
+        self.max_calls = max_calls
+        self.max_bytes = max_bytes
+        self.max_message_bytes = max_message_bytes
+        self.wait_s = wait_s
+        self.calls = 0
+        self.held = 0
+        self.reading = 0
+        self.peak_bytes = 0
+        self._room = asyncio.Condition()
+        self._trim = Trimmer(interval_s=0.5)
+
+    @property
+    def committed(self) -> int:
+        """Bytes held plus the worst case of every read in progress."""
+        return self.held + self.reading * self.max_message_bytes
+
+    def enter_call(self, method: str) -> None:
+        """Count a new call, or raise OverloadedError when ``max_calls`` are in progress."""
+        if self.calls >= self.max_calls:
+            raise OverloadedError(
+                f"{self.calls} calls in progress, the limit is {self.max_calls} "
+                f"(--max-concurrent-calls); retry {method.rsplit('/', 1)[-1]} with backoff"
+            )
+        self.calls += 1
+
+    def exit_call(self) -> None:
+        """Forget a finished call."""
+        self.calls -= 1
+
+    async def read(self, context: Any, *, hold: bool) -> Any:
+        """Read one message under the budget; hold its bytes (``release`` them) when ``hold``.
+
+        Returns:
+            The raw message, or ``grpc.aio.EOF``.
+
+        Raises:
+            OverloadedError: no room in the budget within ``wait_s``.
+        """
+        await self._reserve(context)
+        size = 0
+        try:
+            raw = await context.read()
+            if raw is not grpc.aio.EOF and hold:
+                size = len(raw)
+                self.held += size
+                self.peak_bytes = max(self.peak_bytes, self.committed)
+            return raw
+        finally:
+            self.reading -= 1
+            await self._notify(0)
+
+    async def release(self, size: int) -> None:
+        """Give back ``size`` held bytes."""
+        self.held -= size
+        await self._notify(size)
+
+    async def _reserve(self, context: Any) -> None:
+        if self.committed + self.max_message_bytes <= self.max_bytes:
+            self.reading += 1
+            self.peak_bytes = max(self.peak_bytes, self.committed)
+            return
+        remaining = context.time_remaining()
+        wait = self.wait_s if remaining is None else max(0.0, min(self.wait_s, remaining))
+        start = time.monotonic()
+        async with self._room:
+            try:
+                await asyncio.wait_for(
+                    self._room.wait_for(
+                        lambda: self.committed + self.max_message_bytes <= self.max_bytes
+                    ),
+                    wait,
+                )
+            except TimeoutError:
+                raise OverloadedError(
+                    f"request bytes in flight are at the limit ({self.committed:,} of "
+                    f"{self.max_bytes:,}, --max-inflight-bytes) after waiting "
+                    f"{time.monotonic() - start:.1f} s; retry with backoff"
+                ) from None
+            self.reading += 1
+            self.peak_bytes = max(self.peak_bytes, self.committed)
+
+    async def _notify(self, freed: int) -> None:
+        if freed >= TRIM_BYTES and self.calls <= 1:
+            # A burst of big bodies ended: hand their pages back (server.allocator).
+            await asyncio.get_running_loop().run_in_executor(None, self._trim)
+        async with self._room:
+            self._room.notify_all()
+
+
+class IntakeInterceptor(grpc.aio.ServerInterceptor):
+    """Route every method's body reads through an :class:`Intake` (see the module docstring).
+
+    Args:
+        intake: the shared budget.
+        shed: optional hook asked before a body is read; a reason string means RESOURCE_EXHAUSTED.
+        on_reject: called with ``(method, code_name)`` for each call refused here (metrics).
+    """
+
+    def __init__(
+        self,
+        intake: Intake,
+        shed: ShedHook | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.intake = intake
+        self.shed = shed
+        self._on_reject = on_reject
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Wrap the method's handler; unknown methods pass through unchanged."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _gated(handler, handler_call_details.method, self)
+
+    async def refuse(self, method: str, context: Any, err: OverloadedError) -> None:
+        """Answer RESOURCE_EXHAUSTED (nothing of the body read)."""
+        if self._on_reject is not None:
+            self._on_reject(method, "RESOURCE_EXHAUSTED")
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+
+    @asynccontextmanager
+    async def call(self, method: str, context: Any) -> AsyncIterator[None]:
+        """Admit one call (count, shedding hook) or refuse it; forget it when it ends."""
+        try:
+            self.intake.enter_call(method)
+        except OverloadedError as err:
+            await self.refuse(method, context, err)
+        try:
+            reason = self.shed(method) if self.shed is not None else None
+            if reason is not None:
+                await self.refuse(method, context, OverloadedError(reason))
+            yield
+        finally:
+            self.intake.exit_call()
+
+
+def _gated(handler: grpc.RpcMethodHandler, method: str, gate: IntakeInterceptor) -> Any:
+    intake = gate.intake
+    parse = handler.request_deserializer or (lambda raw: raw)
+    serialize = handler.response_serializer
+
+    # Frames that end in an exception live on in its traceback (grpc's AbortError included),
+    # sometimes until a full gc run: so each frame drops its body reference before it ends.
+    async def one(context: Any) -> Any:
+        raw = await _read_one(gate, method, context)
+        size = len(raw)
+        try:
+            return parse(raw), size
+        except BaseException:
+            raw = None
+            await intake.release(size)
+            raise
+
+    async def requests(context: Any) -> AsyncIterator[Any]:
+        while True:
+            try:
+                raw = await intake.read(context, hold=False)
+            except OverloadedError as err:
+                await gate.refuse(method, context, err)
+            if raw is grpc.aio.EOF:
+                return
+            yield parse(raw)
+
+    if not handler.request_streaming:
+        if handler.response_streaming:
+
+            async def unary_stream(_: Any, context: Any) -> AsyncIterator[Any]:
+                async with gate.call(method, context):
+                    request, size = await one(context)
+                    try:
+                        async for response in handler.unary_stream(request, context):
+                            yield response
+                    finally:
+                        request = None
+                        await intake.release(size)
+
+            return grpc.stream_stream_rpc_method_handler(
+                unary_stream, response_serializer=serialize
+            )
+
+        async def unary_unary(_: Any, context: Any) -> Any:
+            async with gate.call(method, context):
+                request, size = await one(context)
+                try:
+                    return await handler.unary_unary(request, context)
+                finally:
+                    request = None
+                    await intake.release(size)
+
+        return grpc.stream_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
+
+    if handler.response_streaming:
+
+        async def stream_stream(_: Any, context: Any) -> AsyncIterator[Any]:
+            async with gate.call(method, context):
+                async for response in handler.stream_stream(requests(context), context):
+                    yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
+
+    async def stream_unary(_: Any, context: Any) -> Any:
+        async with gate.call(method, context):
+            return await handler.stream_unary(requests(context), context)
+
+    return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
+
+
+async def _read_one(gate: IntakeInterceptor, method: str, context: Any) -> bytes:
+    try:
+        raw = await gate.intake.read(context, hold=True)
+    except OverloadedError as err:
+        await gate.refuse(method, context, err)
+    if raw is grpc.aio.EOF:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the call ended before its request message"
+        )
+    return raw  # type: ignore[no-any-return]
+
+
+def shed_methods(service: str, names: Collection[str]) -> frozenset[str]:
+    """Full method paths (``/pkg.Service/Name``) of ``names``, for a shedding hook."""
+    return frozenset(f"/{service}/{name}" for name in names)

@@ -1,0 +1,384 @@
+"""Issue 14: memory-bounded intake, validation before work, fast shedding, honest metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+from server_helpers import ServerThread, build_tiny_model, self_signed_cert
+
+from embedder.errors import OverloadedError
+from server._codegen import modules
+from server.client import ProfileEmbeddingClient
+from server.config import ServerConfig
+from server.intake import Intake
+
+pb2, pb2_grpc = modules()
+SERVICE = "/profile_embedding.v1.ProfileEmbeddingService/"
+TOKEN = "hardening-token-0123456789"
+MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_base_dir):
+    return build_tiny_model(tiny_base_dir)
+
+
+def _unary(target, method, payload, *, token=None, timeout=30):
+    """Send raw bytes to a method; return (code name, details)."""
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as ch:
+        call = ch.unary_unary(SERVICE + method)
+        try:
+            call(payload, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as err:
+            return err.code().name, err.details()
+    return "OK", ""
+
+
+def _metrics(srv, **headers) -> str:
+    url = f"http://127.0.0.1:{srv.running.metrics.port}/metrics"
+    request = urllib.request.Request(url, headers=headers)
+    return urllib.request.urlopen(request, timeout=10).read().decode()
+
+
+def _calls_in_progress(srv) -> float:
+    return srv.running.metrics.calls_in_progress.collect()[0].samples[0].value
+
+
+def _wait_for(predicate, what, timeout=30.0):
+    """Poll until ``predicate()`` holds (liveness only; no latency is asserted)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+# ---------------------------------------------------------------------- intake budget (unit)
+class _FakeContext:
+    """A servicer context whose read() returns a body when the test releases it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.go = asyncio.Event()
+
+    def time_remaining(self):
+        return None
+
+    async def read(self):
+        await self.go.wait()
+        return self.body
+
+
+def test_a_read_needs_room_for_a_largest_message_and_holds_only_the_real_size():
+    async def scenario():
+        intake = Intake(max_calls=8, max_bytes=2 * MIB, max_message_bytes=MIB, wait_s=0.2)
+        first, second, third = (_FakeContext(b"x" * n) for n in (100, 200, 300))
+        a = asyncio.ensure_future(intake.read(first, hold=True))
+        b = asyncio.ensure_future(intake.read(second, hold=True))
+        await asyncio.sleep(0)
+        assert intake.reading == 2 and intake.committed == 2 * MIB
+        # Two reads in progress could each bring 1 MiB: a third has no room and is refused.
+        with pytest.raises(OverloadedError, match="max-inflight-bytes"):
+            await intake.read(third, hold=True)
+        first.go.set()
+        assert await a == b"x" * 100
+        assert intake.held == 100 and intake.reading == 1
+        # Now there is room: the reservation shrank to the body's real size.
+        c = asyncio.ensure_future(intake.read(third, hold=True))
+        second.go.set()
+        third.go.set()
+        await asyncio.gather(b, c)
+        assert intake.held == 600 and intake.reading == 0
+        for size in (100, 200, 300):
+            await intake.release(size)
+        assert intake.committed == 0
+
+    asyncio.run(scenario())
+
+
+def test_calls_beyond_the_cap_are_refused_and_a_budget_smaller_than_a_message_is_an_error():
+    intake = Intake(max_calls=1, max_bytes=MIB, max_message_bytes=MIB)
+    intake.enter_call("/s/Embed")
+    with pytest.raises(OverloadedError, match="1 calls in progress, the limit is 1"):
+        intake.enter_call("/s/Embed")
+    intake.exit_call()
+    intake.enter_call("/s/Embed")
+    with pytest.raises(ValueError, match="max_bytes"):
+        Intake(max_calls=1, max_bytes=MIB, max_message_bytes=2 * MIB)
+    with pytest.raises(ValueError, match="max_inflight_bytes"):
+        ServerConfig(max_message_bytes=4 * MIB, max_inflight_bytes=2 * MIB)
+
+
+# ---------------------------------------------------------------------- intake through the server
+def test_oversized_garbage_and_valid_bodies_give_the_right_codes_and_the_budget_returns_to_zero(
+    tiny_model,
+):
+    config = ServerConfig(
+        port=0, metrics_port=None, max_message_bytes=MIB, max_inflight_bytes=2 * MIB
+    )
+    srv = ServerThread(config, tiny_model)
+    try:
+        code, details = _unary(srv.target, "Embed", b"\x0a" + b"\xff" * (3 * MIB))
+        assert code == "RESOURCE_EXHAUSTED"
+        code, details = _unary(srv.target, "Embed", b"\x0a\xff\xff\xff\xff" + b"\x00" * 900_000)
+        assert code == "INVALID_ARGUMENT" and "EmbedRequest" in details
+        big_bio = pb2.EmbedRequest(profiles=[pb2.Profile(id="a", biography="b" * 200_000)])
+        code, details = _unary(srv.target, "Embed", big_bio.SerializeToString())
+        assert code == "INVALID_ARGUMENT" and "biography" in details and "200,000" in details
+        ok = pb2.EmbedRequest(profiles=[pb2.Profile(id="a", biography="paris")])
+        assert _unary(srv.target, "Embed", ok.SerializeToString())[0] == "OK"
+        metrics = srv.running.metrics
+        for gauge in (metrics.inflight_bytes, metrics.calls_in_progress):
+            assert gauge.collect()[0].samples[0].value == 0
+    finally:
+        srv.stop()
+
+
+def test_calls_beyond_max_concurrent_calls_get_resource_exhausted_before_their_body(tiny_model):
+    config = ServerConfig(port=0, metrics_port=None, max_concurrent_calls=1)
+    srv = ServerThread(config, tiny_model)
+    release = threading.Event()
+
+    def items():
+        yield pb2.PredictStreamRequest(profile=pb2.Profile(id="s0", biography="paris"))
+        release.wait(30)
+
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            stream = c.stub.PredictStream(items(), timeout=60)
+            _wait_for(lambda: _calls_in_progress(srv) == 1, "the stream holds the only slot")
+            code, details = _unary(srv.target, "Embed", b"\xff" * 1000)  # garbage, never read
+            assert code == "RESOURCE_EXHAUSTED" and "--max-concurrent-calls" in details
+            release.set()
+            assert [r.id for r in stream] == ["s0"]
+            _wait_for(lambda: c.embed([{"id": "after"}]).shape[0] == 1, "a call after the stream")
+    finally:
+        release.set()
+        srv.stop()
+
+
+# ---------------------------------------------------------------------- auth before the body
+def test_unauthenticated_calls_are_refused_unread_counted_and_logged_once_per_interval(
+    tiny_model, tmp_path, caplog
+):
+    token_file = tmp_path / "tokens"
+    token_file.write_text(TOKEN + "\n")
+    config = ServerConfig(port=0, metrics_port=0, auth_token_file=token_file)
+    srv = ServerThread(config, tiny_model)
+    try:
+        with caplog.at_level(logging.INFO, logger="server.auth"):
+            for _ in range(20):
+                code, _ = _unary(srv.target, "Embed", b"\xff" * 2_000_000)
+                assert code == "UNAUTHENTICATED"
+        refusals = [r for r in caplog.records if "unauthenticated" in r.getMessage()]
+        assert len(refusals) == 1 and "refused 1 " in refusals[0].getMessage()
+        assert 'profile_embed_requests_total{code="UNAUTHENTICATED",rpc="Embed"} 20.0' in _metrics(
+            srv
+        )
+        ok = pb2.EmbedRequest(profiles=[pb2.Profile(id="a", biography="paris")])
+        assert _unary(srv.target, "Embed", ok.SerializeToString(), token=TOKEN)[0] == "OK"
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------------- validation before work
+class _CountingRuntime:
+    """Counts embed calls of the wrapped runtime."""
+
+    def __init__(self, runtime) -> None:
+        self.embedded = 0
+        original = runtime.embed
+
+        async def embed(profiles):
+            self.embedded += len(profiles)
+            return await original(profiles)
+
+        runtime.embed = embed
+
+
+@pytest.mark.parametrize(
+    ("fields", "needles"),
+    [
+        ({"method": 99}, ["'method'", "99", "AUDIENCE_METHOD_AVERAGE"]),
+        ({"n_bootstrap": 5000}, ["'n_bootstrap'", "5000", "1000"]),
+        ({"confidence": 0.3}, ["'confidence'", "0.3"]),
+        ({"head": "nope"}, ["'nope'"]),
+    ],
+)
+def test_estimate_audience_is_validated_before_any_follower_is_embedded(
+    tiny_model, fields, needles
+):
+    srv = ServerThread(ServerConfig(port=0, metrics_port=None), tiny_model)
+    try:
+        counter = _CountingRuntime(srv.running.servicer.runtime)
+        followers = [pb2.Profile(id=f"f{i}", biography="paris") for i in range(50)]
+        request = pb2.EstimateAudienceRequest(followers=followers, **fields)
+        code, details = _unary(srv.target, "EstimateAudience", request.SerializeToString())
+        assert code == ("NOT_FOUND" if "head" in fields else "INVALID_ARGUMENT")
+        for needle in needles:
+            assert needle in details
+        assert counter.embedded == 0
+        good = pb2.EstimateAudienceRequest(followers=followers, n_bootstrap=20)
+        assert _unary(srv.target, "EstimateAudience", good.SerializeToString())[0] == "OK"
+        assert counter.embedded == 50
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------------- shedding
+def test_a_queue_over_its_delay_budget_sheds_before_the_body_is_parsed(tiny_model):
+    config = ServerConfig(port=0, metrics_port=None, max_wait_ms=800, max_queue_delay_ms=50)
+    srv = ServerThread(config, tiny_model)
+    try:
+        batcher = srv.running.servicer.runtime.batcher
+        batcher.seconds_per_token = 1.0  # as if passes had been measured this slow
+        with ProfileEmbeddingClient(srv.target) as c:
+            first = c.stub.Embed.future(
+                pb2.EmbedRequest(profiles=[pb2.Profile(id="q", biography="tokyo gym")]),
+                timeout=30,
+            )
+            _wait_for(lambda: batcher.queue_depth == 1, "the first request waits in the queue")
+            # Garbage that would be INVALID_ARGUMENT if parsed: refused before it is read.
+            code, details = _unary(srv.target, "Embed", b"\xff" * 100)
+            assert code == "RESOURCE_EXHAUSTED" and "--max-queue-delay-ms" in details
+            assert _unary(srv.target, "Info", b"")[0] == "OK"  # Info is never shed
+            assert len(first.result().embeddings) == 1
+    finally:
+        srv.stop()
+
+
+# ---------------------------------------------------------------------- metrics codes
+def test_cancelled_streams_and_passed_deadlines_are_not_counted_ok(tiny_model):
+    config = ServerConfig(port=0, metrics_port=0, max_wait_ms=600)
+    srv = ServerThread(config, tiny_model)
+    release = threading.Event()
+
+    def items():
+        yield pb2.PredictStreamRequest(profile=pb2.Profile(id="s0", biography="paris"))
+        release.wait(30)
+
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            stream = c.stub.PredictStream(items(), timeout=60)
+            _wait_for(lambda: _calls_in_progress(srv) == 1, "the stream is being served")
+            stream.cancel()
+            release.set()
+            with pytest.raises(grpc.RpcError) as info:
+                c.stub.Embed(
+                    pb2.EmbedRequest(profiles=[pb2.Profile(id="d", biography="lima")]),
+                    timeout=0.1,  # the request waits 600 ms for batch company
+                )
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        cancelled = 'profile_embed_requests_total{code="CANCELLED",rpc="PredictStream"} 1.0'
+        deadline = 'profile_embed_requests_total{code="DEADLINE_EXCEEDED",rpc="Embed"} 1.0'
+        _wait_for(lambda: cancelled in _metrics(srv), "the cancelled stream is counted")
+        _wait_for(lambda: deadline in _metrics(srv), "the passed deadline is counted")
+        text = _metrics(srv)
+        assert 'code="OK",rpc="PredictStream"' not in text
+        assert 'code="OK",rpc="Embed"' not in text
+    finally:
+        release.set()
+        srv.stop()
+
+
+def test_stream_reader_ends_after_a_cancel_even_with_a_full_output_queue():
+    from server.errors import RequestLimits
+    from server.metrics import ServerMetrics
+    from server.service import ProfileEmbeddingServicer
+
+    limits = RequestLimits(
+        max_profiles=8,
+        max_field_chars=10_000,
+        max_captions=5,
+        max_search_k=10,
+        max_message_bytes=MIB,
+    )
+    servicer = ProfileEmbeddingServicer(limits, ServerMetrics())
+
+    async def never():
+        await asyncio.Event().wait()
+        yield b""  # pragma: no cover
+
+    async def scenario():
+        out: asyncio.Queue = asyncio.Queue(maxsize=1)
+        out.put_nowait("a response nobody reads")
+        reader = asyncio.ensure_future(servicer._read_stream(None, never(), out))
+        await asyncio.sleep(0.01)
+        reader.cancel()
+        done, _ = await asyncio.wait({reader}, timeout=10)
+        assert done, "the reader hung on the full queue after its cancel"
+
+    asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------------- metrics endpoint
+def test_metrics_endpoint_is_loopback_by_default_and_can_need_a_token_and_tls(tiny_model, tmp_path):
+    assert ServerConfig(host="0.0.0.0").metrics_host == "127.0.0.1"
+    cert, key = self_signed_cert(tmp_path)
+    token_file = tmp_path / "tokens"
+    token_file.write_text(TOKEN + "\n")
+    config = ServerConfig(
+        port=0,
+        metrics_port=0,
+        tls_cert=cert,
+        tls_key=key,
+        auth_token_file=token_file,
+        metrics_tls=True,
+        metrics_auth=True,
+    )
+    srv = ServerThread(config, tiny_model)
+    try:
+        port = srv.running.metrics.port
+        assert srv.running.metrics._http.server_address[0] == "127.0.0.1"
+        ctx = ssl.create_default_context(cafile=str(cert))
+        url = f"https://127.0.0.1:{port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url, context=ctx, timeout=10)
+        assert info.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        body = urllib.request.urlopen(request, context=ctx, timeout=10).read().decode()
+        assert "profile_embed_ready 1.0" in body
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError, match="metrics_auth needs auth_token_file"):
+        ServerConfig(metrics_auth=True)
+    with pytest.raises(ValueError, match="metrics_tls needs tls_cert"):
+        ServerConfig(metrics_tls=True)
+
+
+def test_serve_flags_reach_the_config():
+    import argparse
+
+    from server.commands.serve import config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "serve",
+            "--max-inflight-bytes",
+            str(64 * MIB),
+            "--max-concurrent-calls",
+            "9",
+            "--max-queue-delay-ms",
+            "250",
+            "--metrics-host",
+            "::1",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.max_inflight_bytes == 64 * MIB and config.max_concurrent_calls == 9
+    assert config.max_queue_delay_ms == 250 and config.metrics_host == "::1"
+    assert config.max_message_bytes == 16 * MIB and not config.metrics_auth
