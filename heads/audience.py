@@ -23,7 +23,9 @@ Intervals come from a bootstrap that redraws the followers **and the model**: ea
 also rescales every label's probabilities by ``exp(d_k)``, ``d_k ~ N(0, 1/(s_k + 1) +
 model_error**2)`` (``s_k`` validation rows of label ``k``), and redraws the validation confusion
 rows. Every estimate carries ``flags`` for low evidence (``few_followers``, ``few_assigned``,
-``unlike_training``, ``estimators_disagree``) and the ``diagnostics`` behind them.
+``unlike_training``, ``estimators_disagree``) and the ``diagnostics`` behind them; after a failed
+check (``unlike_training``, ``estimators_disagree``, EM refuted) the intervals are widened to hold
+the average's, ACC's and the guarded EM's shares too, since which one is right is then unknown.
 ``audience_error`` measures an estimate against a known mixture (mean absolute error per label
 share); ``profile-embed audience --truth`` uses it on the simulator's ``audience_truth.json``.
 """
@@ -112,7 +114,10 @@ class AudienceEstimate:
         n_bootstrap: bootstrap replicates (0 = no intervals; lower == upper == shares).
         used: the estimator that produced the shares (``method``, except that ``fallback`` says
             ``guarded`` or ``average``).
-        interval: what the intervals resample: ``"followers+model"`` or ``"followers"``.
+        interval: what the intervals hold: ``"followers+model"`` (bootstrap over followers and
+            the head's calibration error), ``"followers"`` (``model_error=0``), either with
+            ``"+estimators"`` (widened to the other estimators' shares after a failed check:
+            ``unlike_training``, ``estimators_disagree`` or EM refuted), or ``"none"``.
         flags: low-evidence warnings, a subset of ``FLAGS`` in that order.
         diagnostics: the numbers behind the flags (JSON-ready).
     """
@@ -126,7 +131,7 @@ class AudienceEstimate:
     confidence: float
     n_bootstrap: int
     used: str = ""
-    interval: str = "followers"
+    interval: str = "none"
     flags: tuple[str, ...] = ()
     diagnostics: dict[str, Any] = field(default_factory=dict)
 
@@ -303,8 +308,8 @@ def _diagnose(
     recall_counts: np.ndarray | None,
     misfit: Mapping[str, float] | None,
     val_assigned_share: float | None,
-) -> tuple[tuple[str, ...], dict[str, Any]]:
-    """Flags and diagnostics; runs each other estimator whose inputs are given once."""
+) -> tuple[tuple[str, ...], dict[str, Any], dict[str, np.ndarray]]:
+    """Flags, diagnostics and the other estimators' shares (each run once)."""
     given = {"prior": prior, "confusion": confusion, "thresholds": thresholds}
     known: dict[str, np.ndarray] = {}
     capped = None
@@ -324,7 +329,20 @@ def _diagnose(
     diag["used"] = used
     if capped is not None:
         diag["capped"] = capped
-    return flags, diag
+    return flags, diag, others
+
+
+def _envelope(
+    lower: np.ndarray, upper: np.ndarray, others: Mapping[str, np.ndarray], refuted: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Widen the intervals to hold the average's, ACC's and (unless refuted) guarded's shares."""
+    members = [others[m] for m in ("average", "acc", "guarded") if m in others]
+    if refuted and "guarded" in others:
+        members = [others[m] for m in ("average", "acc") if m in others]
+    if not members:
+        return lower, upper
+    stack = np.stack(members)
+    return np.minimum(lower, stack.min(axis=0)), np.maximum(upper, stack.max(axis=0))
 
 
 def _assigned(probs: np.ndarray, thresholds: np.ndarray | None) -> int | None:
@@ -449,8 +467,9 @@ def estimate_audience(
         )
     flags: tuple[str, ...] = ()
     diag: dict[str, Any] = {}
+    interval = "followers+model" if model_error > 0 else "followers"
     if diagnose:
-        flags, diag = _diagnose(
+        flags, diag, others = _diagnose(
             method, used, probs, shares, pri, conf, thr, rc, misfit, val_assigned_share
         )
         if refuted is not None:
@@ -458,6 +477,11 @@ def estimate_audience(
             diag["argmax_misfit"] = refuted[1]
         if "capped" in diag:
             diag["capped"] = [labels[i] for i in diag["capped"]]
+        doubt = {"unlike_training", "estimators_disagree"} & set(flags)
+        if n_bootstrap > 0 and (doubt or diag.get("em_refuted")):
+            # the model's assumptions failed a check: which estimator is right is itself unknown
+            lower, upper = _envelope(lower, upper, others, bool(diag.get("em_refuted")))
+            interval += "+estimators"
     logger.info("audience of %d followers estimated with %s (flags %s)", len(probs), used, flags)
     return AudienceEstimate(
         tuple(labels),
@@ -469,7 +493,7 @@ def estimate_audience(
         confidence,
         n_bootstrap,
         used=used,
-        interval="followers+model" if model_error > 0 and n_bootstrap > 0 else "followers",
+        interval=interval if n_bootstrap > 0 else "none",
         flags=flags,
         diagnostics=diag,
     )

@@ -92,6 +92,13 @@ def test_miscalibrated_class_is_not_inflated_beyond_the_average(inputs):
         assert est.diagnostics["argmax_misfit"]["em"] > est.diagnostics["argmax_misfit"]["average"]
         assert "estimators_disagree" in est.flags  # EM and ACC are 0.8 apart
         assert est.diagnostics["em_vs_acc"] > 0.5
+    # with intervals: widened to the other estimators' shares, since EM failed its check
+    est = estimate_audience(probs, labels=LABELS, method="guarded", n_bootstrap=20, **inputs)
+    acc = estimate_audience(probs, labels=LABELS, method="acc", n_bootstrap=0, **inputs)
+    assert est.interval == "followers+model+estimators"
+    assert np.all(est.lower <= np.minimum(acc.shares, avg.shares) + 1e-12)
+    assert np.all(est.upper >= np.maximum(acc.shares, avg.shares) - 1e-12)
+    assert est.upper[POOR] < em.shares[POOR]  # the refuted EM corner is not in the interval
     # over several audiences the guard is never worse than averaging, EM is far worse
     err = {m: [] for m in ("em", "guarded", "average")}
     for s in range(6):
