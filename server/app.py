@@ -10,8 +10,10 @@ calls refused, in-flight calls get ``grace_s`` to finish, the batcher drains, th
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,11 +222,29 @@ async def serve_until_signal(config: ServerConfig) -> int:
         stopper.cancel()
         await running.stop(0)
         raise loader.exception()  # type: ignore[misc]
+    if loader.done():
+        freeze_heap()
     await stopper
     logger.info("signal received: draining (grace %.1f s)", config.grace_s)
     loader.cancel()
     await running.stop()
     return 0
+
+
+def freeze_heap() -> None:
+    """Exclude what exists after loading (the model: ~460k objects) from garbage collection.
+
+    A full collection otherwise walks the whole model, 280 ms on a 2-core machine during which
+    no call is answered (it was the tail of RESOURCE_EXHAUSTED latency under overload).
+    """
+    start = time.perf_counter()
+    gc.collect()
+    gc.freeze()
+    logger.info(
+        "gc: %d objects frozen after loading (%.0f ms)",
+        gc.get_freeze_count(),
+        1000 * (time.perf_counter() - start),
+    )
 
 
 def serve(config: ServerConfig) -> int:

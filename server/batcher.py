@@ -48,6 +48,7 @@ class _Job:
     future: asyncio.Future[np.ndarray]
     remaining: int
     in_queue: int = 0
+    tokens_in_queue: int = 0
     dead: bool = False
     out: np.ndarray | None = None
 
@@ -129,7 +130,14 @@ class DynamicBatcher:
                 f"encoder queue is full: {self._live} profiles waiting, this request adds "
                 f"{extra_texts}, the limit is {self.max_queue}; retry with backoff"
             )
-        if self.max_queue_delay_s > 0:
+        if self.max_queue_delay_s > 0 and self.seconds_per_token is None:
+            # No pass measured yet: one request may wait, not a burst of unknown cost.
+            if self._live:
+                return (
+                    f"encoder queue is full: {self._live} profiles wait for the first forward "
+                    f"pass, whose speed bounds the queue (--max-queue-delay-ms); retry with backoff"
+                )
+        elif self.max_queue_delay_s > 0:
             delay = self.estimated_delay()
             if delay > self.max_queue_delay_s:
                 return (
@@ -171,6 +179,7 @@ class DynamicBatcher:
             length = self._length_fn(text)
             self._queue.append(_Item(job, pos, length))
             self._live_tokens += length
+            job.tokens_in_queue += length
         job.in_queue = len(texts)
         self._live += len(texts)
         self._wakeup.set()
@@ -184,9 +193,20 @@ class DynamicBatcher:
         job.dead = True
         self._live -= job.in_queue
         job.in_queue = 0
+        # Dead texts stay in the deque until popped, but no longer count as work ahead.
+        self._live_tokens -= job.tokens_in_queue
+        job.tokens_in_queue = 0
+
+    def pass_tokens(self) -> int:
+        """Token budget of the next pass: ``max_batch_tokens``, cut so that one pass takes about
+        ``max_queue_delay_s`` at the measured speed (a caller waits the queue plus one pass)."""
+        if self.max_queue_delay_s > 0 and self.seconds_per_token:
+            fits = int(self.max_queue_delay_s / self.seconds_per_token)
+            return max(1, min(self.max_batch_tokens, fits))
+        return self.max_batch_tokens
 
     def _full(self) -> bool:
-        return self._live >= self.max_batch_profiles or self._live_tokens >= self.max_batch_tokens
+        return self._live >= self.max_batch_profiles or self._live_tokens >= self.pass_tokens()
 
     async def _collect(self) -> None:
         while not (self._closing and not self._queue):
@@ -221,11 +241,11 @@ class DynamicBatcher:
                 break
 
     def _pop_dead(self) -> None:
-        item = self._queue.popleft()
-        self._live_tokens -= item.length
+        self._queue.popleft()  # its tokens left _live_tokens when its job was discarded
 
     def _take(self) -> list[_Item]:
         batch: list[_Item] = []
+        budget = self.pass_tokens()
         longest = 0
         while self._queue and len(batch) < self.max_batch_profiles:
             item = self._queue[0]
@@ -233,10 +253,11 @@ class DynamicBatcher:
                 self._pop_dead()
                 continue
             longest_if = max(longest, item.length)
-            if batch and longest_if * (len(batch) + 1) > self.max_batch_tokens:
+            if batch and longest_if * (len(batch) + 1) > budget:
                 break
             self._queue.popleft()
             self._live_tokens -= item.length
+            item.job.tokens_in_queue -= item.length
             item.job.in_queue -= 1
             self._live -= 1
             longest = longest_if

@@ -155,7 +155,8 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
     Args:
         intake: the shared budget.
         shed: optional hook asked before a body is read; a reason string means RESOURCE_EXHAUSTED.
-        on_reject: called with ``(method, code_name)`` for each call refused here (metrics).
+        on_reject: called with ``(method, code_name)`` for each call that ends here: refused, or
+            gone (cancelled, deadline passed) before its body arrived (metrics).
     """
 
     def __init__(
@@ -166,7 +167,7 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         self.intake = intake
         self.shed = shed
-        self._on_reject = on_reject
+        self.on_reject = on_reject
 
     async def intercept_service(
         self,
@@ -181,8 +182,8 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
 
     async def refuse(self, method: str, context: Any, err: OverloadedError) -> None:
         """Answer RESOURCE_EXHAUSTED (nothing of the body read)."""
-        if self._on_reject is not None:
-            self._on_reject(method, "RESOURCE_EXHAUSTED")
+        if self.on_reject is not None:
+            self.on_reject(method, "RESOURCE_EXHAUSTED")
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
 
     @asynccontextmanager
@@ -278,9 +279,17 @@ async def _read_one(gate: IntakeInterceptor, method: str, context: Any) -> bytes
     except OverloadedError as err:
         await gate.refuse(method, context, err)
     if raw is grpc.aio.EOF:
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the call ended before its request message"
-        )
+        # The client went away (cancel, deadline) or half-closed without a message.
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+        elif context.cancelled():
+            code = grpc.StatusCode.CANCELLED
+        else:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+        if gate.on_reject is not None:
+            gate.on_reject(method, code.name)
+        await context.abort(code, f"{method}: the call ended before its request message")
     return raw  # type: ignore[no-any-return]
 
 

@@ -237,23 +237,33 @@ def test_estimate_audience_is_validated_before_any_follower_is_embedded(
 
 # ---------------------------------------------------------------------- shedding
 def test_a_queue_over_its_delay_budget_sheds_before_the_body_is_parsed(tiny_model):
-    config = ServerConfig(port=0, metrics_port=None, max_wait_ms=800, max_queue_delay_ms=50)
+    config = ServerConfig(port=0, metrics_port=None, max_wait_ms=0, max_queue_delay_ms=50)
     srv = ServerThread(config, tiny_model)
+    batcher = srv.running.servicer.runtime.batcher
+    gate = threading.Event()
+    encode = batcher._encode
+    batcher._encode = lambda texts: (gate.wait(30), encode(texts))[1]  # a pass that waits
+
+    def embed(pid):
+        request = pb2.EmbedRequest(profiles=[pb2.Profile(id=pid, biography="tokyo gym")])
+        return c.stub.Embed.future(request, timeout=30)
+
     try:
-        batcher = srv.running.servicer.runtime.batcher
-        batcher.seconds_per_token = 1.0  # as if passes had been measured this slow
         with ProfileEmbeddingClient(srv.target) as c:
-            first = c.stub.Embed.future(
-                pb2.EmbedRequest(profiles=[pb2.Profile(id="q", biography="tokyo gym")]),
-                timeout=30,
-            )
-            _wait_for(lambda: batcher.queue_depth == 1, "the first request waits in the queue")
+            running = embed("running")
+            _wait_for(lambda: batcher._slots.locked(), "the first request's pass runs")
+            queued = embed("queued")
+            _wait_for(lambda: batcher.queue_depth == 1, "the second request waits in the queue")
+            batcher.seconds_per_token = 1.0  # as if passes had been measured this slow
             # Garbage that would be INVALID_ARGUMENT if parsed: refused before it is read.
             code, details = _unary(srv.target, "Embed", b"\xff" * 100)
             assert code == "RESOURCE_EXHAUSTED" and "--max-queue-delay-ms" in details
             assert _unary(srv.target, "Info", b"")[0] == "OK"  # Info is never shed
-            assert len(first.result().embeddings) == 1
+            gate.set()
+            assert len(running.result().embeddings) == 1
+            assert len(queued.result().embeddings) == 1
     finally:
+        gate.set()
         srv.stop()
 
 
@@ -382,3 +392,76 @@ def test_serve_flags_reach_the_config():
     assert config.max_inflight_bytes == 64 * MIB and config.max_concurrent_calls == 9
     assert config.max_queue_delay_ms == 250 and config.metrics_host == "::1"
     assert config.max_message_bytes == 16 * MIB and not config.metrics_auth
+
+
+def test_the_delay_estimate_counts_live_work_ahead_only_and_sheds_beyond_the_budget():
+    import numpy as np
+
+    from server.batcher import DynamicBatcher
+
+    release = threading.Event()
+
+    def encode(texts):
+        release.wait(5)
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    async def scenario():
+        b = DynamicBatcher(
+            encode, max_wait_ms=0, max_batch_profiles=1, max_queue_delay_s=0.5, length_fn=len
+        )
+        b.start()
+        blocker = asyncio.ensure_future(b.submit(["x" * 10]))  # occupies the one worker
+        await asyncio.sleep(0.05)
+        b.seconds_per_token = 0.01  # as if measured: 100 tokens ahead = 1 s of work
+        doomed = asyncio.ensure_future(b.submit(["y" * 100]))
+        await asyncio.sleep(0.01)
+        assert b.estimated_delay() == pytest.approx(1.0)
+        assert "--max-queue-delay-ms" in b.overloaded()
+        with pytest.raises(OverloadedError, match="about 1000 ms of work"):
+            await b.submit(["z"])
+        doomed.cancel()
+        await asyncio.sleep(0.01)
+        # The cancelled caller's texts still sit in the deque but are no work ahead any more.
+        assert b.estimated_delay() == 0 and b.overloaded() is None
+        release.set()
+        await blocker
+        assert (await asyncio.wait_for(b.submit(["after"]), 5)).shape == (1, 2)
+        await b.close()
+
+    asyncio.run(scenario())
+
+
+def test_before_any_pass_one_request_may_queue_and_a_pass_is_cut_to_the_delay_budget():
+    import numpy as np
+
+    from server.batcher import DynamicBatcher
+
+    release = threading.Event()
+
+    def encode(texts):
+        release.wait(5)
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    async def scenario():
+        b = DynamicBatcher(
+            encode, max_wait_ms=0, max_batch_tokens=1000, max_queue_delay_s=0.5, length_fn=len
+        )
+        b.start()
+        assert b.pass_tokens() == 1000  # nothing measured yet
+        first = asyncio.ensure_future(b.submit(["a" * 10, "b" * 10]))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(b.submit(["c" * 10]))  # queued behind the running pass
+        await asyncio.sleep(0.01)
+        # The cost of a pass is unknown until one ends: nothing more may wait meanwhile.
+        with pytest.raises(OverloadedError, match="first forward pass"):
+            await b.submit(["d"])
+        release.set()
+        await asyncio.gather(first, second)
+        assert b.seconds_per_token is not None
+        b.seconds_per_token = 0.001
+        assert b.pass_tokens() == 500  # 0.5 s at 1 ms per token
+        b.seconds_per_token = 10.0
+        assert b.pass_tokens() == 1  # always at least one text
+        await b.close()
+
+    asyncio.run(scenario())
