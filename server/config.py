@@ -56,8 +56,8 @@ class ServerConfig:
             of 2,048 profiles at 8 KiB each (bio, names and three full 2,200-character captions
             in a Latin script); the encoder reads at most 5 captions cut to its token budget, so
             bigger profiles go in smaller requests or over PredictStream.
-        max_concurrent_calls: calls in progress at once (every method); beyond: RESOURCE_EXHAUSTED
-            before the body is read.
+        max_concurrent_calls: calls in progress at once (health checks excepted); beyond:
+            RESOURCE_EXHAUSTED before the body is read.
         max_inflight_bytes: request-body bytes being read or held by calls in progress; a read
             needs room for a message of ``max_message_bytes`` (server.intake).
         max_search_k: most neighbours one SearchSimilar may ask for.

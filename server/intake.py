@@ -38,6 +38,9 @@ WAIT_S = 1.0
 #: Release of this many bytes or more trims the heap (returns a burst's pages to the kernel).
 TRIM_BYTES = 1024 * 1024
 
+#: Methods outside the call count: health checks need no token, so callers holding Watch
+#: streams open must not be able to take every call slot (their reads are still budgeted).
+UNCOUNTED_PREFIXES = ("/grpc.health.v1.Health/",)
 #: ``hook(method) -> reason or None``, asked before a body is read (fast load shedding).
 ShedHook = Callable[[str], "str | None"]
 
@@ -46,7 +49,7 @@ class Intake:
     """Counts calls and body bytes; see the module docstring.
 
     Args:
-        max_calls: calls that may be in progress at once (every method).
+        max_calls: calls that may be in progress at once (health checks are not counted).
         max_bytes: request-body bytes being read or held at once.
         max_message_bytes: the largest message grpc accepts (what one read may bring).
         wait_s: how long a read waits for room before RESOURCE_EXHAUSTED.
@@ -189,6 +192,9 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
     @asynccontextmanager
     async def call(self, method: str, context: Any) -> AsyncIterator[None]:
         """Admit one call (count, shedding hook) or refuse it; forget it when it ends."""
+        if method.startswith(UNCOUNTED_PREFIXES):
+            yield
+            return
         try:
             self.intake.enter_call(method)
         except OverloadedError as err:

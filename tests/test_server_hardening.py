@@ -159,6 +159,7 @@ def test_calls_beyond_max_concurrent_calls_get_resource_exhausted_before_their_b
             _wait_for(lambda: _calls_in_progress(srv) == 1, "the stream holds the only slot")
             code, details = _unary(srv.target, "Embed", b"\xff" * 1000)  # garbage, never read
             assert code == "RESOURCE_EXHAUSTED" and "--max-concurrent-calls" in details
+            assert c.health() == "SERVING"  # health checks are not counted
             release.set()
             assert [r.id for r in stream] == ["s0"]
             _wait_for(lambda: c.embed([{"id": "after"}]).shape[0] == 1, "a call after the stream")
