@@ -199,8 +199,22 @@ class SoftmaxAbstainHead(Head):
         target_precision: float = 0.90,
         confidence: float = 0.95,
         missing_classes: Literal["error", "abstain"] = "error",
+        solver: Literal["auto", "lbfgs", "adamw"] = "auto",
+        l2: float | None = None,
+        cross_fit: int = 0,
     ) -> SoftmaxAbstainHead:
-        """Train on frozen embeddings with AdamW; early-stop on validation loss; then calibrate.
+        """Train on frozen embeddings, then calibrate on validation data.
+
+        A linear head (``hidden == 0``) is fitted by default like scikit-learn's
+        ``LogisticRegression``: full-batch L-BFGS on standardised embeddings with an L2 penalty,
+        the penalty chosen by validation log-loss (or 3-fold cross-validation without validation
+        data); the standardisation is folded into the saved weights. A head with a hidden layer
+        trains with AdamW and early stopping on the validation loss.
+
+        ``cross_fit=K`` (K >= 2) adds out-of-fold predictions of the training rows (K models, each
+        trained on the other folds) to the validation rows that fit the temperature and the
+        thresholds: with a few hundred labelled rows, validation alone cannot prove 90% precision
+        for most classes, and the out-of-fold rows are as unseen as validation rows are.
 
         Args:
             embeddings: ``(n, in_dim)`` training embeddings.
@@ -219,6 +233,12 @@ class SoftmaxAbstainHead(Head):
             confidence: confidence of the precision lower bound.
             missing_classes: what to do when validation lacks a class present in training:
                 ``"error"`` (default) or ``"abstain"`` (the class assigns nothing).
+            solver: ``"lbfgs"`` (linear heads only), ``"adamw"``, or ``"auto"`` (L-BFGS for a
+                linear head, else AdamW); ``epochs``, ``lr``, ``batch_size`` and ``patience``
+                apply to AdamW only.
+            l2: L-BFGS penalty on the weights (mean loss + ``l2 * ||W||^2``); None chooses it
+                from ``L2_GRID``.
+            cross_fit: folds of out-of-fold calibration rows (0 = validation rows only).
 
         Returns:
             self.
@@ -246,28 +266,114 @@ class SoftmaxAbstainHead(Head):
             if len(vx) != len(vy) or len(vy) == 0:
                 raise InvalidInputError(f"validation has {len(vx)} rows and {len(vy)} labels")
             val = (vx, vy)
-        self._train(
-            x,
-            y,
-            val,
-            epochs=epochs,
-            lr=lr,
-            weight_decay=weight_decay,
-            batch_size=batch_size,
-            class_weight=class_weight,
-            patience=patience,
-            seed=seed,
-        )
-        if calibrate and val is not None:
+        if solver == "auto":
+            solver = "lbfgs" if self.config.hidden == 0 else "adamw"
+        if solver not in ("lbfgs", "adamw"):
+            raise InvalidInputError(f"solver must be 'auto', 'lbfgs' or 'adamw', got {solver!r}")
+        if solver == "lbfgs" and self.config.hidden:
+            raise InvalidInputError("solver 'lbfgs' fits linear heads only (hidden=0)")
+        if cross_fit == 1 or cross_fit < 0:
+            raise InvalidInputError(f"cross_fit must be 0 or >= 2 folds, got {cross_fit}")
+        weights = _class_weights(y, len(self.labels), class_weight)
+        if solver == "lbfgs":
+            self._train_lbfgs(x, y, val, weights=weights, l2=l2, seed=seed)
+        else:
+            self._train(
+                x,
+                y,
+                val,
+                epochs=epochs,
+                lr=lr,
+                weight_decay=weight_decay,
+                batch_size=batch_size,
+                class_weight=class_weight,
+                patience=patience,
+                seed=seed,
+            )
+        self.fit_info_["class_weight"] = class_weight
+        if calibrate and (val is not None or cross_fit):
+            cal_x, cal_y = (val[0], val[1]) if val is not None else (x[:0], y[:0])
+            oof = None
+            if cross_fit:
+                oof = self._out_of_fold_logits(x, y, cross_fit, weights=weights, seed=seed)
+                self.fit_info_["cross_fit"] = {"folds": cross_fit, "rows": len(y)}
             self.calibrate(
-                val[0],
-                val[1],
+                cal_x,
+                cal_y,
                 target=target_precision,
                 confidence=confidence,
                 missing_classes=missing_classes,
                 train_labels=y,
+                extra=(oof, y) if oof is not None else None,
             )
         return self
+
+    def _train_lbfgs(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        val: tuple[np.ndarray, np.ndarray] | None,
+        *,
+        weights: np.ndarray,
+        l2: float | None,
+        seed: int,
+    ) -> None:
+        mean, scale = _standardiser(x)
+        xs = (x - mean) / scale
+        k = len(self.labels)
+        if l2 is not None:
+            chosen, scores = float(l2), {}
+        else:
+            if val is not None:
+                vs = (val[0] - mean) / scale
+                scores = _path_log_loss(xs, y, k, weights, vs, val[1])
+            else:
+                scores = _cv_path_log_loss(xs, y, k, weights, folds=3, seed=seed)
+            chosen = min(scores, key=lambda lam: (scores[lam], -lam))
+        w, b = _lbfgs_fit(xs, y, k, weights, chosen)
+        # Fold the standardisation into the layer: (x - m) / s @ W.T + b == x @ (W / s).T + b'.
+        w_fold = w / scale[None, :]
+        b_fold = b - w_fold @ mean
+        layer = self.logits_module()[0]
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(w_fold).float())
+            layer.bias.copy_(torch.from_numpy(b_fold).float())
+        self.logits_module().eval()
+        counts = np.bincount(y, minlength=k)
+        self.fit_info_ = {
+            "solver": "lbfgs",
+            "l2": chosen,
+            "l2_scores": {str(lam): round(v, 6) for lam, v in scores.items()},
+            "l2_selected_by": "given" if l2 is not None else ("val_log_loss" if val else "cv3"),
+            "n_train": len(x),
+            "train_counts": {self.labels[i]: int(c) for i, c in enumerate(counts)},
+        }
+        logger.info("head %s: L-BFGS, l2 %.0e, n=%d", self.name, chosen, len(x))
+
+    def _out_of_fold_logits(
+        self, x: np.ndarray, y: np.ndarray, folds: int, *, weights: np.ndarray, seed: int
+    ) -> np.ndarray:
+        """Logits of each training row from a copy of this head trained without that row's fold."""
+        out = np.zeros((len(x), len(self.labels)))
+        fold = np.random.default_rng(seed).permutation(len(x)) % folds
+        l2 = self.fit_info_.get("l2")
+        for f in range(folds):
+            held = fold == f
+            if held.all() or not held.any() or len(np.unique(y[~held])) < 2:
+                continue
+            twin = copy.deepcopy(self)
+            if self.fit_info_.get("solver") == "lbfgs":
+                twin._train_lbfgs(x[~held], y[~held], None, weights=weights, l2=l2, seed=seed)
+            else:
+                twin._train(
+                    x[~held], y[~held], None, epochs=int(self.fit_info_.get("epochs_run", 50)),
+                    lr=float(self.fit_info_.get("lr", 1e-2)),
+                    weight_decay=float(self.fit_info_.get("weight_decay", 1e-4)),
+                    batch_size=self.fit_info_.get("batch_size"),
+                    class_weight=self.fit_info_.get("class_weight"), patience=10**9, seed=seed,
+                )  # fmt: skip
+            out[held] = twin.logits(x[held])
+        return out
 
     def _train(
         self,
@@ -347,6 +453,7 @@ class SoftmaxAbstainHead(Head):
         method: BoundMethod = "wilson",
         missing_classes: Literal["error", "abstain"] = "error",
         train_labels: Sequence[Any] | None = None,
+        extra: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ThresholdSelection:
         """Fit temperature and per-class thresholds on validation data (also after fine-tuning).
 
@@ -360,11 +467,21 @@ class SoftmaxAbstainHead(Head):
                 labels (or, if not given, the label set) contain; ``"abstain"`` lets it assign
                 nothing.
             train_labels: training labels, to know which classes must be present.
+            extra: more calibration rows as ``(logits, class indices)``, e.g. out-of-fold logits
+                of the training rows (``fit(cross_fit=K)``).
 
         Returns:
             The threshold selection (also stored in ``thresholds_`` and ``calibration_``).
         """
         vy = self.encode_labels(val_labels, source="validation labels")
+        logits = self.logits(val_embeddings)
+        if len(logits) != len(vy):
+            raise InvalidInputError(f"validation has {len(logits)} rows and {len(vy)} labels")
+        if extra is not None:
+            logits = np.concatenate([logits, np.asarray(extra[0], dtype=np.float64)])
+            vy = np.concatenate([vy, np.asarray(extra[1], dtype=np.int64)])
+        if len(vy) == 0:
+            raise InvalidInputError("calibration needs at least one labelled row, got 0")
         needed = (
             set(self.encode_labels(train_labels).tolist())
             if train_labels is not None
@@ -377,9 +494,6 @@ class SoftmaxAbstainHead(Head):
                 "cannot be verified for them (pass missing_classes='abstain' to make them assign "
                 "nothing)"
             )
-        logits = self.logits(val_embeddings)
-        if len(logits) != len(vy):
-            raise InvalidInputError(f"validation has {len(logits)} rows and {len(vy)} labels")
         self.temperature_ = fit_temperature(logits, vy)
         sel = select_thresholds(
             softmax(logits, self.temperature_),
@@ -468,6 +582,112 @@ class SoftmaxAbstainHead(Head):
         head.calibration_ = config.get("calibration")
         head.fit_info_ = dict(config.get("fit") or {})
         return head
+
+
+#: L2 penalties tried by the L-BFGS solver (mean loss + l2 * ||W||^2 on standardised inputs).
+#: Strongest first: each fit of the path warm-starts from the previous, stronger one.
+L2_GRID: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+
+
+def _class_weights(y: np.ndarray, k: int, class_weight: str | None) -> np.ndarray:
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    if class_weight == "balanced":
+        return np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
+    if class_weight is None:
+        return np.ones(k)
+    raise InvalidInputError(f"class_weight must be 'balanced' or None, got {class_weight!r}")
+
+
+def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0).astype(np.float64)
+    scale = x.std(axis=0).astype(np.float64)
+    # a constant column keeps scale 1: dividing by ~0 would blow its weight up
+    return mean, np.where(scale > 1e-6, scale, 1.0)
+
+
+def _lbfgs_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    weights: np.ndarray,
+    l2: float,
+    max_iter: int = 200,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression: weighted mean cross-entropy + ``l2 * ||W||^2``.
+
+    scipy's L-BFGS-B on an analytic gradient (as scikit-learn does): small dense problems, where
+    torch's per-op overhead and thread pool would cost more than the arithmetic.
+    """
+    from scipy.optimize import minimize
+    from threadpoolctl import threadpool_limits
+
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    n, d = x.shape
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), y] = 1.0
+    sw = weights[y].astype(np.float64)
+    sw = sw / sw.sum()
+
+    def loss_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[: k * d].reshape(k, d), theta[k * d :]
+        z = x @ w.T + b
+        z -= z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=1))
+        loss = float(sw @ (lse - (z * onehot).sum(axis=1))) + l2 * float((w * w).sum())
+        g = (np.exp(z - lse[:, None]) - onehot) * sw[:, None]
+        return loss, np.concatenate([(g.T @ x + 2 * l2 * w).ravel(), g.sum(axis=0)])
+
+    start = np.zeros(k * d + k) if init is None else np.concatenate([init[0].ravel(), init[1]])
+    # One BLAS thread: L-BFGS-B's own vector updates are tiny, and a pool of spinning threads
+    # made each step milliseconds (2x slower overall, worse on a loaded machine).
+    with threadpool_limits(limits=1, user_api="blas"):
+        res = minimize(
+            loss_grad,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": max_iter, "gtol": 1e-4},
+        )
+    return res.x[: k * d].reshape(k, d), res.x[k * d :]
+
+
+def _log_loss(wb: tuple[np.ndarray, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    z = x @ wb[0].T + wb[1]
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def _path_log_loss(
+    x: np.ndarray,
+    y: np.ndarray,
+    k: int,
+    weights: np.ndarray,
+    vx: np.ndarray,
+    vy: np.ndarray,
+) -> dict[float, float]:
+    """Held-out log-loss of every ``L2_GRID`` penalty, fitted as a warm-started path."""
+    scores, prev = {}, None
+    for lam in L2_GRID:
+        prev = _lbfgs_fit(x, y, k, weights, lam, init=prev)
+        scores[lam] = _log_loss(prev, vx, vy)
+    return scores
+
+
+def _cv_path_log_loss(
+    x: np.ndarray, y: np.ndarray, k: int, weights: np.ndarray, *, folds: int, seed: int
+) -> dict[float, float]:
+    """Mean held-out log-loss of every ``L2_GRID`` penalty over ``folds`` folds."""
+    fold = np.random.default_rng(seed).permutation(len(x)) % folds
+    runs = []
+    for f in range(folds):
+        held = fold == f
+        if held.any() and len(np.unique(y[~held])) >= 2:
+            runs.append(_path_log_loss(x[~held], y[~held], k, weights, x[held], y[held]))
+    if not runs:
+        return {lam: math.inf for lam in L2_GRID}
+    return {lam: float(np.mean([r[lam] for r in runs])) for lam in L2_GRID}
 
 
 def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:

@@ -75,8 +75,8 @@ def encode_targets(
     index = {label: i for i, label in enumerate(task.labels)}
     out = np.full(len(rows), MISSING, dtype=np.int64)
     for i, row in enumerate(rows):
-        value = row.labels.get(task.field)  # type: ignore[attr-defined]
-        if value is None or value == "":
+        value = row_label(row, task.field)
+        if value is None:
             continue
         if value not in index:
             raise InvalidInputError(
@@ -88,6 +88,38 @@ def encode_targets(
             )
         out[i] = index[value]
     return out
+
+
+def row_label(row: object, field: str) -> str | None:
+    """A row's label for ``field``: a validated label (country, category) or, for any other task,
+    the profile's extra field of that name (as text); None when absent or empty."""
+    value = row.labels.get(field)  # type: ignore[attr-defined]
+    if value is None:
+        value = row.profile.extra.get(field)  # type: ignore[attr-defined]
+    if value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def task_for_field(name: str, field: str, rows: Sequence[object]) -> HeadTask:
+    """A new task read from the data: head ``name`` learns the values of ``field`` in ``rows``.
+
+    The label set is the sorted distinct values; a built-in head name keeps its own labels.
+
+    Raises:
+        InvalidInputError: when ``field`` holds fewer than 2 distinct values.
+    """
+    if name in HEAD_TASKS:
+        return HEAD_TASKS[name]
+    values = sorted({v for r in rows if (v := row_label(r, field)) is not None})
+    if len(values) < 2:
+        raise InvalidInputError(
+            f"field '{field}' holds {len(values)} distinct value(s) {values[:3]} in the training "
+            f"data; head '{name}' needs at least 2 classes",
+            field=field,
+        )
+    return HeadTask(name, field, tuple(values))
 
 
 def check_train_targets(y: np.ndarray, task: HeadTask, *, source: str | None = None) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,20 @@ logger = logging.getLogger(__name__)
 class HeadTrainConfig:
     """Settings of ``train_head``.
 
+    The defaults fit a linear head the way scikit-learn's ``LogisticRegression`` does (L-BFGS,
+    standardised inputs, L2 chosen on validation log-loss, no class weighting, so the head learns
+    the data's own prior), and calibrate on the validation rows plus 5-fold out-of-fold rows of the
+    training data, so a few hundred labels can already prove 90% precision for common classes.
+
     Attributes:
-        hidden: hidden width (0 = linear head).
-        epochs: maximum passes (full-batch AdamW on frozen embeddings, early stop on val loss).
-        lr: learning rate.
-        batch_size: mini-batch size (None = full batch).
+        hidden: hidden width (0 = linear head, L-BFGS; > 0 trains with AdamW).
+        epochs: AdamW only: maximum passes (early stop on validation loss).
+        lr: AdamW only: learning rate.
+        batch_size: AdamW only: mini-batch size (None = full batch).
+        l2: L-BFGS penalty (None = chosen from ``heads.softmax.L2_GRID`` on validation log-loss).
+        class_weight: None (the data's prior) or ``"balanced"`` (every class weighs the same:
+            better macro-F1, lower accuracy).
+        cross_fit: folds of out-of-fold training rows added to the calibration rows (0 = none).
         target_precision: per-class precision target of the thresholds.
         seed: initialisation and shuffling seed.
     """
@@ -47,6 +56,9 @@ class HeadTrainConfig:
     epochs: int = 300
     lr: float = 1e-2
     batch_size: int | None = 512
+    l2: float | None = None
+    class_weight: str | None = None
+    cross_fit: int = 5
     target_precision: float = 0.90
     seed: int = 0
 
@@ -58,15 +70,14 @@ def default_cache_path() -> Path:
     return cache_home() / "embeddings.sqlite"
 
 
-def _labelled(
+def _read(
     path: str | Path,
-    task: Any,
     label: str,
     *,
     skip_invalid: bool = False,
     report: Callable[[str, Any], None] | None = None,
-) -> tuple[list[Any], np.ndarray, int]:
-    """The rows of a file that carry the task's label, their targets and the invalid rows skipped.
+) -> tuple[list[Any], int]:
+    """The valid rows of a file and the number of invalid rows skipped.
 
     Without ``skip_invalid`` the first invalid row raises (``embedder.data.read_profiles``);
     ``report(path, load_result)`` is called once the file is read.
@@ -77,13 +88,70 @@ def _labelled(
     loaded = read_profiles(path, skip_invalid=skip_invalid)
     if report is not None:
         report(str(path), loaded)
-    rows = loaded.rows
-    if not rows:
+    if not loaded.rows:
         what = "no valid rows" if loaded.errors else "no rows"
         raise InvalidInputError(f"the {label} file has {what}", source=str(path))
+    return loaded.rows, loaded.n_invalid
+
+
+def _with_targets(rows: list[Any], task: Any, path: str | Path) -> tuple[list[Any], np.ndarray]:
+    """The rows that carry the task's label, and their targets."""
     y = encode_targets(rows, task, source=str(path))
     keep = y != MISSING
-    return [r for r, k in zip(rows, keep, strict=True) if k], y[keep], loaded.n_invalid
+    return [r for r, k in zip(rows, keep, strict=True) if k], y[keep]
+
+
+def cached_embeddings(
+    encoder: Any,
+    profile_sets: Sequence[Sequence[Any]],
+    cache_path: str | Path | None = None,
+    *,
+    show_progress: bool = True,
+) -> tuple[list[np.ndarray], dict[str, int] | None]:
+    """Embed several lists of profiles through the shared embedding cache.
+
+    Args:
+        encoder: a ``ProfileEncoder``.
+        profile_sets: lists of ``Profile``.
+        cache_path: the cache file (None = ``default_cache_path()``; ``""`` = no cache).
+        show_progress: progress bars over the misses.
+
+    Returns:
+        One ``(n, dim)`` array per list, and the cache's hit/miss counts (None without a cache).
+    """
+    from embedder.cache import CachedEncoder, EmbeddingCache
+
+    cache = None
+    if cache_path != "":
+        cache = EmbeddingCache(
+            cache_path or default_cache_path(),
+            embedding_version=encoder.embedding_version,
+            dim=encoder.dim,
+        )
+    try:
+        cached = CachedEncoder(encoder, cache)
+        out = [cached.encode(list(p), show_progress=show_progress) for p in profile_sets]
+        stats = {"hits": cache.hits, "misses": cache.misses} if cache else None
+    finally:
+        if cache is not None:
+            cache.close()
+    return out, stats
+
+
+def _load_encoder(model_dir: Path) -> Any:
+    """The model's encoder, refusing a folder whose records disagree with it."""
+    from embedder.encoder import ProfileEncoder
+    from heads.model import read_model_meta
+
+    meta = read_model_meta(model_dir)
+    encoder = ProfileEncoder.load(model_dir / "encoder")
+    version = encoder.embedding_version
+    if meta.get("embedding_version") != version:
+        raise VersionMismatchError(
+            f"{model_dir}/model.json records embedding_version {meta.get('embedding_version')!r} "
+            f"but its encoder is {version!r}"
+        )
+    return encoder
 
 
 def train_head(
@@ -96,12 +164,14 @@ def train_head(
     cache_path: str | Path | None = None,
     skip_invalid: bool = False,
     report: Callable[[str, Any], None] | None = None,
+    label_field: str | None = None,
 ) -> dict[str, Any]:
     """Train, calibrate, evaluate and add one head to a model folder.
 
     Args:
         model_dir: an existing model folder.
-        head_name: a known head (``heads.train_data.HEAD_TASKS``), e.g. ``"category"``.
+        head_name: a known head (``heads.train_data.HEAD_TASKS``), e.g. ``"category"``, or a new
+            head name with ``label_field``.
         train_path: labelled training profiles.
         val_path: labelled validation profiles (early stop, calibration, report).
         config: head settings.
@@ -109,6 +179,8 @@ def train_head(
         skip_invalid: skip invalid rows (counted in the head's fit info under
             ``data.<split>.rows_invalid``) instead of raising on the first one.
         report: called as ``report(path, load_result)`` after each file is read.
+        label_field: the data field a new head learns (its labels are the distinct values found
+            in the training file), e.g. ``"sentiment"``; None for the known heads.
 
     Returns:
         A summary: head folder, head_version, embedding_version, metrics, cache stats, seconds.
@@ -119,42 +191,30 @@ def train_head(
             set, no labels, one class, empty validation.
         VersionMismatchError: the model folder's records disagree with its encoder.
     """
-    from embedder.cache import CachedEncoder, EmbeddingCache
-    from embedder.encoder import ProfileEncoder
     from heads.evaluation import evaluate_head
-    from heads.model import add_head, read_model_meta
+    from heads.model import add_head
     from heads.registry import build_head
+    from heads.train_data import task_for_field
 
     start = time.perf_counter()
     cfg = config or HeadTrainConfig()
-    (task,) = resolve_tasks([head_name])
     model_dir = Path(model_dir)
-    meta = read_model_meta(model_dir)
     opts: dict[str, Any] = {"skip_invalid": skip_invalid, "report": report}
-    train_rows, y_train, train_bad = _labelled(train_path, task, "training", **opts)
+    all_train, train_bad = _read(train_path, "training", **opts)
+    if label_field is None:
+        (task,) = resolve_tasks([head_name])
+    else:
+        task = task_for_field(head_name, label_field, all_train)
+    train_rows, y_train = _with_targets(all_train, task, train_path)
     check_train_targets(y_train, task, source=str(train_path))
-    val_rows, y_val, val_bad = _labelled(val_path, task, "validation", **opts)
+    all_val, val_bad = _read(val_path, "validation", **opts)
+    val_rows, y_val = _with_targets(all_val, task, val_path)
     missing = check_val_targets(y_val, y_train, task, source=str(val_path))
-    encoder = ProfileEncoder.load(model_dir / "encoder")
+    encoder = _load_encoder(model_dir)
     version = encoder.embedding_version
-    if meta.get("embedding_version") != version:
-        raise VersionMismatchError(
-            f"{model_dir}/model.json records embedding_version {meta.get('embedding_version')!r} "
-            f"but its encoder is {version!r}"
-        )
-    cache = None
-    if cache_path != "":
-        cache = EmbeddingCache(
-            cache_path or default_cache_path(), embedding_version=version, dim=encoder.dim
-        )
-    try:
-        cached = CachedEncoder(encoder, cache)
-        x_train = cached.encode([r.profile for r in train_rows], show_progress=True)
-        x_val = cached.encode([r.profile for r in val_rows], show_progress=True)
-        stats = {"hits": cache.hits, "misses": cache.misses} if cache else None
-    finally:
-        if cache is not None:
-            cache.close()
+    (x_train, x_val), stats = cached_embeddings(
+        encoder, [[r.profile for r in train_rows], [r.profile for r in val_rows]], cache_path
+    )
     head = build_head(
         "softmax_abstain",
         name=task.name,
@@ -173,6 +233,9 @@ def train_head(
         epochs=cfg.epochs,
         lr=cfg.lr,
         batch_size=cfg.batch_size,
+        l2=cfg.l2,
+        class_weight=cfg.class_weight,  # type: ignore[arg-type]
+        cross_fit=cfg.cross_fit,
         seed=cfg.seed,
         target_precision=cfg.target_precision,
         missing_classes="abstain",
@@ -207,6 +270,111 @@ def train_head(
         "path": str(folder),
         "embedding_version": version,
         "val": core,
+        "cache": stats,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def calibrate_head(
+    model_dir: str | Path,
+    data_path: str | Path,
+    *,
+    head_name: str = "geolocation",
+    target_precision: float = 0.90,
+    keep_missing: bool = False,
+    cache_path: str | Path | None = None,
+    skip_invalid: bool = False,
+    report: Callable[[str, Any], None] | None = None,
+) -> dict[str, Any]:
+    """Re-fit a head's temperature and per-class thresholds on the user's labelled profiles.
+
+    The head's weights and the encoder stay as they are (``embedding_version`` unchanged); the
+    result is written as a new head version ``heads/<name>/v<k+1>``, which the server and the CLI
+    load from then on.
+
+    Args:
+        model_dir: an existing model folder.
+        data_path: labelled profiles in the project schema (the head's label field set).
+        head_name: the head to re-calibrate.
+        target_precision: the per-class precision target.
+        keep_missing: classes absent from the data keep their previous thresholds (default: they
+            assign nothing, since their precision on this kind of data is unproven).
+        cache_path: the embedding cache (None = the shared one; ``""`` = none).
+        skip_invalid: skip invalid rows instead of raising on the first one.
+        report: called as ``report(path, load_result)`` after the file is read.
+
+    Returns:
+        A summary: head folder, versions, own-label precision and coverage before and after on the
+        calibration rows, the classes that assign.
+
+    Raises:
+        InvalidInputError: no labelled rows, labels outside the head's set.
+        UnknownHeadError: the model has no such head.
+    """
+    import copy
+    import math
+
+    from heads.evaluation import evaluate
+    from heads.model import add_head, load_heads
+    from heads.train_data import HeadTask
+
+    start = time.perf_counter()
+    model_dir = Path(model_dir)
+    encoder = _load_encoder(model_dir)
+    head = load_heads(model_dir, [head_name], embedding_version=encoder.embedding_version)[
+        head_name
+    ]
+    field = getattr(getattr(head, "config", None), "label_field", None) or head_name
+    task = HeadTask(head_name, field, tuple(head.labels))
+    rows, n_bad = _read(data_path, "calibration", skip_invalid=skip_invalid, report=report)
+    rows, y = _with_targets(rows, task, data_path)
+    check_train_targets(y, task, source=str(data_path))
+    (x,), stats = cached_embeddings(encoder, [[r.profile for r in rows]], cache_path)
+    before = evaluate(head.predict_proba(x), y, head.labels, thresholds=head.thresholds_)
+    old = None if head.thresholds_ is None else head.thresholds_.copy()
+    new = copy.deepcopy(head)
+    new.calibrate(x, y, target=target_precision, missing_classes="abstain")
+    present = set(np.unique(y).tolist())
+    if keep_missing and old is not None:
+        for c in range(len(head.labels)):
+            if c not in present:
+                new.thresholds_[c] = old[c]
+    new.fit_info_ = {
+        **head.fit_info_,
+        "recalibrated": {
+            "from_head_version": head.head_version,
+            "data": {"path": str(data_path), "sha256": file_sha256(data_path)},
+            "rows": len(y),
+            "rows_invalid": n_bad,
+            "keep_missing": keep_missing,
+            "label_counts": label_counts(y, task),
+        },
+    }
+    after = evaluate(new.predict_proba(x), y, new.labels, thresholds=new.thresholds_)
+    folder = add_head(model_dir, new, evaluation=after)
+
+    def own(ev: Any) -> dict[str, Any]:
+        m = ev.metrics
+        return {
+            "coverage": round(m["coverage"], 4),
+            "own_label_precision": None
+            if m["selective_accuracy"] is None
+            else round(m["selective_accuracy"], 4),
+            "accuracy": round(m["accuracy"], 4),
+        }
+
+    return {
+        "head": head_name,
+        "head_version": new.head_version,
+        "from_head_version": head.head_version,
+        "path": str(folder),
+        "embedding_version": encoder.embedding_version,
+        "rows": len(y),
+        "temperature": round(float(new.temperature_), 4),
+        "assigning_classes": [
+            lab for lab, t in zip(new.labels, new.thresholds_, strict=True) if not math.isinf(t)
+        ],
+        "on_calibration_rows": {"before": own(before), "after": own(after)},
         "cache": stats,
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "server.commands.train",
     "server.commands.build_default",
     "server.commands.train_head",
+    "server.commands.calibrate",
     "server.commands.evaluate",
     "server.commands.predict",
     "server.commands.audience",

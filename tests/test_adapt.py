@@ -1,0 +1,192 @@
+"""Adapting to a user's labels: train-head's solver and cross-fitting, a new task, calibrate."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedder.data import LabelledProfile, write_profiles
+from embedder.profile import AssemblyConfig, Profile
+from heads.registry import build_head
+
+CITIES = {"FR": "paris lyon", "BR": "são paulo rio", "JP": "tokyo osaka", "DE": "berlin köln"}
+MOODS = {"positive": "love it great", "negative": "awful hate it"}
+
+
+def _blobs(n: int, k: int, d: int = 16, *, sep: float = 1.2, seed: int = 0):
+    """Gaussian classes with unequal sizes and overlap (so regularisation and priors matter)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * sep
+    p = np.linspace(3, 1, k) / np.linspace(3, 1, k).sum()
+    y = rng.choice(k, size=n, p=p)
+    x = centres[y] + rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+def _head(k: int, d: int = 16):
+    return build_head(
+        "softmax_abstain",
+        name="t",
+        labels=tuple(f"c{i}" for i in range(k)),
+        embedding_version="emb-test",
+        in_dim=d,
+    )
+
+
+def test_lbfgs_head_is_as_accurate_as_sklearn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _blobs(900, 6, seed=1)
+    xt, yt = _blobs(3000, 6, seed=1)
+    tr, va = slice(0, 600), slice(600, 900)
+    head = _head(6).fit(x[tr], y[tr], val_embeddings=x[va], val_labels=y[va], class_weight=None)
+    ours = float((head.predict_proba(xt).argmax(1) == yt).mean())
+    ref = LogisticRegression(max_iter=2000).fit(x[tr], y[tr])
+    theirs = float((ref.predict(xt) == yt).mean())
+    assert head.fit_info_["solver"] == "lbfgs" and head.fit_info_["l2"] in (
+        1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4
+    )  # fmt: skip
+    assert ours >= theirs - 0.005, (ours, theirs)
+
+
+def test_standardisation_is_folded_into_the_saved_weights(tmp_path):
+    from heads.registry import load_head
+
+    x, y = _blobs(300, 3, seed=2)
+    head = _head(3).fit(x, y, val_embeddings=x[:100], val_labels=y[:100])
+    loaded = load_head(head.save(tmp_path / "t" / "v1"))
+    np.testing.assert_allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-5)
+
+
+def test_cross_fit_lets_a_small_validation_set_prove_precision():
+    x, y = _blobs(1200, 4, sep=2.5, seed=3)
+    small = slice(1000, 1040)  # 40 validation rows: too few to prove 90% for any class
+    plain = _head(4).fit(x[:1000], y[:1000], val_embeddings=x[small], val_labels=y[small])
+    crossed = _head(4).fit(
+        x[:1000], y[:1000], val_embeddings=x[small], val_labels=y[small], cross_fit=5
+    )
+    assigning = lambda h: int(np.isfinite(h.thresholds_).sum())  # noqa: E731
+    assert assigning(plain) < assigning(crossed)
+    assert crossed.calibration_["n_val"] == 1040
+    # and the thresholds keep their promise on new rows
+    xt, yt = _blobs(4000, 4, sep=2.5, seed=3)
+    pred = crossed.predict(xt)
+    got = np.array([p.label is not None for p in pred])
+    right = np.array([p.label == f"c{t}" for p, t in zip(pred, yt, strict=True)])
+    assert got.mean() > 0.3 and right[got].mean() >= 0.9
+
+
+def _rows(n: int, seed: int, *, noisy: str | None = None, noise: float = 0.0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        c, m = rng.choice(sorted(CITIES)), rng.choice(sorted(MOODS))
+        label = c
+        if c == noisy and rng.random() < noise:
+            label = rng.choice([k for k in sorted(CITIES) if k != c])
+        p = Profile(
+            id=f"{seed}-{i}", biography=CITIES[c], captions=(MOODS[m],), extra={"sentiment": m}
+        )
+        out.append(LabelledProfile(p, {"country": label}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
+    """A model whose geolocation head was trained (train-head) on clean rows."""
+    from embedder.encoder import ProfileEncoder
+    from embedder.labels import GEO_LABELS
+    from heads.model import save_model
+    from server.cli import main
+
+    enc = ProfileEncoder.from_base(
+        tiny_base_dir, assembly=AssemblyConfig(max_tokens=32, bio_tokens=16)
+    )
+    head = build_head(
+        "softmax_abstain",
+        name="geolocation",
+        labels=GEO_LABELS,
+        embedding_version=enc.embedding_version,
+        in_dim=enc.dim,
+    )
+    path = save_model(tmp_path_factory.mktemp("m") / "model", enc, {"geolocation": head})
+    d = tmp_path_factory.mktemp("d")
+    write_profiles(d / "train.jsonl", _rows(200, 1))
+    write_profiles(d / "val.jsonl", _rows(100, 2))
+    args = ["train-head", "--model", str(path), "--head", "geolocation", "--cache", ""]
+    assert main([*args, "--train", str(d / "train.jsonl"), "--val", str(d / "val.jsonl")]) == 0
+    return path
+
+
+def test_calibrate_holds_the_target_on_held_out_rows_of_that_data(model_dir, tmp_path, capsys):
+    """BR's labels are 40% wrong in the user's data: after calibrating on one part, what the head
+    assigns on another part is >= 90% right, and the encoder version does not move."""
+    from heads.model import ProfileModel
+    from server.cli import main
+
+    capsys.readouterr()
+    user = _rows(600, 7, noisy="BR", noise=0.4)
+    write_profiles(tmp_path / "cal.jsonl", user[:400])
+    before = ProfileModel.load(model_dir)
+    args = ["calibrate", "--model", str(model_dir), "--data", str(tmp_path / "cal.jsonl")]
+    assert main([*args, "--cache", ""]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["head_version"] == 3 and summary["from_head_version"] == 2
+    assert summary["embedding_version"] == before.embedding_version
+    # BR cannot hold 90% on this data; clean classes can (one global temperature, fitted on the
+    # noisy rows too, may still keep some of them from proving it)
+    assert "BR" not in summary["assigning_classes"] and len(summary["assigning_classes"]) >= 2
+    after = ProfileModel.load(model_dir)
+    head = after.head("geolocation")
+    assert head.head_version == 3 and after.embedding_version == before.embedding_version
+    assert head.fit_info_["recalibrated"]["rows"] == 400
+    held = user[400:]
+    preds = after.predict([r.profile for r in held])["geolocation"]
+    got = [(p.label, r.labels["country"]) for p, r in zip(preds, held, strict=True) if p.label]
+    assert len(got) > 50 and np.mean([a == b for a, b in got]) >= 0.9
+    # classes absent from the data assign nothing by default
+    assert math.isinf(head.thresholds_[list(head.labels).index("US")])
+
+
+def test_calibrate_refuses_bad_input_with_a_clear_error(model_dir, tmp_path, capsys):
+    from server.cli import main
+
+    (tmp_path / "bad.jsonl").write_text('{"id": "1", "biography": "x", "country": "XX"}\n')
+    args = ["calibrate", "--model", str(model_dir), "--cache", ""]
+    assert main([*args, "--data", str(tmp_path / "bad.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.jsonl, line 1, field 'country'" in err and "XX" in err
+    assert "Traceback" not in err
+    assert main([*args, "--data", str(tmp_path / "bad.jsonl"), "--target-precision", "1.5"]) == 1
+    assert "--target-precision" in capsys.readouterr().err
+
+
+def test_train_head_learns_a_new_task_from_a_data_field(model_dir, tmp_path, capsys):
+    """A second head on another task (here sentiment), served from the same embedding."""
+    from heads.model import ProfileModel
+    from server.cli import main
+
+    write_profiles(tmp_path / "t.jsonl", _rows(200, 11))
+    write_profiles(tmp_path / "v.jsonl", _rows(80, 12))
+    capsys.readouterr()
+    args = ["train-head", "--model", str(model_dir), "--head", "sentiment", "--cache", ""]
+    args += ["--label-field", "sentiment", "--train", str(tmp_path / "t.jsonl")]
+    assert main([*args, "--val", str(tmp_path / "v.jsonl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["val"]["accuracy"] > 0.9
+    model = ProfileModel.load(model_dir)
+    assert set(model.head_names) >= {"geolocation", "sentiment"}
+    assert model.head("sentiment").labels == ("negative", "positive")
+    texts = [("paris lyon", "awful hate it"), ("tokyo osaka", "love it great")]
+    out = model.predict([Profile(id=b, biography=b, captions=(c,)) for b, c in texts])
+    assert [p.argmax for p in out["sentiment"]] == ["negative", "positive"]
+    assert "geolocation" in out
+    one = tmp_path / "one.jsonl"
+    write_profiles(one, [r for r in _rows(40, 13) if r.profile.extra["sentiment"] == "positive"])
+    assert main([*args[:-2], "--train", str(one), "--val", str(tmp_path / "v.jsonl")]) == 1
+    assert "needs at least 2 classes" in capsys.readouterr().err
