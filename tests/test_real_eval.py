@@ -1,0 +1,120 @@
+"""The real-data evaluation suite on hand-written profiles (tests/data/real), with a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedder.labels import GEO_LABELS
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "data" / "real"
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def real_eval():
+    return _bench("real_eval")
+
+
+@pytest.fixture(scope="module")
+def geo_model(tiny_base_dir, tmp_path_factory) -> Path:
+    """A tiny model whose geolocation head was fitted on the fixture's own labels (so it learns)."""
+    from embedder.data import read_profiles
+    from embedder.encoder import ProfileEncoder
+    from heads.model import save_model
+    from heads.softmax import standard_head
+
+    enc = ProfileEncoder.from_base(tiny_base_dir, num_layers=2, threads=1)
+    rows = [r for f in sorted(FIXTURE.glob("*.jsonl")) for r in read_profiles(f).rows]
+    x = enc.encode([r.profile for r in rows])
+    y = [r.labels["country"] for r in rows]
+    head = standard_head("geolocation", embedding_version=enc.embedding_version, in_dim=enc.dim)
+    head.fit(x, y, val_embeddings=x, val_labels=y, missing_classes="abstain", target_precision=0.5)
+    return save_model(tmp_path_factory.mktemp("geo") / "model", enc, {"geolocation": head})
+
+
+def test_language_id_anchor_reads_the_language(real_eval):
+    anchor = real_eval.LanguageIdBaseline()
+    probs = anchor.predict_proba(
+        [
+            "Bonne journée à tous, merci pour vos messages",
+            "今日は渋谷でランチしました",
+            "Obrigado a todos pelo carinho",
+        ]
+    )
+    assert probs.shape == (3, len(GEO_LABELS))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert [GEO_LABELS[i] for i in probs.argmax(axis=1)] == ["FR", "JP", "BR"]
+    # Japanese is written in Japan only: nearly all the mass
+    assert probs[1, GEO_LABELS.index("JP")] > 0.9
+
+
+def test_populations_have_the_asked_shares(real_eval):
+    y = np.array([0] * 300 + [1] * 200 + [2] * 100)
+    pops = real_eval.populations(y, size=1000, seed=0)
+    assert set(pops) == {"natural", "top-heavy", "dirichlet", "pair"}
+    top = np.bincount(y[pops["top-heavy"]], minlength=3) / 1000
+    assert abs(top[0] - 0.7) < 0.06
+    pair = np.bincount(y[pops["pair"]], minlength=3) / 1000
+    assert pair[2] == 0 and abs(pair[0] - 0.5) < 0.06
+
+
+def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
+    docs = tmp_path / "REAL_DATA.md"
+    docs.write_text(
+        "# Real data\n\nintro stays\n\n<!-- real-eval:begin -->\nold\n"
+        "<!-- real-eval:end -->\n\ntail stays\n"
+    )
+    out = tmp_path / "out"
+    argv = ["--model", str(geo_model), "--data", str(FIXTURE), "--out", str(out)]
+    argv += ["--docs", str(docs), "--cache", "", "--n-bootstrap", "5"]
+    assert real_eval.main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["sets"]) == {"bios", "posts"}
+    posts = metrics["sets"]["posts"]
+    assert posts["n"] == 24
+    # the head was fitted on these rows: it must beat chance by far, and the anchors are there
+    assert posts["model"]["accuracy"] > 0.5
+    for anchor in ("langid", "tfidf_lr", "frozen_head"):
+        assert 0.0 <= posts[anchor]["accuracy"] <= 1.0
+    assert posts["langid"]["accuracy"] >= 0.5  # French, Portuguese, Japanese, German, Polish...
+    assert {"natural", "top-heavy", "dirichlet", "pair"} == set(posts["audience"])
+    assert 0.0 <= posts["audience"]["natural"]["average"]["tv"] <= 1.0
+    assert (out / "posts_reliability.png").stat().st_size > 1000
+    report = (out / "REPORT.md").read_text()
+    assert "## posts" in report and "| FR |" in report
+    text = docs.read_text()
+    assert text.startswith("# Real data\n\nintro stays") and text.rstrip().endswith("tail stays")
+    assert "\nold\n" not in text and "| posts | 24 |" in text and "bench/real_eval.py" in text
+    # a second run replaces the block instead of appending another
+    assert real_eval.main([*argv, "--no-anchors"]) == 0
+    assert docs.read_text().count("<!-- real-eval:begin -->") == 1
+
+
+def test_real_sources_keeps_only_unreserved_multilang_rows(tmp_path):
+    sources = _bench("real_sources")
+    ids = [str(10**17 + i) for i in range(200)]
+    lines = ["\tTweet ID\tCountry\tDate\tTweet"]
+    lines += [f"{i}\t{tid}\tFR\t2013\tBonjour {i}" for i, tid in enumerate(ids)]
+    src = tmp_path / "all_annotated.tsv"
+    src.write_text("\n".join(lines) + "\n")
+    counts = sources.convert("multilang", src, tmp_path / "ml.jsonl")
+    kept = [json.loads(x)["id"] for x in (tmp_path / "ml.jsonl").read_text().splitlines()]
+    expected = [f"ml-{t}" for t in ids if sources.multilang_kept(t)]
+    assert kept == expected and counts["FR"] == len(expected)
+    assert 30 < len(expected) < 90  # about 3 in 10
+    with pytest.raises(sources.SourceError, match="dev/ is reserved"):
+        list(sources.tass(tmp_path / "dev"))
