@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install protos test lint serve bench train-full build-default clean
+.PHONY: install protos test lint serve bench train-full build-default real-eval learning-curve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -52,6 +52,21 @@ train-full: install
 # docs/BENCHMARKS.md. BENCH_ARGS=--quick runs it at toy sizes.
 bench: build-default
 	$(PY) bench/run_all.py --model models/default $(BENCH_ARGS)
+
+# The model on real labelled profiles: REAL is a folder of labelled JSONL (bench/real_sources.py
+# converts the public development sets; docs/REAL_DATA.md says how). Writes runs/real-eval/ and the
+# tables of docs/REAL_DATA.md. The real text stays outside the repository.
+REAL ?=
+real-eval: build-default
+	@test -n "$(REAL)" || { echo "usage: make real-eval REAL=<folder of labelled .jsonl>" >&2; exit 2; }
+	$(PY) bench/real_eval.py --model models/default --data $(REAL) --out runs/real-eval \
+		--docs docs/REAL_DATA.md $(REAL_EVAL_ARGS)
+
+# Learning curves on the real sets: train-head on 100..3,000 labels vs char n-gram LR, and the same
+# head on the untuned base (3 and 12 layers). Table in docs/REAL_DATA.md.
+learning-curve: build-default
+	@test -n "$(REAL)" || { echo "usage: make learning-curve REAL=<folder of labelled .jsonl>" >&2; exit 2; }
+	$(PY) bench/learning_curve.py --model models/default --data $(REAL) --docs docs/REAL_DATA.md
 
 clean:
 	rm -rf $(VENV) server/_proto .pytest_cache

@@ -51,8 +51,6 @@ from embedder.labels import GEO_LABELS, OTHER  # noqa: E402
 
 logger = logging.getLogger("bench.real_eval")
 
-MARK_BEGIN = "<!-- real-eval:begin -->"
-MARK_END = "<!-- real-eval:end -->"
 #: Followers per audience population, and the smallest true share whose interval is scored.
 AUDIENCE_SIZE = 1000
 MIN_SCORED_SHARE = 0.01
@@ -543,13 +541,14 @@ def render_report(report: dict[str, Any], out: Path, command: str) -> Path:
     return path
 
 
-def write_docs(docs: Path, summary: str) -> None:
-    """Replace the text between the markers of ``docs`` (append a marked section when absent)."""
+def write_docs(docs: Path, summary: str, *, marker: str = "real-eval") -> None:
+    """Replace the text between ``<!-- MARKER:begin/end -->`` of ``docs`` (append when absent)."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     text = docs.read_text() if docs.exists() else "# Real data\n\n"
-    block = f"{MARK_BEGIN}\n{summary}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
+    block = f"{begin}\n{summary}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     docs.write_text(text)

@@ -118,3 +118,29 @@ def test_real_sources_keeps_only_unreserved_multilang_rows(tmp_path):
     assert 30 < len(expected) < 90  # about 3 in 10
     with pytest.raises(sources.SourceError, match="dev/ is reserved"):
         list(sources.tass(tmp_path / "dev"))
+
+
+def test_learning_curve_compares_heads_and_anchors(geo_model, tmp_path):
+    curve = _bench("learning_curve")
+    docs = tmp_path / "REAL_DATA.md"
+    argv = ["--model", str(geo_model), "--data", str(FIXTURE), "--docs", str(docs)]
+    argv += [
+        "--sizes",
+        "8,12",
+        "--encoders",
+        "model",
+        "--cache",
+        "",
+        "--out",
+        str(tmp_path / "c.json"),
+    ]
+    assert curve.main(argv) == 0
+    results = json.loads((tmp_path / "c.json").read_text())
+    posts = results["country"]["posts"]["sizes"]
+    assert set(posts) == {"8", "12"}
+    assert set(posts["12"]) == {"train-head/model", "sklearn-lr/model", "char-tfidf-lr"}
+    assert 0.0 <= posts["12"]["train-head/model"]["accuracy"] <= 1.0
+    # the second task is read from the data's sentiment field (posts only carry it)
+    assert set(results["sentiment"]) == {"posts"}
+    text = docs.read_text()
+    assert "<!-- learning-curve:begin -->" in text and "**posts** (sentiment" in text

