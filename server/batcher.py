@@ -76,8 +76,9 @@ class DynamicBatcher:
         max_queue_delay_s: most estimated wait of a newly queued text; 0: no bound.
     """
 
-    #: Weight of the newest pass in the seconds-per-token average.
+    #: Weight of the newest pass in the seconds-per-token average, reached from this many tokens.
     EWMA_ALPHA = 0.2
+    EWMA_FULL_WEIGHT_TOKENS = 1024
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class DynamicBatcher:
         self._queue: deque[_Item] = deque()
         self._live = 0
         self._live_tokens = 0
+        self._running_tokens = 0  # of passes in progress: a newcomer waits for them too
         self._closing = False
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(workers)
@@ -118,10 +120,12 @@ class DynamicBatcher:
         return self._live
 
     def estimated_delay(self) -> float:
-        """Seconds a text queued now would wait for the work ahead of it; 0 before any pass."""
+        """Seconds a text queued now would wait: queued texts and passes in progress (counted
+        whole) at the measured speed; 0 before any pass."""
         if self.seconds_per_token is None:
             return 0.0
-        return self._live_tokens * self.seconds_per_token / self.workers
+        ahead = self._live_tokens + self._running_tokens
+        return ahead * self.seconds_per_token / self.workers
 
     def overloaded(self, extra_texts: int = 1) -> str | None:
         """Why ``extra_texts`` more texts would be refused now, or None when they fit."""
@@ -147,6 +151,21 @@ class DynamicBatcher:
                     "retry with backoff"
                 )
         return None
+
+    async def calibrate(self, texts: Sequence[str], encode: EncodeFn | None = None) -> float:
+        """Run ``texts`` twice outside the queue and learn the speed of the second pass.
+
+        Before serving, so the first callers are admitted by a measured speed (and the first
+        pass's one-off costs are not theirs). Returns the second pass's seconds.
+        """
+        loop = asyncio.get_running_loop()
+        fn = encode or self._encode
+        await loop.run_in_executor(self._executor, fn, list(texts))  # one-off costs
+        start = time.perf_counter()
+        await loop.run_in_executor(self._executor, fn, list(texts))
+        seconds = time.perf_counter() - start
+        self.seconds_per_token = seconds / max(1, sum(self._length_fn(t) for t in texts))
+        return seconds
 
     def start(self) -> None:
         """Start the collector task on the running event loop."""
@@ -275,6 +294,8 @@ class DynamicBatcher:
             padded = len(batch) * max(it.length for it in batch)
             start = time.perf_counter()
             loop = asyncio.get_running_loop()
+            tokens = sum(it.length for it in batch)
+            self._running_tokens += tokens
             try:
                 vectors = await loop.run_in_executor(self._executor, self._encode, texts)
             except Exception as err:  # delivered to each caller, mapped to a status there
@@ -282,8 +303,10 @@ class DynamicBatcher:
                     if not job.future.done():
                         job.future.set_exception(err)
                 return
+            finally:
+                self._running_tokens -= tokens
             seconds = time.perf_counter() - start
-            self._learn_speed(seconds, sum(it.length for it in batch))
+            self._learn_speed(seconds, tokens)
             self._deliver(batch, vectors)
             if self._on_batch is not None:
                 self._on_batch(len(batch), padded, seconds)
@@ -301,7 +324,9 @@ class DynamicBatcher:
         if self.seconds_per_token is None:
             self.seconds_per_token = per_token
         else:
-            a = self.EWMA_ALPHA
+            # Weighted by size: a pass of a few tokens is mostly fixed cost and says little
+            # about the per-token cost of the big passes an overloaded queue makes.
+            a = self.EWMA_ALPHA * min(1.0, tokens / self.EWMA_FULL_WEIGHT_TOKENS)
             self.seconds_per_token = a * per_token + (1 - a) * self.seconds_per_token
 
     @staticmethod

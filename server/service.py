@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from embedder.errors import InvalidInputError, NotReadyError
+from embedder.errors import InvalidInputError, NotReadyError, OverloadedError
 from server import errors
 from server._codegen import modules
 from server.errors import RequestLimits
@@ -183,12 +183,10 @@ class ProfileEmbeddingServicer:
                 # A chunk also closes at max_message_bytes, so a stream keeps at most
                 # (STREAM_CHUNKS_IN_FLIGHT + 1) chunks of about that size.
                 if len(chunk) >= STREAM_CHUNK or chunk_bytes >= self.limits.max_message_bytes:
-                    await slots.acquire()
-                    tasks.add(asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots)))
+                    await self._dispatch(rt, chunk, out, slots, tasks)
                     chunk, chunk_bytes = [], 0
             if chunk:
-                await slots.acquire()
-                tasks.add(asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots)))
+                await self._dispatch(rt, chunk, out, slots, tasks)
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             cancelled = True
@@ -201,20 +199,35 @@ class ProfileEmbeddingServicer:
             if not cancelled:
                 await out.put(None)
 
+    async def _dispatch(
+        self,
+        rt: Runtime,
+        chunk: list[tuple[int, bytes]],
+        out: asyncio.Queue[Any],
+        slots: asyncio.Semaphore,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        await slots.acquire()
+        earlier = {t for t in tasks if not t.done()}
+        tasks.add(asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots, earlier)))
+
     async def _stream_chunk(
         self,
         rt: Runtime,
         chunk: list[tuple[int, bytes]],
         out: asyncio.Queue[Any],
         slots: asyncio.Semaphore,
+        earlier: set[asyncio.Task[None]],
     ) -> None:
         try:
-            for response in await self._predict_items(rt, chunk):
+            for response in await self._predict_items(rt, chunk, earlier):
                 await out.put(response)
         finally:
             slots.release()
 
-    async def _predict_items(self, rt: Runtime, chunk: list[tuple[int, bytes]]) -> list[Any]:
+    async def _predict_items(
+        self, rt: Runtime, chunk: list[tuple[int, bytes]], earlier: set[asyncio.Task[None]]
+    ) -> list[Any]:
         responses: dict[int, Any] = {}
         valid: list[tuple[int, Any, Any, list[str]]] = []
         for index, raw in chunk:
@@ -229,7 +242,7 @@ class ProfileEmbeddingServicer:
         self.metrics.profiles.labels("PredictStream").inc(len(chunk))
         if valid:
             try:
-                emb = await rt.embed([v[2] for v in valid])
+                emb = await _embed_paced(rt, [v[2] for v in valid], earlier)
                 all_heads = sorted({h for v in valid for h in v[3]})
                 preds = await rt.predict(emb.vectors, all_heads)
             except Exception as err:
@@ -287,6 +300,20 @@ class ProfileEmbeddingServicer:
         from server.audience import estimate
 
         return await estimate(self, self._rt(), request)
+
+
+async def _embed_paced(rt: Runtime, profiles: list[Any], earlier: set[asyncio.Task[None]]) -> Any:
+    """Embed a stream chunk; while the queue is over its bounds and this stream's own earlier
+    chunks are in it, wait for them and retry instead of failing the items (a stream paces
+    itself; only a stream with nothing queued gets RESOURCE_EXHAUSTED items)."""
+    while True:
+        try:
+            return await rt.embed(profiles)
+        except OverloadedError:
+            pending = {t for t in earlier if not t.done()}
+            if not pending:
+                raise
+        await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
 
 def _search_by_id(index: Any, profile_id: str, k: int) -> tuple[Sequence[Any], Sequence[float]]:

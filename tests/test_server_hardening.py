@@ -395,7 +395,7 @@ def test_serve_flags_reach_the_config():
     assert config.max_message_bytes == 16 * MIB and not config.metrics_auth
 
 
-def test_the_delay_estimate_counts_live_work_ahead_only_and_sheds_beyond_the_budget():
+def test_the_delay_estimate_counts_live_and_running_work_and_sheds_beyond_the_budget():
     import numpy as np
 
     from server.batcher import DynamicBatcher
@@ -413,17 +413,18 @@ def test_the_delay_estimate_counts_live_work_ahead_only_and_sheds_beyond_the_bud
         b.start()
         blocker = asyncio.ensure_future(b.submit(["x" * 10]))  # occupies the one worker
         await asyncio.sleep(0.05)
-        b.seconds_per_token = 0.01  # as if measured: 100 tokens ahead = 1 s of work
+        b.seconds_per_token = 0.01  # as if measured: 10 ms per token
         doomed = asyncio.ensure_future(b.submit(["y" * 100]))
         await asyncio.sleep(0.01)
-        assert b.estimated_delay() == pytest.approx(1.0)
+        # 100 queued tokens + the 10 of the pass in progress.
+        assert b.estimated_delay() == pytest.approx(1.1)
         assert "--max-queue-delay-ms" in b.overloaded()
-        with pytest.raises(OverloadedError, match="about 1000 ms of work"):
+        with pytest.raises(OverloadedError, match="about 1100 ms of work"):
             await b.submit(["z"])
         doomed.cancel()
         await asyncio.sleep(0.01)
         # The cancelled caller's texts still sit in the deque but are no work ahead any more.
-        assert b.estimated_delay() == 0 and b.overloaded() is None
+        assert b.estimated_delay() == pytest.approx(0.1) and b.overloaded() is None
         release.set()
         await blocker
         assert (await asyncio.wait_for(b.submit(["after"]), 5)).shape == (1, 2)
@@ -466,3 +467,19 @@ def test_before_any_pass_one_request_may_queue_and_a_pass_is_cut_to_the_delay_bu
         await b.close()
 
     asyncio.run(scenario())
+
+
+def test_a_stream_waits_for_its_own_chunks_instead_of_failing_items(tiny_model):
+    from server_helpers import synthetic_profiles
+
+    config = ServerConfig(port=0, metrics_port=None, max_wait_ms=0, max_queue_delay_ms=50)
+    srv = ServerThread(config, tiny_model)
+    try:
+        batcher = srv.running.servicer.runtime.batcher
+        batcher.seconds_per_token = 1.0  # any queued chunk is over the 50 ms budget
+        with ProfileEmbeddingClient(srv.target) as c:
+            rows = list(c.predict_stream(synthetic_profiles(400, seed=3)[0]))
+        assert len(rows) == 400
+        assert {r["status"] for r in rows} == {"ITEM_STATUS_OK"}
+    finally:
+        srv.stop()
