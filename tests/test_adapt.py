@@ -190,3 +190,30 @@ def test_train_head_learns_a_new_task_from_a_data_field(model_dir, tmp_path, cap
     write_profiles(one, [r for r in _rows(40, 13) if r.profile.extra["sentiment"] == "positive"])
     assert main([*args[:-2], "--train", str(one), "--val", str(tmp_path / "v.jsonl")]) == 1
     assert "needs at least 2 classes" in capsys.readouterr().err
+
+
+def test_a_new_task_head_is_served_beside_geolocation_in_one_call(model_dir, tmp_path, capsys):
+    """train-head's new head goes through `serve` like any other: one Predict, both heads."""
+    from server_helpers import ServerThread
+
+    from server.cli import main
+    from server.client import ProfileEmbeddingClient
+    from server.config import ServerConfig
+
+    write_profiles(tmp_path / "t.jsonl", _rows(160, 21))
+    write_profiles(tmp_path / "v.jsonl", _rows(60, 22))
+    args = ["train-head", "--model", str(model_dir), "--head", "mood", "--cache", ""]
+    args += ["--label-field", "sentiment", "--train", str(tmp_path / "t.jsonl")]
+    assert main([*args, "--val", str(tmp_path / "v.jsonl")]) == 0
+    capsys.readouterr()
+    server = ServerThread(ServerConfig(model=model_dir, port=0, metrics_port=None))
+    try:
+        with ProfileEmbeddingClient(server.target) as client:
+            rows = client.predict(
+                [{"id": "a", "biography": "tokyo osaka", "captions": ["love it great"]}]
+            )
+    finally:
+        server.stop()
+    preds = rows[0]["predictions"]
+    assert {"geolocation", "mood"} <= set(preds)
+    assert preds["mood"]["argmax"] == "positive" and preds["geolocation"]["argmax"] == "JP"
