@@ -22,7 +22,9 @@ the head is unsure about vanish). The estimators here use every follower's calib
 Intervals come from a bootstrap that redraws the followers **and the model**: each replicate
 also rescales every label's probabilities by ``exp(d_k)``, ``d_k ~ N(0, 1/(s_k + 1) +
 model_error**2)`` (``s_k`` validation rows of label ``k``), and redraws the validation confusion
-rows. Every estimate carries ``flags`` for low evidence (``few_followers``, ``few_assigned``,
+rows; an interval is never narrower than the binomial (Wilson) interval of the estimated follower
+count, which the bootstrap cannot see for a label an estimator sets to 0. Every estimate carries
+``flags`` for low evidence (``few_followers``, ``few_assigned``,
 ``unlike_training``, ``estimators_disagree``) and the ``diagnostics`` behind them; after a failed
 check (``unlike_training``, ``estimators_disagree``, EM refuted) the intervals are widened to hold
 the average's, ACC's and the guarded EM's shares too, since which one is right is then unknown.
@@ -53,6 +55,7 @@ from heads.audience_estimators import (
     probability_average,
     total_variation,
 )
+from heads.calibration import precision_lower_bound
 
 __all__ = [
     "METHODS",
@@ -86,7 +89,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
 MAP_STRENGTH = 1.0
 #: Systematic calibration error per label (log scale, sd) added to the bootstrap; sized on
 #: simulated audiences of seed 0 (bench/audience_error.py), coverage measured on seed 1.
-MODEL_ERROR = 0.15
+MODEL_ERROR = 0.10
 #: Flag thresholds.
 MIN_FOLLOWERS = 100
 MIN_ASSIGNED = 30
@@ -268,7 +271,16 @@ def _bootstrap(
         reps.append(run(p, w, conf, shares))
     alpha = (1 - confidence) / 2
     lower, upper = np.quantile(np.stack(reps), [alpha, 1 - alpha], axis=0)
-    return np.minimum(lower, shares), np.maximum(upper, shares)
+    # never narrower than the binomial sampling interval of the estimated count: an estimator
+    # that sets a label to 0 in every replicate still cannot rule out a share the followers,
+    # drawn from the audience, happened to miss
+    count = shares * n
+    side = 1 - alpha
+    lo_binom = precision_lower_bound(count, np.full(k, n), confidence=side)
+    hi_binom = 1.0 - precision_lower_bound(n - count, np.full(k, n), confidence=side)
+    return np.minimum(lower, np.minimum(shares, lo_binom)), np.maximum(
+        upper, np.maximum(shares, hi_binom)
+    )
 
 
 def _point(

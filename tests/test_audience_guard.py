@@ -294,3 +294,16 @@ def test_input_errors_name_the_field_and_what_is_allowed(inputs):
         estimate_audience(p, labels=LABELS, method="acc", confusion=np.eye(3))
     with pytest.raises(InvalidInputError, match=r"model_error must be in \[0, 2\], got -1"):
         estimate_audience(p, labels=LABELS, method="average", model_error=-1)
+
+
+def test_interval_is_never_narrower_than_the_binomial_sampling_interval():
+    # label 1 never gets any probability: every bootstrap replicate says 0, yet 200 followers
+    # drawn from an audience cannot rule out a share of ~1.9% (Wilson, 97.5% one-sided)
+    probs = np.zeros((200, K))
+    probs[:, 0] = 1.0
+    est = estimate_audience(
+        probs, labels=LABELS, method="average", n_bootstrap=20, model_error=0, diagnose=False
+    )
+    z2 = 1.959963984540054**2
+    assert est.lower[1] == 0.0 and est.upper[1] == pytest.approx(z2 / (200 + z2))
+    assert est.upper[0] == 1.0 and est.lower[0] == pytest.approx(200 / (200 + z2))
