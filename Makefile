@@ -13,17 +13,28 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install protos test lint serve bench train-full build-default real-eval learning-curve clean
+.PHONY: install lock protos test lint serve bench train-full build-default real-eval learning-curve clean
 
-$(STAMP): pyproject.toml
+# requirements.lock pins the exact version of every package (constraints: it never adds one), so two
+# fresh clones install the same versions; `make lock` rewrites it from the venv.
+LOCK := requirements.lock
+
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c $(LOCK) --upgrade pip
 	# The CPU wheel of torch lies on disk; pinning it first keeps any range from pulling a CUDA build.
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,scale]'
+	$(PIP) install -q -c $(LOCK) torch==2.13.0
+	$(PIP) install -q -c $(LOCK) -e '.[dev,scale]'
 	touch $@
 
 install: $(STAMP) protos
+
+# After changing a dependency in pyproject.toml (or deleting a pin to let it move): record exactly what
+# the venv now holds, the project itself excepted.
+lock: $(STAMP)
+	{ echo "# Exact versions for 'pip install -c $(LOCK)'; written by 'make lock' (see README, Development)."; \
+	  $(PIP) list --format=freeze --exclude-editable; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
 
 protos: $(STAMP)
 	# grpc_tools.protoc -Iserver/_proto=protos ... plus the __init__.py files that make server._proto importable.
