@@ -38,6 +38,19 @@ LABELS_FILE = "labels.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 
+#: ``Prediction.reason`` when the argmax class's threshold is ``inf``: that class never assigns.
+REASON_NO_THRESHOLD_FOR_CLASS = "no_threshold_for_class"
+#: ``Prediction.reason`` when the score is below the argmax class's (finite) threshold.
+REASON_BELOW_THRESHOLD = "below_threshold"
+#: ``Prediction.reason`` when ``Head.in_distribution`` refused the row, whatever its score.
+REASON_OUT_OF_DISTRIBUTION = "out_of_distribution"
+#: Every abstention reason, in a fixed order (metrics, proto enum and docs follow it).
+ABSTAIN_REASONS: tuple[str, ...] = (
+    REASON_NO_THRESHOLD_FOR_CLASS,
+    REASON_BELOW_THRESHOLD,
+    REASON_OUT_OF_DISTRIBUTION,
+)
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -47,8 +60,9 @@ class Prediction:
         label: the assigned label, or None when the head abstained (``UNCERTAIN``).
         argmax: the most probable label, assigned or not.
         score: calibrated probability of ``argmax``.
-        abstained: True when ``score`` is below the threshold of ``argmax``.
+        abstained: True when no label was assigned (``label`` is None).
         probabilities: calibrated probabilities aligned with ``head.labels``.
+        reason: None when a label is assigned, else why not: one of ``ABSTAIN_REASONS``.
     """
 
     label: str | None
@@ -56,13 +70,27 @@ class Prediction:
     score: float
     abstained: bool
     probabilities: np.ndarray
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.abstained and self.reason not in ABSTAIN_REASONS:
+            raise ValueError(
+                f"an abstained Prediction needs a reason in {list(ABSTAIN_REASONS)}, "
+                f"got {self.reason!r}"
+            )
+        if not self.abstained and self.reason is not None:
+            raise ValueError(f"an assigned Prediction has reason None, got {self.reason!r}")
 
     def to_dict(self, labels: Sequence[str]) -> dict[str, Any]:
-        """Return the JSON form used by ``profile-embed predict`` (probabilities keyed by label)."""
+        """Return the JSON form used by ``profile-embed predict`` (probabilities keyed by label).
+
+        ``"reason"`` is null when a label is assigned, else one of ``ABSTAIN_REASONS``.
+        """
         return {
             "label": self.label,
             "argmax": self.argmax,
             "score": round(float(self.score), 6),
+            "reason": self.reason,
             "probabilities": {
                 lab: round(float(p), 6) for lab, p in zip(labels, self.probabilities, strict=True)
             },
@@ -108,7 +136,8 @@ class Head(ABC):
     Subclasses set ``kind`` (through ``@register_head``) and implement ``predict_proba``,
     ``logits_module``, ``get_config``, ``_tensors`` and ``_from_saved``. ``predict`` and ``save``
     are shared: abstention uses the per-class thresholds in ``thresholds_`` (``inf`` = class
-    assigns nothing).
+    assigns nothing) and the optional ``in_distribution`` check, both through
+    ``predictions_from_proba``.
 
     Attributes:
         name: the head's name in a model ("geolocation", "category").
@@ -151,17 +180,37 @@ class Head(ABC):
     ) -> Head:
         """Rebuild a fitted head from the three files (shape checks raise ArtifactError)."""
 
+    def in_distribution(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """Say which rows look like the data the head was calibrated on.
+
+        The default runs no check. A head with an out-of-distribution detector overrides this; a
+        row it marks False abstains with reason ``"out_of_distribution"`` whatever its score.
+
+        Args:
+            embeddings: ``(n, in_dim)`` float32 array.
+
+        Returns:
+            None (no check), or a boolean array of shape ``(n,)``: True = in distribution.
+        """
+        return None
+
     def predict(self, embeddings: np.ndarray | torch.Tensor) -> list[Prediction]:
-        """Predict with abstention: below its class threshold, ``label`` is None.
+        """Predict with abstention: below its class threshold or out of distribution, no label.
 
         Args:
             embeddings: ``(n, in_dim)`` numpy array or torch tensor.
 
         Returns:
-            One ``Prediction`` per row, in order.
+            One ``Prediction`` per row, in order; ``reason`` says why a row abstained.
+
+        Raises:
+            InvalidInputError: embeddings of the wrong shape or with non-finite values.
         """
-        probs = self.predict_proba(embeddings)
-        return predictions_from_proba(probs, self.labels, self.thresholds_)
+        arr = as_numpy_embeddings(embeddings, self.in_dim)
+        probs = self.predict_proba(arr)
+        return predictions_from_proba(
+            probs, self.labels, self.thresholds_, in_distribution=self.in_distribution(arr)
+        )
 
     def model_card(self) -> str:
         """Return the Markdown model card (the evaluation report when one was attached)."""
@@ -208,34 +257,59 @@ class Head(ABC):
 
 
 def predictions_from_proba(
-    probs: np.ndarray, labels: Sequence[str], thresholds: np.ndarray | None
+    probs: np.ndarray,
+    labels: Sequence[str],
+    thresholds: np.ndarray | None,
+    *,
+    in_distribution: np.ndarray | None = None,
 ) -> list[Prediction]:
-    """Turn probability rows into predictions, abstaining below the argmax class threshold.
+    """Turn probability rows into predictions: the one place abstention is decided.
+
+    A row abstains with reason ``"out_of_distribution"`` when ``in_distribution`` marks it False,
+    else ``"no_threshold_for_class"`` when its argmax class's threshold is ``inf``, else
+    ``"below_threshold"`` when its score is below that threshold; otherwise it is assigned.
 
     Args:
         probs: ``(n, len(labels))`` calibrated probabilities.
         labels: the label names.
         thresholds: per-class thresholds on the max probability (``inf`` = never assign);
-            None = never abstain.
+            None = never abstain on score.
+        in_distribution: None (no check) or a boolean ``(n,)`` mask, True = in distribution
+            (``Head.in_distribution``).
 
     Returns:
         One ``Prediction`` per row.
+
+    Raises:
+        ValueError: ``in_distribution`` is not a boolean array of shape ``(n,)``.
     """
+    n = len(probs)
     idx = probs.argmax(axis=1)
-    scores = probs[np.arange(len(probs)), idx]
-    if thresholds is None:
-        keep = np.ones(len(probs), dtype=bool)
-    else:
-        keep = scores >= np.asarray(thresholds)[idx]
-    out = []
-    for row, i, s, k in zip(probs, idx, scores, keep, strict=True):
-        out.append(
-            Prediction(
-                label=labels[i] if k else None,
-                argmax=labels[i],
-                score=float(s),
-                abstained=not bool(k),
-                probabilities=row,
+    scores = probs[np.arange(n), idx]
+    reasons: list[str | None] = [None] * n
+    if thresholds is not None:
+        thr = np.asarray(thresholds, dtype=np.float64)[idx]
+        for i in np.flatnonzero(np.isposinf(thr)):
+            reasons[i] = REASON_NO_THRESHOLD_FOR_CLASS
+        for i in np.flatnonzero(~np.isposinf(thr) & ~(scores >= thr)):
+            reasons[i] = REASON_BELOW_THRESHOLD
+    if in_distribution is not None:
+        mask = np.asarray(in_distribution)
+        if mask.dtype != np.bool_ or mask.shape != (n,):
+            raise ValueError(
+                f"in_distribution must be a boolean array of shape ({n},) (one per row), got "
+                f"dtype {mask.dtype} shape {mask.shape}"
             )
+        for i in np.flatnonzero(~mask):
+            reasons[i] = REASON_OUT_OF_DISTRIBUTION
+    return [
+        Prediction(
+            label=None if r is not None else labels[i],
+            argmax=labels[i],
+            score=float(s),
+            abstained=r is not None,
+            probabilities=row,
+            reason=r,
         )
-    return out
+        for row, i, s, r in zip(probs, idx, scores, reasons, strict=True)
+    ]

@@ -60,8 +60,24 @@ def vector_of(embedding: Any, dim: int) -> np.ndarray:
     return vec.astype(np.float32)
 
 
+def abstain_reason_name(value: int) -> str | None:
+    """Map an ``AbstainReason`` value to ``Prediction.reason`` (UNSPECIFIED -> None).
+
+    A value this client's proto does not know (a newer server) becomes ``"abstain_reason_<n>"``.
+    """
+    if value == pb2.ABSTAIN_REASON_UNSPECIFIED:
+        return None
+    if value not in pb2.AbstainReason.values():
+        return f"abstain_reason_{int(value)}"
+    return str(pb2.AbstainReason.Name(value)).removeprefix("ABSTAIN_REASON_").lower()
+
+
 def prediction_dict(result: Any, dim: int = 0) -> dict[str, Any]:
-    """A ``ProfilePrediction`` as a JSON-ready dict (``predictions`` keyed by head)."""
+    """A ``ProfilePrediction`` as a JSON-ready dict (``predictions`` keyed by head).
+
+    Each head's dict has ``label`` (None when abstained), ``abstained``, ``argmax``, ``score``,
+    ``reason`` (None when assigned, else one of ``heads.base.ABSTAIN_REASONS``) and ``top``.
+    """
     out: dict[str, Any] = {"id": result.id, "predictions": {}}
     for p in result.predictions:
         out["predictions"][p.head] = {
@@ -69,6 +85,7 @@ def prediction_dict(result: Any, dim: int = 0) -> dict[str, Any]:
             "abstained": p.abstained,
             "argmax": p.argmax,
             "score": round(float(p.score), 6),
+            "reason": abstain_reason_name(p.abstain_reason),
             "top": [
                 {"label": t.label, "probability": round(float(t.probability), 6)} for t in p.top
             ],

@@ -1,8 +1,11 @@
 """Prometheus metrics of the gRPC server, served on their own port.
 
 Each server gets its own ``CollectorRegistry`` so several servers (tests) can live in one process.
-Abstention rate per class = ``profile_embed_head_predictions_total{outcome="abstained"}`` over all
-outcomes, by ``head`` and ``argmax``; a rising rate for one class is the cheapest drift signal.
+``profile_embed_head_predictions_total{head, argmax, outcome}`` counts predictions by the argmax
+class and the outcome: ``assigned`` or the abstention reason (``heads.base.ABSTAIN_REASONS``).
+Abstention rate per class = ``outcome!="assigned"`` over all outcomes, by ``head`` and ``argmax``;
+a rising rate for one class, or a rising ``outcome="out_of_distribution"`` share, is the cheapest
+shift signal. Label values are bounded: the head's labels x (1 + len(ABSTAIN_REASONS)) outcomes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
+from heads.base import ABSTAIN_REASONS
+
 logger = logging.getLogger(__name__)
+
+#: ``outcome`` label values of ``profile_embed_head_predictions_total``.
+ASSIGNED = "assigned"
+OUTCOMES: tuple[str, ...] = (ASSIGNED, *ABSTAIN_REASONS)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -83,7 +92,9 @@ class ServerMetrics:
         )
         self.head_predictions = Counter(
             "profile_embed_head_predictions",
-            "Head predictions by head, argmax class and outcome (assigned | abstained)",
+            "Head predictions by head, argmax class and outcome (assigned | "
+            + " | ".join(ABSTAIN_REASONS)
+            + ")",
             ["head", "argmax", "outcome"],
             registry=r,
         )
@@ -135,13 +146,33 @@ class ServerMetrics:
             if self._lookups:
                 self.cache_hit_ratio.set(self._hits / self._lookups)
 
+    def declare_head(self, head: str, labels: Iterable[str]) -> None:
+        """Create a head's prediction series at 0 (label x outcome) so rates exist at once."""
+        for label in labels:
+            for outcome in OUTCOMES:
+                self.head_predictions.labels(head, label, outcome)
+
     def observe_predictions(
-        self, head: str, argmax: Sequence[str], abstained: Sequence[bool]
+        self, head: str, argmax: Sequence[str], reasons: Sequence[str | None]
     ) -> None:
-        """Record one head's predictions (per class, assigned or abstained)."""
+        """Record one head's predictions by argmax class and outcome.
+
+        Args:
+            head: the head's name.
+            argmax: each prediction's argmax label.
+            reasons: each prediction's ``reason`` (None = assigned).
+
+        Raises:
+            ValueError: a reason outside ``ABSTAIN_REASONS`` (the label set stays bounded).
+        """
         counts: dict[tuple[str, str], int] = {}
-        for label, abst in zip(argmax, abstained, strict=True):
-            key = (label, "abstained" if abst else "assigned")
+        for label, reason in zip(argmax, reasons, strict=True):
+            outcome = ASSIGNED if reason is None else reason
+            if outcome not in OUTCOMES:
+                raise ValueError(
+                    f"prediction reason {reason!r} is not one of {list(ABSTAIN_REASONS)} (or None)"
+                )
+            key = (label, outcome)
             counts[key] = counts.get(key, 0) + 1
         for (label, outcome), n in counts.items():
             self.head_predictions.labels(head, label, outcome).inc(n)

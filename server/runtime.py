@@ -68,6 +68,8 @@ class Runtime:
         self.cache = cache
         self.index = index
         self.metrics = metrics or ServerMetrics()
+        for name, head in self.heads.items():
+            self.metrics.declare_head(name, getattr(head, "labels", ()))
         self.embedding_version: str = self.encoder.embedding_version
         self.dim: int = int(self.encoder.dim)
         self.base_model: str = _base_of(config.model, self.encoder)
@@ -232,7 +234,7 @@ class Runtime:
         result: dict[str, list[Any]] = await self.run_cpu(run)
         for name, preds in result.items():
             self.metrics.observe_predictions(
-                name, [p.argmax for p in preds], [p.abstained for p in preds]
+                name, [p.argmax for p in preds], [p.reason for p in preds]
             )
         return result
 

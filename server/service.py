@@ -356,6 +356,23 @@ def _head_info(name: str, head: Any) -> Any:
     return msg
 
 
+def abstain_reason_value(reason: str | None) -> int:
+    """Map ``Prediction.reason`` to ``AbstainReason`` (None -> ``ABSTAIN_REASON_UNSPECIFIED``).
+
+    Raises:
+        ValueError: a reason the proto enum does not define (naming the defined ones).
+    """
+    if reason is None:
+        return int(pb2.ABSTAIN_REASON_UNSPECIFIED)
+    name = "ABSTAIN_REASON_" + reason.upper()
+    if name not in pb2.AbstainReason.keys():
+        raise ValueError(
+            f"abstain reason {reason!r} has no AbstainReason value; defined: "
+            f"{list(pb2.AbstainReason.keys())}"
+        )
+    return int(pb2.AbstainReason.Value(name))
+
+
 def _head_predictions(rt: Runtime, name: str, preds: list[Any], top_k: int) -> list[Any]:
     labels = rt.heads[name].labels
     k = min(max(top_k, 1), len(labels))
@@ -369,6 +386,7 @@ def _head_predictions(rt: Runtime, name: str, preds: list[Any], top_k: int) -> l
             argmax=p.argmax,
             score=float(p.score),
             top=[pb2.LabelScore(label=labels[j], probability=float(probs[row, j])) for j in t],
+            abstain_reason=abstain_reason_value(p.reason),
         )
         for row, (p, t) in enumerate(zip(preds, top, strict=True))
     ]

@@ -187,6 +187,7 @@ def test_output_equals_in_process_predict(model_dir, inputs, first_run):
     for head, preds in expected.items():
         assert got.column(f"{head}_argmax").to_pylist() == [p.argmax for p in preds]
         assert got.column(f"{head}_label").to_pylist() == [p.label for p in preds]
+        assert got.column(f"{head}_reason").to_pylist() == [p.reason for p in preds]
         np.testing.assert_allclose(
             got.column(f"{head}_score").to_numpy(), [p.score for p in preds], atol=1e-5
         )

@@ -19,6 +19,7 @@ from heads import (
     register_head,
     standard_head,
 )
+from heads.base import ABSTAIN_REASONS, Prediction, predictions_from_proba
 
 EMB = "emb-0123456789ab"
 DIM = 16
@@ -129,11 +130,20 @@ def test_predict_abstains_below_class_threshold(fitted):
             should_abstain = bool(i == 1 or (i == 2 and row[i] < 0.999))
             assert p.abstained is should_abstain
             assert p.label == (None if should_abstain else fitted.labels[i])
+            want = None
+            if i == 1:
+                want = "no_threshold_for_class"
+            elif should_abstain:
+                want = "below_threshold"
+            assert p.reason == want
         assert any(p.abstained for p in preds) and not all(p.abstained for p in preds)
         assert all(p.label != "DE" for p in preds)  # a class with an inf threshold assigns nothing
+        assert {p.reason for p in preds} == {None, "no_threshold_for_class", "below_threshold"}
         d = preds[0].to_dict(fitted.labels)
-        assert set(d) == {"label", "argmax", "score", "probabilities"}
+        assert set(d) == {"label", "argmax", "score", "reason", "probabilities"}
         assert list(d["probabilities"]) == list(fitted.labels)
+        assert d["reason"] == preds[0].reason
+        json.dumps(d)
     finally:
         fitted.thresholds_ = fitted_thr
 
@@ -248,3 +258,67 @@ def test_load_refuses_version_and_shape_mismatches(fitted, tmp_path):
 
     with pytest.raises(ArtifactError, match=r"has no head_config\.json"):
         load_head(tmp_path / "nowhere")
+
+
+def test_out_of_distribution_rows_abstain_whatever_their_score(fitted, monkeypatch):
+    x, _ = _blobs(60, 4, seed=4)
+    assert fitted.in_distribution(x) is None  # the default head runs no check
+    refused = np.zeros(len(x), dtype=bool)
+    refused[::3] = True
+    seen = []
+
+    def check(embeddings):
+        seen.append(embeddings)
+        return ~refused
+
+    monkeypatch.setattr(fitted, "thresholds_", np.zeros(len(fitted.labels)))  # all would assign
+    monkeypatch.setattr(fitted, "in_distribution", check)
+    preds = fitted.predict(torch.from_numpy(x))
+    assert isinstance(seen[0], np.ndarray) and seen[0].shape == x.shape  # numpy, even from torch
+    probs = fitted.predict_proba(x)
+    for p, row, out in zip(preds, probs, refused, strict=True):
+        assert p.argmax == fitted.labels[int(row.argmax())]
+        assert p.score == pytest.approx(row.max())
+        if out:
+            assert (p.label, p.abstained, p.reason) == (None, True, "out_of_distribution")
+        else:
+            assert (p.label, p.abstained, p.reason) == (p.argmax, False, None)
+    # out of distribution wins over the threshold reasons
+    monkeypatch.setattr(fitted, "thresholds_", np.full(len(fitted.labels), np.inf))
+    reasons = [p.reason for p in fitted.predict(x)]
+    assert reasons == [
+        "out_of_distribution" if out else "no_threshold_for_class" for out in refused
+    ]
+
+
+def test_predictions_from_proba_checks_the_mask():
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]])
+    labels = ("a", "b")
+    thr = np.array([0.8, np.inf])
+    preds = predictions_from_proba(
+        probs, labels, thr, in_distribution=np.array([True, True, False])
+    )
+    assert [(p.label, p.reason) for p in preds] == [
+        ("a", None),
+        (None, "no_threshold_for_class"),
+        (None, "out_of_distribution"),
+    ]
+    below = predictions_from_proba(np.array([[0.7, 0.3]]), labels, thr)[0]
+    assert (below.label, below.abstained, below.reason) == (None, True, "below_threshold")
+    never = predictions_from_proba(probs, labels, None)
+    assert all(p.reason is None and p.label == p.argmax for p in never)
+    with pytest.raises(ValueError, match=r"boolean array of shape \(3,\).*shape \(2,\)"):
+        predictions_from_proba(probs, labels, thr, in_distribution=np.array([True, False]))
+    with pytest.raises(ValueError, match="dtype float64"):
+        predictions_from_proba(probs, labels, thr, in_distribution=np.ones(3))
+
+
+def test_prediction_reason_must_match_abstained():
+    row = np.array([0.5, 0.5])
+    assert ABSTAIN_REASONS == ("no_threshold_for_class", "below_threshold", "out_of_distribution")
+    with pytest.raises(ValueError, match="needs a reason in"):
+        Prediction(label=None, argmax="a", score=0.5, abstained=True, probabilities=row)
+    with pytest.raises(ValueError, match=r"needs a reason in .*'too_far'"):
+        Prediction(None, "a", 0.5, True, row, reason="too_far")
+    with pytest.raises(ValueError, match="assigned Prediction has reason None"):
+        Prediction("a", "a", 0.5, False, row, reason="below_threshold")

@@ -146,8 +146,13 @@ def test_cli_predict_evaluate_audience(built, tmp_path, capsys):
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["id"] for r in recs] == [r["id"] for r in rows]
     g = recs[0]["geolocation"]
-    assert set(g) == {"label", "argmax", "score", "probabilities"} and len(g["probabilities"]) == 37
+    assert set(g) == {"label", "argmax", "score", "reason", "probabilities"}
+    assert len(g["probabilities"]) == 37
     assert g["label"] in (None, g["argmax"])
+    assert all(
+        (r["geolocation"]["label"] is None) == (r["geolocation"]["reason"] is not None)
+        for r in recs
+    )
 
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in val) + "\n")

@@ -12,8 +12,10 @@ import pytest
 from server_helpers import ServerThread, build_tiny_model, synthetic_profiles
 
 from server._codegen import modules
-from server.client import ProfileEmbeddingClient, to_message
+from server.client import ProfileEmbeddingClient, abstain_reason_name, to_message
 from server.config import ServerConfig
+from server.metrics import OUTCOMES, ServerMetrics
+from server.service import abstain_reason_value
 
 pb2, pb2_grpc = modules()
 SERVICE = "/profile_embedding.v1.ProfileEmbeddingService/"
@@ -111,6 +113,7 @@ def test_predict_all_heads_matches_in_process_heads(client, tiny_model):
             want = local[p.head][row]
             assert p.argmax == want.argmax and p.abstained == want.abstained
             assert p.label == (want.label or "")
+            assert p.abstain_reason == abstain_reason_value(want.reason)
             assert p.score == pytest.approx(want.score, abs=1e-5)
             assert len(p.top) == 3 and p.top[0].label == want.argmax
 
@@ -308,6 +311,90 @@ def test_metrics_endpoint_counts_requests_batches_cache_and_abstentions(server, 
         "profile_embed_head_predictions_total{argmax=",
     ):
         assert name in text, name
+
+
+def _head_prediction_counts(port):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "profile_embed_head_predictions":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = (sample.labels["head"], sample.labels["argmax"], sample.labels["outcome"])
+                    out[key] = sample.value
+    return out
+
+
+def test_abstain_reasons_reach_predict_stream_client_and_metrics(tiny_model):
+    """A geolocation head with an out-of-distribution check: the reason everywhere, counted."""
+    from collections import Counter
+
+    refused_profiles, _, _ = synthetic_profiles(3, seed=21)
+    other_profiles, _, _ = synthetic_profiles(5, seed=22)
+    refused = tiny_model.encoder.encode(refused_profiles)
+    geo = copy.deepcopy(tiny_model.heads["geolocation"])
+    geo.in_distribution = lambda emb: (
+        np.abs(emb[:, None, :] - refused[None, :, :]).max(axis=2).min(axis=1) > 1e-4
+    )
+    model = copy.copy(tiny_model)
+    model.heads = {**tiny_model.heads, "geolocation": geo}
+    profiles = [other_profiles[0], refused_profiles[0], *other_profiles[1:], *refused_profiles[1:]]
+    emb = tiny_model.encoder.encode(profiles)
+    ood = ~geo.in_distribution(emb)
+    assert ood.any() and not ood.all()
+    local = {n: h.predict(emb) for n, h in tiny_model.heads.items()}  # without the check
+    want = {
+        "geolocation": [
+            "out_of_distribution" if o else p.reason
+            for o, p in zip(ood, local["geolocation"], strict=True)
+        ],
+        "category": [p.reason for p in local["category"]],
+    }
+    srv = ServerThread(ServerConfig(port=0, metrics_port=0, max_wait_ms=2), model)
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            resp = c.stub.Predict(pb2.PredictRequest(profiles=[to_message(p) for p in profiles]))
+            rows = c.predict(profiles)
+            stream = list(c.predict_stream(profiles))
+        for row, (result, d, s) in enumerate(zip(resp.results, rows, stream, strict=True)):
+            for p in result.predictions:
+                reason = want[p.head][row]
+                assert abstain_reason_name(p.abstain_reason) == reason
+                assert p.abstained is (reason is not None)
+                assert p.label == ("" if reason else local[p.head][row].argmax)
+                assert d["predictions"][p.head]["reason"] == reason
+                assert s["predictions"][p.head]["reason"] == reason
+                assert d["predictions"][p.head]["label"] == (p.label or None)
+        counts = _head_prediction_counts(srv.running.metrics.port)
+    finally:
+        srv.stop()
+    expected = Counter()
+    for head, reasons in want.items():
+        for p, reason in zip(local[head], reasons, strict=True):
+            expected[(head, p.argmax, reason or "assigned")] += 3  # Predict, client, stream
+    assert {k: v for k, v in counts.items() if v} == dict(expected)
+    # every series exists from the start (0 until counted), and no others: labels x outcomes
+    for name, head in model.heads.items():
+        keys = {k for k in counts if k[0] == name}
+        assert keys == {(name, lab, o) for lab in head.labels for o in OUTCOMES}
+
+
+def test_abstain_reason_enum_covers_every_reason():
+    from heads.base import ABSTAIN_REASONS
+
+    assert len(pb2.AbstainReason.keys()) == len(ABSTAIN_REASONS) + 1
+    for reason in ABSTAIN_REASONS:
+        assert abstain_reason_value(reason) != pb2.ABSTAIN_REASON_UNSPECIFIED
+        assert abstain_reason_name(abstain_reason_value(reason)) == reason
+    assert abstain_reason_value(None) == pb2.ABSTAIN_REASON_UNSPECIFIED
+    assert abstain_reason_name(pb2.ABSTAIN_REASON_UNSPECIFIED) is None
+    assert abstain_reason_name(99) == "abstain_reason_99"  # a newer server's reason
+    with pytest.raises(ValueError, match=r"'too_far' has no AbstainReason value; defined: \["):
+        abstain_reason_value("too_far")
+    with pytest.raises(ValueError, match="'too_far' is not one of"):
+        ServerMetrics().observe_predictions("geolocation", ["FR"], ["too_far"])
 
 
 # ---------------------------------------------------------------------- server states and faults

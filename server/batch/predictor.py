@@ -43,7 +43,8 @@ def result_schema(spec: JobSpec, dim: int, head_labels: Mapping[str, Sequence[st
     Returns:
         A ``pyarrow.Schema``: id, source_row, embedding_version, text_hash, row_key, [embedding],
         kept fields, and per head ``<head>_label`` (null when abstained), ``<head>_argmax``,
-        ``<head>_score`` [, ``<head>_probs``].
+        ``<head>_score``, ``<head>_reason`` (null when assigned, else why it abstained)
+        [, ``<head>_probs``].
     """
     import pyarrow as pa
 
@@ -62,6 +63,7 @@ def result_schema(spec: JobSpec, dim: int, head_labels: Mapping[str, Sequence[st
             pa.field(f"{head}_label", pa.string()),
             pa.field(f"{head}_argmax", pa.string()),
             pa.field(f"{head}_score", pa.float32()),
+            pa.field(f"{head}_reason", pa.string()),
         ]
         if spec.with_probabilities:
             fields.append(pa.field(f"{head}_probs", pa.list_(pa.float32(), len(head_labels[head]))))
@@ -249,6 +251,7 @@ class BatchPredictor:
             columns[f"{head}_label"] = [p.label for p in ps]
             columns[f"{head}_argmax"] = [p.argmax for p in ps]
             columns[f"{head}_score"] = [float(p.score) for p in ps]
+            columns[f"{head}_reason"] = [p.reason for p in ps]
             if self.spec.with_probabilities:
                 columns[f"{head}_probs"] = [np.asarray(p.probabilities, np.float32) for p in ps]
         self._write_by_file(columns, [cols["file_key"][good[j]] for j in todo], stats)

@@ -20,10 +20,11 @@ def register(subparsers: Any) -> None:
         description=(
             "Read profiles (.jsonl/.csv/.parquet), run the model's heads and write one JSON object "
             'per valid input row: {"id": ..., "<head>": {"label": ... | null, "argmax": ..., '
-            '"score": ..., "probabilities": {...}}}. An invalid row stops the command with an '
-            "error naming file, line and field; with --skip-invalid invalid rows are listed as "
-            "file:line on stderr and skipped, every valid row is written, and the command exits 1 "
-            "at the end."
+            '"score": ..., "reason": null | "no_threshold_for_class" | "below_threshold" | '
+            '"out_of_distribution", "probabilities": {...}}}. An invalid row stops the command '
+            "with an error naming file, line and field; with --skip-invalid invalid rows are "
+            "listed as file:line on stderr and skipped, every valid row is written, and the "
+            "command exits 1 at the end."
         ),
     )
     p.add_argument("input", help="profiles file")
