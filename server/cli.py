@@ -5,6 +5,12 @@ Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds 
 is instant.
 Every flag also reads an environment fallback ``PROFILE_EMBED_<FLAG>`` (``--batch-size`` ->
 ``PROFILE_EMBED_BATCH_SIZE``).
+
+Exit codes, the same for every command: 0 done; 1 the work failed (a model or index folder that is
+missing, corrupt or of another ``embedding_version``, a failed build, an RPC error) or, by the
+``--skip-invalid`` rule, rows were skipped; 2 bad input (a bad flag or flag value, as argparse
+does, an ``InvalidInputError`` naming the file, line and field, an unknown head, a missing or
+unreadable input file); 130 interrupted. Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from embedder.errors import EmbedderError
+from embedder.errors import EmbedderError, InvalidInputError, UnknownHeadError, UnknownIdError
 
 #: Subcommand modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -37,6 +43,21 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 _ENV_PREFIX = "PROFILE_EMBED_"
 
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+#: Errors that mean "what you gave is wrong" (exit 2) rather than "the work failed" (exit 1).
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidInputError,
+    UnknownHeadError,
+    UnknownIdError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the full argument parser with every registered subcommand."""
@@ -56,8 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_env_defaults(parser: argparse.ArgumentParser) -> None:
-    """Let ``PROFILE_EMBED_<FLAG>`` set any long option's default (flags still win)."""
+    """Let ``PROFILE_EMBED_<FLAG>`` set any long option's default (flags still win).
+
+    Nested subcommands (``client predict``, ``index build``) get the same fallback. A value the
+    flag's type refuses is a usage error (exit 2) naming the variable.
+    """
     for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _apply_env_defaults(child)
+            continue
         longs = [s for s in action.option_strings if s.startswith("--")]
         if not longs or action.dest == "help":
             continue
@@ -68,7 +97,10 @@ def _apply_env_defaults(parser: argparse.ArgumentParser) -> None:
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             action.default = raw.strip().lower() in {"1", "true", "yes", "on"}
         elif action.type is not None and callable(action.type):
-            action.default = action.type(raw)
+            try:
+                action.default = action.type(raw)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+                parser.error(f"{env}={raw!r} is not a valid {longs[0]}: {err}")
         else:
             action.default = raw
         action.required = False
@@ -86,23 +118,28 @@ def _configure_logging(verbosity: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the process exit code (2 usage error, 1 runtime error)."""
+    """Run the CLI; return the process exit code (see the module docstring).
+
+    Usage errors (argparse's, exit 2) and ``--help`` (exit 0) are returned too, not raised.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:
+        return 0 if exit.code is None else int(exit.code)
     _configure_logging(args.verbose)
     try:
         code = args.func(args)
+    except BAD_INPUT_ERRORS as err:
+        print(f"profile-embed {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except EmbedderError as err:
         print(f"profile-embed {args.command}: error: {err}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-        print(f"profile-embed {args.command}: error: {err}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"profile-embed {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return int(code or 0)
 
 

@@ -158,11 +158,11 @@ def test_calibrate_refuses_bad_input_with_a_clear_error(model_dir, tmp_path, cap
 
     (tmp_path / "bad.jsonl").write_text('{"id": "1", "biography": "x", "country": "XX"}\n')
     args = ["calibrate", "--model", str(model_dir), "--cache", ""]
-    assert main([*args, "--data", str(tmp_path / "bad.jsonl")]) == 1
+    assert main([*args, "--data", str(tmp_path / "bad.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl, line 1, field 'country'" in err and "XX" in err
     assert "Traceback" not in err
-    assert main([*args, "--data", str(tmp_path / "bad.jsonl"), "--target-precision", "1.5"]) == 1
+    assert main([*args, "--data", str(tmp_path / "bad.jsonl"), "--target-precision", "1.5"]) == 2
     assert "--target-precision" in capsys.readouterr().err
 
 
@@ -188,7 +188,7 @@ def test_train_head_learns_a_new_task_from_a_data_field(model_dir, tmp_path, cap
     assert "geolocation" in out
     one = tmp_path / "one.jsonl"
     write_profiles(one, [r for r in _rows(40, 13) if r.profile.extra["sentiment"] == "positive"])
-    assert main([*args[:-2], "--train", str(one), "--val", str(tmp_path / "v.jsonl")]) == 1
+    assert main([*args[:-2], "--train", str(one), "--val", str(tmp_path / "v.jsonl")]) == 2
     assert "needs at least 2 classes" in capsys.readouterr().err
 
 

@@ -105,12 +105,12 @@ def test_bad_lines_reported_with_file_and_line(encoder_dir, tmp_path, capsys) ->
 
 
 def test_unknown_suffix_is_a_clear_error(tmp_path, capsys) -> None:
-    assert main(["embed", str(SAMPLE), "-o", str(tmp_path / "out.txt"), "--no-cache"]) == 1
+    assert main(["embed", str(SAMPLE), "-o", str(tmp_path / "out.txt"), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert "unsupported output suffix '.txt'" in err and ".npy, .parquet" in err
     wrong = tmp_path / "profiles.xml"
     wrong.write_text("<x/>")
-    assert main(["embed", str(wrong), "-o", str(tmp_path / "o.npy"), "--no-cache"]) == 1
+    assert main(["embed", str(wrong), "-o", str(tmp_path / "o.npy"), "--no-cache"]) == 2
     assert "unsupported input suffix '.xml'" in capsys.readouterr().err
 
 
@@ -148,4 +148,4 @@ def test_console_script_subprocess(encoder_dir, tmp_path) -> None:
         timeout=120,
         check=False,
     )
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr and "'.csv'" in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "'.csv'" in bad.stderr

@@ -1,6 +1,6 @@
 """``--skip-invalid`` on every command that reads profile files.
 
-Without the flag the first invalid row stops the command (exit 1, one clear line naming the file,
+Without the flag the first invalid row stops the command (exit 2, one clear line naming the file,
 line and field, no stack trace, nothing written); with it every invalid row is listed as
 ``file:line: field 'x': ...``, a count line follows, all valid rows are used and the exit code is 1.
 """
@@ -107,7 +107,7 @@ def test_first_invalid_row_stops_predict_naming_file_line_field(kind, tmp_path, 
     # the file is read before the model is loaded, so a missing model is never reached
     code = main(["predict", "--model", str(tmp_path / "no-model"), str(path), "-o", str(out)])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2
     assert f"profile-embed predict: error: {path}, line 2" in err
     if field is not None:
         assert f"field '{field}'" in err
@@ -158,7 +158,7 @@ def test_without_flag_every_command_stops_at_the_first_invalid_row(
         ],
     }
     for name, argv in commands.items():
-        assert main(argv) == 1, name
+        assert main(argv) == 2, name
         captured = capsys.readouterr()
         assert f"profile-embed {name}: error: {path}, line {first}" in captured.err, name
         assert "Traceback" not in captured.err

@@ -130,12 +130,15 @@ def _batches(items: Any, size: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run one client action; exit 1 with the server's status on an RPC error.
+    """Run one client action; on an RPC error print the server's status and exit with its code.
 
-    Also exits 1 when input rows were skipped (``--skip-invalid``).
+    Exit 2 when the server refused the input (``INVALID_ARGUMENT``, ``NOT_FOUND``: a bad profile,
+    an unknown head), as for bad input read here; 1 for any other RPC error, and when input rows
+    were skipped (``--skip-invalid``).
     """
     import grpc
 
+    from server.cli import EXIT_BAD_INPUT, EXIT_FAILED
     from server.client import ProfileEmbeddingClient
 
     token = args.token_file.read_text(encoding="utf-8").split()[0] if args.token_file else None
@@ -167,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
                         print(json.dumps(row, ensure_ascii=False))
     except grpc.RpcError as err:
         print(f"profile-embed client: {err.code().name}: {err.details()}", file=sys.stderr)
-        return 1
+        bad_input = err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+        return EXIT_BAD_INPUT if bad_input else EXIT_FAILED
     reader.report()
-    return 1 if reader.errors else 0
+    return EXIT_FAILED if reader.errors else 0

@@ -1,6 +1,6 @@
 """``profile-embed embed``: embed a profile file into ``.npy`` (+ ids sidecar) or ``.parquet``.
 
-An invalid row stops the command with an error naming the file, line and field (exit 1, nothing
+An invalid row stops the command with an error naming the file, line and field (exit 2, nothing
 written); with ``--skip-invalid`` bad rows are listed as ``file:line: field 'x': message`` on stderr
 and skipped, the valid rows are all written, and the command exits 1 at the end (see
 ``server.commands.invalid_rows``). A summary goes to stdout as one JSON object.

@@ -5,7 +5,7 @@ Every command that reads profile files (``embed``, ``predict``, ``evaluate``, ``
 
 - without ``--skip-invalid`` the first invalid row stops the command before any work: one error
   line naming the file, the line (Parquet: the row) and the field, with the value received and what
-  is allowed; exit code 1, no stack trace;
+  is allowed; exit code 2 (bad input, as for a bad flag), no stack trace;
 - with ``--skip-invalid`` every invalid row is skipped and listed on stderr as
   ``FILE:LINE: field 'x': reason`` (Parquet: ``FILE:row N: ...``; the first :data:`MAX_LISTED`, then
   ``... and N more invalid rows``), followed by a count line ``FILE: read N rows: V valid, I invalid
