@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 
 from embedder.profile import Profile
+from heads.base import Prediction
 from server._codegen import modules
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,40 @@ def abstain_reason_name(value: int) -> str | None:
     if value not in pb2.AbstainReason.values():
         return f"abstain_reason_{int(value)}"
     return str(pb2.AbstainReason.Name(value)).removeprefix("ABSTAIN_REASON_").lower()
+
+
+def head_prediction(message: Any, labels: Sequence[str]) -> Prediction:
+    """A ``HeadPrediction`` message as the in-process :class:`heads.base.Prediction`.
+
+    The one place the client reads a head's answer off the wire into the in-process type, so
+    ``Prediction.to_dict`` gives ``profile-embed client predict`` and ``profile-embed predict``
+    one JSON shape, every field of ``Prediction`` (``reason`` included) carried.
+
+    Args:
+        message: a ``HeadPrediction`` whose ``top`` holds every label (request ``top_k`` >= the
+            number of labels, as :meth:`ProfileEmbeddingClient.predict_heads` does).
+        labels: the head's labels in output order (``Info``'s ``HeadInfo.labels``).
+
+    Returns:
+        The prediction, ``probabilities`` aligned with ``labels``.
+
+    Raises:
+        ValueError: ``message.top`` does not hold exactly the labels of ``labels``.
+    """
+    probs = {t.label: float(t.probability) for t in message.top}
+    if len(probs) != len(labels) or any(lab not in probs for lab in labels):
+        raise ValueError(
+            f"head {message.head!r}: the answer holds the probabilities of {len(probs)} labels, "
+            f"the head has {len(labels)}; request top_k >= {len(labels)}"
+        )
+    return Prediction(
+        label=message.label or None,
+        argmax=message.argmax,
+        score=float(message.score),
+        abstained=message.abstained,
+        probabilities=np.array([probs[lab] for lab in labels]),
+        reason=abstain_reason_name(message.abstain_reason),
+    )
 
 
 def prediction_dict(result: Any, dim: int = 0) -> dict[str, Any]:
@@ -138,6 +173,7 @@ class ProfileEmbeddingClient:
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._dim = 0
+        self._labels: dict[str, tuple[str, ...]] | None = None
 
     def __enter__(self) -> ProfileEmbeddingClient:
         return self
@@ -186,6 +222,36 @@ class ProfileEmbeddingClient:
         )
         resp = self._call(self.stub.Predict, req)
         return [prediction_dict(r, resp.dim) for r in resp.results]
+
+    def head_labels(self) -> dict[str, tuple[str, ...]]:
+        """Head name -> its labels in output order (one ``Info`` call, then remembered)."""
+        if self._labels is None:
+            resp = self._call(self.stub.Info, pb2.InfoRequest())
+            self._labels = {h.name: tuple(h.labels) for h in resp.heads}
+        return self._labels
+
+    def predict_heads(
+        self, profiles: Sequence[ProfileLike], *, heads: Sequence[str] = ()
+    ) -> list[tuple[str, dict[str, Prediction]]]:
+        """Predict heads (all when empty) as ``heads.base.Prediction`` objects, as in-process.
+
+        Every label's probability is requested, so ``Prediction.to_dict(head_labels()[name])``
+        gives the JSON of ``profile-embed predict``.
+
+        Returns:
+            ``(id, {head name: Prediction})`` per profile, in input order.
+        """
+        labels = self.head_labels()
+        req = pb2.PredictRequest(
+            profiles=[to_message(p) for p in profiles],
+            heads=list(heads),
+            top_k=max((len(v) for v in labels.values()), default=1),
+        )
+        resp = self._call(self.stub.Predict, req)
+        return [
+            (r.id, {p.head: head_prediction(p, labels[p.head]) for p in r.predictions})
+            for r in resp.results
+        ]
 
     def predict_stream(
         self, profiles: Iterable[ProfileLike], *, heads: Sequence[str] = (), top_k: int = 1

@@ -1,4 +1,9 @@
-"""``profile-embed client predict|embed|info``: call a running server from scripts (JSON lines)."""
+"""``profile-embed client predict|embed|info``: call a running server from scripts (JSON lines).
+
+``client predict`` prints the same JSON object per profile as ``profile-embed predict`` (both are
+built by :func:`server.commands.predict.prediction_record` from ``heads.base.Prediction``), so a
+script reads one shape whether the model runs in-process or behind the server.
+"""
 
 from __future__ import annotations
 
@@ -12,26 +17,53 @@ from server.commands.invalid_rows import add_skip_invalid
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``client`` subcommand."""
+    """Add the ``client`` subcommand with its actions ``predict``, ``embed`` and ``info``.
+
+    Each action is its own parser, so options may come before or after the input file
+    (``client predict --target HOST:PORT profiles.jsonl``).
+    """
     p = subparsers.add_parser(
         "client",
         help="call a running gRPC server (JSON lines out)",
         description="Send profiles (JSONL, '-' = stdin) to a server; print one JSON line each.",
     )
-    p.add_argument("action", choices=("predict", "embed", "info"))
-    p.add_argument("input", nargs="?", default="-", help="profiles as JSON lines ('-' = stdin)")
-    p.add_argument("--target", default="localhost:50051", help="host:port [localhost:50051]")
-    p.add_argument("--heads", default="", help="comma-separated head names (default: all)")
-    p.add_argument("--top-k", type=int, default=1, help="labels per head in 'top' [1]")
-    p.add_argument("--batch-size", type=int, default=256, help="profiles per request [256]")
-    p.add_argument("--token-file", type=Path, default=None, help="bearer token file")
-    p.add_argument("--tls", action="store_true", help="use TLS (system roots or --ca)")
-    p.add_argument("--ca", type=Path, default=None, help="PEM CA to verify the server")
-    p.add_argument("--cert", type=Path, default=None, help="PEM client certificate (mTLS)")
-    p.add_argument("--key", type=Path, default=None, help="PEM client key (mTLS)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per call [60]")
-    add_skip_invalid(p)
-    p.set_defaults(func=run)
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--target", default="localhost:50051", help="host:port")
+    connection.add_argument("--token-file", type=Path, default=None, help="bearer token file")
+    connection.add_argument("--tls", action="store_true", help="use TLS (system roots or --ca)")
+    connection.add_argument("--ca", type=Path, default=None, help="PEM CA to verify the server")
+    connection.add_argument("--cert", type=Path, default=None, help="PEM client cert (mTLS)")
+    connection.add_argument("--key", type=Path, default=None, help="PEM client key (mTLS)")
+    connection.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    profiles = argparse.ArgumentParser(add_help=False)
+    profiles.add_argument("input", nargs="?", default="-", help="JSON lines ('-' = stdin)")
+    profiles.add_argument("--batch-size", type=int, default=256, help="profiles per request")
+    add_skip_invalid(profiles)
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    predict = actions.add_parser(
+        "predict",
+        parents=[connection, profiles],
+        help="every head's prediction per profile (the JSON of 'profile-embed predict')",
+        description='One JSON object per profile: {"id": ..., "<head>": {"label": ... | null, '
+        '"argmax": ..., "score": ..., "reason": ..., "probabilities": {...}}}, as '
+        "'profile-embed predict' writes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    predict.add_argument("--heads", default="", help="comma-separated head names (default: all)")
+    actions.add_parser(
+        "embed",
+        parents=[connection, profiles],
+        help='{"id", "embedding"} per profile',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    actions.add_parser(
+        "info",
+        parents=[connection],
+        help="the server's model, heads and limits (one JSON object)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for action in actions.choices.values():
+        action.set_defaults(func=run)
 
 
 class _Reader:
@@ -129,6 +161,22 @@ def _batches(items: Any, size: int) -> Any:
         yield batch
 
 
+def _embed(client: Any, reader: _Reader, batch_size: int) -> None:
+    for batch in _batches(reader, batch_size):
+        vectors = client.embed(batch)
+        for p, v in zip(batch, vectors, strict=True):
+            print(json.dumps({"id": p.id, "embedding": [round(float(x), 7) for x in v]}))
+
+
+def _predict(client: Any, reader: _Reader, batch_size: int, heads: list[str]) -> None:
+    from server.commands.predict import prediction_record
+
+    for batch in _batches(reader, batch_size):
+        for pid, predictions in client.predict_heads(batch, heads=heads):
+            record = prediction_record(pid, predictions, client.head_labels())
+            print(json.dumps(record, ensure_ascii=False))
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one client action; on an RPC error print the server's status and exit with its code.
 
@@ -151,26 +199,23 @@ def run(args: argparse.Namespace) -> int:
         client_key=args.key,
         timeout=args.timeout,
     )
-    heads = [h for h in args.heads.split(",") if h]
-    reader = _Reader(args.input, skip_invalid=args.skip_invalid)
+    if args.action == "info":
+        reader = None
+    else:
+        reader = _Reader(args.input, skip_invalid=args.skip_invalid)
     try:
         with client:
-            if args.action == "info":
+            if reader is None:
                 print(json.dumps(client.info(), ensure_ascii=False))
-                return 0
-            for batch in _batches(reader, args.batch_size):
-                if args.action == "embed":
-                    vectors = client.embed(batch)
-                    for p, v in zip(batch, vectors, strict=True):
-                        print(
-                            json.dumps({"id": p.id, "embedding": [round(float(x), 7) for x in v]})
-                        )
-                else:
-                    for row in client.predict(batch, heads=heads, top_k=args.top_k):
-                        print(json.dumps(row, ensure_ascii=False))
+            elif args.action == "embed":
+                _embed(client, reader, args.batch_size)
+            else:
+                _predict(client, reader, args.batch_size, [h for h in args.heads.split(",") if h])
     except grpc.RpcError as err:
         print(f"profile-embed client: {err.code().name}: {err.details()}", file=sys.stderr)
         bad_input = err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
         return EXIT_BAD_INPUT if bad_input else EXIT_FAILED
+    if reader is None:
+        return 0
     reader.report()
     return EXIT_FAILED if reader.errors else 0

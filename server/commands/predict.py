@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from server.commands.invalid_rows import add_skip_invalid
+
+if TYPE_CHECKING:
+    from heads.base import Prediction
 
 DEFAULT_MODEL = "models/default"
 
@@ -37,6 +41,27 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def prediction_record(
+    profile_id: str,
+    predictions: Mapping[str, Prediction],
+    labels: Mapping[str, Sequence[str]],
+) -> dict[str, Any]:
+    """The JSON object ``predict`` and ``client predict`` write for one profile.
+
+    Args:
+        profile_id: the profile's id.
+        predictions: head name -> its prediction, in the order the heads are written.
+        labels: head name -> the head's labels (the order of ``probabilities``).
+
+    Returns:
+        ``{"id": ..., "<head>": Prediction.to_dict(labels), ...}``.
+    """
+    record: dict[str, Any] = {"id": profile_id}
+    for name, prediction in predictions.items():
+        record[name] = prediction.to_dict(labels[name])
+    return record
+
+
 def parse_heads(text: str | None) -> list[str] | None:
     """Split ``--heads a,b`` into names (None when not given)."""
     if not text:
@@ -63,10 +88,11 @@ def run(args: argparse.Namespace) -> int:
         for start in range(0, len(profiles), args.chunk):
             chunk = profiles[start : start + args.chunk]
             preds = model.predict(chunk, heads=names, batch_size=args.batch_size)
+            labels = {name: model.heads[name].labels for name in names}
             for i, profile in enumerate(chunk):
-                record: dict[str, Any] = {"id": profile.id}
-                for name in names:
-                    record[name] = preds[name][i].to_dict(model.heads[name].labels)
+                record = prediction_record(
+                    profile.id, {name: preds[name][i] for name in names}, labels
+                )
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             bar.update(len(chunk))
     print(
