@@ -12,8 +12,9 @@ the head is unsure about vanish). The estimators here use every follower's calib
   argmax counts can carry them under the validation confusion (``pi_k <= q_k / R_kk``);
 - ``"map"``: MAP-EM with a Dirichlet prior centred on the probability average, weighing as much
   as the followers (``MAP_STRENGTH``);
-- ``"fallback"``: ``guarded``, or ``average`` when the followers' argmax shares fit no prior shift
-  of the validation data (the ``unlike_training`` check);
+- ``"fallback"``: ``guarded``, or ``average`` when the followers look unlike the training data
+  (the ``unlike_training`` checks: their argmax shares fit no prior shift of the validation data,
+  or far fewer of them get a confident label than validation predicts for the estimated mix);
 - ``"ensemble"``: per-label median of ``em``, ``average`` and ``acc``, renormalised;
 - ``"average"``: probability averaging (unbiased when the audience has the training prior);
 - ``"acc"``: adjusted classify-and-count, inverting the validation confusion matrix;
@@ -47,6 +48,7 @@ from heads.audience_estimators import (
     adjusted_classify_and_count,
     classify_and_count,
     confusion_rates,
+    cue_check,
     em_prior_shift,
     em_refuted,
     guarded_em,
@@ -93,7 +95,9 @@ MODEL_ERROR = 0.10
 #: Flag thresholds.
 MIN_FOLLOWERS = 100
 MIN_ASSIGNED = 30
-ASSIGNED_RATIO = 0.5  # assigned share below this fraction of the validation's -> few_assigned
+#: unlike_training: assigned share below this fraction of what validation predicts for the
+#: estimated mix (``cue_check``).
+ASSIGNED_RATIO = 0.5
 MISFIT_P = 0.01  # unlike_training: label-shift misfit significant at this level ...
 MISFIT_TV = 0.05  # ... and larger than this total variation
 #: estimators_disagree: EM (soft probabilities) and ACC (argmax counts), both unbiased when the
@@ -295,8 +299,16 @@ def _point(
     """``(used, shares, em_refuted result)``: resolves ``fallback`` and ``guarded`` to what ran."""
     used = method
     if method == "fallback":
-        assert misfit is not None  # NEEDS: fallback has the confusion
+        assert misfit is not None and confusion is not None and prior is not None
         unlike = misfit["p_value"] < MISFIT_P and misfit["misfit"] > MISFIT_TV
+        if thresholds is not None and recall_counts is not None:
+            cands = [
+                em_prior_shift(probs, prior)[0],
+                adjusted_classify_and_count(probs, confusion),
+                probability_average(probs),
+            ]
+            cues = cue_check(probs, thresholds, recall_counts, cands)
+            unlike = unlike or cues["ratio"] < ASSIGNED_RATIO
         used = "average" if unlike else "guarded"
     shares = _estimator(used, prior, thresholds, recall_counts)(probs, None, confusion, None)
     refuted = None
@@ -337,7 +349,9 @@ def _diagnose(
         for m in ("em", "guarded", "average", "acc")
         if m != used and all(given[x] is not None for x in NEEDS[m])
     }
-    flags, diag = _flags(probs, shares, used, others, misfit, thresholds, val_assigned_share)
+    flags, diag = _flags(
+        probs, shares, used, others, misfit, thresholds, val_assigned_share, recall_counts
+    )
     diag["used"] = used
     if capped is not None:
         diag["capped"] = capped
@@ -372,6 +386,7 @@ def _flags(
     misfit: Mapping[str, float] | None,
     thresholds: np.ndarray | None,
     val_assigned_share: float | None,
+    recall_counts: np.ndarray | None,
 ) -> tuple[tuple[str, ...], dict[str, Any]]:
     n = len(probs)
     diag: dict[str, Any] = {"n_followers": n}
@@ -384,11 +399,14 @@ def _flags(
         diag["assigned_share"] = round(assigned / n, 4)
         if val_assigned_share is not None:
             diag["validation_assigned_share"] = round(float(val_assigned_share), 4)
-        low_share = val_assigned_share is not None and (
-            assigned / n < ASSIGNED_RATIO * val_assigned_share
-        )
-        if assigned < MIN_ASSIGNED or low_share:
+        if assigned < MIN_ASSIGNED:
             raised.add("few_assigned")
+        if recall_counts is not None:
+            cands = [shares, *(others[m] for m in ("em", "acc", "average") if m in others)]
+            cues = cue_check(probs, thresholds, recall_counts, cands)  # type: ignore[arg-type]
+            diag["expected_assigned_share"] = round(cues["expected_assigned_share"], 4)
+            if cues["ratio"] < ASSIGNED_RATIO:
+                raised.add("unlike_training")
     if misfit is not None:
         diag["label_shift_misfit"] = {key: round(v, 4) for key, v in misfit.items()}
         if misfit["p_value"] < MISFIT_P and misfit["misfit"] > MISFIT_TV:

@@ -113,6 +113,7 @@ def response_fields(est: Any) -> dict[str, Any]:
         assigned=int(d.get("assigned") or 0),
         assigned_share=float(d.get("assigned_share") or 0.0),
         validation_assigned_share=float(d.get("validation_assigned_share") or 0.0),
+        expected_assigned_share=float(d.get("expected_assigned_share") or 0.0),
         label_shift_misfit=float(misfit.get("misfit", 0.0)),
         label_shift_p_value=float(misfit.get("p_value", 0.0)),
         em_refuted=bool(d.get("em_refuted", False)),
