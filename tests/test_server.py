@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from server_helpers import ServerThread, build_tiny_model, synthetic_profiles
 
+from heads.base import ABSTAIN_REASONS
 from server._codegen import modules
 from server.client import ProfileEmbeddingClient, abstain_reason_name, to_message
 from server.config import ServerConfig
@@ -327,53 +328,80 @@ def _head_prediction_counts(port):
     return out
 
 
-def test_abstain_reasons_reach_predict_stream_client_and_metrics(tiny_model):
-    """A geolocation head with an out-of-distribution check: the reason everywhere, counted."""
+def _expected_reason(probs, thresholds, in_distribution):
+    i = int(probs.argmax())
+    if not in_distribution:
+        return "out_of_distribution"
+    if np.isinf(thresholds[i]):
+        return "no_threshold_for_class"
+    return "below_threshold" if probs[i] < thresholds[i] else None
+
+
+def test_abstain_reasons_reach_predict_stream_clients_and_metrics(tiny_model, tmp_path, capsys):
+    """Every reason, from one head's thresholds and out-of-distribution check, on every path."""
+    import json
     from collections import Counter
 
-    refused_profiles, _, _ = synthetic_profiles(3, seed=21)
-    other_profiles, _, _ = synthetic_profiles(5, seed=22)
-    refused = tiny_model.encoder.encode(refused_profiles)
-    geo = copy.deepcopy(tiny_model.heads["geolocation"])
-    geo.in_distribution = lambda emb: (
-        np.abs(emb[:, None, :] - refused[None, :, :]).max(axis=2).min(axis=1) > 1e-4
+    from embedder.profile import Profile
+    from server.cli import main
+
+    cities = ("paris", "lyon", "berlin", "tokyo", "madrid", "london", "rio", "seoul")
+    profiles = [Profile(id=c, biography=f"based in {c}", captions=(c,)) for c in cities]
+    profiles += [Profile(id=f"far{i}", biography=f"{c} coffee") for i, c in enumerate(cities)]
+    emb = tiny_model.encoder.encode(profiles)
+    refused = emb[-4:]  # the last four profiles are "out of distribution"
+    # the tiny category head spreads its argmax best: its thresholds make every reason appear
+    head = copy.deepcopy(tiny_model.heads["category"])
+    classes = list(dict.fromkeys(head.predict_proba(emb[:-4]).argmax(1)))
+    assert len(classes) >= 3, classes
+    thr = np.zeros(len(head.labels))
+    thr[classes[0]] = np.inf  # never assigns
+    thr[classes[1]] = 1.01  # finite, above every probability
+    head.thresholds_ = thr
+    head.in_distribution = lambda e: (
+        np.abs(e[:, None, :] - refused[None, :, :]).max(axis=2).min(axis=1) > 1e-4
     )
     model = copy.copy(tiny_model)
-    model.heads = {**tiny_model.heads, "geolocation": geo}
-    profiles = [other_profiles[0], refused_profiles[0], *other_profiles[1:], *refused_profiles[1:]]
-    emb = tiny_model.encoder.encode(profiles)
-    ood = ~geo.in_distribution(emb)
-    assert ood.any() and not ood.all()
-    local = {n: h.predict(emb) for n, h in tiny_model.heads.items()}  # without the check
+    model.heads = {**tiny_model.heads, "category": head}
+    inside = head.in_distribution(emb)
+    probs = {name: h.predict_proba(emb) for name, h in model.heads.items()}
+    argmax = {n: [model.heads[n].labels[int(i)] for i in p.argmax(1)] for n, p in probs.items()}
     want = {
-        "geolocation": [
-            "out_of_distribution" if o else p.reason
-            for o, p in zip(ood, local["geolocation"], strict=True)
-        ],
-        "category": [p.reason for p in local["category"]],
+        name: [
+            _expected_reason(p, model.heads[name].thresholds_, ok or name != "category")
+            for p, ok in zip(probs[name], inside, strict=True)
+        ]
+        for name in model.heads
     }
+    assert set(want["category"]) == {None, *ABSTAIN_REASONS}  # the data covers every outcome
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in profiles))
     srv = ServerThread(ServerConfig(port=0, metrics_port=0, max_wait_ms=2), model)
     try:
         with ProfileEmbeddingClient(srv.target) as c:
             resp = c.stub.Predict(pb2.PredictRequest(profiles=[to_message(p) for p in profiles]))
             rows = c.predict(profiles)
             stream = list(c.predict_stream(profiles))
-        for row, (result, d, s) in enumerate(zip(resp.results, rows, stream, strict=True)):
-            for p in result.predictions:
-                reason = want[p.head][row]
-                assert abstain_reason_name(p.abstain_reason) == reason
-                assert p.abstained is (reason is not None)
-                assert p.label == ("" if reason else local[p.head][row].argmax)
-                assert d["predictions"][p.head]["reason"] == reason
-                assert s["predictions"][p.head]["reason"] == reason
-                assert d["predictions"][p.head]["label"] == (p.label or None)
+        capsys.readouterr()
+        assert main(["client", "predict", str(path), "--target", srv.target]) == 0
+        cli = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         counts = _head_prediction_counts(srv.running.metrics.port)
     finally:
         srv.stop()
+    assert [r["id"] for r in cli] == [p.id for p in profiles]
+    for row, (result, d, s, rec) in enumerate(zip(resp.results, rows, stream, cli, strict=True)):
+        for p in result.predictions:
+            reason = want[p.head][row]
+            assert abstain_reason_name(p.abstain_reason) == reason
+            assert p.abstained is (reason is not None) and p.argmax == argmax[p.head][row]
+            assert p.label == ("" if reason else argmax[p.head][row])
+            dicts = (d["predictions"], s["predictions"], rec.get("predictions", rec))
+            for got in (x[p.head] for x in dicts):
+                assert (got["label"], got["reason"]) == (p.label or None, reason)
     expected = Counter()
     for head, reasons in want.items():
-        for p, reason in zip(local[head], reasons, strict=True):
-            expected[(head, p.argmax, reason or "assigned")] += 3  # Predict, client, stream
+        for label, reason in zip(argmax[head], reasons, strict=True):
+            expected[(head, label, reason or "assigned")] += 4  # Predict, client, stream, CLI
     assert {k: v for k, v in counts.items() if v} == dict(expected)
     # every series exists from the start (0 until counted), and no others: labels x outcomes
     for name, head in model.heads.items():
@@ -382,8 +410,6 @@ def test_abstain_reasons_reach_predict_stream_client_and_metrics(tiny_model):
 
 
 def test_abstain_reason_enum_covers_every_reason():
-    from heads.base import ABSTAIN_REASONS
-
     assert len(pb2.AbstainReason.keys()) == len(ABSTAIN_REASONS) + 1
     for reason in ABSTAIN_REASONS:
         assert abstain_reason_value(reason) != pb2.ABSTAIN_REASON_UNSPECIFIED
