@@ -29,6 +29,7 @@ from heads.calibration import (
     softmax,
 )
 from heads.registry import register_head
+from heads.shift import MahalanobisGuard
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class SoftmaxAbstainConfig:
         head_version: the v<k> number.
         min_confidence: floor under every class threshold.
         seed: weight-initialisation seed.
+        ood_quantile: calibration also fits an out-of-distribution guard
+            (``heads.shift.MahalanobisGuard``) that this share of the calibration rows pass; a row
+            beyond it abstains with reason ``out_of_distribution``. None: no guard.
     """
 
     name: str
@@ -58,6 +62,7 @@ class SoftmaxAbstainConfig:
     head_version: int = 1
     min_confidence: float = 0.0
     seed: int = 0
+    ood_quantile: float | None = 0.99
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -70,6 +75,10 @@ class SoftmaxAbstainConfig:
             raise InvalidInputError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise InvalidInputError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if self.ood_quantile is not None and not 0.0 < self.ood_quantile <= 1.0:
+            raise InvalidInputError(
+                f"ood_quantile must be in (0, 1] or None, got {self.ood_quantile}"
+            )
         if self.head_version < 1:
             raise InvalidInputError(f"head_version must be >= 1, got {self.head_version}")
 
@@ -102,6 +111,7 @@ class SoftmaxAbstainHead(Head):
         self.thresholds_: np.ndarray | None = None
         self.calibration_: dict[str, Any] | None = None
         self.fit_info_: dict[str, Any] = {}
+        self.ood_: MahalanobisGuard | None = None
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -154,6 +164,21 @@ class SoftmaxAbstainHead(Head):
     def predict_proba(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
         """Return calibrated probabilities ``softmax(logits / temperature_)``, shape (n, k)."""
         return softmax(self.logits(embeddings), self.temperature_)
+
+    def in_distribution(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """The guard fitted at calibration (None when the head has none)."""
+        if self.ood_ is None:
+            return None
+        return self.ood_.in_distribution(as_numpy_embeddings(embeddings, self.in_dim))
+
+    def fit_ood(self, embeddings: np.ndarray, labels: Sequence[Any]) -> None:
+        """Fit the out-of-distribution guard on calibration rows (``config.ood_quantile``)."""
+        if self.config.ood_quantile is None:
+            self.ood_ = None
+            return
+        y = self.encode_labels(labels, source="calibration labels")
+        x = as_numpy_embeddings(embeddings, self.in_dim)
+        self.ood_ = MahalanobisGuard.fit(x, y, len(self.labels), quantile=self.config.ood_quantile)
 
     def encode_labels(self, values: Sequence[Any], *, source: str = "labels") -> np.ndarray:
         """Map label strings (or integer indices) to column indices, refusing unknown values.
@@ -306,6 +331,8 @@ class SoftmaxAbstainHead(Head):
                 train_labels=y,
                 extra=(oof, y) if oof is not None else None,
             )
+            if oof is not None:  # the out-of-fold rows are calibration rows too
+                self.fit_ood(np.concatenate([cal_x, x]), np.concatenate([cal_y, y]))
         return self
 
     def _train_lbfgs(
@@ -495,6 +522,7 @@ class SoftmaxAbstainHead(Head):
                 "nothing)"
             )
         self.temperature_ = fit_temperature(logits, vy)
+        self.fit_ood(val_embeddings, vy[: len(vy) - (0 if extra is None else len(extra[1]))])
         sel = select_thresholds(
             softmax(logits, self.temperature_),
             vy,
@@ -540,10 +568,14 @@ class SoftmaxAbstainHead(Head):
             "thresholds": thresholds,
             "calibration": self.calibration_,
             "fit": self.fit_info_,
+            "ood": None if self.ood_ is None else self.ood_.to_config(),
         }
 
     def _tensors(self) -> dict[str, torch.Tensor]:
-        return dict(self.logits_module().state_dict())
+        tensors = dict(self.logits_module().state_dict())
+        if self.ood_ is not None:
+            tensors.update({k: torch.from_numpy(v) for k, v in self.ood_.to_tensors().items()})
+        return tensors
 
     @classmethod
     def _from_saved(
@@ -570,7 +602,7 @@ class SoftmaxAbstainHead(Head):
                 f"{last.shape[0]} rows"
             )
         module = _build_module(head.in_dim, head.config.hidden, head.config.dropout, len(labels))
-        module.load_state_dict(dict(tensors))
+        module.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("ood.")})
         module.eval()
         head.module_ = module
         head.temperature_ = float(config.get("temperature", 1.0))
@@ -581,6 +613,10 @@ class SoftmaxAbstainHead(Head):
             )
         head.calibration_ = config.get("calibration")
         head.fit_info_ = dict(config.get("fit") or {})
+        if config.get("ood"):
+            head.ood_ = MahalanobisGuard.from_saved(
+                config["ood"], {k: v.numpy() for k, v in tensors.items()}
+            )
         return head
 
 
