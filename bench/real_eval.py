@@ -222,11 +222,16 @@ def frozen_head_oof(x: np.ndarray, y: np.ndarray, *, folds: int = 5) -> np.ndarr
 
 
 # ------------------------------------------------------------------------------------- scoring
-def summarise(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None) -> dict[str, Any]:
+def summarise(
+    probs: np.ndarray,
+    y: np.ndarray,
+    thresholds: np.ndarray | None,
+    in_distribution: np.ndarray | None = None,
+) -> dict[str, Any]:
     """The headline figures (heads.evaluation's definitions) plus the costliest confusions."""
     from heads.evaluation import evaluate
 
-    ev = evaluate(probs, y, GEO_LABELS, thresholds=thresholds)
+    ev = evaluate(probs, y, GEO_LABELS, thresholds=thresholds, in_distribution=in_distribution)
     m = ev.metrics
     arg = probs.argmax(1)
     pairs: dict[tuple[int, int], int] = {}
@@ -245,6 +250,7 @@ def summarise(probs: np.ndarray, y: np.ndarray, thresholds: np.ndarray | None) -
         "own_label_precision": m["selective_accuracy"] if thresholds is not None else None,
         "correct_assigned_share": m["correct_assigned_share"] if thresholds is not None else None,
         "ece": m["ece"],
+        "out_of_distribution": m.get("out_of_distribution"),
         "assigning_classes": sum(1 for r in m["per_class"].values() if r["assigned"])
         if thresholds is not None
         else None,
@@ -345,6 +351,7 @@ def evaluate_sets(
     cache_path: str | None = None,
     n_bootstrap: int = 100,
     anchors: bool = True,
+    anchor_cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Everything of the module docstring, per set, as a JSON-ready dict (+ private evaluations)."""
     from heads.model import ProfileModel
@@ -353,30 +360,35 @@ def evaluate_sets(
     model = ProfileModel.load(model_dir, heads=[head_name])
     head = model.head(head_name)
     langid = LanguageIdBaseline() if anchors else None
+    anchor_cache = Path(anchor_cache_dir) if anchor_cache_dir else None
     results: dict[str, Any] = {}
     for rs in sets:
         t0 = time.perf_counter()
         (x,), _ = cached_embeddings(model.encoder, [[r.profile for r in rs.rows]], cache_path)
         probs = head.predict_proba(x)
+        ind = head.in_distribution(x)
         res: dict[str, Any] = {
             "path": str(rs.path),
             "n": len(rs.rows),
             "countries": _label_mix(rs.y),
-            "model": summarise(probs, rs.y, head.thresholds_),
+            "model": summarise(probs, rs.y, head.thresholds_, ind),
         }
         # calibrate on half A (profile-embed calibrate's code path), score on half B
         a = halves(rs)
         if a.any() and (~a).any():
             recal = copy.deepcopy(head)
             recal.calibrate(x[a], rs.y[a], missing_classes="abstain")
-            res["half_b_shipped"] = summarise(probs[~a], rs.y[~a], head.thresholds_)
+            res["half_b_shipped"] = summarise(
+                probs[~a], rs.y[~a], head.thresholds_, None if ind is None else ind[~a]
+            )
             res["half_b_calibrated"] = summarise(
-                recal.predict_proba(x[~a]), rs.y[~a], recal.thresholds_
+                recal.predict_proba(x[~a]),
+                rs.y[~a],
+                recal.thresholds_,
+                recal.in_distribution(x[~a]),
             )
         if anchors and langid is not None:
-            res["langid"] = summarise(langid.predict_proba(rs.texts), rs.y, None)
-            res["tfidf_lr"] = summarise(tfidf_lr_oof(rs.texts, rs.y), rs.y, None)
-            res["frozen_head"] = summarise(frozen_head_oof(x, rs.y), rs.y, None)
+            res.update(_anchors(rs, x, langid, model.embedding_version, anchor_cache))
         res["audience"] = audience_errors(probs, rs.y, head, n_bootstrap=n_bootstrap)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         logger.info("%s: %d profiles in %.0f s", rs.name, len(rs.rows), res["seconds"])
@@ -388,6 +400,35 @@ def evaluate_sets(
         "head_version": head.head_version,
         "sets": results,
     }
+
+
+def _anchors(
+    rs: RealSet, x: np.ndarray, langid: LanguageIdBaseline, version: str, cache: Path | None
+) -> dict[str, Any]:
+    """The anchors' summaries, read back from ``cache`` when the same rows were scored before.
+
+    The key covers the rows (ids, labels and text) and, for the frozen head, the encoder version:
+    the anchors are deterministic, and recomputing the 5-fold TF-IDF models takes minutes.
+    """
+    digest = hashlib.sha256()
+    for r, text in zip(rs.rows, rs.texts, strict=True):
+        digest.update(f"{r.profile.id}\t{r.labels['country']}\t{text}\n".encode())
+    path = None
+    if cache is not None:
+        path = cache / f"anchors-{rs.name}-{digest.hexdigest()[:16]}-{version}.json"
+        if path.is_file():
+            logger.info("%s: anchors read from %s", rs.name, path)
+            return json.loads(path.read_text())
+    out = {
+        "langid": summarise(langid.predict_proba(rs.texts), rs.y, None),
+        "tfidf_lr": summarise(tfidf_lr_oof(rs.texts, rs.y), rs.y, None),
+        "frozen_head": summarise(frozen_head_oof(x, rs.y), rs.y, None),
+    }
+    out = {k: {n: v for n, v in d.items() if not n.startswith("_")} for k, d in out.items()}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_json_ready(out)))
+    return out
 
 
 def _label_mix(y: np.ndarray, k: int = 5) -> str:
@@ -441,9 +482,10 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         "thresholds on the whole set; then on half B of each set, the shipped head beside the same "
         "head re-calibrated on half A (`profile-embed calibrate`'s code path):",
         "",
-        "| set | coverage | own-label precision | correct & assigned | classes assigning | "
+        "| set | out of distribution | coverage | own-label precision | correct & assigned | "
+        "classes assigning | "
         "half B shipped: coverage / precision | half B calibrated on A: coverage / precision |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in sets.items():
         m = r["model"]
@@ -455,7 +497,8 @@ def render_summary(report: dict[str, Any], command: str) -> str:
             return f"{_pct(b['coverage'])} / {_p(b['own_label_precision'])}"
 
         lines.append(
-            f"| {name} | {_pct(m['coverage'])} | {_p(m['own_label_precision'])} | "
+            f"| {name} | {_pct(m['out_of_distribution'])} | {_pct(m['coverage'])} | "
+            f"{_p(m['own_label_precision'])} | "
             f"{_pct(m['correct_assigned_share'])} | {m['assigning_classes']} | {cell(b0)} | "
             f"{cell(b1)} |"
         )
@@ -591,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_path=args.cache,
         n_bootstrap=args.n_bootstrap,
         anchors=not args.no_anchors,
+        anchor_cache_dir=args.out / "anchor-cache",
     )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "metrics.json").write_text(json.dumps(_json_ready(report), indent=1))

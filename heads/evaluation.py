@@ -72,11 +72,18 @@ def _macro_f1(stats: Mapping[str, np.ndarray]) -> float:
     return float(stats["f1"][present].mean()) if present.any() else 0.0
 
 
-def _summary(y: np.ndarray, probs: np.ndarray, thresholds: np.ndarray | None) -> dict[str, Any]:
+def _summary(
+    y: np.ndarray,
+    probs: np.ndarray,
+    thresholds: np.ndarray | None,
+    in_distribution: np.ndarray | None = None,
+) -> dict[str, Any]:
     k = probs.shape[1]
     arg = probs.argmax(1)
     score = probs[np.arange(len(y)), arg]
     assigned = np.ones(len(y), bool) if thresholds is None else score >= thresholds[arg]
+    if in_distribution is not None:  # as heads.base.predictions_from_proba decides
+        assigned &= in_distribution
     pred_abs = np.where(assigned, arg, -1)
     s_all, s_abs = _per_class(y, arg, k), _per_class(y, pred_abs, k)
     n_assigned = int(assigned.sum())
@@ -144,6 +151,7 @@ def evaluate(
     name: str = "head",
     target: float = 0.90,
     info: Mapping[str, Any] | None = None,
+    in_distribution: np.ndarray | None = None,
 ) -> HeadEvaluation:
     """Compute every metric of one head on one labelled set.
 
@@ -156,6 +164,8 @@ def evaluate(
         name: head name for the report.
         target: the precision target, to count the classes that meet it.
         info: facts shown at the top of the report.
+        in_distribution: the head's out-of-distribution mask (``Head.in_distribution``); a row
+            marked False is not assigned, whatever its score. None: no check.
 
     Returns:
         A ``HeadEvaluation`` whose ``metrics`` hold: n, accuracy, macro_f1, coverage,
@@ -175,7 +185,12 @@ def evaluate(
     if len(yi) != len(probs):
         raise InvalidInputError(f"{len(probs)} probability rows but {len(yi)} labels")
     thr = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    summary, s_all, s_abs = _summary(yi, probs, thr)
+    ind = None if in_distribution is None else np.asarray(in_distribution, dtype=bool)
+    if ind is not None and ind.shape != (len(yi),):
+        raise InvalidInputError(f"in_distribution has shape {ind.shape}, expected ({len(yi)},)")
+    summary, s_all, s_abs = _summary(yi, probs, thr, ind)
+    if ind is not None:
+        summary["out_of_distribution"] = float((~ind).mean())
     per_class = {}
     for c, lab in enumerate(labels):
         per_class[lab] = {
@@ -212,7 +227,11 @@ def evaluate(
             raise InvalidInputError(
                 f"slice {sname!r} mask has shape {m.shape}, expected ({len(yi)},)"
             )
-        metrics["slices"][sname] = _summary(yi[m], probs[m], thr)[0] if m.any() else {"n": 0}
+        metrics["slices"][sname] = (
+            _summary(yi[m], probs[m], thr, None if ind is None else ind[m])[0]
+            if m.any()
+            else {"n": 0}
+        )
     return HeadEvaluation(name, labels, probs, yi, thr, metrics, dict(info or {}))
 
 
@@ -243,8 +262,9 @@ def evaluate_head(
         "kind": head.kind,
         **dict(info or {}),
     }
+    x = np.asarray(embeddings, dtype=np.float32)
     return evaluate(
-        head.predict_proba(embeddings),
+        head.predict_proba(x),
         y,
         head.labels,
         thresholds=head.thresholds_,
@@ -252,6 +272,7 @@ def evaluate_head(
         name=head.name,
         target=cal.get("target_precision", 0.90),
         info=facts,
+        in_distribution=head.in_distribution(x),
     )
 
 
