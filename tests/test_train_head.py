@@ -116,7 +116,7 @@ def test_train_head_errors(model_dir, data, tmp_path, capsys):
     from server.cli import main
 
     base = ["train-head", "--model", str(model_dir), "--cache", ""]
-    assert main([*base, "--head", "language", "--train", str(data[0]), "--val", str(data[1])]) == 1
+    assert main([*base, "--head", "language", "--train", str(data[0]), "--val", str(data[1])]) == 2
     assert "unknown head 'language'" in capsys.readouterr().err
 
     one = [LabelledProfile(r.profile, {"category": "food"}) for r in rows(10, 4)]
@@ -133,7 +133,7 @@ def test_train_head_errors(model_dir, data, tmp_path, capsys):
                 str(data[1]),
             ]
         )
-        == 1
+        == 2
     )
     assert "needs at least 2 classes" in capsys.readouterr().err
 
@@ -151,7 +151,7 @@ def test_train_head_errors(model_dir, data, tmp_path, capsys):
                 str(tmp_path / "nolab.jsonl"),
             ]
         )
-        == 1
+        == 2
     )
     assert "no validation row has a 'category' label" in capsys.readouterr().err
 

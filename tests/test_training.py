@@ -353,12 +353,12 @@ def test_cli_train_errors_are_specific(tiny_base_dir, tmp_path, capsys):
     train = _write_split(tmp_path / "train.jsonl", rows)
     val = _write_split(tmp_path / "val.jsonl", make_rows(8, 2))
     common = ["train", "--train", str(train), "--val", str(val), "--base", str(tiny_base_dir)]
-    assert main([*common, "-o", str(tmp_path / "a"), "--heads", "geolocation,language"]) == 1
+    assert main([*common, "-o", str(tmp_path / "a"), "--heads", "geolocation,language"]) == 2
     assert "unknown head 'language'" in capsys.readouterr().err
     one = [LabelledProfile(r.profile, {"country": "FR"}) for r in rows]
     write_profiles(tmp_path / "one.jsonl", one)
     args = ["train", "--train", str(tmp_path / "one.jsonl"), "--val", str(val)]
-    assert main([*args, "-o", str(tmp_path / "b"), "--base", str(tiny_base_dir)]) == 1
+    assert main([*args, "-o", str(tmp_path / "b"), "--base", str(tiny_base_dir)]) == 2
     assert "needs at least 2 classes" in capsys.readouterr().err
     no_cat = [LabelledProfile(r.profile, {"country": r.labels["country"]}) for r in make_rows(8, 2)]
     write_profiles(tmp_path / "val_nocat.jsonl", no_cat)
@@ -374,7 +374,7 @@ def test_cli_train_errors_are_specific(tiny_base_dir, tmp_path, capsys):
             "geolocation,category",
         ]
     )
-    assert rc == 1
+    assert rc == 2
     assert "no validation row has a 'category' label" in capsys.readouterr().err
     (tmp_path / "d").mkdir()
     assert main([*common, "-o", str(tmp_path / "d")]) == 1
