@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from server_helpers import ServerThread, build_tiny_model
+from server_helpers import ServerThread, build_tiny_model, synthetic_profiles
 
 from server.cli import main
 from server.config import ServerConfig
@@ -23,6 +23,10 @@ def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
     from heads.model import save_model
 
     model = build_tiny_model(tiny_base_dir)
+    for head in model.heads.values():
+        # Without the out-of-distribution guard, which refuses every row of this tiny random
+        # model, some rows are assigned: both kinds of answer are compared below.
+        head.ood_ = None
     path = tmp_path_factory.mktemp("client_cli") / "model"
     save_model(path, model.encoder, model.heads)
     return path
@@ -53,11 +57,16 @@ def test_options_may_come_before_or_after_the_input(target, capsys) -> None:
 
 
 def test_client_predict_prints_the_json_of_predict(model_dir, target, tmp_path, capsys) -> None:
+    # profiles like the tiny heads' training rows (some assigned) and the sample (abstained)
+    path = tmp_path / "in.jsonl"
+    profiles, _, _ = synthetic_profiles(12, seed=23)
+    lines = [json.dumps(p.to_dict()) for p in profiles] + SAMPLE.read_text().splitlines()
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "local.jsonl"
-    assert main(["predict", str(SAMPLE), "-o", str(out), "--model", str(model_dir)]) == 0
+    assert main(["predict", str(path), "-o", str(out), "--model", str(model_dir)]) == 0
     local = _lines(out.read_text())
     capsys.readouterr()
-    assert main(["client", "predict", "--target", target, str(SAMPLE)]) == 0
+    assert main(["client", "predict", "--target", target, str(path)]) == 0
     remote = _lines(capsys.readouterr().out)
     assert len(remote) == len(local) > 0
     for mine, theirs in zip(local, remote, strict=True):
