@@ -622,7 +622,7 @@ class SoftmaxAbstainHead(Head):
 
 #: L2 penalties tried by the L-BFGS solver (mean loss + l2 * ||W||^2 on standardised inputs).
 #: Strongest first: each fit of the path warm-starts from the previous, stronger one.
-L2_GRID: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
+L2_GRID: tuple[float, ...] = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 
 
 def _class_weights(y: np.ndarray, k: int, class_weight: str | None) -> np.ndarray:
