@@ -9,11 +9,12 @@ data only (so it can ship in the default model, which is built from packages alo
 every real set: coverage and the precision of the labels it assigns (the 90% promise).
 
 - ``thresholds``: the shipped per-class thresholds;
-- ``+ood``: also abstain when the embedding is far from the simulated training data (the minimum
-  class-conditional Mahalanobis distance above its 99th percentile on simulated validation rows);
+- ``+ood``: also abstain when the embedding is far from the simulated validation data
+  (``heads.shift.MahalanobisGuard``, the guard the head ships, at ``--ood-quantile``);
 - ``+language``: also abstain when the predicted country is implausible for the text's language
   (py3langid x CLDR: ``P(country | language) < 0.02``) — two sources of evidence must agree;
-- ``+ood+language``: both.
+- ``+floor``: also abstain below a calibrated score of ``--floor``; ``+no-OTHER``: OTHER never
+  assigns; and combinations.
 """
 
 from __future__ import annotations
@@ -35,32 +36,9 @@ for p in (ROOT, ROOT / "bench"):
 from real_eval import LanguageIdBaseline, load_sets  # noqa: E402
 
 from embedder.labels import GEO_LABELS  # noqa: E402
+from heads.shift import MahalanobisGuard  # noqa: E402
 
 logger = logging.getLogger("bench.abstention_rules")
-
-
-class MahalanobisOOD:
-    """Minimum class-conditional Mahalanobis distance with a shared covariance (Lee et al. 2018)."""
-
-    def __init__(self, x: np.ndarray, y: np.ndarray, k: int, *, shrink: float = 1e-3) -> None:
-        x = x.astype(np.float64)
-        self.means = np.stack(
-            [x[y == c].mean(0) if (y == c).any() else np.full(x.shape[1], np.inf) for c in range(k)]
-        )
-        present = np.isfinite(self.means[:, 0])
-        centred = x - self.means[y]
-        cov = centred.T @ centred / len(x)
-        cov += shrink * np.trace(cov) / len(cov) * np.eye(len(cov))
-        self.precision = np.linalg.inv(cov)
-        self.present = present
-
-    def score(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64)
-        best = np.full(len(x), np.inf)
-        for c in np.flatnonzero(self.present):
-            d = x - self.means[c]
-            best = np.minimum(best, np.einsum("ij,jk,ik->i", d, self.precision, d))
-        return best
 
 
 def own_labels(assigned: np.ndarray, pred: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -105,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return x, y, texts
 
     vx, vy, _ = sim("val.first8000.jsonl")
-    ood = MahalanobisOOD(vx, vy, len(GEO_LABELS))
-    cut = float(np.quantile(ood.score(vx), args.ood_quantile))
+    guard = MahalanobisGuard.fit(vx, vy, len(GEO_LABELS), quantile=args.ood_quantile)
     langid = LanguageIdBaseline()
     evaluation: dict[str, Any] = {}
     tx, ty, ttexts = sim("test.jsonl")
@@ -118,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         probs = head.predict_proba(x)
         pred = probs.argmax(1)
         base = probs[np.arange(len(y)), pred] >= head.thresholds_[pred]
-        in_dist = ood.score(x) <= cut
+        in_dist = guard.in_distribution(x)
         lang = langid.predict_proba(texts)
         plausible = lang[np.arange(len(y)), pred] >= args.language_floor
         score = probs[np.arange(len(y)), pred]

@@ -46,25 +46,46 @@ class MahalanobisGuard:
 
     @classmethod
     def fit(
-        cls, x: np.ndarray, y: np.ndarray, k: int, *, quantile: float = 0.99, shrink: float = 1e-3
+        cls, x: np.ndarray, y: np.ndarray, k: int, *, quantile: float = 0.99, seed: int = 0
     ) -> MahalanobisGuard | None:
-        """Fit on calibration embeddings ``x`` with class indices ``y``; None when too few rows."""
+        """Fit on calibration embeddings ``x`` with class indices ``y``; None when too few rows.
+
+        The cutoff is the ``quantile`` of *out-of-fold* distances (each half scored by a guard
+        fitted on the other half): distances of the rows a guard was fitted on are too small, by
+        more the fewer rows there are per dimension, and an in-sample cutoff refused most new rows
+        of a head calibrated on a few hundred.
+        """
         if not 0.0 < quantile <= 1.0:
             raise InvalidInputError(f"ood quantile must be in (0, 1], got {quantile}")
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.int64)
-        if len(x) < MIN_ROWS:
+        if len(x) < max(MIN_ROWS, 2 * x.shape[1] // 4):
             return None
+        half = np.random.default_rng(seed).permutation(len(x)) % 2 == 0
+        held = np.concatenate(
+            [
+                cls._fit_stats(x[~half], y[~half], k).distance(x[half]),
+                cls._fit_stats(x[half], y[half], k).distance(x[~half]),
+            ]
+        )
+        guard = cls._fit_stats(x, y, k)
+        guard.cutoff, guard.quantile = float(np.quantile(held, quantile)), quantile
+        return guard
+
+    @classmethod
+    def _fit_stats(cls, x: np.ndarray, y: np.ndarray, k: int) -> MahalanobisGuard:
+        """Class means and the shared covariance, shrunk towards its mean variance by ``d / n``
+        (more shrinkage with fewer rows per dimension, so the inverse stays stable)."""
         means = np.full((k, x.shape[1]), np.nan)
         for c in np.unique(y):
             means[c] = x[y == c].mean(axis=0)
         centred = x - means[y]
         cov = centred.T @ centred / len(x)
-        cov += shrink * np.trace(cov) / len(cov) * np.eye(len(cov))
+        shrink = min(0.5, max(1e-3, x.shape[1] / len(x) / 4))
+        target = np.trace(cov) / len(cov) * np.eye(len(cov))
+        cov = (1 - shrink) * cov + shrink * target
         whiten = np.linalg.cholesky(np.linalg.inv(cov))
-        guard = cls(means @ whiten, whiten, np.inf, quantile, len(x))
-        guard.cutoff = float(np.quantile(guard.distance(x), quantile))
-        return guard
+        return cls(means @ whiten, whiten, np.inf, 1.0, len(x))
 
     def distance(self, x: np.ndarray) -> np.ndarray:
         """Smallest squared Mahalanobis distance of each row to a class mean."""
