@@ -330,7 +330,13 @@ def calibrate_head(
     rows, y = _with_targets(rows, task, data_path)
     check_train_targets(y, task, source=str(data_path))
     (x,), stats = cached_embeddings(encoder, [[r.profile for r in rows]], cache_path)
-    before = evaluate(head.predict_proba(x), y, head.labels, thresholds=head.thresholds_)
+    before = evaluate(
+        head.predict_proba(x),
+        y,
+        head.labels,
+        thresholds=head.thresholds_,
+        in_distribution=head.in_distribution(x),
+    )
     old = None if head.thresholds_ is None else head.thresholds_.copy()
     new = copy.deepcopy(head)
     new.calibrate(x, y, target=target_precision, missing_classes="abstain")
@@ -350,7 +356,13 @@ def calibrate_head(
             "label_counts": label_counts(y, task),
         },
     }
-    after = evaluate(new.predict_proba(x), y, new.labels, thresholds=new.thresholds_)
+    after = evaluate(
+        new.predict_proba(x),
+        y,
+        new.labels,
+        thresholds=new.thresholds_,
+        in_distribution=new.in_distribution(x),
+    )
     folder = add_head(model_dir, new, evaluation=after)
 
     def own(ev: Any) -> dict[str, Any]:
