@@ -154,3 +154,25 @@ class ServerThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
+
+
+def save_encoder_only_model(base_dir: Path, folder: Path) -> Path:
+    """A model folder as ``train`` writes it: a tiny encoder and an unfitted geolocation head.
+
+    For the commands that add to a model (``train-head``, ``calibrate``).
+    """
+    from embedder.encoder import ProfileEncoder
+    from embedder.labels import GEO_LABELS
+    from embedder.profile import AssemblyConfig
+    from heads.model import save_model
+    from heads.registry import build_head
+
+    enc = ProfileEncoder.from_base(base_dir, assembly=AssemblyConfig(max_tokens=32, bio_tokens=16))
+    head = build_head(
+        "softmax_abstain",
+        name="geolocation",
+        labels=GEO_LABELS,
+        embedding_version=enc.embedding_version,
+        in_dim=enc.dim,
+    )
+    return save_model(folder, enc, {"geolocation": head})

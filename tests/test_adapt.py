@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from embedder.data import LabelledProfile, write_profiles
-from embedder.profile import AssemblyConfig, Profile
+from embedder.profile import Profile
 from heads.registry import build_head
 
 CITIES = {"FR": "paris lyon", "BR": "são paulo rio", "JP": "tokyo osaka", "DE": "berlin köln"}
@@ -99,22 +99,11 @@ def _rows(n: int, seed: int, *, noisy: str | None = None, noise: float = 0.0):
 @pytest.fixture(scope="module")
 def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
     """A model whose geolocation head was trained (train-head) on clean rows."""
-    from embedder.encoder import ProfileEncoder
-    from embedder.labels import GEO_LABELS
-    from heads.model import save_model
+    from server_helpers import save_encoder_only_model
+
     from server.cli import main
 
-    enc = ProfileEncoder.from_base(
-        tiny_base_dir, assembly=AssemblyConfig(max_tokens=32, bio_tokens=16)
-    )
-    head = build_head(
-        "softmax_abstain",
-        name="geolocation",
-        labels=GEO_LABELS,
-        embedding_version=enc.embedding_version,
-        in_dim=enc.dim,
-    )
-    path = save_model(tmp_path_factory.mktemp("m") / "model", enc, {"geolocation": head})
+    path = save_encoder_only_model(tiny_base_dir, tmp_path_factory.mktemp("m") / "model")
     d = tmp_path_factory.mktemp("d")
     write_profiles(d / "train.jsonl", _rows(200, 1))
     write_profiles(d / "val.jsonl", _rows(100, 2))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from embedder.data import LabelledProfile, write_profiles
-from embedder.profile import AssemblyConfig, Profile
+from embedder.profile import Profile
 
 CITIES = {"FR": "paris lyon", "BR": "são paulo rio", "JP": "tokyo"}
 TOPICS = {"food": "food coffee", "travel": "travel beach", "fitness": "gym"}
@@ -32,22 +32,9 @@ def rows(n: int, seed: int) -> list[LabelledProfile]:
 @pytest.fixture(scope="module")
 def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
     """A model folder (encoder + unfitted geolocation head), written the way train does."""
-    from embedder.encoder import ProfileEncoder
-    from embedder.labels import GEO_LABELS
-    from heads.model import save_model
-    from heads.registry import build_head
+    from server_helpers import save_encoder_only_model
 
-    enc = ProfileEncoder.from_base(
-        tiny_base_dir, assembly=AssemblyConfig(max_tokens=32, bio_tokens=16)
-    )
-    head = build_head(
-        "softmax_abstain",
-        name="geolocation",
-        labels=GEO_LABELS,
-        embedding_version=enc.embedding_version,
-        in_dim=enc.dim,
-    )
-    return save_model(tmp_path_factory.mktemp("m") / "model", enc, {"geolocation": head})
+    return save_encoder_only_model(tiny_base_dir, tmp_path_factory.mktemp("m") / "model")
 
 
 @pytest.fixture(scope="module")
