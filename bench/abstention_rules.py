@@ -35,6 +35,7 @@ for p in (ROOT, ROOT / "bench"):
 
 from real_eval import LanguageIdBaseline, load_sets  # noqa: E402
 
+from bench.baselines import profile_text  # noqa: E402
 from embedder.labels import GEO_LABELS  # noqa: E402
 from heads.shift import MahalanobisGuard  # noqa: E402
 
@@ -76,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = read_profiles(args.sim / name).rows
         (x,), _ = cached_embeddings(model.encoder, [[r.profile for r in rows]], None)
         y = np.array([index[r.labels["country"]] for r in rows])
-        texts = [
-            "\n".join([p.username, p.full_name, p.biography, *p.captions])
-            for p in (r.profile for r in rows)
-        ]
+        texts = [profile_text(r.profile) for r in rows]
         return x, y, texts
 
     vx, vy, _ = sim("val.first8000.jsonl")

@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.baselines import profile_text  # noqa: E402
 from embedder.data import LabelledProfile, read_profiles  # noqa: E402
 from embedder.labels import GEO_LABELS, OTHER  # noqa: E402
 
@@ -66,10 +68,10 @@ class RealSet:
     rows: list[LabelledProfile]
     y: np.ndarray
 
-    @property
+    @cached_property
     def texts(self) -> list[str]:
-        p = [r.profile for r in self.rows]
-        return ["\n".join([x.username, x.full_name, x.biography, *x.captions]) for x in p]
+        """What a reader sees of each profile (the anchors' input)."""
+        return [profile_text(r.profile) for r in self.rows]
 
 
 def _key(text: str, salt: str = "") -> int:

@@ -419,14 +419,7 @@ class SoftmaxAbstainHead(Head):
         module = self.logits_module()
         k = len(self.labels)
         counts = np.bincount(y, minlength=k).astype(np.float64)
-        if class_weight == "balanced":
-            w = np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
-        elif class_weight is None:
-            w = np.ones(k)
-        else:
-            raise InvalidInputError(
-                f"class_weight must be 'balanced' or None, got {class_weight!r}"
-            )
+        w = _class_weights(y, k, class_weight)
         loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(w, dtype=torch.float32))
         opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=weight_decay)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y)
