@@ -1,4 +1,7 @@
-"""Task heads on the shared embedding: interface, registry, the built-in softmax_abstain head.
+"""Task heads on the shared embedding: interface, registry, the built-in heads.
+
+Built-in kinds: ``softmax_abstain`` (``heads.softmax``) and ``knn`` (``heads.knn``); the registry
+imports a kind's module the first time that kind is looked up (``heads.registry.BUILTIN_HEADS``).
 
 Public names are re-exported here lazily (PEP 562), as in ``embedder``: importing any ``heads.*``
 module runs this file, and ``heads.base`` (``Prediction``, used by ``profile-embed client``) must
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from heads.base import Head, Prediction
+    from heads.knn import KnnConfig, KnnHead
     from heads.registry import (
         available_kinds,
         build_head,
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "Head": "heads.base",
     "Prediction": "heads.base",
+    "KnnConfig": "heads.knn",
+    "KnnHead": "heads.knn",
     "available_kinds": "heads.registry",
     "build_head": "heads.registry",
     "get_head_class": "heads.registry",
@@ -43,6 +49,8 @@ _EXPORTS = {
 __all__ = [
     "STANDARD_HEADS",
     "Head",
+    "KnnConfig",
+    "KnnHead",
     "Prediction",
     "SoftmaxAbstainConfig",
     "SoftmaxAbstainHead",

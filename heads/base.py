@@ -5,7 +5,7 @@ A head maps embeddings (numpy or torch, never text) to probabilities over its la
 
     head_config.json   kind, name, head_version, embedding_version, in_dim, ... , format_version
     labels.json        label i == output column i
-    model.safetensors  weights only (never pickle)
+    model.safetensors  learned arrays only (never pickle)
     README.md          model card
 
 Concrete heads live in their own module and register a ``kind`` with
@@ -20,14 +20,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 
 from embedder.errors import ArtifactError, InvalidInputError
-
-if TYPE_CHECKING:
-    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +128,15 @@ def as_numpy_embeddings(embeddings: Any, in_dim: int | None = None) -> np.ndarra
 
 
 class Head(ABC):
-    """Base class of every task head.
+    """Base class of every task head: what the registry, the model folder and the server rely on.
 
-    Subclasses set ``kind`` (through ``@register_head``) and implement ``predict_proba``,
-    ``logits_module``, ``get_config``, ``_tensors`` and ``_from_saved``. ``predict`` and ``save``
-    are shared: abstention uses the per-class thresholds in ``thresholds_`` (``inf`` = class
-    assigns nothing) and the optional ``in_distribution`` check, both through
-    ``predictions_from_proba``.
+    A subclass registers a ``kind`` with ``@heads.registry.register_head`` and implements
+    ``from_config`` (validate settings, build an unfitted head), ``fit``, ``predict_proba``,
+    ``to_config`` (head_config.json), ``_tensors`` (its learned arrays) and ``_from_saved`` (the
+    inverse of ``save``). ``predict`` and ``save`` are shared: abstention uses the per-class
+    thresholds in ``thresholds_`` (``inf`` = class assigns nothing) and the optional
+    ``in_distribution`` check, both through ``predictions_from_proba``. Nothing here needs torch;
+    a torch head keeps its module to itself (``heads.softmax``).
 
     Attributes:
         name: the head's name in a model ("geolocation", "category").
@@ -146,6 +145,10 @@ class Head(ABC):
         embedding_version: version of the encoder whose embeddings this head was trained on.
         head_version: the v<k> folder number the head is (or will be) saved as.
         in_dim: the embedding width.
+        thresholds_: per-class thresholds on the top probability (None = never abstain on score).
+        calibration_: the validation record that chose the thresholds (per_class, effective
+            prior, confusion counts), read by the server and the audience estimator.
+        fit_info_: how the head was fitted (data, solver, counts), saved in head_config.json.
     """
 
     kind: ClassVar[str] = ""
@@ -155,30 +158,111 @@ class Head(ABC):
     head_version: int
     in_dim: int
     thresholds_: np.ndarray | None = None
+    calibration_: dict[str, Any] | None = None
+    fit_info_: dict[str, Any]
     card_: str | None = None
 
+    @classmethod
     @abstractmethod
-    def predict_proba(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
+    def from_config(cls, cfg: Mapping[str, Any], labels: Sequence[str]) -> Self:
+        """Validate settings and labels; return an unfitted head.
+
+        Args:
+            cfg: the kind's settings (``name``, ``embedding_version``, ``in_dim``, ...).
+            labels: output labels in column order.
+
+        Raises:
+            InvalidInputError: unknown settings, bad values or a bad label set.
+        """
+
+    @abstractmethod
+    def fit(
+        self,
+        embeddings: np.ndarray,
+        labels: Sequence[Any],
+        *,
+        val_embeddings: np.ndarray | None = None,
+        val_labels: Sequence[Any] | None = None,
+        target_precision: float = 0.90,
+        missing_classes: Literal["error", "abstain"] = "error",
+        cross_fit: int = 0,
+        seed: int = 0,
+    ) -> Self:
+        """Learn from frozen embeddings, then fit the thresholds on validation rows.
+
+        Args:
+            embeddings: ``(n, in_dim)`` training embeddings.
+            labels: ``n`` label strings (or class indices).
+            val_embeddings: validation embeddings (calibration).
+            val_labels: validation labels.
+            target_precision: per-class precision target of the thresholds.
+            missing_classes: ``"error"`` or ``"abstain"`` for classes validation lacks.
+            cross_fit: folds of out-of-fold training rows added to the calibration rows.
+            seed: seed of anything random (folds, initialisation).
+
+        Returns:
+            self.
+        """
+
+    @abstractmethod
+    def predict_proba(self, embeddings: Any) -> np.ndarray:
         """Return calibrated probabilities ``(n, len(labels))``; rows sum to 1."""
 
     @abstractmethod
-    def logits_module(self) -> torch.nn.Module:
-        """Return the trainable torch module (embeddings -> logits) shared with inference."""
-
-    @abstractmethod
-    def get_config(self) -> dict[str, Any]:
+    def to_config(self) -> dict[str, Any]:
         """Return the JSON-ready head_config.json content (without ``format_version``)."""
 
     @abstractmethod
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        """Return the weights to write to model.safetensors."""
+    def _tensors(self) -> dict[str, np.ndarray]:
+        """Return the learned arrays to write to model.safetensors."""
 
     @classmethod
     @abstractmethod
     def _from_saved(
-        cls, config: Mapping[str, Any], labels: Sequence[str], tensors: Mapping[str, torch.Tensor]
-    ) -> Head:
+        cls, config: Mapping[str, Any], labels: Sequence[str], tensors: Mapping[str, np.ndarray]
+    ) -> Self:
         """Rebuild a fitted head from the three files (shape checks raise ArtifactError)."""
+
+    def calibrate(
+        self,
+        val_embeddings: np.ndarray,
+        val_labels: Sequence[Any],
+        *,
+        target: float = 0.90,
+        confidence: float = 0.95,
+        missing_classes: Literal["error", "abstain"] = "error",
+    ) -> Any:
+        """Re-fit the thresholds on labelled rows, keeping the learned state (``calibrate``).
+
+        Raises:
+            InvalidInputError: this kind cannot be re-calibrated.
+        """
+        raise InvalidInputError(f"head kind {self.kind!r} cannot be re-calibrated")
+
+    def encode_labels(self, values: Sequence[Any], *, source: str = "labels") -> np.ndarray:
+        """Map label strings (or integer indices) to column indices, refusing unknown values.
+
+        Raises:
+            InvalidInputError: naming the first unknown values and the allowed labels.
+        """
+        arr = np.asarray(values)
+        if arr.ndim != 1:
+            raise InvalidInputError(f"{source} must be 1-D, got shape {arr.shape}")
+        if np.issubdtype(arr.dtype, np.integer):
+            bad = arr[(arr < 0) | (arr >= len(self.labels))]
+            if len(bad):
+                raise InvalidInputError(
+                    f"{source}: class index {int(bad[0])} outside [0, {len(self.labels)})"
+                )
+            return arr.astype(np.int64)
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        unknown = sorted({str(v) for v in arr if str(v) not in index})
+        if unknown:
+            raise InvalidInputError(
+                f"{source}: label values {unknown[:10]} are not in head {self.name!r}'s label set "
+                f"{list(self.labels)}"
+            )
+        return np.array([index[str(v)] for v in arr], dtype=np.int64)
 
     def in_distribution(self, embeddings: np.ndarray) -> np.ndarray | None:
         """Say which rows look like the data the head was calibrated on.
@@ -194,7 +278,7 @@ class Head(ABC):
         """
         return None
 
-    def predict(self, embeddings: np.ndarray | torch.Tensor) -> list[Prediction]:
+    def predict(self, embeddings: Any) -> list[Prediction]:
         """Predict with abstention: below its class threshold or out of distribution, no label.
 
         Args:
@@ -216,13 +300,13 @@ class Head(ABC):
         """Return the Markdown model card (the evaluation report when one was attached)."""
         if self.card_:
             return self.card_
-        cfg = self.get_config()
+        cfg = self.to_config()
         lines = [
             f"# Head `{self.name}` v{self.head_version} ({self.kind})",
             "",
             f"- embedding_version: `{self.embedding_version}`",
             f"- in_dim: {self.in_dim}, labels: {len(self.labels)}",
-            f"- temperature: {cfg.get('temperature')}",
+            *([f"- temperature: {cfg['temperature']}"] if "temperature" in cfg else []),
             "",
             "No evaluation report was attached to this head.",
         ]
@@ -240,20 +324,44 @@ class Head(ABC):
         Raises:
             ArtifactError: when the folder already holds files.
         """
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise ArtifactError(f"refusing to overwrite the non-empty head folder {path}")
         path.mkdir(parents=True, exist_ok=True)
-        config = {**self.get_config(), "format_version": HEAD_FORMAT_VERSION}
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self._tensors().items()}
+        config = {**self.to_config(), "format_version": HEAD_FORMAT_VERSION}
+        tensors = {k: np.ascontiguousarray(v) for k, v in self._tensors().items()}
         save_file(tensors, str(path / WEIGHTS_FILE), metadata={"kind": self.kind})
         (path / LABELS_FILE).write_text(json.dumps(list(self.labels), ensure_ascii=False) + "\n")
         (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         (path / CARD_FILE).write_text(self.model_card(), encoding="utf-8")
         logger.info("saved head %s v%d (%s) to %s", self.name, self.head_version, self.kind, path)
         return path
+
+
+def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    """Return ``labels`` as a tuple after checking there are >= 2, unique, non-empty strings.
+
+    Raises:
+        InvalidInputError: naming what is wrong.
+    """
+    labels = tuple(labels)
+    if len(labels) < 2:
+        raise InvalidInputError(f"a head needs >= 2 labels, got {list(labels)}")
+    if any(not isinstance(x, str) or not x for x in labels):
+        raise InvalidInputError(f"labels must be non-empty strings, got {list(labels)[:10]}")
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise InvalidInputError(f"duplicate labels {dupes}")
+    return labels
+
+
+def confusion_counts(y: np.ndarray, pred: np.ndarray, k: int) -> list[list[int]]:
+    """Validation confusion counts, rows = true class, columns = argmax (before abstention)."""
+    counts = np.zeros((k, k), dtype=np.int64)
+    np.add.at(counts, (y, pred), 1)
+    return [[int(c) for c in row] for row in counts]
 
 
 def predictions_from_proba(

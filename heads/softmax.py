@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from embedder.errors import ArtifactError, InvalidInputError
-from heads.base import Head, as_numpy_embeddings
+from heads.base import Head, as_numpy_embeddings, check_labels, confusion_counts
 from heads.calibration import (
     BoundMethod,
     ThresholdSelection,
@@ -134,7 +134,7 @@ class SoftmaxAbstainHead(Head):
             raise InvalidInputError(
                 f"unknown softmax_abstain settings {unknown}; allowed: {sorted(allowed)}"
             )
-        labels = _check_labels(labels)
+        labels = check_labels(labels)
         head = cls(SoftmaxAbstainConfig(**cfg), labels)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(head.config.seed)
@@ -179,31 +179,6 @@ class SoftmaxAbstainHead(Head):
         y = self.encode_labels(labels, source="calibration labels")
         x = as_numpy_embeddings(embeddings, self.in_dim)
         self.ood_ = MahalanobisGuard.fit(x, y, len(self.labels), quantile=self.config.ood_quantile)
-
-    def encode_labels(self, values: Sequence[Any], *, source: str = "labels") -> np.ndarray:
-        """Map label strings (or integer indices) to column indices, refusing unknown values.
-
-        Raises:
-            InvalidInputError: naming the first unknown values and the allowed labels.
-        """
-        arr = np.asarray(values)
-        if arr.ndim != 1:
-            raise InvalidInputError(f"{source} must be 1-D, got shape {arr.shape}")
-        if np.issubdtype(arr.dtype, np.integer):
-            bad = arr[(arr < 0) | (arr >= len(self.labels))]
-            if len(bad):
-                raise InvalidInputError(
-                    f"{source}: class index {int(bad[0])} outside [0, {len(self.labels)})"
-                )
-            return arr.astype(np.int64)
-        index = {lab: i for i, lab in enumerate(self.labels)}
-        unknown = sorted({str(v) for v in arr if str(v) not in index})
-        if unknown:
-            raise InvalidInputError(
-                f"{source}: label values {unknown[:10]} are not in head {self.name!r}'s label set "
-                f"{list(self.labels)}"
-            )
-        return np.array([index[str(v)] for v in arr], dtype=np.int64)
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -529,7 +504,7 @@ class SoftmaxAbstainHead(Head):
         prior = effective_prior(softmax(logits, self.temperature_), vy)
         self.calibration_ = {
             "effective_prior": {lab: float(p) for lab, p in zip(self.labels, prior, strict=True)},
-            "confusion_counts": _confusion_counts(vy, logits.argmax(axis=1), len(self.labels)),
+            "confusion_counts": confusion_counts(vy, logits.argmax(axis=1), len(self.labels)),
             "target_precision": target,
             "confidence": confidence,
             "bound": method,
@@ -543,7 +518,7 @@ class SoftmaxAbstainHead(Head):
         return sel
 
     # ----------------------------------------------------------------- persistence
-    def get_config(self) -> dict[str, Any]:
+    def to_config(self) -> dict[str, Any]:
         """Return head_config.json content: settings, temperature, thresholds, validation report."""
         cfg = asdict(self.config)
         thresholds = None
@@ -564,19 +539,20 @@ class SoftmaxAbstainHead(Head):
             "ood": None if self.ood_ is None else self.ood_.to_config(),
         }
 
-    def _tensors(self) -> dict[str, torch.Tensor]:
-        tensors = dict(self.logits_module().state_dict())
+    def _tensors(self) -> dict[str, np.ndarray]:
+        state = self.logits_module().state_dict()
+        tensors = {k: v.detach().to("cpu").numpy() for k, v in state.items()}
         if self.ood_ is not None:
-            tensors.update({k: torch.from_numpy(v) for k, v in self.ood_.to_tensors().items()})
+            tensors.update(self.ood_.to_tensors())
         return tensors
 
     @classmethod
     def _from_saved(
-        cls, config: Mapping[str, Any], labels: Sequence[str], tensors: Mapping[str, torch.Tensor]
+        cls, config: Mapping[str, Any], labels: Sequence[str], tensors: Mapping[str, np.ndarray]
     ) -> SoftmaxAbstainHead:
         fields = {k: config[k] for k in SoftmaxAbstainConfig.__dataclass_fields__ if k in config}
         try:
-            head = cls(SoftmaxAbstainConfig(**fields), _check_labels(labels))
+            head = cls(SoftmaxAbstainConfig(**fields), check_labels(labels))
         except InvalidInputError as err:
             raise ArtifactError(f"invalid head_config.json: {err}") from err
         first = tensors.get("0.weight")
@@ -595,7 +571,9 @@ class SoftmaxAbstainHead(Head):
                 f"{last.shape[0]} rows"
             )
         module = _build_module(head.in_dim, head.config.hidden, head.config.dropout, len(labels))
-        module.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("ood.")})
+        module.load_state_dict(
+            {k: torch.from_numpy(v) for k, v in tensors.items() if not k.startswith("ood.")}
+        )
         module.eval()
         head.module_ = module
         head.temperature_ = float(config.get("temperature", 1.0))
@@ -607,9 +585,7 @@ class SoftmaxAbstainHead(Head):
         head.calibration_ = config.get("calibration")
         head.fit_info_ = dict(config.get("fit") or {})
         if config.get("ood"):
-            head.ood_ = MahalanobisGuard.from_saved(
-                config["ood"], {k: v.numpy() for k, v in tensors.items()}
-            )
+            head.ood_ = MahalanobisGuard.from_saved(config["ood"], dict(tensors))
         return head
 
 
@@ -719,18 +695,6 @@ def _cv_path_log_loss(
     return {lam: float(np.mean([r[lam] for r in runs])) for lam in L2_GRID}
 
 
-def _check_labels(labels: Sequence[str]) -> tuple[str, ...]:
-    labels = tuple(labels)
-    if len(labels) < 2:
-        raise InvalidInputError(f"a softmax head needs >= 2 labels, got {list(labels)}")
-    if any(not isinstance(x, str) or not x for x in labels):
-        raise InvalidInputError(f"labels must be non-empty strings, got {list(labels)[:10]}")
-    dupes = sorted({x for x in labels if labels.count(x) > 1})
-    if dupes:
-        raise InvalidInputError(f"duplicate labels {dupes}")
-    return labels
-
-
 #: The built-in named heads: name -> (labels, data field).
 STANDARD_HEADS: dict[str, tuple[tuple[str, ...], str]] = {}
 
@@ -772,10 +736,3 @@ def standard_head(
     return SoftmaxAbstainHead.from_config(
         {"name": name, "embedding_version": embedding_version, "in_dim": in_dim, **cfg}, labels
     )
-
-
-def _confusion_counts(y: np.ndarray, pred: np.ndarray, k: int) -> list[list[int]]:
-    """Validation confusion counts, rows = true class, columns = argmax (before abstention)."""
-    counts = np.zeros((k, k), dtype=np.int64)
-    np.add.at(counts, (y, pred), 1)
-    return counts.tolist()

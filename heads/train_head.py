@@ -34,12 +34,17 @@ logger = logging.getLogger(__name__)
 class HeadTrainConfig:
     """Settings of ``train_head``.
 
-    The defaults fit a linear head the way scikit-learn's ``LogisticRegression`` does (L-BFGS,
-    standardised inputs, L2 chosen on validation log-loss, no class weighting, so the head learns
-    the data's own prior), and calibrate on the validation rows plus 5-fold out-of-fold rows of the
-    training data, so a few hundred labels can already prove 90% precision for common classes.
+    ``kind`` picks the head (``heads.registry.BUILTIN_HEADS``); ``KIND_OPTIONS`` says which of
+    the other settings each kind takes beyond the shared ``cross_fit``, ``target_precision`` and
+    ``seed``. The defaults fit a linear head the way scikit-learn's ``LogisticRegression`` does
+    (L-BFGS, standardised inputs, L2 chosen on validation log-loss, no class weighting, so the
+    head learns the data's own prior), and calibrate on the validation rows plus 5-fold
+    out-of-fold rows of the training data, so a few hundred labels can already prove 90%
+    precision for common classes.
 
     Attributes:
+        kind: the head kind: ``"softmax_abstain"`` (default) or ``"knn"``.
+        k: knn only: neighbours that vote.
         hidden: hidden width (0 = linear head, L-BFGS; > 0 trains with AdamW).
         epochs: AdamW only: maximum passes (early stop on validation loss).
         lr: AdamW only: learning rate.
@@ -52,6 +57,8 @@ class HeadTrainConfig:
         seed: initialisation and shuffling seed.
     """
 
+    kind: str = "softmax_abstain"
+    k: int = 10
     hidden: int = 0
     epochs: int = 300
     lr: float = 1e-2
@@ -61,6 +68,38 @@ class HeadTrainConfig:
     cross_fit: int = 5
     target_precision: float = 0.90
     seed: int = 0
+
+
+#: The settings of ``HeadTrainConfig`` each kind takes besides the shared ones (``SHARED_OPTIONS``):
+#: (those passed to the head's config, those passed to its ``fit``).
+KIND_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "softmax_abstain": (("hidden", "seed"), ("epochs", "lr", "batch_size", "l2", "class_weight")),
+    "knn": (("k",), ()),
+}
+#: Settings every kind takes (all passed to ``Head.fit``).
+SHARED_OPTIONS = ("cross_fit", "target_precision", "seed")
+
+
+def check_kind_options(kind: str, given: Sequence[str]) -> None:
+    """Refuse settings that the head kind does not take (e.g. ``--hidden`` with ``--kind knn``).
+
+    Raises:
+        UnknownHeadError: ``kind`` is not a known kind.
+        InvalidInputError: naming the settings and what the kind takes.
+    """
+    from embedder.errors import InvalidInputError, UnknownHeadError
+
+    if kind not in KIND_OPTIONS:
+        raise UnknownHeadError(
+            f"unknown head kind {kind!r}; train-head trains {sorted(KIND_OPTIONS)}"
+        )
+    allowed = {*KIND_OPTIONS[kind][0], *KIND_OPTIONS[kind][1], *SHARED_OPTIONS, "kind"}
+    extra = sorted(set(given) - allowed)
+    if extra:
+        raise InvalidInputError(
+            f"settings {extra} do not apply to a {kind!r} head; it takes "
+            f"{sorted(allowed - {'kind'})}"
+        )
 
 
 def default_cache_path() -> Path:
@@ -198,6 +237,7 @@ def train_head(
 
     start = time.perf_counter()
     cfg = config or HeadTrainConfig()
+    check_kind_options(cfg.kind, ())
     model_dir = Path(model_dir)
     opts: dict[str, Any] = {"skip_invalid": skip_invalid, "report": report}
     all_train, train_bad = _read(train_path, "training", **opts)
@@ -215,30 +255,26 @@ def train_head(
     (x_train, x_val), stats = cached_embeddings(
         encoder, [[r.profile for r in train_rows], [r.profile for r in val_rows]], cache_path
     )
+    settings, fit_options = KIND_OPTIONS[cfg.kind]
     head = build_head(
-        "softmax_abstain",
+        cfg.kind,
         name=task.name,
         labels=task.labels,
         embedding_version=version,
         in_dim=encoder.dim,
-        hidden=cfg.hidden,
         label_field=task.field,
-        seed=cfg.seed,
+        **{f: getattr(cfg, f) for f in settings},
     )
     head.fit(
         x_train,
         [task.labels[i] for i in y_train],
         val_embeddings=x_val,
         val_labels=[task.labels[i] for i in y_val],
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        batch_size=cfg.batch_size,
-        l2=cfg.l2,
-        class_weight=cfg.class_weight,  # type: ignore[arg-type]
         cross_fit=cfg.cross_fit,
         seed=cfg.seed,
         target_precision=cfg.target_precision,
         missing_classes="abstain",
+        **{f: getattr(cfg, f) for f in fit_options},
     )
     head.fit_info_.update(
         {
@@ -382,7 +418,7 @@ def calibrate_head(
         "path": str(folder),
         "embedding_version": encoder.embedding_version,
         "rows": len(y),
-        "temperature": round(float(new.temperature_), 4),
+        "temperature": round(float(getattr(new, "temperature_", 1.0)), 4),
         "assigning_classes": [
             lab for lab, t in zip(new.labels, new.thresholds_, strict=True) if not math.isinf(t)
         ],

@@ -37,7 +37,7 @@ def test_head_calibration_fits_the_guard_saves_it_and_abstains_with_the_reason(t
         "softmax_abstain", name="t", labels=labels, embedding_version="emb-t", in_dim=8
     )
     head.fit(x[:1000], y[:1000], val_embeddings=x[1000:], val_labels=y[1000:])
-    assert head.ood_ is not None and head.get_config()["ood"]["n"] == 500
+    assert head.ood_ is not None and head.to_config()["ood"]["n"] == 500
     shifted, _ = _data(50, shift=6.0, seed=3)
     preds = head.predict(shifted)
     assert all(p.label is None and p.reason == REASON_OUT_OF_DISTRIBUTION for p in preds)

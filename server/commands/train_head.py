@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from heads.registry import BUILTIN_HEADS
 from server.commands.invalid_rows import add_skip_invalid
 
 
@@ -44,9 +45,20 @@ def register(subparsers: Any) -> None:
         help="for a new head: the data field it learns (labels = the values found in --train), "
         "e.g. sentiment",
     )
+    p.add_argument(
+        "--kind",
+        choices=sorted(BUILTIN_HEADS),
+        default=unset,
+        help="head kind: softmax_abstain (default; a linear or one-hidden-layer softmax) or knn "
+        "(cosine k-nearest neighbours over the stored training rows: nothing to train, for a "
+        "few labels)",
+    )
+    p.add_argument("--k", type=int, default=unset, help="knn only: neighbours that vote")
     p.add_argument("--train", required=True, help="labelled training profiles")
     p.add_argument("--val", required=True, help="labelled validation profiles")
-    p.add_argument("--hidden", type=int, default=unset, help="hidden width (0 = linear)")
+    p.add_argument(
+        "--hidden", type=int, default=unset, help="softmax_abstain only: hidden width (0 = linear)"
+    )
     p.add_argument(
         "--l2",
         type=float,
@@ -82,12 +94,16 @@ def run(args: argparse.Namespace) -> int:
 
     Returns 1 when rows were skipped (``--skip-invalid``; the head is still added), else 0.
     """
-    from heads.train_head import HeadTrainConfig, train_head
+    from dataclasses import fields
+
+    from heads.train_head import HeadTrainConfig, check_kind_options, train_head
     from server.commands.invalid_rows import LoadReporter
 
-    fields = ("hidden", "epochs", "lr", "batch_size", "l2", "class_weight", "cross_fit")
-    fields += ("target_precision", "seed")
-    config = HeadTrainConfig(**{f: getattr(args, f) for f in fields if hasattr(args, f)})
+    given = {
+        f.name: getattr(args, f.name) for f in fields(HeadTrainConfig) if hasattr(args, f.name)
+    }
+    config = HeadTrainConfig(**given)
+    check_kind_options(config.kind, list(given))
     reporter = LoadReporter(skip_invalid=args.skip_invalid)
     summary = train_head(
         args.model,
