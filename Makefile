@@ -6,6 +6,7 @@ PIP := $(PY) -m pip
 CLI := $(VENV)/bin/profile-embed
 PROTO_SRC := $(shell find protos -name '*.proto' 2>/dev/null)
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 # Never reach a model hub: weights come from packages or local folders only.
 export HF_HUB_OFFLINE := 1
@@ -28,6 +29,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $@
 
 install: $(STAMP) protos
+
+# The peer engines of `make bench` (the [bench] extra), kept out of `make test` / `make serve`.
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) install -q -c $(LOCK) -e '.[dev,scale,bench]'
+	touch $@
 
 # After changing a dependency in pyproject.toml (or deleting a pin to let it move): record exactly what
 # the venv now holds, the project itself excepted.
@@ -60,8 +66,9 @@ train-full: install
 
 # Encoder numerics vs plain SentenceTransformer, FLOP/s vs matmul peak, accuracy cost, scaling,
 # faiss at 100k/1M, small gRPC run: ~10-12 min on 2 cores. JSON in bench/results/, table in
-# docs/BENCHMARKS.md. BENCH_ARGS=--quick runs it at toy sizes.
-bench: build-default
+# docs/BENCHMARKS.md. Peer engines (bench/peers.py, the [bench] extra) run in the encoder section;
+# BENCH_ARGS="--peers none" leaves them out. BENCH_ARGS=--quick runs it at toy sizes.
+bench: build-default $(BENCH_STAMP)
 	$(PY) bench/run_all.py --model models/default $(BENCH_ARGS)
 
 # The model on real labelled profiles: REAL is a folder of labelled JSONL (bench/real_sources.py

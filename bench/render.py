@@ -8,6 +8,8 @@ from bench.report import fmt, markdown_table
 
 TARGET_SPEEDUP = 2.5
 TARGET_UTILISATION = 0.70
+#: Issue 13: the chosen numerics vs the fastest peer engine that holds accuracy.
+TARGET_VS_PEER = 1.3
 
 
 def _met(ok: bool | None) -> str:
@@ -62,6 +64,17 @@ def targets(r: dict[str, Any]) -> str:
                     f"{_signed(v['delta_accuracy'])} pts",
                     f"within {enc['max_accuracy_points']} pts",
                     _met(v["within_budget"]),
+                ]
+            )
+        best = fastest_peer(enc)
+        if best is not None:
+            ratio = 1 / enc["peers"][best]["ratio_vs_ours"]
+            rows.append(
+                [
+                    f"chosen numerics ({c}) vs fastest peer within budget ({best})",
+                    f"{ratio:.2f}x",
+                    f">= {TARGET_VS_PEER}x",
+                    _met(ratio >= TARGET_VS_PEER),
                 ]
             )
     for n, s in (r.get("faiss") or {}).get("sizes", {}).items():
@@ -129,6 +142,73 @@ def encoder_table(enc: dict[str, Any], peak: dict[str, Any] | None) -> str:
             f"Peak matmul now: fp32 {f32[0] / 1e9:.0f} GFLOP/s (`{f32[1]}`), int8 with dynamic "
             f"activation quantization {i8[0] / 1e9:.0f} GOP/s (`{i8[1]}`)."
         )
+    return "\n".join(text)
+
+
+def fastest_peer(enc: dict[str, Any]) -> str | None:
+    """The fastest peer whose accuracy stays within the budget (any peer without a head)."""
+    ok = [k for k, v in (enc.get("peers") or {}).items() if v.get("within_budget", True)]
+    return max(ok, key=lambda k: enc["peers"][k]["profiles_per_s"]) if ok else None
+
+
+def peers_table(enc: dict[str, Any]) -> str:
+    """Peer engines on the same texts in the same round-robin, and the ones that did not run."""
+    c = enc["chosen"]
+    ours = enc["variants"][c]
+    st = enc["variants"].get("sentence-transformers")
+    engines = enc.get("peer_engines", {})
+    rows = []
+    for name, v in [
+        (f"**ours: {c}**", ours),
+        *([("plain sentence-transformers", st)] if st else []),
+        *enc.get("peers", {}).items(),
+    ]:
+        rows.append(
+            [
+                name,
+                engines.get(name, "-"),
+                v["n"],
+                fmt(v["profiles_per_s"], 1),
+                fmt(v["useful_tokens_per_s"]),
+                f"{v['ratio_vs_ours']:.2f}x",
+                f"{v['ratio_vs_st']:.2f}x",
+                f"{v['min_cosine_vs_fp32']:.4f}",
+                fmt(v.get("accuracy"), 1),
+                _signed(v.get("delta_accuracy")),
+                {True: "yes", False: "no", None: "-"}[v.get("within_budget")],
+                f"{v['prepare_s']:.1f}",
+            ]
+        )
+    head = [
+        "peer", "engine", "n", "profiles/s", "useful tokens/s", "vs ours", "vs plain ST",
+        "min cos vs fp32", "geo acc %", "Δ pts", f"within {enc['max_accuracy_points']}",
+        "prepare s",
+    ]  # fmt: skip
+    text = [
+        "### Peer engines on the same model and texts",
+        "",
+        markdown_table(head, rows),
+        "",
+        f"Same {enc['n']:,} profiles, same assembled texts, same round-robin as the table "
+        f"above; `vs ours` divides by **{c}** (our chosen numerics), `Δ pts` is geolocation "
+        "accuracy vs our fp32 vectors on the same profiles; `prepare s` includes export, "
+        "conversion or quantization and a 16-text warm-up. Adapters: `bench/peers.py`.",
+    ]
+    best = fastest_peer(enc)
+    if best is not None:
+        b = enc["peers"][best]
+        text.append(
+            f"Fastest peer within {enc['max_accuracy_points']} points: **{best}** at "
+            f"{b['ratio_vs_ours']:.2f}x ours and {b['ratio_vs_st']:.2f}x plain "
+            f"sentence-transformers; ours ({c}) is {1 / b['ratio_vs_ours']:.2f}x it."
+        )
+    failed = enc.get("peers_failed") or {}
+    if failed:
+        text += ["", "Did not run here:", ""]
+        text += [f"- `{k}` ({engines.get(k, '?')}): {why}" for k, why in failed.items()]
+    versions = enc.get("peer_versions") or {}
+    if versions:
+        text += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."]
     return "\n".join(text)
 
 
@@ -213,10 +293,24 @@ def render(r: dict[str, Any]) -> str:
     parts = ["## Generated: `make bench`", header(r), targets(r)]
     if r.get("encoder"):
         parts.append(encoder_table(r["encoder"], r.get("peak")))
+        if r["encoder"].get("peers") or r["encoder"].get("peers_failed"):
+            parts.append(peers_table(r["encoder"]))
     if r.get("scaling"):
         parts.append(scaling_table(r["scaling"]))
     if r.get("faiss"):
         parts.append(faiss_table(r["faiss"]))
     if r.get("grpc"):
         parts.append(grpc_table(r["grpc"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def render_peers(r: dict[str, Any]) -> str:
+    """The peer block (``run_all.py --doc-block peers``): run facts, targets, encoder + peers."""
+    head = header(r).replace(
+        "Generated by `make bench` (`bench/run_all.py`)", f"Generated by `{r.get('command')}`"
+    )
+    parts = ["## Generated: peer engines", head, targets(r)]
+    if r.get("encoder"):
+        parts.append(encoder_table(r["encoder"], r.get("peak")))
+        parts.append(peers_table(r["encoder"]))
     return "\n\n".join(parts) + "\n"

@@ -17,6 +17,9 @@ from typing import Any
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
+#: The peer-engine block, written by ``run_all.py --doc-block peers`` (a run of some sections only).
+PEERS_START = "<!-- bench:peers:start -->"
+PEERS_END = "<!-- bench:peers:end -->"
 
 
 def machine_info() -> dict[str, Any]:
@@ -80,31 +83,33 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def replace_section(document: str, body: str) -> str:
+def replace_section(document: str, body: str, start_mark: str = START, end_mark: str = END) -> str:
     """Return ``document`` with the marked section's content replaced by ``body``.
 
-    Without markers the section is appended at the end.
+    Without markers the section is appended at the end. ``start_mark``/``end_mark`` name another
+    marked section (the default is the ``make bench`` one).
 
     Raises:
         ValueError: when only one marker is present or they are out of order.
     """
-    start, end = document.find(START), document.find(END)
-    block = f"{START}\n{body.strip()}\n{END}"
+    start, end = document.find(start_mark), document.find(end_mark)
+    block = f"{start_mark}\n{body.strip()}\n{end_mark}"
     if start == -1 and end == -1:
         return document.rstrip("\n") + "\n\n" + block + "\n"
-    if start == -1 or end == -1 or end < start or document.count(START) + document.count(END) > 2:
+    n_start, n_end = document.count(start_mark), document.count(end_mark)
+    if start == -1 or end == -1 or end < start or n_start + n_end > 2:
         raise ValueError(
-            f"expected one {START!r} followed by one {END!r}, found {document.count(START)} "
-            f"start and {document.count(END)} end markers"
+            f"expected one {start_mark!r} followed by one {end_mark!r}, found {n_start} "
+            f"start and {n_end} end markers"
         )
-    return document[:start] + block + document[end + len(END) :]
+    return document[:start] + block + document[end + len(end_mark) :]
 
 
-def write_section(path: Path, body: str) -> None:
+def write_section(path: Path, body: str, start_mark: str = START, end_mark: str = END) -> None:
     """Replace the marked section of ``path`` (created if missing), writing atomically."""
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(replace_section(old, body), encoding="utf-8")
+    tmp.write_text(replace_section(old, body, start_mark, end_mark), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -6,7 +6,10 @@ Sections (each saved to the JSON as soon as it finishes):
 2. ``peak``: best fp32 and int8 matmul FLOP/s now (``bench/flops.py``).
 3. ``encoder``: throughput, FLOP/s utilisation and geolocation accuracy cost per numerics vs
    plain ``SentenceTransformer.encode`` on the same model folder (``bench/encoder_bench.py``);
-   the fastest numerics within ``--max-points`` accuracy points of fp32 is "chosen".
+   the fastest numerics within ``--max-points`` accuracy points of fp32 is "chosen". Peer
+   engines (``--peers``, ``bench/peers.py``: sentence-transformers bf16, ONNX Runtime, OpenVINO,
+   CTranslate2, ...) run in the same round-robin on the same texts; a peer that cannot run here
+   gets a line saying why.
 4. ``scaling``: forward throughput vs batch size, text length and threads (fp32 and chosen).
 5. ``faiss``: build, queries/s, IVF recall@10 vs exact at 100k and 1M (``bench/index_bench.py``).
 6. ``grpc``: ``bench/grpc_throughput.py`` at a small size (subprocess).
@@ -25,6 +28,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +38,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench import encoder_bench, index_bench  # noqa: E402
 from bench.flops import matmul_peak  # noqa: E402
-from bench.render import render  # noqa: E402
-from bench.report import machine_info, write_json, write_section  # noqa: E402
+from bench.peers import PEERS, prepare_peers  # noqa: E402
+from bench.render import render, render_peers  # noqa: E402
+from bench.report import (  # noqa: E402
+    PEERS_END,
+    PEERS_START,
+    machine_info,
+    write_json,
+    write_section,
+)
 
 logger = logging.getLogger("bench.run_all")
 SECTIONS = ("peak", "encoder", "scaling", "faiss", "grpc")
@@ -48,6 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=ROOT / "models/default", help="model folder")
     p.add_argument("--n", type=int, default=1000, help="simulated profiles for the encoder runs")
     p.add_argument("--numerics", nargs="+", default=list(NUMERICS), choices=NUMERICS)
+    p.add_argument(
+        "--peers",
+        nargs="+",
+        default=["all"],
+        metavar="PEER",
+        help="peer engines in the encoder run: all (default), none, or names from "
+        "bench/peers.py PEERS",
+    )
     p.add_argument("--head", default="geolocation", help="head whose accuracy is compared")
     p.add_argument("--max-points", type=float, default=0.5, help="accuracy budget vs fp32")
     p.add_argument("--budget-s", type=float, default=60.0, help="encoding seconds per variant")
@@ -62,6 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/bench.json")
     p.add_argument("--doc", type=Path, default=ROOT / "docs/BENCHMARKS.md")
     p.add_argument("--no-doc", action="store_true", help="do not touch the markdown document")
+    p.add_argument(
+        "--doc-block",
+        choices=("all", "peers"),
+        default="all",
+        help="all: the generated section (make bench); peers: only the peer-engine block "
+        "(for a run of --sections peak encoder, leaving the make bench tables as they are)",
+    )
     p.add_argument("--quick", action="store_true", help="toy sizes: proves the suite runs")
     args = p.parse_args(argv)
     if args.quick:
@@ -72,6 +98,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.faiss_wrapper_sizes = [int(x) for x in str(args.faiss_wrapper_sizes).split(",") if x]
     if "fp32" not in args.numerics:
         args.numerics = ["fp32", *args.numerics]
+    if args.peers == ["all"]:
+        args.peers = list(PEERS)
+    elif args.peers == ["none"]:
+        args.peers = []
+    unknown = sorted(set(args.peers) - set(PEERS))
+    if unknown:
+        p.error(f"unknown peers {unknown}; choose from all, none, {', '.join(PEERS)}")
     return args
 
 
@@ -81,14 +114,27 @@ def run_encoder(args: argparse.Namespace, model: Any, result: dict[str, Any], ba
     threads = default_threads()
     work = encoder_bench.load_workload(model.encoder, args.n, args.seed)
     variants = encoder_bench.make_variants(model, args.model, args.numerics, threads)
-    bar.reset(total=args.n * len(variants))
-    bar.set_description("encoder")
-    state = encoder_bench.run_interleaved(
-        variants, work.texts, chunks=args.chunks, budget_s=args.budget_s, progress=bar
-    )
+    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+        failed: dict[str, str] = {}
+        if args.peers:
+            bar.set_description("peers: export/convert")
+            calib = encoder_bench.calibration_texts(model.encoder, 300, args.seed)
+            ready, failed = prepare_peers(
+                args.peers, args.model / "encoder", Path(tmp), threads, calib
+            )
+            variants.update(ready)
+        bar.reset(total=args.n * len(variants))
+        bar.set_description("encoder")
+        state = encoder_bench.run_interleaved(
+            variants, work.texts, chunks=args.chunks, budget_s=args.budget_s, progress=bar
+        )
+    peer_int8 = {k: PEERS[k].int8 for k in args.peers if k in state}
     summary = encoder_bench.summarize(
-        state, work, model, result.get("peak"), args.head, args.max_points
+        state, work, model, result.get("peak"), args.head, args.max_points, peer_int8
     )
+    summary["peers_failed"] = failed
+    summary["peer_engines"] = {k: PEERS[k].engine for k in args.peers}
+    summary["peer_versions"] = peer_versions() if args.peers else {}
     summary.update(
         n=args.n,
         threads=threads,
@@ -97,6 +143,22 @@ def run_encoder(args: argparse.Namespace, model: Any, result: dict[str, Any], ba
     )
     result["encoder"] = summary
     return work, state
+
+
+def peer_versions() -> dict[str, str]:
+    """Installed versions of the peer engines' packages (absent ones left out)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in (
+        "sentence-transformers", "onnxruntime", "openvino", "nncf", "ctranslate2",
+        "optimum", "optimum-onnx", "optimum-intel", "fastembed", "infinity-emb",
+    ):  # fmt: skip
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def run_scaling(args: argparse.Namespace, model: Any, work: Any, chosen: str) -> dict[str, Any]:
@@ -156,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(args.model),
         "embedding_version": model.encoder.embedding_version,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "command": " ".join([".venv/bin/python bench/run_all.py", *(argv or sys.argv[1:])]),
     }
     save = lambda: write_json(args.out, result)  # noqa: E731
     bar = tqdm(total=len(args.sections), desc="bench", unit="step")
@@ -200,6 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
     result["seconds"] = time.perf_counter() - start
     save()
+    if args.doc_block == "peers":
+        body = render_peers(result)
+        print(body)
+        if not args.no_doc:
+            write_section(args.doc, body, PEERS_START, PEERS_END)
+            logger.info("wrote %s and the peer block in %s", args.out, args.doc)
+        return 0
     body = render(result)
     print(body)
     if not args.no_doc:
