@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if not (args.model / "model.json").is_file():
         logger.error("no model at %s: run `profile-embed build-default` first", args.model)
         return 2
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "embedding_version": model.encoder.embedding_version,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "command": " ".join([".venv/bin/python bench/run_all.py", *(argv or sys.argv[1:])]),
+        "out": os.path.relpath(args.out, ROOT),
     }
     save = lambda: write_json(args.out, result)  # noqa: E731
     bar = tqdm(total=len(args.sections), desc="bench", unit="step")
