@@ -93,6 +93,8 @@ class ProfileEncoder:
         self._int8_model: Any = None
         self._onnx_model: Any = None
         self._build_lock = threading.Lock()
+        #: How ``numerics`` was chosen when loaded through ``heads.model.load_encoder``.
+        self.numerics_choice: dict[str, Any] = {"chosen": numerics, "how": "fixed"}
         # HF fast tokenizers mutate their truncation state on every call: serialise those calls.
         self._tok_lock = threading.RLock()
 

@@ -21,6 +21,10 @@ from pathlib import Path
 NUMERICS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
 ONNX_NUMERICS = ("onnx-fp32", "onnx-int8")
 DEFAULT_NUMERICS = "fp32"
+#: What ``--numerics`` accepts: a fixed mode, or ``auto`` (the fastest accurate one on this
+#: machine, see ``embedder.numerics_choice``; also what an unset flag means).
+AUTO = "auto"
+NUMERICS_OPTIONS = (AUTO, *NUMERICS)
 
 
 def check_numerics(value: str) -> str:
@@ -31,6 +35,17 @@ def check_numerics(value: str) -> str:
     """
     if value not in NUMERICS:
         raise ValueError(f"numerics must be one of {NUMERICS}, got {value!r}")
+    return value
+
+
+def check_numerics_option(value: str) -> str:
+    """Return ``value`` when ``--numerics`` accepts it (a mode, or ``auto``).
+
+    Raises:
+        ValueError: naming the value and the allowed ones.
+    """
+    if value not in NUMERICS_OPTIONS:
+        raise ValueError(f"numerics must be one of {NUMERICS_OPTIONS}, got {value!r}")
     return value
 
 

@@ -4,7 +4,11 @@ The cut transformer (``input_ids``, ``attention_mask`` -> ``token_embeddings``; 
 sequence axes) is exported once with the TorchScript exporter and cached under
 ``<cache>/<embedding_version>/<numerics>-f<EXPORT_FORMAT>.onnx`` (model folders are immutable, so
 the file lives beside them, not inside). ``onnx-int8`` is that export with MatMul weights
-quantized to int8 by ``onnxruntime.quantization.quantize_dynamic``.
+quantized to int8 (per channel) by ``onnxruntime.quantization.quantize_dynamic``, except the
+feed-forward down-projections, which stay fp32: they were the layers whose int8 error reached
+the pooled vector (min cosine to fp32 0.970 with them quantized, 0.992 without, on 1,000 profiles;
+see docs/BENCHMARKS.md). Weights use the full int8 range on CPUs with VNNI and 7 bits elsewhere,
+so the int8 file depends on the CPU and its name says which (``-vnni`` / ``-rr``).
 
 Mean pooling and L2 normalisation run afterwards through the encoder's own sentence-transformers
 ``Pooling`` and ``Normalize`` modules, so they are the torch path's code, not a re-implementation.
@@ -32,7 +36,7 @@ from embedder.numerics import ONNX_NUMERICS
 logger = logging.getLogger(__name__)
 
 #: Part of the cache key: bump when the exported graph or the quantization settings change.
-EXPORT_FORMAT = 1
+EXPORT_FORMAT = 2
 OPSET = 17
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "token_embeddings"
@@ -53,7 +57,17 @@ def onnx_path(embedding_version: str, numerics: str, cache_dir: Path | None = No
     if numerics not in ONNX_NUMERICS:
         raise ValueError(f"ONNX numerics must be one of {ONNX_NUMERICS}, got {numerics!r}")
     root = cache_dir if cache_dir is not None else onnx_cache_dir()
-    return root / embedding_version / f"{numerics}-f{EXPORT_FORMAT}.onnx"
+    variant = ""
+    if numerics == "onnx-int8":
+        variant = "-vnni" if _full_int8_range() else "-rr"
+    return root / embedding_version / f"{numerics}{variant}-f{EXPORT_FORMAT}.onnx"
+
+
+def _full_int8_range() -> bool:
+    """Quantize weights to the full int8 range: only where VNNI avoids u8 x s8 saturation."""
+    from embedder.numerics_choice import cpu_info
+
+    return cpu_info().vnni
 
 
 class _TokenEmbeddings(torch.nn.Module):
@@ -95,15 +109,25 @@ def export_fp32(auto_model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def quantize_int8(src: Path, dst: Path) -> Path:
+def quantize_int8(src: Path, dst: Path, *, reduce_range: bool | None = None) -> Path:
     """Quantize the MatMul weights of ``src`` to int8 (dynamic activation scales) into ``dst``.
 
-    Only MatMul: quantizing the embedding Gather would save memory, not time.
+    Only MatMul: quantizing the embedding Gather would save memory, not time. The feed-forward
+    down-projections (``layer.N/output/dense``) stay fp32 (see the module docstring).
     ``reduce_range`` keeps weights in 7 bits, avoiding the u8 x s8 saturation of CPUs without
-    VNNI (AVX2 ``vpmaddubsw``).
+    VNNI (AVX2 ``vpmaddubsw``); None decides from this CPU's flags.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if reduce_range is None:
+        reduce_range = not _full_int8_range()
+    graph = onnx.load(str(src), load_external_data=False).graph
+    keep_fp32 = [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and "/output/dense/" in n.name and "/attention/" not in n.name
+    ]
 
     root = logging.getLogger()
     # The quantizer logs per-tensor chatter and advice meant for CNNs at INFO on the root logger;
@@ -116,8 +140,9 @@ def quantize_int8(src: Path, dst: Path) -> Path:
             str(dst),
             weight_type=QuantType.QInt8,
             per_channel=True,
-            reduce_range=True,
+            reduce_range=reduce_range,
             op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=keep_fp32,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     finally:
@@ -127,7 +152,10 @@ def quantize_int8(src: Path, dst: Path) -> Path:
 
 class _QuietRootInfo(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.name != "root" or record.levelno >= logging.WARNING
+        if record.name != "root":
+            return True
+        # Its one warning advises shape pre-processing for static CNN graphs; ours is dynamic.
+        return record.levelno >= logging.WARNING and "pre-processing" not in record.getMessage()
 
 
 def ensure_onnx(

@@ -74,12 +74,45 @@ def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
 
 
 def model_numerics(model_dir: str | Path) -> str | None:
-    """The model's default encoder numerics (``numerics`` in model.json), or None when unset."""
+    """The numerics fixed in model.json (models built before ``numerics.json``), or None."""
     path = Path(model_dir) / MODEL_FILE
     if not path.is_file():
         return None
     value = read_model_meta(model_dir).get("numerics")
     return None if value is None else str(value)
+
+
+def load_encoder(model_dir: str | Path, numerics: str | None = None, **encoder_kwargs: Any) -> Any:
+    """Load ``M/encoder`` with the numerics rule every entry point shares.
+
+    ``numerics`` None or ``"auto"``: with ``M/numerics.json`` (the model's accuracy check), the
+    fastest of its accurate numerics on this CPU (``embedder.numerics_choice``, probed once per
+    machine and cached); without it, the ``numerics`` fixed in model.json by older builds, else
+    fp32. Any other value is used as given.
+
+    Returns:
+        The ``ProfileEncoder``; ``encoder.numerics_choice`` records how its numerics were chosen.
+    """
+    from embedder.encoder import ProfileEncoder  # lazy: torch + transformers
+    from embedder.numerics import AUTO
+    from heads.numerics_check import accurate_numerics
+
+    model_dir = Path(model_dir)
+    accurate = None
+    if numerics in (None, AUTO):
+        accurate = accurate_numerics(model_dir)
+        if accurate is None:
+            numerics = model_numerics(model_dir) or "fp32"
+    encoder = ProfileEncoder.load(
+        model_dir / "encoder", numerics=numerics if accurate is None else "fp32", **encoder_kwargs
+    )
+    if accurate is None:
+        encoder.numerics_choice = {"chosen": encoder.numerics, "how": "fixed"}
+    else:
+        from embedder.numerics_choice import choose_numerics
+
+        encoder.numerics_choice = choose_numerics(encoder, accurate)
+    return encoder
 
 
 class ProfileModel:
@@ -115,9 +148,9 @@ class ProfileModel:
             model_dir: the model folder.
             heads: head names to load; None loads all.
             **encoder_kwargs: runtime options for ``ProfileEncoder.load`` (``numerics``,
-                ``threads``). Without ``numerics`` the model's default applies: the
-                ``numerics`` key of model.json when present, else fp32. The server, the batch
-                job and ``profile-embed embed`` all go through here, so they agree.
+                ``threads``). Without ``numerics`` (or with ``"auto"``) :func:`load_encoder`
+                picks them for this machine. The server, the batch job and ``profile-embed
+                embed`` all go through that function, so they agree.
 
         Returns:
             The model.
@@ -127,13 +160,9 @@ class ProfileModel:
             UnknownHeadError: a requested head is not in the folder (lists the available heads).
             VersionMismatchError: a head or model.json belongs to another embedding_version.
         """
-        from embedder.encoder import ProfileEncoder  # lazy: torch + transformers
-
         model_dir = Path(model_dir)
         meta = read_model_meta(model_dir)
-        if meta.get("numerics") is not None:
-            encoder_kwargs.setdefault("numerics", str(meta["numerics"]))
-        encoder = ProfileEncoder.load(model_dir / "encoder", **encoder_kwargs)
+        encoder = load_encoder(model_dir, **encoder_kwargs)
         version = encoder.embedding_version
         if meta.get("embedding_version") not in (None, version):
             raise VersionMismatchError(

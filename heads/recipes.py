@@ -41,9 +41,10 @@ class Recipe:
         sim_seed: simulator seed; the same seed gives the same corpus bytes.
         max_val: validation rows used for early stopping and calibration (None = all).
         train: the fine-tuning settings (base, layers, sequence budget, epochs, heads...).
-        numerics_candidates: faster inference numerics to try, in order of preference; the
-            first whose geolocation accuracy stays within ``numerics_tolerance`` of fp32 on
-            ``numerics_check_rows`` test profiles becomes the model's default (model.json).
+        numerics_candidates: faster inference numerics to check; those whose geolocation
+            accuracy stays within ``numerics_tolerance`` of fp32 on ``numerics_check_rows`` test
+            profiles are recorded in ``numerics.json``, and each serving machine picks the
+            fastest of them (``heads.numerics_check``, ``embedder.numerics_choice``).
         numerics_check_rows: test profiles used for that check.
         numerics_tolerance: largest accuracy loss allowed (0.005 = half a point).
         description: one line for ``--help`` and the build record.
@@ -55,8 +56,8 @@ class Recipe:
     sim_seed: int = 0
     max_val: int | None = None
     train: TrainConfig
-    numerics_candidates: tuple[str, ...] = ("onnx-int8", "onnx-fp32")
-    numerics_check_rows: int = 1000
+    numerics_candidates: tuple[str, ...] = ("bf16", "int8", "onnx-fp32", "onnx-int8")
+    numerics_check_rows: int = 2000
     numerics_tolerance: float = 0.005
     description: str = ""
 
@@ -263,6 +264,7 @@ def build_model(
     Raises:
         ArtifactError: the link name is a real folder, or the base weights cannot be prepared.
     """
+    from heads.numerics_check import check_numerics_accuracy
     from heads.train_run import train_model
 
     start = time.perf_counter()
@@ -292,8 +294,14 @@ def build_model(
         logger.info("%s already exists (identical embedding_version); keeping it", final)
         _remove_tree(partial)
     else:
-        logger.info("[4/5] choosing the inference numerics")
-        numerics = choose_numerics(partial, corpus / "test.jsonl", recipe)
+        logger.info("[4/5] checking which inference numerics keep the accuracy")
+        numerics = check_numerics_accuracy(
+            partial,
+            corpus / "test.jsonl",
+            rows=recipe.numerics_check_rows,
+            tolerance=recipe.numerics_tolerance,
+            candidates=recipe.numerics_candidates,
+        )
         summary = {
             "recipe": recipe.to_dict(),
             "build_seconds": round(time.perf_counter() - start, 1),
@@ -308,62 +316,6 @@ def build_model(
         point_link(link, final)
         logger.info("%s -> %s", link, final.name)
     return BuildResult(final, link, result.embedding_version, read_build(final))
-
-
-def choose_numerics(model_dir: Path, test_path: Path, recipe: Recipe) -> dict[str, Any]:
-    """Pick the model's default inference numerics and record it in ``model.json``.
-
-    Each candidate is compared with fp32 on the same test profiles: geolocation accuracy (the
-    issue's bar: within half a point) and profiles/s. The first candidate within tolerance wins;
-    with none, fp32 stays. Runs before the folder is published, so model.json is still ours.
-
-    Returns:
-        ``{"chosen": ..., "fp32": {...}, "<candidate>": {...}}`` with accuracy and profiles/s.
-    """
-    import numpy as np
-
-    from embedder.data import read_profiles
-    from heads.model import MODEL_FILE, ProfileModel
-
-    rows = read_profiles(test_path).rows[: recipe.numerics_check_rows]
-    profiles = [r.profile for r in rows]
-    truth = np.array([r.labels.get("country") for r in rows], dtype=object)
-
-    def measure(numerics: str) -> dict[str, Any]:
-        model = ProfileModel.load(model_dir, heads=["geolocation"], numerics=numerics)
-        model.predict(profiles[:8], heads=["geolocation"])  # warm-up (ONNX export, allocator)
-        start = time.perf_counter()
-        preds = model.predict(profiles, heads=["geolocation"])["geolocation"]
-        seconds = time.perf_counter() - start
-        argmax = np.array([p.argmax for p in preds], dtype=object)
-        return {
-            "accuracy": float(np.mean(argmax == truth)),
-            "profiles_per_s": round(len(profiles) / max(seconds, 1e-9), 1),
-            "argmax": argmax,
-        }
-
-    results = {"fp32": measure("fp32")}
-    chosen = "fp32"
-    for candidate in recipe.numerics_candidates:
-        try:
-            results[candidate] = measure(candidate)
-        except Exception as err:  # an optional backend that fails to export must not fail the build
-            logger.warning("numerics %s unavailable: %s", candidate, err)
-            continue
-        loss = results["fp32"]["accuracy"] - results[candidate]["accuracy"]
-        results[candidate]["accuracy_loss"] = round(loss, 4)
-        if loss <= recipe.numerics_tolerance:
-            chosen = candidate
-            break
-    reference = results["fp32"]["argmax"]
-    for r in results.values():
-        r["agreement_with_fp32"] = round(float(np.mean(r.pop("argmax") == reference)), 4)
-    meta_path = model_dir / MODEL_FILE
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    meta["numerics"] = chosen
-    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    logger.info("numerics: %s (%s)", chosen, results)
-    return {"chosen": chosen, "rows": len(profiles), **results}
 
 
 def _remove_tree(path: Path) -> None:

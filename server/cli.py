@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "server.commands.build_default",
     "server.commands.train_head",
     "server.commands.calibrate",
+    "server.commands.numerics",
     "server.commands.evaluate",
     "server.commands.predict",
     "server.commands.audience",

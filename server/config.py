@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from embedder.numerics import check_numerics
+from embedder.numerics import check_numerics_option
 
 #: Instagram's limits, for messages; longer text is accepted and cut by the encoder's token budget.
 INSTAGRAM_BIO_CHARS = 150
@@ -18,8 +18,9 @@ class ServerConfig:
 
     Attributes:
         model: the model folder (``model.json``, ``encoder/``, ``heads/``).
-        numerics: encoder numerics (``embedder.numerics.NUMERICS``); None: the model's default
-            (``numerics`` in its model.json, else fp32), the same rule as ``profile-embed batch``.
+        numerics: encoder numerics (``embedder.numerics.NUMERICS_OPTIONS``); None or ``auto``:
+            the fastest numerics this CPU runs among those the model's accuracy check allows
+            (``heads.model.load_encoder``), the same rule as ``profile-embed batch`` and ``embed``.
         host: interface to bind; ``0.0.0.0`` or ``[::]`` to accept remote callers.
         port: gRPC port; 0 picks a free one.
         metrics_port: Prometheus port (not the gRPC one); 0 picks a free one, None: no metrics.
@@ -98,7 +99,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.numerics is not None:
-            check_numerics(self.numerics)
+            check_numerics_option(self.numerics)
         _check_port("port", self.port)
         if self.metrics_port is not None:
             _check_port("metrics_port", self.metrics_port)

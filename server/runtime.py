@@ -119,10 +119,13 @@ class Runtime:
         if config.index is not None:
             index = _load_index(Path(config.index), version, int(model.encoder.dim))
         logger.info(
-            "loaded model %s: embedding_version=%s dim=%d heads=%s cache=%s index=%s",
+            "loaded model %s: embedding_version=%s dim=%d numerics=%s (%s) heads=%s cache=%s "
+            "index=%s",
             config.model,
             version,
             model.encoder.dim,
+            model.encoder.numerics,
+            model.encoder.numerics_choice.get("how"),
             sorted(model.heads),
             "on" if cache is not None else "off",
             "off" if index is None else f"{len(index)} vectors",

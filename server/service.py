@@ -112,6 +112,8 @@ class ProfileEmbeddingServicer:
             index_size=len(rt.index) if rt.index is not None else 0,
             cache_enabled=rt.cache is not None,
             server_version=SERVER_VERSION,
+            numerics=rt.encoder.numerics,
+            numerics_chosen_by=str(rt.encoder.numerics_choice.get("how", "")),
         )
 
     # ------------------------------------------------------------------ Embed / Predict

@@ -81,6 +81,8 @@ def test_info_describes_encoder_heads_and_limits(client, tiny_model):
     assert [c["label"] for c in geo["classes"]] == geo["labels"]
     assert info["limits"]["max_profiles_per_request"] == 64
     assert info["cache_enabled"] is True
+    # the tiny model has no numerics.json: fp32, as fixed, and the server says so
+    assert (info["numerics"], info["numerics_chosen_by"]) == ("fp32", "fixed")
     assert client.health() == "SERVING"
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from embedder.numerics import NUMERICS
+from embedder.numerics import NUMERICS_OPTIONS
 
 #: Bad rows printed to stderr (all are counted, and up to 1000 listed in summary.json).
 MAX_BAD_PRINTED = 20
@@ -58,9 +58,9 @@ def _add_ray_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--numerics",
-        choices=NUMERICS,
+        choices=NUMERICS_OPTIONS,
         default=None,
-        help="encoder numerics (default: the model's, as the server)",
+        help="encoder numerics (default: auto, as the server)",
     )
     g.add_argument("--no-progress", action="store_true", help="hide Ray Data progress bars")
 

