@@ -118,7 +118,8 @@ def run_encoder(args: argparse.Namespace, model: Any, result: dict[str, Any], ba
         failed: dict[str, str] = {}
         if args.peers:
             bar.set_description("peers: export/convert")
-            calib = encoder_bench.calibration_texts(model.encoder, 300, args.seed)
+            n_calib = 64 if args.quick else 300  # NNCF's default subset is 300
+            calib = encoder_bench.calibration_texts(model.encoder, n_calib, args.seed)
             ready, failed = prepare_peers(
                 args.peers, args.model / "encoder", Path(tmp), threads, calib
             )
