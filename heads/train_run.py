@@ -1,4 +1,4 @@
-"""One fine-tuning run, end to end: data -> encoder (optionally distilled) -> joint training ->
+"""One fine-tuning run, end to end: data -> encoder -> joint training ->
 calibration -> evaluation -> an immutable model folder.
 
 ``train_model`` is what ``profile-embed train`` calls. The loop itself is ``heads.training``.
@@ -6,7 +6,6 @@ calibration -> evaluation -> an immutable model folder.
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -50,8 +49,7 @@ class TrainConfig:
             whole pieces (``embedder.vocab.prepare_base``) before cutting layers.
         trim_vocab: drop vocabulary pieces the target countries' languages never use (smaller
             embedding matrix, same tokenization of those languages).
-        layers: keep the first ``layers`` transformer layers (ignored with ``layer_indices``).
-        layer_indices: explicit layers to keep, e.g. ``(0, 5, 11)``.
+        layers: keep the first ``layers`` transformer layers.
         max_tokens: content tokens per profile (``AssemblyConfig.max_tokens``).
         bio_tokens: tokens the name + bio may take (default: a third of ``max_tokens``).
         max_train: use at most this many training rows (a seeded sample).
@@ -61,10 +59,6 @@ class TrainConfig:
         snippets_first: train the snippets before the profiles in the first epoch instead of
             shuffled among them (for heads the snippets carry no label for, e.g. category).
         freeze_embeddings: keep the word-embedding matrix fixed.
-        distill_from_full: first distil the full base's embeddings into the cut student.
-        distill_epochs: passes over the training texts for distillation.
-        distill_lr: distillation learning rate.
-        distill_max: at most this many profiles for distillation (None = all training rows).
         hidden: hidden width of the heads (0 = linear).
         target_precision: per-class precision target of the abstention thresholds.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -76,17 +70,12 @@ class TrainConfig:
     location_tokens: bool = False
     trim_vocab: bool = False
     layers: int = 3
-    layer_indices: tuple[int, ...] | None = None
     max_tokens: int = 192
     bio_tokens: int | None = None
     max_train: int | None = None
     place_snippets: int = 0
     snippets_first: bool = False
     freeze_embeddings: bool = False
-    distill_from_full: bool = False
-    distill_epochs: int = 1
-    distill_lr: float = 1e-4
-    distill_max: int | None = None
     hidden: int = 0
     target_precision: float = 0.90
     device: str = "auto"
@@ -165,93 +154,19 @@ def build_encoder(config: TrainConfig) -> Any:
     from embedder.vocab import prepare_base
 
     base = prepare_base(config.base, trim=config.trim_vocab, location_tokens=config.location_tokens)
-    encoder = ProfileEncoder.from_base(
-        base,
-        num_layers=config.layers,
-        layer_indices=list(config.layer_indices) if config.layer_indices else None,
-        assembly=config.assembly(),
-    )
+    encoder = ProfileEncoder.from_base(base, num_layers=config.layers, assembly=config.assembly())
     if config.freeze_embeddings:
         encoder.transformer.auto_model.embeddings.word_embeddings.weight.requires_grad_(False)
     return encoder
 
 
-def distill(
-    student: Any,
-    config: TrainConfig,
-    profiles: Sequence[Any],
-    device: torch.device,
-) -> dict[str, Any]:
-    """Teach the cut student to reproduce the full base's mean-pooled embeddings (cosine loss).
-
-    The teacher is the same base with all its layers; its embeddings of the (unaugmented) training
-    texts are computed once, then the student is trained for ``distill_epochs`` passes.
-
-    Returns:
-        Facts for training.json: rows, teacher/student timings, mean cosine before and after.
-    """
-    from embedder.base_import import resolve_base
-    from embedder.encoder import ProfileEncoder
-    from heads.train_data import bucketed_batches
-
-    start = time.perf_counter()
-    base_dir = Path(resolve_base(config.base))
-    total = int(json.loads((base_dir / "config.json").read_text())["num_hidden_layers"])
-    teacher = ProfileEncoder.from_base(base_dir, num_layers=total, assembly=student.assembly)
-    profiles = list(profiles)[: config.distill_max or None]
-    texts = student.assemble(profiles)
-    target = torch.from_numpy(teacher.encode_texts(texts, show_progress=True))
-    teacher_s = time.perf_counter() - start
-    del teacher
-    st = student.st_model.to(device)
-    params = [p for p in st.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.distill_lr, weight_decay=0.01)
-    lengths = [len(t) for t in texts]
-    bs = config.loop.batch_size
-    rng = np.random.default_rng([config.loop.seed, 999])
-    cos_first: list[float] = []
-    cos_last: list[float] = []
-    from tqdm.auto import tqdm
-
-    for epoch in range(config.distill_epochs):
-        st.train()
-        batches = bucketed_batches(lengths, bs, rng)
-        for step, idx in enumerate(tqdm(batches, desc=f"distil {epoch + 1}", leave=False)):
-            feats = st.preprocess([texts[i] for i in idx])
-            feats = {k: v.to(device) if hasattr(v, "to") else v for k, v in feats.items()}
-            with _autocast(device):
-                emb = st(feats)["sentence_embedding"].float()
-            cos = (emb * target[idx].to(device)).sum(dim=1)
-            loss = (1.0 - cos).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            if epoch == 0 and step < 10:
-                cos_first.append(float(cos.mean()))
-            cos_last = [*cos_last[-9:], float(cos.mean())]
-    st.eval()
-    info = {
-        "rows": len(texts),
-        "epochs": config.distill_epochs,
-        "teacher_layers": total,
-        "teacher_seconds": round(teacher_s, 1),
-        "seconds": round(time.perf_counter() - start, 1),
-        "cosine_first_10_steps": float(np.mean(cos_first)) if cos_first else None,
-        "cosine_last_10_steps": float(np.mean(cos_last)) if cos_last else None,
-    }
-    logger.info("distillation: %s", info)
-    return info
-
-
-def _autocast(device: torch.device) -> Any:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def build_heads(tasks: Sequence[HeadTask], encoder: Any, config: TrainConfig) -> dict[str, Any]:
-    """Fresh ``softmax_abstain`` heads, seeded, on the encoder's width."""
+    """Fresh ``softmax_abstain`` heads, seeded, on the encoder's width.
+
+    Joint fine-tuning trains the heads' torch modules (``logits_module``) with the encoder, so it
+    builds softmax heads; a head of another kind (``knn``) is added afterwards with ``train-head
+    --kind`` on the frozen embeddings.
+    """
     from heads.registry import build_head
 
     return {
@@ -392,9 +307,6 @@ def train_model(
     seed_everything(config.loop.seed)
     encoder = build_encoder(config)
     start_version = encoder.embedding_version
-    distill_info = None
-    if config.distill_from_full and resume is None:
-        distill_info = distill(encoder, config, [r.profile for r in train], device)
     seed_everything(config.loop.seed)
     heads = build_heads(tasks, encoder, config)
     ckpt = (
@@ -455,7 +367,6 @@ def train_model(
         "config": config.to_dict(),
         "history": history,
         "best_epoch": trainer.best_epoch,
-        "distillation": distill_info,
         "calibration": calibration,
         "throughput": {
             "train_seconds": round(trainer.train_seconds, 1),

@@ -7,7 +7,7 @@ are augmented on the fly per epoch (``heads.augment``). Each epoch ends with val
 and a checkpoint (weights, optimizer, scheduler, RNG, history) from which ``resume`` continues
 exactly where the run stopped.
 
-The end-to-end run (encoder build, distillation, calibration, model folder) is ``heads.train_run``.
+The end-to-end run (encoder build, calibration, model folder) is ``heads.train_run``.
 """
 
 from __future__ import annotations
@@ -313,7 +313,8 @@ class MultiTaskTrainer:
         return self.net.encoder.tokenizer
 
     def _features(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        feats = self.net.encoder.preprocess(texts)
+        encoder: Any = self.net.encoder  # the SentenceTransformer (Tensor | Module to mypy)
+        feats = encoder.preprocess(texts)
         return {k: v.to(self.device) if hasattr(v, "to") else v for k, v in feats.items()}
 
     def _autocast(self) -> Any:

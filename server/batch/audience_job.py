@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from server.batch.incremental import RESULTS_DIR, atomic_write_bytes, atomic_wri
 from server.batch.pipeline import BatchConfig, run_batch
 from server.batch.predictor import load_model
 from server.batch.runtime import ensure_ray, quiet_ray_data
+
+if TYPE_CHECKING:
+    from heads.audience import Method
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,6 @@ class AudienceJobConfig:
     num_actors: int | None = None
     batch_size: int = 256
     encode_batch_size: int = 64
-    gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None
     num_cpus: int | None = None
     numerics: str | None = None
@@ -83,7 +85,7 @@ def _estimate_group(
     group: Any,
     *,
     labels: list[str],
-    method: str,
+    method: Method,
     inputs: dict[str, Any],
     n_bootstrap: int,
     min_followers: int,
@@ -191,7 +193,6 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
                 num_actors=cfg.num_actors,
                 batch_size=cfg.batch_size,
                 encode_batch_size=cfg.encode_batch_size,
-                gpus_per_actor=cfg.gpus_per_actor,
                 cpus_per_actor=cfg.cpus_per_actor,
                 num_cpus=cfg.num_cpus,
                 numerics=cfg.numerics,
@@ -215,7 +216,8 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     inputs = _method_inputs(head, cfg.method)
     del model
     probs_col = f"{cfg.head}_probs"
-    ds = ray.data.read_parquet(files, columns=[GROUP_FIELD, probs_col])
+    # Any: Ray's stubs do not accept a function with keyword arguments (fn_kwargs) for map_groups
+    ds: Any = ray.data.read_parquet(files, columns=[GROUP_FIELD, probs_col])
     n_rows = ds.count()
     from ray.data.expressions import col
 

@@ -4,7 +4,7 @@ Plan: list the input files, drop the ones already finished for this job spec, an
 pipeline ``from_items(files) -> map_batches(read_files) -> map_batches(BatchPredictor, actor
 pool)``.
 The read stage is plain CPU tasks (parsing and validation, one file each, streamed in chunks); the
-predictor stage is an actor pool (``concurrency=N``, ``num_gpus=1`` per actor on GPU nodes) that
+predictor stage is an actor pool (``concurrency=N``, CPU actors: the encoder runs on CPU) that
 loads the
 model once per actor and writes parts. The driver sees only one accounting row per (batch, file);
 when
@@ -53,13 +53,12 @@ class BatchConfig:
         with_embeddings: write the embedding vector.
         with_probabilities: write each head's probability vector (needed by ``batch-audience``).
         keep_fields: extra input fields copied to the output (e.g. ``influencer_id``).
-        num_actors: predictor actors; None: one per GPU, else one per 2 CPUs.
+        num_actors: predictor actors; None: one per 2 CPUs.
         batch_size: rows per actor call.
         encode_batch_size: texts per forward pass inside an actor.
         chunk_rows: rows per chunk handed over by the readers.
         cache_path: optional embedding cache (SQLite, node-local) consulted before encoding.
         numerics: encoder numerics (None: the model's default, as the server).
-        gpus_per_actor: None: 1 when the cluster has GPUs, else 0.
         cpus_per_actor: None: derived from the cluster's CPUs and ``num_actors``.
         num_cpus: CPUs of a local Ray instance (ignored with ``RAY_ADDRESS``).
         show_progress: Ray Data progress bars.
@@ -78,7 +77,6 @@ class BatchConfig:
     chunk_rows: int = 1024
     cache_path: Path | None = None
     numerics: str | None = None
-    gpus_per_actor: float | None = None
     cpus_per_actor: float | None = None
     num_cpus: int | None = None
     show_progress: bool = True
@@ -128,23 +126,15 @@ def _read_files(
         )
 
 
-def _plan_actors(cfg: BatchConfig, cpus: float, gpus: float) -> tuple[int, float, float, int]:
-    """Return (actors, cpus per actor, gpus per actor, torch threads per actor)."""
-    gpus_per = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
-    if cfg.num_actors is not None:
-        n = cfg.num_actors
-    elif gpus_per > 0:
-        n = max(1, int(gpus // gpus_per))
-    else:
-        n = max(1, int(cpus // 2))
+def _plan_actors(cfg: BatchConfig, cpus: float) -> tuple[int, float, int]:
+    """Return (actors, cpus per actor, torch threads per actor)."""
+    n = cfg.num_actors if cfg.num_actors is not None else max(1, int(cpus // 2))
     if cfg.cpus_per_actor is not None:
         cpus_per = cfg.cpus_per_actor
-    elif gpus_per > 0:
-        cpus_per = 1.0
     else:
         # Leave half a CPU to the read tasks and the finalisers, or they could never be scheduled.
         cpus_per = max(0.25, (cpus - 0.5) / n)
-    return n, cpus_per, gpus_per, max(1, int(cpus_per))
+    return n, cpus_per, max(1, int(cpus_per))
 
 
 def run_batch(cfg: BatchConfig) -> dict[str, Any]:
@@ -198,8 +188,9 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
         if pending:
             done = store.done_keys(spec)
             logger.info("%d result rows of earlier runs can be skipped", len(done))
-            n_actors, cpus_per, gpus_per, threads = _plan_actors(cfg, res.cpus, res.gpus)
-            ds = ray.data.from_items(
+            n_actors, cpus_per, threads = _plan_actors(cfg, res.cpus)
+            # Any: Ray's stubs reject functions with keyword arguments (fn_kwargs) in map_batches
+            ds: Any = ray.data.from_items(
                 [{"path": f.input.path, "file_key": k} for k, f in progress.items()],
                 override_num_blocks=len(progress),
             )
@@ -215,7 +206,6 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 num_cpus=cpus_per,
-                num_gpus=gpus_per,
                 fn_constructor_kwargs={
                     "model_dir": str(cfg.model_dir),
                     "spec": spec.to_dict(),
@@ -226,16 +216,9 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
                     "numerics": cfg.numerics,
                     "threads": threads,
                     "encode_batch_size": cfg.encode_batch_size,
-                    "use_gpu": gpus_per > 0,
                 },
             )
-            logger.info(
-                "actors: %d x (%.2f CPU, %.2f GPU, %d threads)",
-                n_actors,
-                cpus_per,
-                gpus_per,
-                threads,
-            )
+            logger.info("actors: %d x (%.2f CPU, %d threads)", n_actors, cpus_per, threads)
             _drive(ds, progress, store, spec, run_id, str(tmp_dir), schema.serialize().to_pybytes())
         summary = _summary(
             cfg, spec, run_id, inputs, progress, res.address, n_actors, time.perf_counter() - t0

@@ -1,7 +1,7 @@
 """The actor-pool callable of ``profile-embed batch``: model loaded once per actor, rows in, parts
 out.
 
-Ray Data constructs :class:`BatchPredictor` once per actor (CPU or GPU) and calls it on batches of
+Ray Data constructs :class:`BatchPredictor` once per (CPU) actor and calls it on batches of
 reader rows (``server.batch.sources.CHUNK_COLUMNS``). For each batch it assembles the texts, drops
 rows
 already done (``row_key`` in the done set), embeds the rest with the server's encoder settings,
@@ -108,7 +108,6 @@ class BatchPredictor:
         numerics: encoder numerics; None keeps the model default.
         threads: torch threads per actor.
         encode_batch_size: most texts per forward pass.
-        use_gpu: move the encoder to CUDA when the actor got a GPU.
     """
 
     def __init__(
@@ -123,7 +122,6 @@ class BatchPredictor:
         numerics: str | None = None,
         threads: int | None = None,
         encode_batch_size: int = 64,
-        use_gpu: bool = False,
     ) -> None:
         import pyarrow as pa
 
@@ -144,8 +142,6 @@ class BatchPredictor:
                 f"planned "
                 f"for {self.spec.embedding_version} (was the model folder replaced during the run?)"
             )
-        if use_gpu:
-            _move_to_gpu(self.model)
         self.encode_batch_size = encode_batch_size
         self.done = _resolve_done(done_ref)
         self.encoder = self.model.encoder
@@ -294,17 +290,3 @@ def _resolve_done(done_ref: list[Any] | None) -> np.ndarray:
     import ray
 
     return np.asarray(ray.get(done_ref[0]))
-
-
-def _move_to_gpu(model: Any) -> None:
-    """Put the encoder on the actor's GPU when the encoder supports a device; else stay on CPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        logger.warning("actor was given a GPU but torch sees no CUDA device; encoding on CPU")
-        return
-    to = getattr(model.encoder, "to", None)
-    if to is None:
-        logger.warning("ProfileEncoder has no .to(device); encoding on CPU despite the GPU")
-        return
-    to("cuda")

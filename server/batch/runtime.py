@@ -17,12 +17,10 @@ class RayResources:
     Attributes:
         address: ``"local"`` or the cluster address.
         cpus: total CPUs.
-        gpus: total GPUs.
     """
 
     address: str
     cpus: float
-    gpus: float
 
 
 def ensure_ray(num_cpus: int | None = None) -> RayResources:
@@ -55,7 +53,6 @@ def ensure_ray(num_cpus: int | None = None) -> RayResources:
     return RayResources(
         address=os.environ.get("RAY_ADDRESS") or "local",
         cpus=float(res.get("CPU", 0.0)),
-        gpus=float(res.get("GPU", 0.0)),
     )
 
 

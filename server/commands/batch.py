@@ -29,7 +29,7 @@ def _add_ray_flags(p: argparse.ArgumentParser) -> None:
         "--num-actors",
         type=int,
         default=None,
-        help="predictor actors (default: one per GPU, else one per 2 CPUs)",
+        help="predictor actors (default: one per 2 CPUs)",
     )
     g.add_argument("--batch-size", type=int, default=256, help="rows per actor call (default 256)")
     g.add_argument(
@@ -37,12 +37,6 @@ def _add_ray_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         default=64,
         help="texts per forward pass inside an actor (default 64)",
-    )
-    g.add_argument(
-        "--gpus-per-actor",
-        type=float,
-        default=None,
-        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
     )
     g.add_argument(
         "--cpus-per-actor",
@@ -137,7 +131,6 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
         "num_actors": args.num_actors,
         "batch_size": args.batch_size,
         "encode_batch_size": args.encode_batch_size,
-        "gpus_per_actor": args.gpus_per_actor,
         "cpus_per_actor": args.cpus_per_actor,
         "num_cpus": args.num_cpus,
         "numerics": args.numerics,

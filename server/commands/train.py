@@ -9,15 +9,6 @@ from typing import Any
 from server.commands.invalid_rows import add_skip_invalid
 
 
-def _indices(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--layer-indices takes comma-separated integers such as 0,5,11, got {text!r}"
-        ) from None
-
-
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser(
@@ -45,9 +36,6 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="drop vocabulary pieces the target countries' languages never use",
     )
-    p.add_argument(
-        "--layer-indices", type=_indices, default=None, help="explicit layers, e.g. 0,5,11"
-    )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--heads", default="geolocation", help="comma-separated: geolocation,category")
     p.add_argument("--batch-size", type=int, default=32)
@@ -68,13 +56,6 @@ def register(subparsers: Any) -> None:
         help="train the place snippets before the profiles in the first epoch (not shuffled in)",
     )
     p.add_argument("--freeze-embeddings", action="store_true", help="keep word embeddings fixed")
-    p.add_argument(
-        "--distill-from-full",
-        action="store_true",
-        help="first distil the full base's embeddings into the cut encoder",
-    )
-    p.add_argument("--distill-epochs", type=int, default=1)
-    p.add_argument("--distill-max", type=int, default=None, help="profiles used for distillation")
     p.add_argument("--hidden", type=int, default=0, help="head hidden width (0 = linear)")
     p.add_argument("--target-precision", type=float, default=0.90)
     p.add_argument("--seed", type=int, default=0)
@@ -113,15 +94,11 @@ def build_config(args: argparse.Namespace) -> Any:
         location_tokens=args.location_tokens,
         trim_vocab=args.trim_vocab,
         layers=args.layers,
-        layer_indices=args.layer_indices,
         max_tokens=args.max_tokens,
         max_train=args.max_train,
         place_snippets=args.place_snippets,
         snippets_first=args.snippets_first,
         freeze_embeddings=args.freeze_embeddings,
-        distill_from_full=args.distill_from_full,
-        distill_epochs=args.distill_epochs,
-        distill_max=args.distill_max,
         hidden=args.hidden,
         target_precision=args.target_precision,
         device=args.device,
