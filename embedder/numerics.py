@@ -5,7 +5,7 @@ Light on purpose (no torch import), so CLI parsers and ``ServerConfig`` can vali
 they are a runtime choice, like the thread count.
 
 - ``fp32``: the PyTorch model as trained.
-- ``bf16``: PyTorch CPU autocast to bfloat16.
+- ``bf16``: a bfloat16 copy of the weights, run under PyTorch CPU autocast (norms stay fp32).
 - ``int8``: PyTorch dynamic quantization of the Linear layers (int8 weights, per-batch
   activation scales), on a copy.
 - ``onnx-fp32``: the transformer exported to ONNX and run by ONNX Runtime.

@@ -230,6 +230,7 @@ def _switch(encoder: Any, record: dict[str, Any], built: Any = None) -> dict[str
     encoder.numerics = record["chosen"]
     if built is not None:
         encoder._int8_model = built._int8_model
+        encoder._bf16_model = built._bf16_model
         encoder._onnx_model = built._onnx_model
     rates = record.get("profiles_per_s") or {}
     logger.info(
