@@ -61,7 +61,8 @@ class ProfileEncoder:
         st_model: a ``SentenceTransformer`` made of Transformer + Pooling(mean) + Normalize.
         assembly: how profiles become text (part of the version).
         base: where the weights came from (spec string or path), recorded on save.
-        numerics: one of ``embedder.numerics.NUMERICS``: ``"fp32"``, ``"bf16"`` (CPU autocast),
+        numerics: one of ``embedder.numerics.NUMERICS``: ``"fp32"``, ``"bf16"`` (a bf16 copy of
+            the weights under CPU autocast, so norms and softmax stay fp32),
             ``"int8"`` (dynamic quantization of Linear layers, on a copy; ``st_model`` stays fp32),
             ``"onnx-fp32"`` / ``"onnx-int8"`` (ONNX Runtime on an export cached by
             ``embedding_version``, see ``embedder.onnx_backend``).
