@@ -135,6 +135,15 @@ def encoder_table(enc: dict[str, Any], peak: dict[str, Any] | None) -> str:
         "the variant ran out of its time budget and is compared on the profiles it encoded. "
         "GFLOP/s counts the matmuls of the real (unpadded) tokens only.",
     ]
+    serving = enc.get("serving_choice")
+    if serving:
+        rates = ", ".join(f"{k} {v:.0f}/s" for k, v in serving.get("profiles_per_s", {}).items())
+        text += [
+            "",
+            f"Served on this machine (`profile-embed numerics choose`): **{serving['chosen']}** "
+            f"({serving['how']}{': ' + rates if rates else ''}); the load-time probe picks among "
+            "the numerics the model's accuracy check (`numerics.json`) allows.",
+        ]
     if peak:
         best = lambda kind: max((v, k) for k, v in peak["runs"].items() if kind in k)  # noqa: E731
         f32, i8 = best("fp32"), best("int8")

@@ -133,6 +133,11 @@ def run_encoder(args: argparse.Namespace, model: Any, result: dict[str, Any], ba
     summary = encoder_bench.summarize(
         state, work, model, result.get("peak"), args.head, args.max_points, peer_int8
     )
+    # What `serve`, `batch` and `embed` run on this machine (heads.model.load_encoder's probe or
+    # its cached result), beside what the bench measured: the two should name the same numerics.
+    from heads.model import load_encoder
+
+    summary["serving_choice"] = load_encoder(args.model, None, threads=threads).numerics_choice
     summary["peers_failed"] = failed
     summary["peer_engines"] = {k: PEERS[k].engine for k in args.peers}
     summary["peer_versions"] = peer_versions() if args.peers else {}
