@@ -29,7 +29,6 @@ from typing import Any
 import grpc
 
 from embedder.errors import (
-    EmbedderError,
     InvalidInputError,
     NotReadyError,
     OverloadedError,
@@ -223,8 +222,3 @@ def check_k(k: int, limits: RequestLimits, *, field: str = "k") -> int:
             f"is {k:,}; the most allowed is {limits.max_search_k:,}", field=field
         )
     return k
-
-
-def is_project_error(err: BaseException) -> bool:
-    """True for errors raised on purpose (mapped to a specific status, not INTERNAL)."""
-    return isinstance(err, EmbedderError)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -221,7 +221,7 @@ def _gated(handler: grpc.RpcMethodHandler, method: str, gate: IntakeInterceptor)
         try:
             return parse(raw), size
         except BaseException:
-            raw = None
+            del raw
             await intake.release(size)
             raise
 
@@ -297,8 +297,3 @@ async def _read_one(gate: IntakeInterceptor, method: str, context: Any) -> bytes
             gate.on_reject(method, code.name)
         await context.abort(code, f"{method}: the call ended before its request message")
     return raw  # type: ignore[no-any-return]
-
-
-def shed_methods(service: str, names: Collection[str]) -> frozenset[str]:
-    """Full method paths (``/pkg.Service/Name``) of ``names``, for a shedding hook."""
-    return frozenset(f"/{service}/{name}" for name in names)

@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,13 +255,3 @@ def write_part(tmp_dir: str, file_key: str, table: Any) -> Path:
     pq.write_table(table, tmp)
     os.replace(tmp, part_dir / name)
     return part_dir / name
-
-
-def iter_result_tables(
-    paths: Iterable[Path], columns: Sequence[str] | None = None
-) -> Iterable[Any]:
-    """Read result files one by one (for tests and small jobs)."""
-    import pyarrow.parquet as pq
-
-    for p in paths:
-        yield pq.read_table(p, columns=list(columns) if columns else None)
