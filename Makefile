@@ -51,6 +51,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check embedder heads server tests bench
+	$(PY) -m mypy embedder heads server
 
 # The first run builds models/default from packages alone (base weights -> simulate -> fine-tune ->
 # calibrate -> report; minutes on 2 cores); later runs start the server at once.

@@ -403,7 +403,7 @@ def build_charsmap(table: dict[int, str]) -> bytes:
         The charsmap bytes.
     """
     blob = bytearray()
-    trie: dict[str, Any] = {}
+    trie: dict[Any, Any] = {}
     for cp in sorted(table):
         node = trie
         for byte in chr(cp).encode("utf-8"):

@@ -180,7 +180,7 @@ def _build_row(
     record: Any, source: str, line: int, require: Sequence[str]
 ) -> tuple[LabelledProfile, int]:
     """Validate one record; raise InvalidInputError naming source, line and field."""
-    where = {"source": source, "line": line}
+    where: dict[str, Any] = {"source": source, "line": line}
     profile, dropped = Profile.from_dict(record, extra_exclude=LABEL_FIELDS, **where)
     labels: dict[str, str] = {}
     raw_country = record.get("country")

@@ -196,7 +196,7 @@ class SimilarityIndex:
             faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT
         )
         ivf.train(sample)
-        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # not in faiss's stubs
         ivf.add_with_ids(vectors, labels)
         ivf.nprobe = self.nprobe
         self._index = ivf
@@ -348,9 +348,10 @@ class SimilarityIndex:
                 f"{path}: index has dim {index.d} and {index.ntotal} vectors but the metadata "
                 f"says dim {meta.get('dim')!r} and {len(labels)} labels / {len(ids)} ids"
             )
-        if isinstance(index, faiss.IndexIVF) and index.direct_map.type == faiss.DirectMap.NoMap:
+        direct_map: Any = faiss.DirectMap  # type: ignore[attr-defined]  # not in faiss's stubs
+        if isinstance(index, faiss.IndexIVF) and index.direct_map.type == direct_map.NoMap:
             # lookups by id (replace, search_by_id, get_vectors) need the id -> entry map
-            index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            index.set_direct_map_type(direct_map.Hashtable)
         self = cls(
             str(stored),
             int(meta["dim"]),

@@ -179,7 +179,7 @@ def target_languages(countries: Iterable[str] = COUNTRIES) -> list[str]:
     """Official languages (babel, de facto included) of ``countries``, sorted."""
     import babel.languages
 
-    langs = set()
+    langs: set[str] = set()
     for iso2 in countries:
         langs.update(babel.languages.get_official_languages(iso2, de_facto=True))
     return sorted(langs)

@@ -28,6 +28,9 @@ from embedder.errors import ArtifactError, InvalidInputError
 
 logger = logging.getLogger(__name__)
 
+#: Labels as heads take them: label strings or class indices, in a sequence or a 1-D array.
+Labels = Sequence[Any] | np.ndarray
+
 #: Version of the on-disk head layout; bump when head_config.json changes incompatibly.
 HEAD_FORMAT_VERSION = 1
 CONFIG_FILE = "head_config.json"
@@ -179,10 +182,10 @@ class Head(ABC):
     def fit(
         self,
         embeddings: np.ndarray,
-        labels: Sequence[Any],
+        labels: Labels,
         *,
         val_embeddings: np.ndarray | None = None,
-        val_labels: Sequence[Any] | None = None,
+        val_labels: Labels | None = None,
         target_precision: float = 0.90,
         missing_classes: Literal["error", "abstain"] = "error",
         cross_fit: int = 0,
@@ -226,7 +229,7 @@ class Head(ABC):
     def calibrate(
         self,
         val_embeddings: np.ndarray,
-        val_labels: Sequence[Any],
+        val_labels: Labels,
         *,
         target: float = 0.90,
         confidence: float = 0.95,
@@ -239,7 +242,7 @@ class Head(ABC):
         """
         raise InvalidInputError(f"head kind {self.kind!r} cannot be re-calibrated")
 
-    def encode_labels(self, values: Sequence[Any], *, source: str = "labels") -> np.ndarray:
+    def encode_labels(self, values: Labels, *, source: str = "labels") -> np.ndarray:
         """Map label strings (or integer indices) to column indices, refusing unknown values.
 
         Raises:

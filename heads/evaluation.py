@@ -77,7 +77,7 @@ def _summary(
     probs: np.ndarray,
     thresholds: np.ndarray | None,
     in_distribution: np.ndarray | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     k = probs.shape[1]
     arg = probs.argmax(1)
     score = probs[np.arange(len(y)), arg]

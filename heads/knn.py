@@ -22,7 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from embedder.errors import ArtifactError, InvalidInputError
-from heads.base import Head, as_numpy_embeddings, check_labels, confusion_counts
+from heads.base import Head, Labels, as_numpy_embeddings, check_labels, confusion_counts
 from heads.calibration import (
     BoundMethod,
     ThresholdSelection,
@@ -191,10 +191,10 @@ class KnnHead(Head):
     def fit(
         self,
         embeddings: np.ndarray,
-        labels: Sequence[Any],
+        labels: Labels,
         *,
         val_embeddings: np.ndarray | None = None,
-        val_labels: Sequence[Any] | None = None,
+        val_labels: Labels | None = None,
         target_precision: float = 0.90,
         missing_classes: Literal["error", "abstain"] = "error",
         cross_fit: int = 0,
@@ -245,6 +245,7 @@ class KnnHead(Head):
             self.fit_info_["cross_fit"] = {"folds": cross_fit, "rows": len(y)}
         if val_embeddings is None and extra is None:
             return self
+        vy: Labels
         if val_embeddings is None:
             vx, vy = x[:0], y[:0]
         elif val_labels is None:
@@ -275,13 +276,13 @@ class KnnHead(Head):
     def calibrate(
         self,
         val_embeddings: np.ndarray,
-        val_labels: Sequence[Any],
+        val_labels: Labels,
         *,
         target: float = 0.90,
         confidence: float = 0.95,
         missing_classes: Literal["error", "abstain"] = "error",
         method: BoundMethod = "wilson",
-        train_labels: Sequence[Any] | None = None,
+        train_labels: Labels | None = None,
         extra: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ThresholdSelection:
         """Fit the temperature, per-class thresholds and the out-of-distribution floor.

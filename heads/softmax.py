@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from embedder.errors import ArtifactError, InvalidInputError
-from heads.base import Head, as_numpy_embeddings, check_labels, confusion_counts
+from heads.base import Head, Labels, as_numpy_embeddings, check_labels, confusion_counts
 from heads.calibration import (
     BoundMethod,
     ThresholdSelection,
@@ -83,7 +83,7 @@ class SoftmaxAbstainConfig:
             raise InvalidInputError(f"head_version must be >= 1, got {self.head_version}")
 
 
-def _build_module(in_dim: int, hidden: int, dropout: float, n_out: int) -> nn.Module:
+def _build_module(in_dim: int, hidden: int, dropout: float, n_out: int) -> nn.Sequential:
     if hidden == 0:
         return nn.Sequential(nn.Linear(in_dim, n_out))
     return nn.Sequential(
@@ -106,7 +106,7 @@ class SoftmaxAbstainHead(Head):
         self.embedding_version = config.embedding_version
         self.head_version = config.head_version
         self.in_dim = config.in_dim
-        self.module_: nn.Module | None = None
+        self.module_: nn.Sequential | None = None
         self.temperature_: float = 1.0
         self.thresholds_: np.ndarray | None = None
         self.calibration_: dict[str, Any] | None = None
@@ -144,7 +144,7 @@ class SoftmaxAbstainHead(Head):
         return head
 
     # ----------------------------------------------------------------- inference
-    def logits_module(self) -> nn.Module:
+    def logits_module(self) -> nn.Sequential:
         """Return the torch module (embeddings -> raw logits); temperature is applied after it."""
         if self.module_ is None:
             raise InvalidInputError(f"head {self.name!r} has no weights; build it with from_config")
@@ -171,7 +171,7 @@ class SoftmaxAbstainHead(Head):
             return None
         return self.ood_.in_distribution(as_numpy_embeddings(embeddings, self.in_dim))
 
-    def fit_ood(self, embeddings: np.ndarray, labels: Sequence[Any]) -> None:
+    def fit_ood(self, embeddings: np.ndarray | torch.Tensor, labels: Labels) -> None:
         """Fit the out-of-distribution guard on calibration rows (``config.ood_quantile``)."""
         if self.config.ood_quantile is None:
             self.ood_ = None
@@ -184,10 +184,10 @@ class SoftmaxAbstainHead(Head):
     def fit(
         self,
         embeddings: np.ndarray | torch.Tensor,
-        labels: Sequence[Any],
+        labels: Labels,
         *,
         val_embeddings: np.ndarray | torch.Tensor | None = None,
-        val_labels: Sequence[Any] | None = None,
+        val_labels: Labels | None = None,
         epochs: int = 300,
         lr: float = 1e-2,
         weight_decay: float = 1e-4,
@@ -337,6 +337,7 @@ class SoftmaxAbstainHead(Head):
         w_fold = w / scale[None, :]
         b_fold = b - w_fold @ mean
         layer = self.logits_module()[0]
+        assert isinstance(layer, nn.Linear)  # lbfgs fits linear heads only (checked in fit)
         with torch.no_grad():
             layer.weight.copy_(torch.from_numpy(w_fold).float())
             layer.bias.copy_(torch.from_numpy(b_fold).float())
@@ -441,13 +442,13 @@ class SoftmaxAbstainHead(Head):
     def calibrate(
         self,
         val_embeddings: np.ndarray | torch.Tensor,
-        val_labels: Sequence[Any],
+        val_labels: Labels,
         *,
         target: float = 0.90,
         confidence: float = 0.95,
         method: BoundMethod = "wilson",
         missing_classes: Literal["error", "abstain"] = "error",
-        train_labels: Sequence[Any] | None = None,
+        train_labels: Labels | None = None,
         extra: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> ThresholdSelection:
         """Fit temperature and per-class thresholds on validation data (also after fine-tuning).

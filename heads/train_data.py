@@ -199,7 +199,11 @@ def label_counts(y: np.ndarray, task: HeadTask) -> dict[str, int]:
 
 
 def bucketed_batches(
-    lengths: Sequence[int], batch_size: int, rng: np.random.Generator, *, pool: int = 50
+    lengths: Sequence[int] | np.ndarray,
+    batch_size: int,
+    rng: np.random.Generator,
+    *,
+    pool: int = 50,
 ) -> list[np.ndarray]:
     """Shuffle, then sort by length inside pools of ``pool * batch_size`` rows, and cut batches.
 

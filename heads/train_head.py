@@ -376,11 +376,13 @@ def calibrate_head(
     old = None if head.thresholds_ is None else head.thresholds_.copy()
     new = copy.deepcopy(head)
     new.calibrate(x, y, target=target_precision, missing_classes="abstain")
+    thresholds = new.thresholds_
+    assert thresholds is not None  # calibrate sets them
     present = set(np.unique(y).tolist())
     if keep_missing and old is not None:
         for c in range(len(head.labels)):
             if c not in present:
-                new.thresholds_[c] = old[c]
+                thresholds[c] = old[c]
     new.fit_info_ = {
         **head.fit_info_,
         "recalibrated": {
@@ -420,7 +422,7 @@ def calibrate_head(
         "rows": len(y),
         "temperature": round(float(getattr(new, "temperature_", 1.0)), 4),
         "assigning_classes": [
-            lab for lab, t in zip(new.labels, new.thresholds_, strict=True) if not math.isinf(t)
+            lab for lab, t in zip(new.labels, thresholds, strict=True) if not math.isinf(t)
         ],
         "on_calibration_rows": {"before": own(before), "after": own(after)},
         "cache": stats,

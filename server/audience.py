@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from embedder.errors import InvalidInputError
 from server import errors
 from server._codegen import modules
 from server.runtime import Runtime
+
+if TYPE_CHECKING:
+    from heads.audience import Method
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def indexed_vectors(index: Any, ids: Sequence[str]) -> np.ndarray:
 
 
 #: AudienceMethod enum name -> heads.audience method.
-_METHODS = {
+_METHODS: dict[str, Method] = {
     "AUDIENCE_METHOD_EM": "em",
     "AUDIENCE_METHOD_AVERAGE": "average",
     "AUDIENCE_METHOD_CLASSIFY_AND_COUNT": "cc",
@@ -67,7 +70,7 @@ def _prior(head: Any) -> np.ndarray | None:
     return np.array([float(stored.get(lab, 0.0)) for lab in head.labels])
 
 
-def _method(requested: int, prior: np.ndarray | None, head: Any = None) -> str:
+def _method(requested: int, prior: np.ndarray | None, head: Any = None) -> Method:
     """The ``heads.audience`` method of a request's ``AudienceMethod`` (validated).
 
     Args:
@@ -79,7 +82,7 @@ def _method(requested: int, prior: np.ndarray | None, head: Any = None) -> str:
     Raises:
         InvalidInputError: an undefined number, or a method the head lacks the inputs for.
     """
-    from heads.audience import NEEDS, head_audience_inputs
+    from heads.audience import NEEDS, default_method, head_audience_inputs
 
     try:
         name = pb2.AudienceMethod.Name(requested)
@@ -88,7 +91,8 @@ def _method(requested: int, prior: np.ndarray | None, head: Any = None) -> str:
             f"is {requested}, not an AudienceMethod; allowed: {sorted(_METHODS)}", field="method"
         ) from None
     if name == "AUDIENCE_METHOD_UNSPECIFIED":
-        return "em" if prior is not None else "average"
+        confusion = None if head is None else head_audience_inputs(head)["confusion"]
+        return default_method(has_prior=prior is not None, has_confusion=confusion is not None)
     method = _METHODS[name]
     missing = []
     if "prior" in NEEDS[method] and prior is None:

@@ -247,14 +247,15 @@ def build_index(cfg: IndexBuildConfig) -> dict[str, Any]:
         start = stop
 
     quantizer = faiss.IndexFlatIP(dim)
-    if compression == "pq":
+    index: faiss.IndexIVF
+    if pq_m is not None:
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
     else:
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
     t_train = time.perf_counter()
     index.train(train)
     train_s = time.perf_counter() - t_train
-    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]  # not in faiss's stubs
 
     # Pass 2: add the base vectors, exact top-k of the queries on the way.
     k = min(cfg.k, n_base)

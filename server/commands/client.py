@@ -112,7 +112,7 @@ class _Reader:
         from embedder.errors import InvalidInputError
         from embedder.profile import Profile
 
-        where = {"source": self.source, "line": line_no}
+        where: dict[str, Any] = {"source": self.source, "line": line_no}
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
