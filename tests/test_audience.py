@@ -95,7 +95,7 @@ def test_bootstrap_intervals_cover_truth_and_plot(tmp_path):
     truth = _mixture(3)
     probs, _ = _followers(truth, 1000, seed=3)
     est = estimate_audience(probs, labels=LABELS, prior=TRAIN_PRIOR, n_bootstrap=100, seed=1)
-    assert est.n == 1000 and est.method == "em"
+    assert est.n == 1000 and est.method == "em"  # the default without a confusion matrix
     assert np.all(est.lower <= est.shares + 1e-12) and np.all(est.shares <= est.upper + 1e-12)
     assert np.mean((est.lower <= truth + 0.005) & (truth - 0.005 <= est.upper)) >= 0.75
     assert est.shares.sum() == pytest.approx(1.0)
@@ -126,3 +126,20 @@ def test_estimate_audience_input_errors():
         estimate_audience(np.full((2, K), 1 / K), labels=LABELS, method="magic")
     with pytest.raises(InvalidInputError, match=r"shape \(n, 12\)"):
         estimate_audience(np.full((2, 3), 1 / 3), labels=LABELS, method="average")
+
+
+def test_default_method_is_the_ensemble_where_the_head_can_run_it():
+    from heads.audience import DEFAULT_METHOD, default_method
+
+    assert DEFAULT_METHOD == "ensemble"
+    assert default_method(has_prior=True, has_confusion=True) == "ensemble"
+    assert default_method(has_prior=True, has_confusion=False) == "em"
+    assert default_method(has_prior=False, has_confusion=True) == "acc"
+    assert default_method(has_prior=False, has_confusion=False) == "average"
+    # the ensemble is what runs when no method is named and the head gave everything
+    probs, _ = _followers(_mixture(3), 300, seed=4)
+    confusion = np.diag(np.full(K, 50.0)) + 1.0
+    est = estimate_audience(
+        probs, labels=LABELS, prior=TRAIN_PRIOR, confusion=confusion, n_bootstrap=0
+    )
+    assert est.method == "ensemble"

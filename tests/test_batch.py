@@ -374,8 +374,10 @@ def test_batch_audience_from_raw_follower_files(model_dir, inputs, tmp_path):
     mask = [x == "inf-1" for x in preds.column("influencer_id").to_pylist()]
     probs = np.stack(preds.filter(pa.array(mask)).column("geolocation_probs").to_numpy(False))
     expected = estimate_audience(
-        probs, labels=head.labels, prior=head_audience_inputs(head)["prior"], n_bootstrap=0
-    ).as_mapping()
+        probs, labels=head.labels, n_bootstrap=0, **head_audience_inputs(head)
+    )
+    assert lines[1]["method"] == expected.method == "ensemble"  # the default, as the server's
+    expected = expected.as_mapping()
     got = {k: v["share"] for k, v in lines[1]["shares"].items()}
     assert got == pytest.approx(expected, abs=1e-4)
     table = pq.read_table(out / "audience.parquet")

@@ -48,7 +48,8 @@ class AudienceJobConfig:
         followers: a batch output folder, or a folder/glob of raw follower files.
         output: the output folder.
         head: the head whose label distribution is estimated.
-        method: estimator of ``heads.audience`` (one of ``heads.audience.METHODS``).
+        method: estimator of ``heads.audience`` (one of ``heads.audience.METHODS``); None:
+            ``heads.audience.default_method`` for what the head recorded.
         n_bootstrap: bootstrap replicates per influencer.
         min_followers: influencers with fewer followers get ``n`` and no shares.
         seed: bootstrap seed.
@@ -59,7 +60,7 @@ class AudienceJobConfig:
     followers: str
     output: Path
     head: str = "geolocation"
-    method: str = "em"
+    method: str | None = None
     n_bootstrap: int = 200
     min_followers: int = 1
     seed: int = 0
@@ -173,9 +174,9 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     import pyarrow.parquet as pq
     import ray
 
-    from heads.audience import METHODS
+    from heads.audience import METHODS, default_method, head_audience_inputs
 
-    if cfg.method not in METHODS:
+    if cfg.method is not None and cfg.method not in METHODS:
         raise InvalidInputError(f"is {cfg.method!r}; allowed: {METHODS}", field="method")
     t0 = time.perf_counter()
     cfg.output.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,11 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     model = load_model(cfg.model_dir, [cfg.head], None, threads=None)
     head = model.heads[cfg.head]
     labels = list(head.labels)
-    inputs = _method_inputs(head, cfg.method)
+    recorded = head_audience_inputs(head)
+    method = cfg.method or default_method(
+        has_prior=recorded["prior"] is not None, has_confusion=recorded["confusion"] is not None
+    )
+    inputs = _method_inputs(head, method)
     del model
     probs_col = f"{cfg.head}_probs"
     # Any: Ray's stubs do not accept a function with keyword arguments (fn_kwargs) for map_groups
@@ -227,7 +232,7 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
         batch_format="pyarrow",
         fn_kwargs={
             "labels": labels,
-            "method": cfg.method,
+            "method": method,
             "inputs": inputs,
             "n_bootstrap": cfg.n_bootstrap,
             "min_followers": cfg.min_followers,
@@ -241,7 +246,7 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     meta = {
         "head": cfg.head,
         "labels": labels,
-        "method": cfg.method,
+        "method": method,
         "embedding_version": head.embedding_version,
         "n_bootstrap": cfg.n_bootstrap,
     }
@@ -252,7 +257,7 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
         "followers_used": n_used,
         "rows_without_influencer": n_rows - n_used,
         "head": cfg.head,
-        "method": cfg.method,
+        "method": method,
         "output": str(cfg.output),
         "seconds": round(time.perf_counter() - t0, 3),
         "batch": batch_summary,

@@ -41,9 +41,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--head", default="geolocation", help="head to use (default geolocation)")
     p.add_argument(
         "--method",
-        default="em",
+        default=None,
         choices=METHODS,
-        help="estimator (default em); see heads/audience.py",
+        help="estimator (default ensemble, or the best the head can run); see heads/audience.py",
     )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (0 = none)")
     p.add_argument("--min-share", type=float, default=0.005, help="omit smaller shares in output")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder.numerics import NUMERICS_OPTIONS
+from server.commands.audience import METHODS as AUDIENCE_METHODS
 
 #: Bad rows printed to stderr (all are counted, and up to 1000 listed in summary.json).
 MAX_BAD_PRINTED = 20
@@ -109,6 +110,12 @@ def register(subparsers: Any) -> None:
         default=1,
         help="influencers with fewer classified followers are reported with n only",
     )
+    a.add_argument(
+        "--method",
+        choices=AUDIENCE_METHODS,
+        default=None,
+        help="estimator (default ensemble, or the best the head can run); see heads/audience.py",
+    )
     _add_ray_flags(a)
     a.set_defaults(func=run_audience)
 
@@ -170,6 +177,7 @@ def run_audience(args: argparse.Namespace) -> int:
         output=args.output,
         head=args.head,
         min_followers=args.min_followers,
+        method=args.method,
         **_common(args),
     )
     summary = run_audience_job(cfg)
