@@ -79,6 +79,7 @@ class RunningServer:
     async def attach(self, runtime: Runtime) -> None:
         """Serve with an already loaded runtime: start its batcher and turn health SERVING."""
         runtime.batcher.max_queue_delay_s = self.config.max_queue_delay_ms / 1000.0
+        await runtime.batcher.lower_priority(self.config.encoder_nice)
         seconds = await runtime.batcher.calibrate(WARM_UP_TEXTS, runtime.encoder.encode_texts)
         logger.info("warm-up pass: %d texts in %.0f ms", len(WARM_UP_TEXTS), 1000 * seconds)
         runtime.start()

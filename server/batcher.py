@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -166,6 +168,24 @@ class DynamicBatcher:
         seconds = time.perf_counter() - start
         self.seconds_per_token = seconds / max(1, sum(self._length_fn(t) for t in texts))
         return seconds
+
+    async def lower_priority(self, nice: int) -> None:
+        """Give each worker thread (and the intra-op threads it starts later) ``nice``.
+
+        Call before the first pass: threads inherit the niceness of the thread that creates
+        them, so OpenMP's pool, started by a worker's first pass, runs at the same priority.
+        """
+        if nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        barrier = threading.Barrier(self.workers)  # one job per worker thread
+
+        def renice() -> None:
+            barrier.wait(10)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+        loop = asyncio.get_running_loop()
+        jobs = [loop.run_in_executor(self._executor, renice) for _ in range(self.workers)]
+        await asyncio.gather(*jobs)
 
     def start(self) -> None:
         """Start the collector task on the running event loop."""

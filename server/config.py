@@ -37,6 +37,12 @@ class ServerConfig:
             seconds per token); a call that would wait longer gets RESOURCE_EXHAUSTED at once,
             and when the queue already holds that much, before its body is read. 0: no bound.
         workers: forward passes that may run at once (each in its own thread).
+        encoder_nice: niceness (0-19) of the encoder's threads and of the intra-op threads
+            they start: the event loop (admission, RESOURCE_EXHAUSTED answers, I/O) then runs
+            before forward passes when both want a core, and passes use what it leaves. The
+            encoder also yields to every other process: on a machine shared with its clients
+            or other jobs, 10 cut RESOURCE_EXHAUSTED p99 under a flood but starved the passes
+            (docs/BENCHMARKS.md, Robustness). 0 (default): same priority as the rest.
         threads: intra-op threads of each forward pass (torch or ONNX Runtime); None: the
             physical cores this process may use divided by ``workers`` (at least 1), so the
             passes never ask for more cores than there are.
@@ -79,6 +85,7 @@ class ServerConfig:
     max_queue: int = 8192
     max_queue_delay_ms: float = 1000.0
     workers: int = 1
+    encoder_nice: int = 0
     threads: int | None = None
     pass_overhead_tokens: int = 64
     cache: Path | None = None
@@ -108,6 +115,8 @@ class ServerConfig:
         _check_positive("max_batch_tokens", self.max_batch_tokens)
         _check_positive("max_batch_profiles", self.max_batch_profiles)
         _check_positive("workers", self.workers)
+        if not 0 <= self.encoder_nice <= 19:
+            raise ValueError(f"encoder_nice must be in 0..19, got {self.encoder_nice}")
         if self.threads is not None:
             _check_positive("threads", self.threads)
         if self.pass_overhead_tokens < 0:

@@ -4,6 +4,9 @@ grpc reads a unary request's whole body into memory before a handler runs, and a
 up to ``max_message_bytes``. So :class:`IntakeInterceptor` hands every method a handler of the
 same wire shape that reads the body itself, through :class:`Intake`:
 
+* a call the shedding hook refuses (full encoder queue) gets RESOURCE_EXHAUSTED in the
+  interceptor itself, before any per-call handler is built: a handler that sets the status
+  and returns, no exception, no body read (the cheapest answer grpc's Python server allows);
 * a call beyond ``max_calls`` in progress gets RESOURCE_EXHAUSTED before anything is read;
 * a read starts only when ``held + reading x max_message_bytes + max_message_bytes`` fits in
   ``max_bytes`` (the worst case of every read in progress), else it waits up to ``wait_s`` and
@@ -171,17 +174,29 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
         self.intake = intake
         self.shed = shed
         self.on_reject = on_reject
+        # Per method: (the service's handler, its gated wrapper), built once, not per call.
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, Any]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        """Wrap the method's handler; unknown methods pass through unchanged."""
+        """Refuse a shed call at once; else wrap the method's handler (unknown methods pass)."""
+        method = handler_call_details.method
+        if self.shed is not None:
+            reason = self.shed(method)
+            if reason is not None:
+                if self.on_reject is not None:
+                    self.on_reject(method, "RESOURCE_EXHAUSTED")
+                return _refusal(reason)
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _gated(handler, handler_call_details.method, self)
+        known = self._handlers.get(method)
+        if known is None or known[0] is not handler:
+            known = self._handlers[method] = (handler, _gated(handler, method, self))
+        return known[1]
 
     async def refuse(self, method: str, context: Any, err: OverloadedError) -> None:
         """Answer RESOURCE_EXHAUSTED (nothing of the body read)."""
@@ -191,7 +206,7 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
 
     @asynccontextmanager
     async def call(self, method: str, context: Any) -> AsyncIterator[None]:
-        """Admit one call (count, shedding hook) or refuse it; forget it when it ends."""
+        """Count one call or refuse it (``max_calls``); forget it when it ends."""
         if method.startswith(UNCOUNTED_PREFIXES):
             yield
             return
@@ -200,12 +215,22 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
         except OverloadedError as err:
             await self.refuse(method, context, err)
         try:
-            reason = self.shed(method) if self.shed is not None else None
-            if reason is not None:
-                await self.refuse(method, context, OverloadedError(reason))
             yield
         finally:
             self.intake.exit_call()
+
+
+def _refusal(reason: str) -> grpc.RpcMethodHandler:
+    """A handler of any method's wire shape answering RESOURCE_EXHAUSTED without reading."""
+
+    async def refuse(_: Any, context: Any) -> AsyncIterator[Any]:
+        # Status set and returned, not aborted: no exception, no traceback, nothing read.
+        context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        context.set_details(reason)
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 def _gated(handler: grpc.RpcMethodHandler, method: str, gate: IntakeInterceptor) -> Any:

@@ -483,3 +483,27 @@ def test_a_stream_waits_for_its_own_chunks_instead_of_failing_items(tiny_model):
         assert {r["status"] for r in rows} == {"ITEM_STATUS_OK"}
     finally:
         srv.stop()
+
+
+def test_lower_priority_renices_the_encoder_worker_threads():
+    import os
+
+    import numpy as np
+
+    from server.batcher import DynamicBatcher
+
+    async def scenario():
+        b = DynamicBatcher(lambda t: np.ones((len(t), 2), dtype=np.float32), workers=2)
+        await b.lower_priority(3)
+        loop = asyncio.get_running_loop()
+
+        def nice():
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        got = await asyncio.gather(*[loop.run_in_executor(b._executor, nice) for _ in range(4)])
+        await b.close()
+        return got
+
+    assert set(asyncio.run(scenario())) == {3}
+    with pytest.raises(ValueError, match="encoder_nice"):
+        ServerConfig(encoder_nice=20)

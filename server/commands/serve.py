@@ -46,6 +46,12 @@ _FLAGS: tuple[tuple[str, str, Any, str], ...] = (
         "most estimated wait in the encoder queue before overload (0 = no bound)",
     ),
     ("--workers", "workers", int, "forward passes that may run at once"),
+    (
+        "--encoder-nice",
+        "encoder_nice",
+        int,
+        "niceness of the encoder threads (the event loop answers first; 0 = same priority)",
+    ),
     ("--threads", "threads", int, "intra-op threads per forward pass (unset: cores / workers)"),
     (
         "--pass-overhead-tokens",
