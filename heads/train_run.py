@@ -60,6 +60,8 @@ class TrainConfig:
             shuffled among them (for heads the snippets carry no label for, e.g. category).
         freeze_embeddings: keep the word-embedding matrix fixed.
         hidden: hidden width of the heads (0 = linear).
+        never_assign: labels the heads score but never assign (see
+            ``heads.softmax.SoftmaxAbstainConfig``); those a head lacks are ignored.
         target_precision: per-class precision target of the abstention thresholds.
         device: ``auto``, ``cpu`` or ``cuda``.
         loop: the training-loop settings.
@@ -77,6 +79,7 @@ class TrainConfig:
     snippets_first: bool = False
     freeze_embeddings: bool = False
     hidden: int = 0
+    never_assign: tuple[str, ...] = ("OTHER",)
     target_precision: float = 0.90
     device: str = "auto"
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -178,6 +181,7 @@ def build_heads(tasks: Sequence[HeadTask], encoder: Any, config: TrainConfig) ->
             in_dim=encoder.dim,
             hidden=config.hidden,
             label_field=task.field,
+            never_assign=tuple(lab for lab in config.never_assign if lab in task.labels),
             seed=config.loop.seed + i,
         )
         for i, task in enumerate(tasks)
@@ -312,6 +316,7 @@ def train_model(
     ckpt = (
         Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
     )
+    weights = {t.name: class_weights(y_train[t.name], len(t.labels)) for t in tasks}
     trainer = MultiTaskTrainer(
         encoder.st_model,
         encoder.assemble,
@@ -320,7 +325,7 @@ def train_model(
         y_train,
         [r.profile for r in val],
         y_val,
-        class_weights={t.name: class_weights(y_train[t.name], len(t.labels)) for t in tasks},
+        class_weights=weights,
         config=config.loop,
         device=device,
         checkpoint_dir=ckpt,
@@ -342,9 +347,11 @@ def train_model(
     trainer.device = torch.device("cpu")
     encoder.st_model.eval()
     version = encoder.refresh_version()
-    for head in heads.values():
+    for name, head in heads.items():
         rebind_head(head, version)
         head.logits_module().eval()
+        # The loss weighted classes to learn the small ones; the served posteriors must not be.
+        head.undo_class_weights(weights[name])
     if trainer.best_epoch == trainer.epoch and trainer.last_val_embeddings is not None:
         val_emb = trainer.last_val_embeddings  # the final weights are the best: reuse
     else:
