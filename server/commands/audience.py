@@ -37,7 +37,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("followers", help="follower profiles (.jsonl/.csv/.parquet)")
-    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument(
+        "--model", default="models/default", help="model folder (default models/default)"
+    )
     p.add_argument("--head", default="geolocation", help="head to use (default geolocation)")
     p.add_argument(
         "--method",

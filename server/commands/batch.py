@@ -68,7 +68,12 @@ def register(subparsers: Any) -> None:
         description="Embed and classify every profile of Parquet/JSONL files with a Ray Data actor "
         "pool. Re-runs skip finished files and rows already done for this embedding_version.",
     )
-    p.add_argument("--model", required=True, type=Path, help="model folder")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/default"),
+        help="model folder (default models/default)",
+    )
     p.add_argument(
         "--input", required=True, help="folder, glob or file of .jsonl / .parquet profiles"
     )
@@ -96,7 +101,12 @@ def register(subparsers: Any) -> None:
         "--with-probabilities --keep-fields influencer_id) or raw follower files with "
         "influencer_id.",
     )
-    a.add_argument("--model", required=True, type=Path, help="model folder")
+    a.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/default"),
+        help="model folder (default models/default)",
+    )
     a.add_argument(
         "--followers",
         required=True,

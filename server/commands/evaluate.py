@@ -22,7 +22,9 @@ def register(subparsers: Any) -> None:
             "caption; the 'language' extra when present)."
         ),
     )
-    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument(
+        "--model", default="models/default", help="model folder (default models/default)"
+    )
     p.add_argument("--data", required=True, help="labelled profiles (.jsonl/.csv/.parquet)")
     p.add_argument("--report", required=True, help="output folder for the report")
     p.add_argument("--heads", default=None, help="comma-separated head names (default: all)")

@@ -33,7 +33,9 @@ def register(subparsers: Any) -> None:
             "training rows (--cross-fit)."
         ),
     )
-    p.add_argument("--model", required=True, help="model folder")
+    p.add_argument(
+        "--model", default="models/default", help="model folder (default models/default)"
+    )
     p.add_argument(
         "--head",
         required=True,
