@@ -269,38 +269,20 @@ class SimilarityIndex:
         Raises:
             VersionMismatchError: when the folder holds an index of another version.
         """
-        import faiss
-
-        path = Path(path)
-        meta_path = path / META_FILE
-        if meta_path.exists():
-            old = _read_meta(meta_path)
-            if old.get("embedding_version") != self.embedding_version:
-                raise VersionMismatchError(
-                    f"{path} holds an index of {old.get('embedding_version')!r}; refusing to "
-                    f"overwrite it with {self.embedding_version}"
-                )
-        path.mkdir(parents=True, exist_ok=True)
         with self._lock:
             labels = sorted(self._id_of)
-            meta = {
-                "format_version": FORMAT_VERSION,
-                "embedding_version": self.embedding_version,
-                "dim": self.dim,
-                "kind": self.kind,
-                "count": len(labels),
-                "ivf_threshold": self.ivf_threshold,
-                "nprobe": self.nprobe,
-                "next_label": self._next_label,
-                "labels": labels,
-                "ids": [self._id_of[lb] for lb in labels],
-            }
-            tmp = path / (INDEX_FILE + ".tmp")
-            faiss.write_index(self._index, str(tmp))
-        os.replace(tmp, path / INDEX_FILE)
-        tmp_meta = path / (META_FILE + ".tmp")
-        tmp_meta.write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp_meta, meta_path)
+            write_index_folder(
+                path,
+                self._index,
+                embedding_version=self.embedding_version,
+                dim=self.dim,
+                kind=self.kind,
+                ids=[self._id_of[lb] for lb in labels],
+                labels=labels,
+                ivf_threshold=self.ivf_threshold,
+                nprobe=self.nprobe,
+                next_label=self._next_label,
+            )
         logger.info(
             "saved index %s (%s, %d ids) to %s",
             self.embedding_version,
@@ -308,7 +290,7 @@ class SimilarityIndex:
             len(labels),
             path,
         )
-        return path
+        return Path(path)
 
     @classmethod
     def load(
@@ -363,6 +345,79 @@ class SimilarityIndex:
         self._id_of = {int(lb): str(i) for i, lb in zip(ids, labels, strict=True)}
         self._next_label = int(meta.get("next_label", max(labels, default=-1) + 1))
         return self
+
+
+def write_index_folder(
+    path: str | Path,
+    index: Any,
+    *,
+    embedding_version: str,
+    dim: int,
+    kind: str,
+    ids: Sequence[str],
+    labels: Sequence[int],
+    ivf_threshold: int,
+    nprobe: int,
+    next_label: int,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``profiles.faiss`` + ``profiles.meta.json``: the one writer of the index format.
+
+    :meth:`SimilarityIndex.save` and ``profile-embed index build`` both call it, so both refuse the
+    same folders with the same error. Each file is written under a temporary name and renamed.
+
+    Args:
+        path: the index folder (created when missing).
+        index: the faiss index; its int64 labels are ``labels``.
+        embedding_version: the version of every vector.
+        dim: vector dimension.
+        kind: ``"flat"`` or ``"ivf"``.
+        ids: string id of each label, in the order of ``labels``.
+        labels: the faiss labels.
+        ivf_threshold: stored for :meth:`SimilarityIndex.load`.
+        nprobe: IVF lists visited per query.
+        next_label: the next free label.
+        extra: more metadata keys (``index build`` stores its facts under ``"build"``).
+
+    Returns:
+        The folder.
+
+    Raises:
+        VersionMismatchError: when the folder holds an index of another ``embedding_version``.
+        ArtifactError: when the folder's metadata is unreadable.
+    """
+    import faiss
+
+    path = Path(path)
+    meta_path = path / META_FILE
+    if meta_path.exists():
+        old = _read_meta(meta_path).get("embedding_version")
+        if old != embedding_version:
+            raise VersionMismatchError(
+                f"{path} holds an index of {old!r}; refusing to overwrite it with "
+                f"{embedding_version}"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "embedding_version": embedding_version,
+        "dim": dim,
+        "kind": kind,
+        "count": len(ids),
+        "ivf_threshold": ivf_threshold,
+        "nprobe": nprobe,
+        "next_label": next_label,
+        "labels": list(labels),
+        "ids": list(ids),
+        **(extra or {}),
+    }
+    tmp = path / (INDEX_FILE + ".tmp")
+    faiss.write_index(index, str(tmp))
+    os.replace(tmp, path / INDEX_FILE)
+    tmp_meta = path / (META_FILE + ".tmp")
+    tmp_meta.write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp_meta, meta_path)
+    return path
 
 
 def _read_meta(path: Path) -> dict[str, Any]:

@@ -97,6 +97,22 @@ def test_refuses_mixed_versions_and_missing_embeddings(tmp_path):
         build_index(IndexBuildConfig(embeddings=str(empty), output=tmp_path / "j"))
 
 
+def test_build_and_save_refuse_another_version_with_one_error(tmp_path):
+    """``index build`` and ``SimilarityIndex.save`` share the writer, so they refuse alike."""
+    from embedder.errors import VersionMismatchError
+    from embedder.index import SimilarityIndex
+    from server.batch.index_build import IndexBuildConfig, build_index
+
+    _write_embeddings(tmp_path / "emb", n=600, files=1)
+    SimilarityIndex("emb-ffffffffffff", DIM).save(tmp_path / "taken")
+    with pytest.raises(VersionMismatchError) as built:
+        build_index(IndexBuildConfig(embeddings=str(tmp_path / "emb"), output=tmp_path / "taken"))
+    with pytest.raises(VersionMismatchError) as saved:
+        SimilarityIndex(VERSION, DIM).save(tmp_path / "taken")
+    assert str(built.value) == str(saved.value)
+    assert "emb-ffffffffffff" in str(built.value) and VERSION in str(built.value)
+
+
 def test_cli_index_build(tmp_path, capsys):
     from server.cli import main
 

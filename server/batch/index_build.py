@@ -19,7 +19,6 @@ instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from embedder.errors import ArtifactError, InvalidInputError
-from embedder.index import FORMAT_VERSION, INDEX_FILE, META_FILE
+from embedder.index import write_index_folder
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +198,7 @@ def build_index(cfg: IndexBuildConfig) -> dict[str, Any]:
     Raises:
         InvalidInputError: no embeddings, or too few vectors for the requested lists.
         ArtifactError: inconsistent embedding files.
+        VersionMismatchError: the output folder holds an index of another embedding_version.
     """
     import faiss
 
@@ -326,36 +326,20 @@ def build_index(cfg: IndexBuildConfig) -> dict[str, Any]:
 def _save(
     path: Path, index: Any, ids: list[str], version: str, dim: int, facts: dict[str, Any]
 ) -> None:
-    """Write the folder in ``SimilarityIndex`` format (temp names, then ``os.replace``)."""
-    import faiss
-
-    path.mkdir(parents=True, exist_ok=True)
-    meta_path = path / META_FILE
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text(encoding="utf-8")).get("embedding_version")
-        if old != version:
-            raise ArtifactError(
-                f"{path} holds an index of {old!r}; refusing to replace it with {version}"
-            )
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "embedding_version": version,
-        "dim": dim,
-        "kind": "ivf",
-        "count": len(ids),
-        "ivf_threshold": 1,
-        "nprobe": int(facts["nprobe"]),
-        "next_label": len(ids),
-        "labels": list(range(len(ids))),
-        "ids": ids,
-        "build": facts,
-    }
-    tmp = path / (INDEX_FILE + ".tmp")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path / INDEX_FILE)
-    tmp_meta = path / (META_FILE + ".tmp")
-    tmp_meta.write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp_meta, meta_path)
+    """Write the folder with ``embedder.index.write_index_folder`` (the format's one writer)."""
+    write_index_folder(
+        path,
+        index,
+        embedding_version=version,
+        dim=dim,
+        kind="ivf",
+        ids=ids,
+        labels=range(len(ids)),
+        ivf_threshold=1,
+        nprobe=int(facts["nprobe"]),
+        next_label=len(ids),
+        extra={"build": facts},
+    )
     logger.info(
         "saved %s index %s (%d vectors) to %s", facts["compression"], version, len(ids), path
     )
