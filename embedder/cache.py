@@ -196,7 +196,12 @@ class EmbeddingCache:
 
 
 class CachedEncoder:
-    """An encoder that embeds only what the cache does not already hold.
+    """The one cache path: texts -> cache lookup -> encode the misses -> write back -> vectors.
+
+    Every entry point embeds through it: ``profile-embed embed`` and ``train-head`` directly,
+    ``profile-embed predict``, the server and the batch job through ``heads.model.ProfileModel``.
+    :meth:`encode_texts` runs the steps in one call; the server runs :meth:`lookup` and
+    :meth:`encode_misses` apart, with its dynamic batcher in between.
 
     Args:
         encoder: a ``ProfileEncoder`` (anything with ``assemble``, ``encode_texts``,
@@ -246,31 +251,85 @@ class CachedEncoder:
         )
 
     def encode_texts(
-        self, texts: Sequence[str], *, batch_size: int = 64, show_progress: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 64,
+        show_progress: bool = False,
+        hashes: Sequence[bytes] | None = None,
     ) -> np.ndarray:
-        """Like :meth:`encode` for already assembled texts."""
+        """Like :meth:`encode` for already assembled texts (``hashes``: their ``text_hash``)."""
         if self.cache is None:
             return self.encoder.encode_texts(
                 texts, batch_size=batch_size, show_progress=show_progress
             )
-        hashes = [text_hash(t) for t in texts]
-        cached = self.cache.get_many(hashes)
+        cached = self.lookup(texts, hashes=hashes)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        todo: dict[bytes, str] = {}
+        miss = [i for i, vec in enumerate(cached) if vec is None]
         for i, vec in enumerate(cached):
-            if vec is None:
-                todo.setdefault(hashes[i], texts[i])
-            else:
+            if vec is not None:
                 out[i] = vec
-        if todo:
-            keys = list(todo)
-            fresh = self.encoder.encode_texts(
-                [todo[k] for k in keys], batch_size=batch_size, show_progress=show_progress
+        if miss:
+            out[miss] = self.encode_misses(
+                [texts[i] for i in miss], batch_size=batch_size, show_progress=show_progress
             )
-            self.cache.put_many(keys, fresh)
-            row = dict(zip(keys, fresh, strict=True))
-            for i, vec in enumerate(cached):
-                if vec is None:
-                    out[i] = row[hashes[i]]
-        logger.debug("cache: %d texts, %d encoded", len(texts), len(todo))
+        logger.debug("cache: %d texts, %d missed", len(texts), len(miss))
         return out
+
+    def lookup(
+        self, texts: Sequence[str], *, hashes: Sequence[bytes] | None = None
+    ) -> list[np.ndarray | None]:
+        """Read the stored vectors of texts.
+
+        Args:
+            texts: assembled texts.
+            hashes: their ``text_hash`` when the caller already has them.
+
+        Returns:
+            One entry per text: its float32 ``(dim,)`` vector, or None on a miss (always None
+            without a cache).
+        """
+        if self.cache is None:
+            return [None] * len(texts)
+        return self.cache.get_many(list(hashes) if hashes is not None else text_hashes(texts))
+
+    def encode_misses(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int | None = 64,
+        show_progress: bool = False,
+        pass_overhead_tokens: int | None = None,
+    ) -> np.ndarray:
+        """Encode texts (each distinct text once) and write them to the cache before returning.
+
+        Args:
+            texts: assembled texts the cache does not hold.
+            batch_size: most texts per forward pass; None: all distinct texts may share one.
+            show_progress: progress bar.
+            pass_overhead_tokens: ``ProfileEncoder.encode_texts``'s pass cut (None: the default).
+
+        Returns:
+            ``(n, dim)`` float32 in input order.
+        """
+        unique = list(dict.fromkeys(texts))
+        options: dict[str, Any] = {}
+        if pass_overhead_tokens is not None:
+            options["pass_overhead_tokens"] = pass_overhead_tokens
+        vectors = self.encoder.encode_texts(
+            unique,
+            batch_size=batch_size or max(1, len(unique)),
+            show_progress=show_progress,
+            **options,
+        )
+        if self.cache is not None and unique:
+            self.cache.put_many(text_hashes(unique), vectors)
+        if len(unique) == len(texts):
+            return np.asarray(vectors)
+        row = {t: i for i, t in enumerate(unique)}
+        return np.asarray(vectors)[[row[t] for t in texts]]
+
+
+def text_hashes(texts: Sequence[str]) -> list[bytes]:
+    """``text_hash`` of each text, in order (the cache's keys)."""
+    return [text_hash(t) for t in texts]

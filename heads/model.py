@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from embedder.cache import CachedEncoder, EmbeddingCache
 from embedder.errors import ArtifactError, UnknownHeadError, VersionMismatchError
 from heads.base import Head, Prediction, as_numpy_embeddings
 from heads.registry import load_head
@@ -116,13 +117,23 @@ def load_encoder(model_dir: str | Path, numerics: str | None = None, **encoder_k
 
 
 class ProfileModel:
-    """An encoder and its heads: profiles (or embeddings) in, predictions per head out.
+    """The pipeline: profiles -> assembled texts -> cache -> encode misses -> heads -> predictions.
+
+    The one object every entry point runs: ``profile-embed predict`` calls :meth:`predict`, the
+    batch job's actors call ``embedder.encode_texts`` and :meth:`predict`, the server calls
+    ``embedder.lookup`` and ``embedder.encode_misses`` around its dynamic batcher and then
+    :meth:`predict` on the vectors. ``embedder`` (``embedder.cache.CachedEncoder``) owns the cache
+    steps, the heads own the predictions.
 
     Args:
         encoder: a ``embedder.encoder.ProfileEncoder`` (None for a heads-only model fed embeddings).
         heads: ``{name: head}``; every head must share ``embedding_version``.
         path: the folder it was loaded from, if any.
         meta: the model.json content.
+        cache: an ``embedder.cache.EmbeddingCache`` of the encoder's version, or None.
+
+    Raises:
+        VersionMismatchError: the cache belongs to another ``embedding_version``.
     """
 
     def __init__(
@@ -132,21 +143,39 @@ class ProfileModel:
         *,
         path: Path | None = None,
         meta: Mapping[str, Any] | None = None,
+        cache: EmbeddingCache | None = None,
     ) -> None:
         self.encoder = encoder
         self.heads = dict(heads)
         self.path = path
         self.meta = dict(meta or {})
+        self.embedder = None if encoder is None else CachedEncoder(encoder, cache)
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        """The embedding cache, or None."""
+        return None if self.embedder is None else self.embedder.cache
+
+    def close(self) -> None:
+        """Close the embedding cache (idempotent)."""
+        if self.cache is not None:
+            self.cache.close()
 
     @classmethod
     def load(
-        cls, model_dir: str | Path, heads: Sequence[str] | None = None, **encoder_kwargs: Any
+        cls,
+        model_dir: str | Path,
+        heads: Sequence[str] | None = None,
+        *,
+        cache: str | Path | None = None,
+        **encoder_kwargs: Any,
     ) -> ProfileModel:
         """Load the encoder and the latest version of each (or each named) head.
 
         Args:
             model_dir: the model folder.
             heads: head names to load; None loads all.
+            cache: an embedding cache file (SQLite) to open for the encoder's version, or None.
             **encoder_kwargs: runtime options for ``ProfileEncoder.load`` (``numerics``,
                 ``threads``). Without ``numerics`` (or with ``"auto"``) :func:`load_encoder`
                 picks them for this machine. The server, the batch job and ``profile-embed
@@ -170,8 +199,11 @@ class ProfileModel:
                 f"{meta.get('embedding_version')!r} but {model_dir / 'encoder'} is {version!r}"
             )
         loaded = load_heads(model_dir, heads, embedding_version=version)
+        opened = None
+        if cache is not None:
+            opened = EmbeddingCache(cache, embedding_version=version, dim=int(encoder.dim))
         logger.info("loaded model %s (%s) with heads %s", model_dir, version, sorted(loaded))
-        return cls(encoder, loaded, path=model_dir, meta=meta)
+        return cls(encoder, loaded, path=model_dir, meta=meta, cache=opened)
 
     @property
     def embedding_version(self) -> str:
@@ -201,11 +233,11 @@ class ProfileModel:
     def embed(
         self, profiles: Sequence[Any], *, batch_size: int = 64, show_progress: bool = False
     ) -> np.ndarray:
-        """Encode profiles into ``(n, dim)`` float32 L2-normalised embeddings."""
-        if self.encoder is None:
+        """Encode profiles into ``(n, dim)`` float32 L2-normalised embeddings, through the cache."""
+        if self.embedder is None:
             raise ArtifactError("this model has no encoder; pass embeddings instead of profiles")
         return np.asarray(
-            self.encoder.encode(list(profiles), batch_size=batch_size, show_progress=show_progress)
+            self.embedder.encode(list(profiles), batch_size=batch_size, show_progress=show_progress)
         )
 
     def _embeddings(self, inputs: Any, batch_size: int, show_progress: bool) -> np.ndarray:

@@ -2,9 +2,11 @@
 
 ``Runtime.load`` reads every artifact and refuses a mix of versions: a head, cache or index whose
 ``embedding_version`` differs from the encoder's is an error at startup (``VersionMismatchError``),
-never a silent stale answer. ``embed`` is the one path every RPC uses: assemble -> cache lookup ->
-dynamic batcher for the misses (the batcher's worker writes them to the cache before anyone is
-answered, so an acknowledged vector survives a crash) -> vectors in request order.
+never a silent stale answer. ``embed`` is the one path every RPC uses: the pipeline of
+``heads.model.ProfileModel`` (the CLI's and the batch job's too) with the dynamic batcher between
+its cache lookup and its encoding of the misses: in-memory LRU -> assemble -> ``lookup`` ->
+batcher -> ``encode_misses`` (which writes the cache before anyone is answered, so an acknowledged
+vector survives a crash) -> vectors in request order; ``predict`` runs the model's heads.
 """
 
 from __future__ import annotations
@@ -19,16 +21,20 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from embedder.errors import ArtifactError, NotReadyError
-from embedder.profile import Profile, text_hash
+from embedder.profile import Profile
 from server.allocator import Trimmer
 from server.batcher import DynamicBatcher
 from server.config import ServerConfig
 from server.metrics import ServerMetrics
+
+if TYPE_CHECKING:
+    from embedder.cache import CachedEncoder
+    from heads.model import ProfileModel
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +52,10 @@ class Runtime:
 
     Args:
         config: the server settings.
-        model: a loaded ``heads.model.ProfileModel`` (encoder + heads).
-        cache: an ``embedder.cache.EmbeddingCache`` of the encoder's version, or None.
+        model: a loaded ``heads.model.ProfileModel`` (or anything with ``encoder`` and
+            ``heads``).
+        cache: an ``embedder.cache.EmbeddingCache`` of the encoder's version to use instead of
+            the model's own, or None.
         index: an ``embedder.index.SimilarityIndex`` of the encoder's version, or None.
         metrics: where to record batches and cache lookups.
     """
@@ -61,11 +69,18 @@ class Runtime:
         index: Any = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
+        from heads.model import ProfileModel  # lazy, as in load()
+
+        if cache is not None or not isinstance(model, ProfileModel):
+            model = ProfileModel(model.encoder, model.heads, cache=cache)
         self.config = config
-        self.model = model
+        self.model: ProfileModel = model
         self.encoder = model.encoder
         self.heads: Mapping[str, Any] = dict(model.heads)
-        self.cache = cache
+        self.cache = model.cache
+        if model.embedder is None:
+            raise ArtifactError("the server needs a model with an encoder")
+        self._embedder: CachedEncoder = model.embedder
         self.index = index
         self.metrics = metrics or ServerMetrics()
         for name, head in self.heads.items():
@@ -109,13 +124,9 @@ class Runtime:
         options: dict[str, Any] = {"threads": config.threads_per_worker}
         if config.numerics is not None:
             options["numerics"] = config.numerics
-        model = ProfileModel.load(config.model, **options)
+        model = ProfileModel.load(config.model, cache=config.cache, **options)
         version = model.encoder.embedding_version
-        cache = index = None
-        if config.cache is not None:
-            from embedder.cache import EmbeddingCache
-
-            cache = EmbeddingCache(config.cache, embedding_version=version, dim=model.encoder.dim)
+        index = None
         if config.index is not None:
             index = _load_index(Path(config.index), version, int(model.encoder.dim))
         logger.info(
@@ -127,10 +138,10 @@ class Runtime:
             model.encoder.numerics,
             model.encoder.numerics_choice.get("how"),
             sorted(model.heads),
-            "on" if cache is not None else "off",
+            "on" if model.cache is not None else "off",
             "off" if index is None else f"{len(index)} vectors",
         )
-        return cls(config, model, cache=cache, index=index, metrics=metrics)
+        return cls(config, model, index=index, metrics=metrics)
 
     def start(self) -> None:
         """Start the batcher (on the running event loop)."""
@@ -140,30 +151,21 @@ class Runtime:
         """Drain the batcher, then close the cache."""
         await self.batcher.close(drain=True)
         self._cpu.shutdown(wait=True)
-        if self.cache is not None:
-            self.cache.close()
+        self.model.close()
 
     # ------------------------------------------------------------------ embed path
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
-        """One collected batch (worker thread): dedupe, encode, write the cache, then return.
+        """One collected batch (worker thread): the pipeline's ``encode_misses``, then a trim.
 
         The batch arrives in arrival order with mixed lengths; ``pass_overhead_tokens`` makes the
         encoder run it as length-sorted passes (as an in-process ``encode`` over many profiles
         does) rather than one pass padded to the longest input.
         """
-        unique = list(dict.fromkeys(texts))
-        vectors = self.encoder.encode_texts(
-            unique,
-            batch_size=len(unique),
-            pass_overhead_tokens=self.config.pass_overhead_tokens,
+        vectors = self._embedder.encode_misses(
+            texts, batch_size=None, pass_overhead_tokens=self.config.pass_overhead_tokens
         )
-        if self.cache is not None:
-            self.cache.put_many([text_hash(t) for t in unique], vectors)
         self._trim()
-        if len(unique) == len(texts):
-            return vectors
-        row = {t: i for i, t in enumerate(unique)}
-        return vectors[[row[t] for t in texts]]
+        return vectors
 
     def profile_key(self, profile: Profile) -> bytes:
         """Digest of the encoder version and every field the encoder reads (never the id)."""
@@ -196,10 +198,8 @@ class Runtime:
         if todo:
             assembled = self.encoder.assemble([profiles[i] for i in todo])
             texts = dict(zip(todo, assembled, strict=True))
-            if self.cache is not None:
-                stored = self.cache.get_many([text_hash(t) for t in assembled])
-                for i, vec in zip(todo, stored, strict=True):
-                    found[i] = vec
+            for i, vec in zip(todo, self._embedder.lookup(assembled), strict=True):
+                found[i] = vec
         return keys, texts, found
 
     async def run_cpu(self, fn: Any, *args: Any) -> Any:
@@ -232,7 +232,7 @@ class Runtime:
         """Run the named heads on embeddings (thread pool); record per-class outcomes."""
 
         def run() -> dict[str, list[Any]]:
-            return {name: self.heads[name].predict(vectors) for name in heads}
+            return self.model.predict(vectors, heads=heads)
 
         result: dict[str, list[Any]] = await self.run_cpu(run)
         for name, preds in result.items():

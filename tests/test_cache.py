@@ -162,3 +162,44 @@ def test_cached_encoder_encodes_only_unique_misses(tmp_path) -> None:
         with pytest.raises(VersionMismatchError, match="emb-bbbbbbbbbbbb"):
             CachedEncoder(enc, other)
     assert CachedEncoder(enc, None).encode(profiles[:2]).shape == (2, DIM)
+
+
+def test_lookup_and_encode_misses_are_the_steps_of_encode(tmp_path) -> None:
+    """The server runs the two steps apart (batcher between); together they equal ``encode``."""
+    enc = _CountingEncoder()
+    texts = ["passage: a", "passage: bb", "passage: a"]
+    with EmbeddingCache(
+        tmp_path / "c.sqlite", embedding_version=enc.embedding_version, dim=DIM
+    ) as cache:
+        cached = CachedEncoder(enc, cache)
+        assert cached.lookup(texts) == [None, None, None]
+        vectors = cached.encode_misses(texts, batch_size=None)
+        assert enc.encoded == ["passage: a", "passage: bb"]  # each distinct text once
+        np.testing.assert_array_equal(vectors[0], vectors[2])
+        stored = cached.lookup(texts, hashes=[text_hash(t) for t in texts])
+        np.testing.assert_array_equal(np.stack(stored), vectors)  # written back before returning
+        enc.encoded.clear()
+        np.testing.assert_array_equal(cached.encode_texts(texts), vectors)
+        assert enc.encoded == []
+    assert CachedEncoder(enc, None).lookup(texts) == [None, None, None]
+
+
+def test_profile_model_embeds_through_its_cache(tmp_path) -> None:
+    from heads.model import ProfileModel
+
+    enc = _CountingEncoder()
+    profiles = [Profile(id=str(i), biography=b) for i, b in enumerate(["a", "bb"])]
+    with EmbeddingCache(
+        tmp_path / "c.sqlite", embedding_version=enc.embedding_version, dim=DIM
+    ) as cache:
+        model = ProfileModel(enc, {}, cache=cache)
+        first = model.embed(profiles)
+        enc.encoded.clear()
+        np.testing.assert_array_equal(model.embed(profiles), first)
+        assert enc.encoded == [] and model.cache is cache
+        model.close()
+    with EmbeddingCache(
+        tmp_path / "c.sqlite", embedding_version="emb-bbbbbbbbbbbb", dim=DIM
+    ) as other:
+        with pytest.raises(VersionMismatchError):
+            ProfileModel(enc, {}, cache=other)

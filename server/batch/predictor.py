@@ -3,11 +3,11 @@ out.
 
 Ray Data constructs :class:`BatchPredictor` once per (CPU) actor and calls it on batches of
 reader rows (``server.batch.sources.CHUNK_COLUMNS``). For each batch it assembles the texts, drops
-rows
-already done (``row_key`` in the done set), embeds the rest with the server's encoder settings,
-runs the
-heads, writes the results of each input file as a part under the run's temp folder, and returns one
-small accounting row per input file. Results never travel back to the driver.
+rows already done (``row_key`` in the done set), embeds the rest through the pipeline every entry
+point shares (``heads.model.ProfileModel``: cache lookup, encode the misses, write back; the
+server's encoder settings), runs the heads, writes the results of each input file as a part under
+the run's temp folder, and returns one small accounting row per input file. Results never travel
+back to the driver.
 """
 
 from __future__ import annotations
@@ -71,7 +71,11 @@ def result_schema(spec: JobSpec, dim: int, head_labels: Mapping[str, Sequence[st
 
 
 def load_model(
-    model_dir: str | Path, heads: Sequence[str], numerics: str | None, threads: int | None
+    model_dir: str | Path,
+    heads: Sequence[str],
+    numerics: str | None,
+    threads: int | None,
+    cache: str | Path | None = None,
 ) -> Any:
     """Load ``ProfileModel`` with the runtime settings of the serving path.
 
@@ -80,6 +84,7 @@ def load_model(
         heads: head names to load (empty: all).
         numerics: one of ``embedder.numerics.NUMERICS``; None keeps the model's default.
         threads: torch threads for this process; None keeps the encoder's default.
+        cache: an embedding cache (SQLite) file, or None.
 
     Returns:
         The loaded ``heads.model.ProfileModel``.
@@ -91,7 +96,7 @@ def load_model(
         kwargs["numerics"] = numerics
     if threads is not None:
         kwargs["threads"] = threads
-    return ProfileModel.load(model_dir, heads=list(heads) or None, **kwargs)
+    return ProfileModel.load(model_dir, heads=list(heads) or None, cache=cache, **kwargs)
 
 
 class BatchPredictor:
@@ -134,7 +139,9 @@ class BatchPredictor:
         )
         self.tmp_dir = tmp_dir
         self.schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
-        self.model = load_model(model_dir, list(self.spec.heads), numerics, threads)
+        self.model = load_model(
+            model_dir, list(self.spec.heads), numerics, threads, cache_path or None
+        )
         version = self.model.encoder.embedding_version
         if version != self.spec.embedding_version:
             raise VersionMismatchError(
@@ -144,14 +151,6 @@ class BatchPredictor:
             )
         self.encode_batch_size = encode_batch_size
         self.done = _resolve_done(done_ref)
-        self.encoder = self.model.encoder
-        self.cache = None
-        if cache_path:
-            from embedder.cache import EmbeddingCache
-
-            self.cache = EmbeddingCache(
-                cache_path, embedding_version=version, dim=self.model.encoder.dim
-            )
         logger.info(
             "batch actor ready: %s, heads %s, %d done keys",
             version,
@@ -220,7 +219,7 @@ class BatchPredictor:
             )
             for i in good
         ]
-        texts = self.encoder.assemble(profiles)
+        texts = self.model.encoder.assemble(profiles)
         hashes = [text_hash(t) for t in texts]
         keys = [row_key(p.id, h) for p, h in zip(profiles, hashes, strict=True)]
         skip = contains(self.done, keys)
@@ -229,7 +228,11 @@ class BatchPredictor:
             stats[cols["file_key"][good[j]]]["n_skipped"] += 1
         if not todo:
             return
-        emb = self._embed([texts[j] for j in todo], [hashes[j] for j in todo])
+        emb = self.model.embedder.encode_texts(
+            [texts[j] for j in todo],
+            hashes=[hashes[j] for j in todo],
+            batch_size=self.encode_batch_size,
+        )
         preds = self.model.predict(emb, heads=list(self.spec.heads))
         columns: dict[str, list[Any]] = {
             "id": [profiles[j].id for j in todo],
@@ -251,23 +254,6 @@ class BatchPredictor:
             if self.spec.with_probabilities:
                 columns[f"{head}_probs"] = [np.asarray(p.probabilities, np.float32) for p in ps]
         self._write_by_file(columns, [cols["file_key"][good[j]] for j in todo], stats)
-
-    def _embed(self, texts: list[str], hashes: list[bytes]) -> np.ndarray:
-        if self.cache is None:
-            return self.encoder.encode_texts(texts, batch_size=self.encode_batch_size)
-        cached = self.cache.get_many(hashes)
-        miss = [j for j, v in enumerate(cached) if v is None]
-        out = np.zeros((len(texts), self.encoder.dim), dtype=np.float32)
-        for j, v in enumerate(cached):
-            if v is not None:
-                out[j] = v
-        if miss:
-            fresh = self.encoder.encode_texts(
-                [texts[j] for j in miss], batch_size=self.encode_batch_size
-            )
-            out[miss] = fresh
-            self.cache.put_many([hashes[j] for j in miss], fresh)
-        return out
 
     def _write_by_file(
         self, columns: dict[str, list[Any]], file_keys: list[str], stats: dict[str, dict[str, Any]]
