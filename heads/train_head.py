@@ -55,6 +55,8 @@ class HeadTrainConfig:
         cross_fit: folds of out-of-fold training rows added to the calibration rows (0 = none).
         target_precision: per-class precision target of the thresholds.
         seed: initialisation and shuffling seed.
+        never_assign: softmax_abstain only: labels scored but never assigned (the build passes
+            ``("OTHER",)``; see ``heads.softmax.SoftmaxAbstainConfig``).
     """
 
     kind: str = "softmax_abstain"
@@ -68,12 +70,16 @@ class HeadTrainConfig:
     cross_fit: int = 5
     target_precision: float = 0.90
     seed: int = 0
+    never_assign: tuple[str, ...] = ()
 
 
 #: The settings of ``HeadTrainConfig`` each kind takes besides the shared ones (``SHARED_OPTIONS``):
 #: (those passed to the head's config, those passed to its ``fit``).
 KIND_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "softmax_abstain": (("hidden", "seed"), ("epochs", "lr", "batch_size", "l2", "class_weight")),
+    "softmax_abstain": (
+        ("hidden", "seed", "never_assign"),
+        ("epochs", "lr", "batch_size", "l2", "class_weight"),
+    ),
     "knn": (("k",), ()),
 }
 #: Settings every kind takes (all passed to ``Head.fit``).

@@ -67,6 +67,13 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
 
     model = ProfileModel.load(link)
     assert model.encoder.numerics in check["accurate"]
+    # the geolocation head served is the one re-fitted on the fine-tuned embeddings (v2), OTHER
+    # scored but never assigned; the jointly trained head stays as v1
+    assert record["refit_heads"]["geolocation"]["head_version"] == 2
+    geo = model.heads["geolocation"]
+    assert geo.head_version == 2 and geo.config.never_assign == ("OTHER",)
+    assert (link / "heads" / "geolocation" / "v1").is_dir()
+    assert not list(models.glob("*.refit-train.jsonl"))
     assert set(model.heads) == {"geolocation", "category"}
     # Location emoji are whole pieces of the shipped vocabulary.
     assert model.encoder.tokenizer.tokenize("📍")[-1] == "📍"
