@@ -267,6 +267,25 @@ class Head(ABC):
             )
         return np.array([index[str(v)] for v in arr], dtype=np.int64)
 
+    def training_arrays(self, embeddings: Any, labels: Labels) -> tuple[np.ndarray, np.ndarray]:
+        """Check a ``fit``'s training data: ``(x, class indices)``, at least two classes.
+
+        Raises:
+            InvalidInputError: a bad shape, unknown labels, no rows or a single class.
+        """
+        x = as_numpy_embeddings(embeddings, self.in_dim)
+        y = self.encode_labels(labels, source="training labels")
+        if len(y) != len(x) or len(y) == 0:
+            raise InvalidInputError(
+                f"training needs n >= 1 rows with labels, got {len(x)} / {len(y)}"
+            )
+        if len(np.unique(y)) < 2:
+            raise InvalidInputError(
+                f"training labels of head {self.name!r} hold one class only "
+                f"({self.labels[int(y[0])]!r}); at least 2 are needed"
+            )
+        return x, y
+
     def in_distribution(self, embeddings: np.ndarray) -> np.ndarray | None:
         """Say which rows look like the data the head was calibrated on.
 

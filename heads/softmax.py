@@ -285,17 +285,7 @@ class SoftmaxAbstainHead(Head):
         Raises:
             InvalidInputError: empty or one-class training data, unknown labels, shape mismatches.
         """
-        x = as_numpy_embeddings(embeddings, self.in_dim)
-        y = self.encode_labels(labels, source="training labels")
-        if len(y) != len(x) or len(y) == 0:
-            raise InvalidInputError(
-                f"training needs n >= 1 rows with labels, got {len(x)} / {len(y)}"
-            )
-        if len(np.unique(y)) < 2:
-            raise InvalidInputError(
-                f"training labels of head {self.name!r} hold one class only "
-                f"({self.labels[int(y[0])]!r}); at least 2 are needed"
-            )
+        x, y = self.training_arrays(embeddings, labels)
         val = None
         if val_embeddings is not None:
             if val_labels is None:
