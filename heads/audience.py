@@ -93,10 +93,11 @@ NEEDS: dict[str, tuple[str, ...]] = {
 #: The default estimator, chosen on real populations, not the simulator: mean total variation over
 #: the 12 real populations of 1,000 followers of ``make real-eval`` (docs/REAL_DATA.md,
 #: emb-9f15c699ba70): head v6: fallback 0.50, average 0.50, map 0.53, ensemble 0.54, guarded 0.64,
-#: em 0.74; head v8 (what the build ships): average 0.47, guarded 0.47, fallback 0.48, map 0.49,
-#: ensemble 0.51, em 0.81. Of the best, only ``fallback`` keeps EM's accuracy on simulated
-#: audiences with either head (MAE at 1,000 followers 0.0033, as EM, where it never falls back;
-#: average 0.0184; target 0.02; bench/audience_error.py --seed 1, head v1). It is EM where the
+#: em 0.74; head v2 of a fresh build (what ``make serve`` ships): average 0.47, ensemble 0.47,
+#: guarded 0.47, fallback 0.48, map 0.49, acc 0.53, em 0.74. Among those within 0.01 of the best
+#: with either head, ``fallback`` has the lowest simulated error (MAE at 1,000 followers 0.0033, as
+#: EM, where it never falls back; ensemble 0.0041, average 0.0184; target 0.02;
+#: bench/audience_error.py --seed 1, head v1). It is EM where the
 #: followers look like the training data and the average where they do not, which is the
 #: honest reading of a shift the model cannot correct.
 DEFAULT_METHOD: Method = "fallback"
