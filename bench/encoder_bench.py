@@ -55,15 +55,12 @@ def make_variants(
     Every variant shares the fp32 weights of ``model.encoder``; preparing (int8 copy, ONNX export
     or cache load, session) runs once on 16 texts and is timed apart.
     """
-    from embedder.encoder import ProfileEncoder
 
     base = model.encoder
     out: dict[str, tuple[Callable[[list[str]], np.ndarray], float]] = {}
     warm = ["passage: bio: hello"] * 16
     for num in numerics:
-        enc = ProfileEncoder(
-            base.st_model, assembly=base.assembly, numerics=num, threads=threads, base=base.base
-        )
+        enc = base.with_numerics(num, threads=threads)
         t0 = time.perf_counter()
         enc.encode_texts(warm)
         prepare_s = time.perf_counter() - t0
@@ -250,7 +247,6 @@ def scaling(
     thread_counts: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Forward throughput vs batch size (at 128 tokens), vs length (batch 32) and vs threads."""
-    from embedder.encoder import ProfileEncoder
 
     pool = encoder.tokenizer(texts[:256], truncation=False, verbose=False)["input_ids"]
     at128 = synthetic_batches(pool, 128, count)
@@ -261,9 +257,7 @@ def scaling(
     }
     threads = {}
     for t in thread_counts:
-        enc = ProfileEncoder(
-            encoder.st_model, assembly=encoder.assembly, numerics=encoder.numerics, threads=t
-        )
+        enc = encoder.with_numerics(encoder.numerics, threads=t)
         threads[str(t)] = forward_rate(enc, at128, 32)
     out["threads"] = threads
     return out

@@ -290,6 +290,24 @@ class ProfileEncoder:
         h.update(json.dumps(settings, sort_keys=True).encode("utf-8"))
         return "emb-" + h.hexdigest()[:12]
 
+    def with_numerics(self, numerics: str, *, threads: int | None = None) -> ProfileEncoder:
+        """The same weights (shared, not copied) and version under other numerics.
+
+        Args:
+            numerics: one of ``embedder.numerics.NUMERICS``.
+            threads: intra-op threads; None keeps this encoder's.
+        """
+        other = ProfileEncoder(
+            self.st_model,
+            assembly=self.assembly,
+            base=self.base,
+            numerics=numerics,
+            threads=self.threads if threads is None else threads,
+            max_batch_tokens=self.max_batch_tokens,
+        )
+        other._version = self._version  # same weights: skip re-hashing them
+        return other
+
     # ------------------------------------------------------------------ inference
     def assemble(self, profiles: Sequence[Profile]) -> list[str]:
         """Turn profiles into encoder inputs (see ``embedder.profile.assemble_texts``)."""

@@ -185,21 +185,11 @@ def probe_texts(encoder: Any, repeat: int = 16) -> list[str]:
 
 def _probe(encoder: Any, usable: Sequence[str], threads: int) -> tuple[dict[str, Any], dict]:
     """Time every candidate on the same texts, interleaved, best of ``rounds``."""
-    from embedder.encoder import ProfileEncoder
-
     texts = probe_texts(encoder)
     variants: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for name in usable:
-        variant = ProfileEncoder(
-            encoder.st_model,
-            assembly=encoder.assembly,
-            base=encoder.base,
-            numerics=name,
-            threads=threads,
-            max_batch_tokens=encoder.max_batch_tokens,
-        )
-        variant._version = encoder.embedding_version
+        variant = encoder.with_numerics(name, threads=threads)
         try:
             variant.encode_texts(texts[:16])  # build: int8 copy, ONNX export/session, warm-up
         except Exception as err:  # an optional backend that fails must not stop the server

@@ -122,7 +122,7 @@ def check_numerics_accuracy(
         if name == "bf16" and not cpu.native_bf16:
             not_checked[name] = "this CPU has no native bf16 (avx512_bf16/amx_bf16)"
             continue
-        encoder = _variant(model.encoder, name)
+        encoder = model.encoder.with_numerics(name)
         try:
             result, vectors = measure(encoder)
         except Exception as err:  # an optional backend (onnxruntime) that fails must not stop us
@@ -160,18 +160,3 @@ def check_numerics_accuracy(
     logger.info("numerics check: accurate %s (%s)", accurate, checked)
     return record
 
-
-def _variant(encoder: Any, numerics: str) -> Any:
-    """The same weights under other numerics (no copy of the fp32 model)."""
-    from embedder.encoder import ProfileEncoder
-
-    variant = ProfileEncoder(
-        encoder.st_model,
-        assembly=encoder.assembly,
-        base=encoder.base,
-        numerics=numerics,
-        threads=encoder.threads,
-        max_batch_tokens=encoder.max_batch_tokens,
-    )
-    variant._version = encoder.embedding_version
-    return variant

@@ -192,3 +192,12 @@ def test_other_numerics_run(encoder, numerics) -> None:
     assert (cosine > 0.95).all()
     with pytest.raises(ValueError, match="numerics"):
         ProfileEncoder(encoder.st_model, assembly=encoder.assembly, numerics="fp8")
+
+
+def test_with_numerics_shares_weights_and_version(encoder) -> None:
+    fast = encoder.with_numerics("bf16", threads=1)
+    assert fast.st_model is encoder.st_model and fast.numerics == "bf16" and fast.threads == 1
+    assert fast.embedding_version == encoder.embedding_version
+    assert encoder.with_numerics("int8").threads == encoder.threads
+    with pytest.raises(ValueError, match="numerics"):
+        encoder.with_numerics("fp8")
