@@ -267,6 +267,15 @@ class Head(ABC):
             )
         return np.array([index[str(v)] for v in arr], dtype=np.int64)
 
+    def thresholds_config(self) -> dict[str, float | None] | None:
+        """``thresholds_`` as head_config.json stores them: per label, None where ``inf``."""
+        if self.thresholds_ is None:
+            return None
+        return {
+            lab: (None if np.isinf(t) else float(t))
+            for lab, t in zip(self.labels, self.thresholds_, strict=True)
+        }
+
     def training_arrays(self, embeddings: Any, labels: Labels) -> tuple[np.ndarray, np.ndarray]:
         """Check a ``fit``'s training data: ``(x, class indices)``, at least two classes.
 

@@ -349,19 +349,13 @@ class KnnHead(Head):
     # ----------------------------------------------------------------- persistence
     def to_config(self) -> dict[str, Any]:
         """Return head_config.json content: settings, temperature, thresholds, calibration."""
-        thresholds = None
-        if self.thresholds_ is not None:
-            thresholds = {
-                lab: (None if math.isinf(t) else float(t))
-                for lab, t in zip(self.labels, self.thresholds_, strict=True)
-            }
         return {
             "kind": self.kind,
             **asdict(self.config),
             "head_version": self.head_version,
             "labels": list(self.labels),
             "temperature": self.temperature_,
-            "thresholds": thresholds,
+            "thresholds": self.thresholds_config(),
             "ood_cutoff": self.ood_cutoff_,
             "calibration": self.calibration_,
             "fit": self.fit_info_,

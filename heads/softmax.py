@@ -554,19 +554,13 @@ class SoftmaxAbstainHead(Head):
     def to_config(self) -> dict[str, Any]:
         """Return head_config.json content: settings, temperature, thresholds, validation report."""
         cfg = asdict(self.config)
-        thresholds = None
-        if self.thresholds_ is not None:
-            thresholds = {
-                lab: (None if math.isinf(t) else float(t))
-                for lab, t in zip(self.labels, self.thresholds_, strict=True)
-            }
         return {
             "kind": self.kind,
             **cfg,
             "head_version": self.head_version,
             "labels": list(self.labels),
             "temperature": self.temperature_,
-            "thresholds": thresholds,
+            "thresholds": self.thresholds_config(),
             "calibration": self.calibration_,
             "fit": self.fit_info_,
             "ood": None if self.ood_ is None else self.ood_.to_config(),
