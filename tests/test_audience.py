@@ -128,18 +128,18 @@ def test_estimate_audience_input_errors():
         estimate_audience(np.full((2, 3), 1 / 3), labels=LABELS, method="average")
 
 
-def test_default_method_is_fallback_where_the_head_can_run_it():
+def test_default_method_is_the_ensemble_where_the_head_can_run_it():
     from heads.audience import DEFAULT_METHOD, default_method
 
-    assert DEFAULT_METHOD == "fallback"
-    assert default_method(has_prior=True, has_confusion=True) == "fallback"
+    assert DEFAULT_METHOD == "ensemble"
+    assert default_method(has_prior=True, has_confusion=True) == "ensemble"
     assert default_method(has_prior=True, has_confusion=False) == "em"
     assert default_method(has_prior=False, has_confusion=True) == "acc"
     assert default_method(has_prior=False, has_confusion=False) == "average"
-    # fallback is what runs when no method is named and the head gave everything
+    # the ensemble is what runs when no method is named and the head gave everything
     probs, _ = _followers(_mixture(3), 300, seed=4)
     confusion = np.diag(np.full(K, 50.0)) + 1.0
     est = estimate_audience(
         probs, labels=LABELS, prior=TRAIN_PRIOR, confusion=confusion, n_bootstrap=0
     )
-    assert est.method == "fallback" and est.used in ("guarded", "average")
+    assert est.method == "ensemble" and est.used == "ensemble"

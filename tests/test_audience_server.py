@@ -42,9 +42,9 @@ def test_estimate_audience_says_which_estimator_and_flags_low_evidence(client):
     for name in ("map", "fallback", "ensemble", "acc"):
         got = client.audience(followers[:12], method=name, n_bootstrap=4)
         assert got["method"] == name and got["used"], name
-    # no method: fallback, since the tiny head recorded its prior and validation confusion
+    # no method: the ensemble, since the tiny head recorded its prior and validation confusion
     default = client.audience(followers[:12], n_bootstrap=4)
-    assert default["method"] == "fallback" and default["used"] in ("guarded", "average")
+    assert default["method"] == "ensemble" and default["used"] == "ensemble"
 
 
 def test_estimate_audience_refuses_an_unknown_method_number(client):

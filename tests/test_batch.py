@@ -376,7 +376,7 @@ def test_batch_audience_from_raw_follower_files(model_dir, inputs, tmp_path):
     expected = estimate_audience(
         probs, labels=head.labels, n_bootstrap=0, **head_audience_inputs(head)
     )
-    assert lines[1]["method"] == expected.method == "fallback"  # the default, as the server's
+    assert lines[1]["method"] == expected.method == "ensemble"  # the default, as the server's
     expected = expected.as_mapping()
     got = {k: v["share"] for k, v in lines[1]["shares"].items()}
     assert got == pytest.approx(expected, abs=1e-4)

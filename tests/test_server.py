@@ -200,8 +200,8 @@ def test_estimate_audience_from_profiles_and_indexed_ids(client):
     for s in shares:
         assert 0.0 <= s.get("lower", 0.0) <= s.get("share", 0.0) + 1e-9
         assert s.get("share", 0.0) <= s.get("upper", 0.0) + 1e-9 <= 1.0 + 1e-9
-    default = client.audience(followers[:5], n_bootstrap=5)  # server default: fallback
-    assert default["method"] == "fallback" and default["n"] == 5
+    default = client.audience(followers[:5], n_bootstrap=5)  # server default: the ensemble
+    assert default["method"] == "ensemble" and default["n"] == 5
     code, _ = _code(lambda: client.audience(follower_ids=["missing"]))
     assert code == grpc.StatusCode.NOT_FOUND
     code, _ = _code(lambda: client.audience(followers[:2], head="nope"))

@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
         "--method",
         default=None,
         choices=METHODS,
-        help="estimator (default fallback, or the best the head can run); see heads/audience.py",
+        help="estimator (default ensemble, or the best the head can run); see heads/audience.py",
     )
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates (0 = none)")
     p.add_argument("--min-share", type=float, default=0.005, help="omit smaller shares in output")

@@ -124,7 +124,7 @@ def register(subparsers: Any) -> None:
         "--method",
         choices=AUDIENCE_METHODS,
         default=None,
-        help="estimator (default fallback, or the best the head can run); see heads/audience.py",
+        help="estimator (default ensemble, or the best the head can run); see heads/audience.py",
     )
     _add_ray_flags(a)
     a.set_defaults(func=run_audience)
