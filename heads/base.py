@@ -267,6 +267,72 @@ class Head(ABC):
             )
         return np.array([index[str(v)] for v in arr], dtype=np.int64)
 
+    def fit_thresholds(
+        self,
+        logits: np.ndarray,
+        vy: np.ndarray,
+        *,
+        target: float,
+        confidence: float,
+        method: Any,
+        missing_classes: Literal["error", "abstain"],
+        train_labels: Labels | None,
+        min_threshold: float,
+    ) -> Any:
+        """The calibration every probability head shares, on its calibration rows' logits.
+
+        Refuses (or lets abstain) classes the rows lack, fits ``temperature_`` and the per-class
+        ``thresholds_``, and records ``calibration_`` (effective prior, confusion, per-class
+        report). Head-specific steps (a guard, labels never assigned) run around it.
+
+        Returns:
+            The ``heads.calibration.ThresholdSelection``.
+
+        Raises:
+            InvalidInputError: no rows, or missing classes with ``missing_classes="error"``.
+        """
+        from heads.calibration import effective_prior, fit_temperature, select_thresholds, softmax
+
+        if len(vy) == 0:
+            raise InvalidInputError("calibration needs at least one labelled row, got 0")
+        needed = (
+            set(self.encode_labels(train_labels).tolist())
+            if train_labels is not None
+            else set(range(len(self.labels)))
+        )
+        missing = sorted(self.labels[i] for i in needed - set(vy.tolist()))
+        if missing and missing_classes == "error":
+            raise InvalidInputError(
+                f"validation labels of head {self.name!r} lack classes {missing}; thresholds "
+                "cannot be verified for them (pass missing_classes='abstain' to make them assign "
+                "nothing)"
+            )
+        self.temperature_ = fit_temperature(logits, vy)
+        probs = softmax(logits, self.temperature_)
+        sel = select_thresholds(
+            probs,
+            vy,
+            target,
+            confidence,
+            labels=self.labels,
+            method=method,
+            min_threshold=min_threshold,
+        )
+        self.thresholds_ = sel.thresholds
+        prior = effective_prior(probs, vy)
+        self.calibration_ = {
+            "effective_prior": {lab: float(p) for lab, p in zip(self.labels, prior, strict=True)},
+            "confusion_counts": confusion_counts(vy, logits.argmax(axis=1), len(self.labels)),
+            "target_precision": target,
+            "confidence": confidence,
+            "bound": method,
+            "n_val": len(vy),
+            "missing_in_validation": missing,
+            "unreachable": list(sel.unreachable),
+            "per_class": {r.label: r.to_dict() for r in sel.report},
+        }
+        return sel
+
     def thresholds_config(self) -> dict[str, float | None] | None:
         """``thresholds_`` as head_config.json stores them: per label, None where ``inf``."""
         if self.thresholds_ is None:

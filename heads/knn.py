@@ -22,13 +22,10 @@ from typing import Any, Literal
 import numpy as np
 
 from embedder.errors import ArtifactError, InvalidInputError
-from heads.base import Head, Labels, as_numpy_embeddings, check_labels, confusion_counts
+from heads.base import Head, Labels, as_numpy_embeddings, check_labels
 from heads.calibration import (
     BoundMethod,
     ThresholdSelection,
-    effective_prior,
-    fit_temperature,
-    select_thresholds,
     softmax,
 )
 from heads.registry import register_head
@@ -299,50 +296,25 @@ class KnnHead(Head):
         if extra is not None:
             logits = np.concatenate([logits, np.asarray(extra[0], dtype=np.float64)])
             vy = np.concatenate([vy, np.asarray(extra[1], dtype=np.int64)])
-        if len(vy) == 0:
-            raise InvalidInputError("calibration needs at least one labelled row, got 0")
-        needed = set(range(len(self.labels)))
-        if train_labels is not None:
-            needed = set(self.encode_labels(train_labels).tolist())
-        missing = sorted(self.labels[i] for i in needed - set(vy.tolist()))
-        if missing and missing_classes == "error":
-            raise InvalidInputError(
-                f"validation labels of head {self.name!r} lack classes {missing}; thresholds "
-                "cannot be verified for them (pass missing_classes='abstain')"
-            )
-        self.temperature_ = fit_temperature(logits, vy)
-        probs = softmax(logits, self.temperature_)
-        sel = select_thresholds(
-            probs,
+        sel = self.fit_thresholds(
+            logits,
             vy,
-            target,
-            confidence,
-            labels=self.labels,
+            target=target,
+            confidence=confidence,
             method=method,
+            missing_classes=missing_classes,
+            train_labels=train_labels,
             min_threshold=self.config.min_confidence,
         )
-        self.thresholds_ = sel.thresholds
         self.ood_cutoff_ = None
         if self.config.ood_quantile is not None and len(vx):
             top = self.nearest_similarity(vx)
             self.ood_cutoff_ = float(np.quantile(top, 1.0 - self.config.ood_quantile))
-        prior = effective_prior(probs, vy)
-        self.calibration_ = {
-            "effective_prior": {lab: float(p) for lab, p in zip(self.labels, prior, strict=True)},
-            "confusion_counts": confusion_counts(vy, logits.argmax(axis=1), len(self.labels)),
-            "target_precision": target,
-            "confidence": confidence,
-            "bound": method,
-            "n_val": len(vy),
-            "missing_in_validation": missing,
-            "unreachable": list(sel.unreachable),
-            "per_class": {r.label: r.to_dict() for r in sel.report},
-        }
         logger.info(
             "knn head %s: calibrated on %d rows, %d classes assign",
             self.name,
             len(vy),
-            int(np.isfinite(self.thresholds_).sum()),
+            int(np.isfinite(sel.thresholds).sum()),
         )
         return sel
 

@@ -159,4 +159,3 @@ def check_numerics_accuracy(
     os.replace(tmp, path)
     logger.info("numerics check: accurate %s (%s)", accurate, checked)
     return record
-

@@ -19,13 +19,10 @@ import torch
 from torch import nn
 
 from embedder.errors import ArtifactError, InvalidInputError
-from heads.base import Head, Labels, as_numpy_embeddings, check_labels, confusion_counts
+from heads.base import Head, Labels, as_numpy_embeddings, check_labels
 from heads.calibration import (
     BoundMethod,
     ThresholdSelection,
-    effective_prior,
-    fit_temperature,
-    select_thresholds,
     softmax,
 )
 from heads.registry import register_head
@@ -505,49 +502,25 @@ class SoftmaxAbstainHead(Head):
         if extra is not None:
             logits = np.concatenate([logits, np.asarray(extra[0], dtype=np.float64)])
             vy = np.concatenate([vy, np.asarray(extra[1], dtype=np.int64)])
-        if len(vy) == 0:
-            raise InvalidInputError("calibration needs at least one labelled row, got 0")
-        needed = (
-            set(self.encode_labels(train_labels).tolist())
-            if train_labels is not None
-            else set(range(len(self.labels)))
-        )
-        missing = sorted(self.labels[i] for i in needed - set(vy.tolist()))
-        if missing and missing_classes == "error":
-            raise InvalidInputError(
-                f"validation labels of head {self.name!r} lack classes {missing}; thresholds "
-                "cannot be verified for them (pass missing_classes='abstain' to make them assign "
-                "nothing)"
-            )
-        self.temperature_ = fit_temperature(logits, vy)
-        self.fit_ood(val_embeddings, vy[: len(vy) - (0 if extra is None else len(extra[1]))])
-        sel = select_thresholds(
-            softmax(logits, self.temperature_),
+        sel = self.fit_thresholds(
+            logits,
             vy,
-            target,
-            confidence,
-            labels=self.labels,
+            target=target,
+            confidence=confidence,
             method=method,
+            missing_classes=missing_classes,
+            train_labels=train_labels,
             min_threshold=self.config.min_confidence,
         )
-        self.thresholds_ = sel.thresholds
+        self.fit_ood(val_embeddings, vy[: len(vy) - (0 if extra is None else len(extra[1]))])
         for label in self.config.never_assign:
-            self.thresholds_[self.labels.index(label)] = math.inf
-        prior = effective_prior(softmax(logits, self.temperature_), vy)
-        self.calibration_ = {
-            "effective_prior": {lab: float(p) for lab, p in zip(self.labels, prior, strict=True)},
-            "confusion_counts": confusion_counts(vy, logits.argmax(axis=1), len(self.labels)),
-            "target_precision": target,
-            "confidence": confidence,
-            "bound": method,
-            "rule": "lowest threshold with label lower bound and mean calibrated probability "
+            sel.thresholds[self.labels.index(label)] = math.inf  # the array in thresholds_
+        assert self.calibration_ is not None  # fit_thresholds wrote it
+        self.calibration_.update(
+            rule="lowest threshold with label lower bound and mean calibrated probability "
             ">= target",
-            "n_val": len(vy),
-            "missing_in_validation": missing,
-            "unreachable": list(sel.unreachable),
-            "never_assign": list(self.config.never_assign),
-            "per_class": {r.label: r.to_dict() for r in sel.report},
-        }
+            never_assign=list(self.config.never_assign),
+        )
         return sel
 
     # ----------------------------------------------------------------- persistence
