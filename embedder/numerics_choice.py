@@ -163,12 +163,12 @@ def choose_numerics(
     path = cache_file or probe_cache_file()
     key = probe_key(cpu, threads, encoder.embedding_version, usable)
     with _locked(path):
-        cached = _read_cache(path).get(key)
+        entries = _read_cache(path)  # read once: the lock keeps other probers out meanwhile
+        cached = entries.get(key)
         if cached is not None and cached.get("chosen") in usable:
             return _switch(encoder, {**cached, "how": "cached"})
         record, built = _probe(encoder, usable, threads)
         record.update(cpu=cpu.model, threads=threads, measured_at=time.strftime("%Y-%m-%d"))
-        entries = _read_cache(path)
         entries[key] = record
         _write_cache(path, entries)
     return _switch(encoder, {**record, "how": "probe"}, built.get(record["chosen"]))
