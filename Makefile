@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock protos test lint serve bench train-full build-default real-eval learning-curve clean
+.PHONY: install lock protos test check-docs lint serve bench train-full build-default real-eval learning-curve clean
 
 # requirements.lock pins the exact version of every package (constraints: it never adds one), so two
 # fresh clones install the same versions; `make lock` rewrites it from the venv.
@@ -48,6 +48,10 @@ protos: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q
+
+# After a build: the docs quote the embedding_version models/default was built with.
+check-docs: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_docs_version.py -rs
 
 lint: install
 	$(VENV)/bin/ruff check embedder heads server tests bench

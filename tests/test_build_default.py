@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+
+#: The toy recipe: the default recipe's path at a size that takes seconds (a test fixture, so it
+#: lives here and not among the shipped recipes).
+TOY_RECIPE = str(Path(__file__).parent / "data" / "toy_recipe.json")
 
 
 @pytest.fixture()
@@ -25,7 +30,7 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
         [
             "build-default",
             "--recipe",
-            "toy",
+            TOY_RECIPE,
             "--base",
             str(tiny_base_dir),
             "--models-root",
@@ -44,6 +49,11 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     assert out["test_geolocation"]["n"] == 120  # the toy recipe's test stream
 
     record = read_build(link)
+    assert record["embedding_version"] == out["embedding_version"]
+    assert (
+        json.loads((link / "model.json").read_text())["embedding_version"]
+        == out["embedding_version"]
+    )
     assert record["recipe"]["name"] == "toy"
     assert record["recipe"]["train"]["location_tokens"] is True
     assert set(record["metrics"]) == {"val", "test"}
@@ -85,7 +95,7 @@ def test_if_missing_skips_and_a_real_folder_is_never_replaced(tiny_base_dir, hom
     models = home / "models"
     (models / "default").mkdir(parents=True)
     (models / "default" / "model.json").write_text("{}")
-    args = ["build-default", "--recipe", "toy", "--base", str(tiny_base_dir)]
+    args = ["build-default", "--recipe", TOY_RECIPE, "--base", str(tiny_base_dir)]
     args += ["--models-root", str(models), "--data-root", str(home / "data"), "--no-progress"]
     assert main([*args, "--if-missing"]) == 0
     assert "nothing to build" in capsys.readouterr().err
@@ -96,9 +106,39 @@ def test_if_missing_skips_and_a_real_folder_is_never_replaced(tiny_base_dir, hom
     assert (models / "default" / "model.json").read_text() == "{}"
 
 
-def test_unknown_recipe_is_a_clear_error():
+def test_unknown_recipe_is_a_clear_error(tmp_path, capsys):
     from embedder.errors import InvalidInputError
     from heads.recipes import get_recipe
+    from server.cli import main
 
-    with pytest.raises(InvalidInputError, match=r"unknown recipe 'big'.*default, full, toy"):
+    with pytest.raises(InvalidInputError, match=r"unknown recipe 'big'; known: default, full, or"):
         get_recipe("big")
+    assert main(["build-default", "--recipe", "big", "--models-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown recipe 'big'" in err
+
+
+def test_shipped_recipes_round_trip_and_a_bad_file_names_its_field(tmp_path):
+    from embedder.errors import InvalidInputError
+    from heads.recipes import Recipe, get_recipe, recipe_names
+
+    assert recipe_names() == ("default", "full")
+    for name in recipe_names():
+        recipe = get_recipe(name)
+        assert recipe.name == name
+        assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+    # A hand-written subset: the rest takes the dataclasses' defaults; overrides replace.
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps({"name": "small", "simulate_n": 10, "test_n": 5, "train": {}}))
+    recipe = get_recipe(small, device="cpu")
+    assert recipe.train.device == "cpu" and recipe.train.layers == 3
+    assert recipe.refit_heads == ("geolocation",)
+
+    bad = tmp_path / "bad.json"
+    head = {"name": "x", "simulate_n": 1, "test_n": 1}
+    bad.write_text(json.dumps({**head, "train": {"loop": {"lrr": 1}}}))
+    with pytest.raises(InvalidInputError, match=r"bad.json: unknown field\(s\) train.loop.lrr"):
+        get_recipe(bad)
+    bad.write_text(json.dumps({**head, "train": {"loop": {"lr": -1}}}))
+    with pytest.raises(InvalidInputError, match=r"bad.json: train.loop: learning rates must be"):
+        get_recipe(bad)

