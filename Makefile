@@ -43,7 +43,8 @@ lock: $(STAMP)
 	mv $(LOCK).tmp $(LOCK)
 
 protos: $(STAMP)
-	# grpc_tools.protoc -Iserver/_proto=protos ... plus the __init__.py files that make server._proto importable.
+	# grpc_tools.protoc -Iserver/_proto=protos ... plus the __init__.py files that make server._proto importable,
+	# and the .pyi stubs mypy reads (_pb2_grpc.pyi from mypy-protobuf, installed by the dev extra).
 	$(PY) -m server._codegen
 
 test: install
@@ -92,4 +93,6 @@ learning-curve: build-default
 	$(PY) bench/learning_curve.py --model models/default --data $(REAL) --docs docs/REAL_DATA.md
 
 clean:
-	rm -rf $(VENV) server/_proto .pytest_cache
+	rm -rf $(VENV) .pytest_cache
+	# Everything generated under server/_proto; its tracked __init__.py (which runs the codegen) stays.
+	git clean -fdxq server/_proto
