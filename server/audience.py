@@ -19,15 +19,13 @@ import numpy as np
 
 from embedder.errors import InvalidInputError
 from server import errors
-from server._codegen import modules
+from server._proto.profile_embedding.v1 import profile_embedding_pb2 as pb2
 from server.runtime import Runtime
 
 if TYPE_CHECKING:
     from heads.audience import Method
 
 logger = logging.getLogger(__name__)
-
-pb2, _ = modules()
 
 #: Bootstrap replicates for the intervals by default, and the most a request may ask for.
 N_BOOTSTRAP = 200

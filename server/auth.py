@@ -7,11 +7,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from embedder.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from server.intake import Context, Handler
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +84,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         """Pass authorised (or open) calls on; answer the rest with UNAUTHENTICATED."""
         method = handler_call_details.method
         if method.startswith(self._open) or self._allowed(handler_call_details.invocation_metadata):
@@ -130,11 +133,11 @@ class RateLimitedLog:
 _MESSAGE = "missing or invalid bearer token (metadata 'authorization: Bearer <token>')"
 
 
-async def _deny(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+async def _deny(request_iterator: Any, context: Context) -> AsyncIterator[Any]:
     # A stream handler that never reads: grpc does not receive the body (see server.intake).
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
     yield  # pragma: no cover - makes this an async generator
 
 
 #: One handler for every refused method: the wire is the same whatever the method's shape.
-_DENY = grpc.stream_stream_rpc_method_handler(_deny)
+_DENY: Handler = grpc.stream_stream_rpc_method_handler(_deny)

@@ -16,20 +16,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
 from embedder.profile import Profile
 from heads.base import Prediction
-from server._codegen import modules
+from server._proto.profile_embedding.v1 import profile_embedding_pb2 as pb2
+from server._proto.profile_embedding.v1 import profile_embedding_pb2_grpc as pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-pb2, pb2_grpc = modules()
-
 ProfileLike = Profile | Mapping[str, Any]
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 def _bytes(value: bytes | str | Path | None) -> bytes | None:
@@ -38,7 +39,7 @@ def _bytes(value: bytes | str | Path | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
-def to_message(profile: ProfileLike) -> Any:
+def to_message(profile: ProfileLike) -> pb2.Profile:
     """Turn a :class:`Profile` or a JSON-like record into a ``profile_embedding.v1.Profile``."""
     if isinstance(profile, Profile):
         record: Mapping[str, Any] = profile.to_dict()
@@ -53,7 +54,7 @@ def to_message(profile: ProfileLike) -> Any:
     )
 
 
-def vector_of(embedding: Any, dim: int) -> np.ndarray:
+def vector_of(embedding: pb2.Embedding, dim: int) -> np.ndarray:
     """Decode an ``Embedding.vector`` (little-endian float32) into a ``(dim,)`` array."""
     vec = np.frombuffer(embedding.vector, dtype="<f4")
     if vec.shape != (dim,):
@@ -73,7 +74,7 @@ def abstain_reason_name(value: int) -> str | None:
     return str(pb2.AbstainReason.Name(value)).removeprefix("ABSTAIN_REASON_").lower()
 
 
-def head_prediction(message: Any, labels: Sequence[str]) -> Prediction:
+def head_prediction(message: pb2.HeadPrediction, labels: Sequence[str]) -> Prediction:
     """A ``HeadPrediction`` message as the in-process :class:`heads.base.Prediction`.
 
     The one place the client reads a head's answer off the wire into the in-process type, so
@@ -107,7 +108,7 @@ def head_prediction(message: Any, labels: Sequence[str]) -> Prediction:
     )
 
 
-def prediction_dict(result: Any, dim: int = 0) -> dict[str, Any]:
+def prediction_dict(result: pb2.ProfilePrediction, dim: int = 0) -> dict[str, Any]:
     """A ``ProfilePrediction`` as a JSON-ready dict (``predictions`` keyed by head).
 
     Each head's dict has ``label`` (None when abstained), ``abstained``, ``argmax``, ``score``,
@@ -185,7 +186,9 @@ class ProfileEmbeddingClient:
         """Close the channel."""
         self.channel.close()
 
-    def _call(self, method: Any, request: Any) -> Any:
+    def _call(
+        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
+    ) -> _Response:
         return method(request, timeout=self.timeout, metadata=self._metadata)
 
     def info(self) -> dict[str, Any]:
@@ -309,7 +312,9 @@ class ProfileEmbeddingClient:
             follower_ids=list(follower_ids),
             head=head,
             confidence=confidence,
-            method=f"AUDIENCE_METHOD_{method.upper()}" if method else 0,
+            method=f"AUDIENCE_METHOD_{method.upper()}"
+            if method
+            else pb2.AUDIENCE_METHOD_UNSPECIFIED,
             n_bootstrap=n_bootstrap,
         )
         resp = self._call(self.stub.EstimateAudience, req)

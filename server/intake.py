@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
 
@@ -46,6 +46,16 @@ TRIM_BYTES = 1024 * 1024
 UNCOUNTED_PREFIXES = ("/grpc.health.v1.Health/",)
 #: ``hook(method) -> reason or None``, asked before a body is read (fast load shedding).
 ShedHook = Callable[[str], "str | None"]
+
+if TYPE_CHECKING:
+    #: Any method's handler: the interceptors wrap every method alike, whatever its messages.
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    #: The context of a wrapped call, which reads raw request bytes itself.
+    Context: TypeAlias = grpc.aio.ServicerContext[bytes, Any]
+    # types-grpcio types a handler's behaviours as the sync server's; under grpc.aio the
+    # service's are coroutine functions and async generators.
+    _Unary: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
+    _Streaming: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
 
 
 class Intake:
@@ -95,7 +105,7 @@ class Intake:
         """Forget a finished call."""
         self.calls -= 1
 
-    async def read(self, context: Any, *, hold: bool) -> Any:
+    async def read(self, context: Context, *, hold: bool) -> Any:
         """Read one message under the budget; hold its bytes (``release`` them) when ``hold``.
 
         Returns:
@@ -122,7 +132,7 @@ class Intake:
         self.held -= size
         await self._notify(size)
 
-    async def _reserve(self, context: Any) -> None:
+    async def _reserve(self, context: Context) -> None:
         if self.committed + self.max_message_bytes <= self.max_bytes:
             self.reading += 1
             self.peak_bytes = max(self.peak_bytes, self.committed)
@@ -175,13 +185,13 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
         self.shed = shed
         self.on_reject = on_reject
         # Per method: (the service's handler, its gated wrapper), built once, not per call.
-        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, Any]] = {}
+        self._handlers: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         """Refuse a shed call at once; else wrap the method's handler (unknown methods pass)."""
         method = handler_call_details.method
         if self.shed is not None:
@@ -198,14 +208,14 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
             known = self._handlers[method] = (handler, _gated(handler, method, self))
         return known[1]
 
-    async def refuse(self, method: str, context: Any, err: OverloadedError) -> None:
+    async def refuse(self, method: str, context: Context, err: OverloadedError) -> None:
         """Answer RESOURCE_EXHAUSTED (nothing of the body read)."""
         if self.on_reject is not None:
             self.on_reject(method, "RESOURCE_EXHAUSTED")
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
 
     @asynccontextmanager
-    async def call(self, method: str, context: Any) -> AsyncIterator[None]:
+    async def call(self, method: str, context: Context) -> AsyncIterator[None]:
         """Count one call or refuse it (``max_calls``); forget it when it ends."""
         if method.startswith(UNCOUNTED_PREFIXES):
             yield
@@ -220,10 +230,10 @@ class IntakeInterceptor(grpc.aio.ServerInterceptor):
             self.intake.exit_call()
 
 
-def _refusal(reason: str) -> grpc.RpcMethodHandler:
+def _refusal(reason: str) -> Handler:
     """A handler of any method's wire shape answering RESOURCE_EXHAUSTED without reading."""
 
-    async def refuse(_: Any, context: Any) -> AsyncIterator[Any]:
+    async def refuse(_: Any, context: Context) -> AsyncIterator[Any]:
         # Status set and returned, not aborted: no exception, no traceback, nothing read.
         context.set_code(grpc.StatusCode.RESOURCE_EXHAUSTED)
         context.set_details(reason)
@@ -233,14 +243,14 @@ def _refusal(reason: str) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(refuse)
 
 
-def _gated(handler: grpc.RpcMethodHandler, method: str, gate: IntakeInterceptor) -> Any:
+def _gated(handler: Handler, method: str, gate: IntakeInterceptor) -> Handler:
     intake = gate.intake
     parse = handler.request_deserializer or (lambda raw: raw)
     serialize = handler.response_serializer
 
     # Frames that end in an exception live on in its traceback (grpc's AbortError included),
     # sometimes until a full gc run: so each frame drops its body reference before it ends.
-    async def one(context: Any) -> Any:
+    async def one(context: Context) -> tuple[Any, int]:
         raw = await _read_one(gate, method, context)
         size = len(raw)
         try:
@@ -250,7 +260,7 @@ def _gated(handler: grpc.RpcMethodHandler, method: str, gate: IntakeInterceptor)
             await intake.release(size)
             raise
 
-    async def requests(context: Any) -> AsyncIterator[Any]:
+    async def requests(context: Context) -> AsyncIterator[Any]:
         while True:
             try:
                 raw = await intake.read(context, hold=False)
@@ -262,12 +272,13 @@ def _gated(handler: grpc.RpcMethodHandler, method: str, gate: IntakeInterceptor)
 
     if not handler.request_streaming:
         if handler.response_streaming:
+            behaviour = cast("_Streaming", handler.unary_stream)
 
-            async def unary_stream(_: Any, context: Any) -> AsyncIterator[Any]:
+            async def unary_stream(_: Any, context: Context) -> AsyncIterator[Any]:
                 async with gate.call(method, context):
                     request, size = await one(context)
                     try:
-                        async for response in handler.unary_stream(request, context):
+                        async for response in behaviour(request, context):
                             yield response
                     finally:
                         request = None
@@ -277,11 +288,13 @@ def _gated(handler: grpc.RpcMethodHandler, method: str, gate: IntakeInterceptor)
                 unary_stream, response_serializer=serialize
             )
 
-        async def unary_unary(_: Any, context: Any) -> Any:
+        unary = cast("_Unary", handler.unary_unary)
+
+        async def unary_unary(_: Any, context: Context) -> Any:
             async with gate.call(method, context):
                 request, size = await one(context)
                 try:
-                    return await handler.unary_unary(request, context)
+                    return await unary(request, context)
                 finally:
                     request = None
                     await intake.release(size)
@@ -289,22 +302,25 @@ def _gated(handler: grpc.RpcMethodHandler, method: str, gate: IntakeInterceptor)
         return grpc.stream_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
 
     if handler.response_streaming:
+        streaming = cast("_Streaming", handler.stream_stream)
 
-        async def stream_stream(_: Any, context: Any) -> AsyncIterator[Any]:
+        async def stream_stream(_: Any, context: Context) -> AsyncIterator[Any]:
             async with gate.call(method, context):
-                async for response in handler.stream_stream(requests(context), context):
+                async for response in streaming(requests(context), context):
                     yield response
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
 
-    async def stream_unary(_: Any, context: Any) -> Any:
+    stream_unary_behaviour = cast("_Unary", handler.stream_unary)
+
+    async def stream_unary(_: Any, context: Context) -> Any:
         async with gate.call(method, context):
-            return await handler.stream_unary(requests(context), context)
+            return await stream_unary_behaviour(requests(context), context)
 
     return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
 
 
-async def _read_one(gate: IntakeInterceptor, method: str, context: Any) -> bytes:
+async def _read_one(gate: IntakeInterceptor, method: str, context: Context) -> bytes:
     try:
         raw = await gate.intake.read(context, hold=True)
     except OverloadedError as err:

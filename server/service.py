@@ -12,22 +12,26 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from embedder.errors import InvalidInputError, NotReadyError, OverloadedError
+from embedder.profile import Profile
 from server import errors
-from server._codegen import modules
+from server._proto.profile_embedding.v1 import profile_embedding_pb2 as pb2
 from server.errors import RequestLimits
 from server.metrics import ServerMetrics
-from server.runtime import Runtime
+from server.runtime import Embedded, Runtime
+
+if TYPE_CHECKING:
+    from embedder.index import SimilarityIndex
+    from heads.base import Head, Prediction
+    from server.intake import Context
 
 logger = logging.getLogger(__name__)
-
-pb2, pb2_grpc = modules()
 
 SERVICE_NAME = pb2.DESCRIPTOR.services_by_name["ProfileEmbeddingService"].full_name
 SERVER_VERSION = "0.1.0"
@@ -48,7 +52,10 @@ SHED_METHODS = frozenset(
 )
 
 
-def _parse(cls: Any, raw: bytes) -> Any:
+_M = TypeVar("_M", bound=Message)
+
+
+def _parse(cls: type[_M], raw: bytes) -> _M:
     try:
         return cls.FromString(raw)
     except DecodeError:
@@ -59,6 +66,10 @@ def _parse(cls: Any, raw: bytes) -> Any:
         f"request is not a valid {cls.DESCRIPTOR.full_name} message ({len(raw)} bytes; "
         "strings must be valid UTF-8)"
     )
+
+
+#: A stream's responses in order; None marks the end.
+_Responses: TypeAlias = "asyncio.Queue[pb2.PredictStreamResponse | None]"
 
 
 def _vector_bytes(vector: np.ndarray) -> bytes:
@@ -93,7 +104,7 @@ class ProfileEmbeddingServicer:
         return self.runtime
 
     # ------------------------------------------------------------------ Info
-    async def Info(self, request: Any, context: Any) -> Any:
+    async def Info(self, request: pb2.InfoRequest, context: Context) -> pb2.InfoResponse:
         """Describe the encoder, heads, limits and index."""
         rt = self._rt()
         return pb2.InfoResponse(
@@ -117,7 +128,7 @@ class ProfileEmbeddingServicer:
         )
 
     # ------------------------------------------------------------------ Embed / Predict
-    async def Embed(self, request: Any, context: Any) -> Any:
+    async def Embed(self, request: pb2.EmbedRequest, context: Context) -> pb2.EmbedResponse:
         """Embed a batch of profiles."""
         rt = self._rt()
         profiles = errors.to_profiles(request.profiles, self.limits)
@@ -132,7 +143,7 @@ class ProfileEmbeddingServicer:
             ],
         )
 
-    async def Predict(self, request: Any, context: Any) -> Any:
+    async def Predict(self, request: pb2.PredictRequest, context: Context) -> pb2.PredictResponse:
         """Predict every requested head for a batch of profiles."""
         rt = self._rt()
         heads = errors.check_heads(request.heads, list(rt.heads))
@@ -152,11 +163,11 @@ class ProfileEmbeddingServicer:
 
     # ------------------------------------------------------------------ PredictStream
     async def PredictStream(
-        self, request_iterator: AsyncIterator[bytes], context: Any
-    ) -> AsyncIterator[Any]:
+        self, request_iterator: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[pb2.PredictStreamResponse]:
         """Bulk predictions: one response per item, errors per item, the stream goes on."""
         rt = self._rt()
-        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=STREAM_CHUNK * STREAM_CHUNKS_IN_FLIGHT)
+        out: _Responses = asyncio.Queue(maxsize=STREAM_CHUNK * STREAM_CHUNKS_IN_FLIGHT)
         reader = asyncio.ensure_future(self._read_stream(rt, request_iterator, out))
         try:
             while True:
@@ -169,7 +180,7 @@ class ProfileEmbeddingServicer:
             reader.cancel()
 
     async def _read_stream(
-        self, rt: Runtime, request_iterator: AsyncIterator[bytes], out: asyncio.Queue[Any]
+        self, rt: Runtime, request_iterator: AsyncIterator[bytes], out: _Responses
     ) -> None:
         slots = asyncio.Semaphore(STREAM_CHUNKS_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
@@ -205,7 +216,7 @@ class ProfileEmbeddingServicer:
         self,
         rt: Runtime,
         chunk: list[tuple[int, bytes]],
-        out: asyncio.Queue[Any],
+        out: _Responses,
         slots: asyncio.Semaphore,
         tasks: set[asyncio.Task[None]],
     ) -> None:
@@ -217,7 +228,7 @@ class ProfileEmbeddingServicer:
         self,
         rt: Runtime,
         chunk: list[tuple[int, bytes]],
-        out: asyncio.Queue[Any],
+        out: _Responses,
         slots: asyncio.Semaphore,
         earlier: set[asyncio.Task[None]],
     ) -> None:
@@ -229,9 +240,9 @@ class ProfileEmbeddingServicer:
 
     async def _predict_items(
         self, rt: Runtime, chunk: list[tuple[int, bytes]], earlier: set[asyncio.Task[None]]
-    ) -> list[Any]:
-        responses: dict[int, Any] = {}
-        valid: list[tuple[int, Any, Any, list[str]]] = []
+    ) -> list[pb2.PredictStreamResponse]:
+        responses: dict[int, pb2.PredictStreamResponse] = {}
+        valid: list[tuple[int, pb2.PredictStreamRequest, Profile, list[str]]] = []
         for index, raw in chunk:
             req = None
             try:
@@ -256,7 +267,9 @@ class ProfileEmbeddingServicer:
         return [responses[i] for i, _ in chunk]
 
     # ------------------------------------------------------------------ index
-    async def SearchSimilar(self, request: Any, context: Any) -> Any:
+    async def SearchSimilar(
+        self, request: pb2.SearchSimilarRequest, context: Context
+    ) -> pb2.SearchSimilarResponse:
         """k nearest indexed profiles to a profile or to an indexed id."""
         rt = self._rt()
         index = rt.require_index()
@@ -280,7 +293,9 @@ class ProfileEmbeddingServicer:
             embedding_version=rt.embedding_version, neighbors=neighbors
         )
 
-    async def UpsertIndex(self, request: Any, context: Any) -> Any:
+    async def UpsertIndex(
+        self, request: pb2.UpsertIndexRequest, context: Context
+    ) -> pb2.UpsertIndexResponse:
         """Embed profiles and add (or replace) them in the index."""
         rt = self._rt()
         rt.require_index()
@@ -297,14 +312,18 @@ class ProfileEmbeddingServicer:
         )
 
     # ------------------------------------------------------------------ audience
-    async def EstimateAudience(self, request: Any, context: Any) -> Any:
+    async def EstimateAudience(
+        self, request: pb2.EstimateAudienceRequest, context: Context
+    ) -> pb2.EstimateAudienceResponse:
         """Label shares of one head over a set of followers, with confidence intervals."""
         from server.audience import estimate
 
         return await estimate(self, self._rt(), request)
 
 
-async def _embed_paced(rt: Runtime, profiles: list[Any], earlier: set[asyncio.Task[None]]) -> Any:
+async def _embed_paced(
+    rt: Runtime, profiles: list[Profile], earlier: set[asyncio.Task[None]]
+) -> Embedded:
     """Embed a stream chunk; while the queue is over its bounds and this stream's own earlier
     chunks are in it, wait for them and retry instead of failing the items (a stream paces
     itself; only a stream with nothing queued gets RESOURCE_EXHAUSTED items)."""
@@ -318,7 +337,9 @@ async def _embed_paced(rt: Runtime, profiles: list[Any], earlier: set[asyncio.Ta
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
 
-def _search_by_id(index: Any, profile_id: str, k: int) -> tuple[Sequence[Any], Sequence[float]]:
+def _search_by_id(
+    index: SimilarityIndex, profile_id: str, k: int
+) -> tuple[Sequence[str], Sequence[float]]:
     if profile_id not in index:
         raise errors.UnknownIdError(
             f"id {profile_id[:80]!r} is not in the index ({len(index)} profiles)"
@@ -326,7 +347,7 @@ def _search_by_id(index: Any, profile_id: str, k: int) -> tuple[Sequence[Any], S
     return index.search_by_id(profile_id, k)
 
 
-def _head_info(name: str, head: Any) -> Any:
+def _head_info(name: str, head: Head) -> pb2.HeadInfo:
     labels = list(head.labels)
     thresholds = getattr(head, "thresholds_", None)
     per_class = (getattr(head, "calibration_", None) or {}).get("per_class") or {}
@@ -358,24 +379,27 @@ def _head_info(name: str, head: Any) -> Any:
     return msg
 
 
-def abstain_reason_value(reason: str | None) -> int:
+def abstain_reason_value(reason: str | None) -> pb2.AbstainReason:
     """Map ``Prediction.reason`` to ``AbstainReason`` (None -> ``ABSTAIN_REASON_UNSPECIFIED``).
 
     Raises:
         ValueError: a reason the proto enum does not define (naming the defined ones).
     """
     if reason is None:
-        return int(pb2.ABSTAIN_REASON_UNSPECIFIED)
+        return pb2.ABSTAIN_REASON_UNSPECIFIED
     name = "ABSTAIN_REASON_" + reason.upper()
     if name not in pb2.AbstainReason.keys():
         raise ValueError(
             f"abstain reason {reason!r} has no AbstainReason value; defined: "
             f"{list(pb2.AbstainReason.keys())}"
         )
-    return int(pb2.AbstainReason.Value(name))
+    # protoc's stub types EnumTypeWrapper.Value as a plain int.
+    return cast("pb2.AbstainReason", pb2.AbstainReason.Value(name))
 
 
-def _head_predictions(rt: Runtime, name: str, preds: list[Any], top_k: int) -> list[Any]:
+def _head_predictions(
+    rt: Runtime, name: str, preds: list[Prediction], top_k: int
+) -> list[pb2.HeadPrediction]:
     labels = rt.heads[name].labels
     k = min(max(top_k, 1), len(labels))
     probs = np.stack([p.probabilities for p in preds]) if preds else np.zeros((0, len(labels)))
@@ -395,8 +419,13 @@ def _head_predictions(rt: Runtime, name: str, preds: list[Any], top_k: int) -> l
 
 
 def _profile_predictions(
-    rt: Runtime, ids: list[str], emb: Any, preds: dict[str, list[Any]], top_k: int, include: bool
-) -> list[Any]:
+    rt: Runtime,
+    ids: list[str],
+    emb: Embedded,
+    preds: dict[str, list[Prediction]],
+    top_k: int,
+    include: bool,
+) -> list[pb2.ProfilePrediction]:
     per_head = {name: _head_predictions(rt, name, p, top_k) for name, p in preds.items()}
     results = []
     for row, pid in enumerate(ids):
@@ -417,12 +446,12 @@ def _stream_ok(
     rt: Runtime,
     row: int,
     index: int,
-    req: Any,
-    profile: Any,
+    req: pb2.PredictStreamRequest,
+    profile: Profile,
     heads: list[str],
-    emb: Any,
-    preds: Any,
-) -> Any:
+    emb: Embedded,
+    preds: dict[str, list[Prediction]],
+) -> pb2.PredictStreamResponse:
     mine = {h: [preds[h][row]] for h in heads}
     one = type(emb)(emb.vectors[row : row + 1], emb.cache_hits[row : row + 1])
     result = _profile_predictions(rt, [profile.id], one, mine, req.top_k, req.include_embedding)
@@ -436,18 +465,21 @@ def _stream_ok(
     )
 
 
-def _item_error(index: int, req: Any, err: BaseException) -> Any:
+def _item_error(
+    index: int, req: pb2.PredictStreamRequest | None, err: BaseException
+) -> pb2.PredictStreamResponse:
     status, message = errors.item_status(err)
     return pb2.PredictStreamResponse(
         id=req.profile.id if req is not None else "",
         index=index,
-        status=pb2.ItemStatus.Value(status),
+        # By name: the stub types ItemStatus.Value as a plain int, the field takes either.
+        status=status,
         error=message,
     )
 
 
 # ---------------------------------------------------------------------- registration
-def _final_code(code: str, context: Any) -> str:
+def _final_code(code: str, context: Context) -> str:
     """The code to count: a call the client cancelled or whose deadline passed is not OK."""
     if code not in ("OK", "CANCELLED"):
         return code
@@ -460,12 +492,12 @@ def _final_code(code: str, context: Any) -> str:
 
 
 def _unary(
-    servicer: ProfileEmbeddingServicer, name: str, req_cls: Any
-) -> Callable[[bytes, Any], Awaitable[Any]]:
+    servicer: ProfileEmbeddingServicer, name: str, req_cls: type[Message]
+) -> Callable[[bytes, Context], Awaitable[Message]]:
     impl = getattr(servicer, name)
     metrics = servicer.metrics
 
-    async def handler(raw: bytes, context: Any) -> Any:
+    async def handler(raw: bytes, context: Context) -> Message:
         start = time.perf_counter()
         code = "OK"
         try:
@@ -491,11 +523,15 @@ def _unary(
     return handler
 
 
-def _bidi(servicer: ProfileEmbeddingServicer, name: str) -> Callable[..., AsyncIterator[Any]]:
+def _bidi(
+    servicer: ProfileEmbeddingServicer, name: str
+) -> Callable[[AsyncIterator[bytes], Context], AsyncIterator[Message]]:
     impl = getattr(servicer, name)
     metrics = servicer.metrics
 
-    async def handler(request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+    async def handler(
+        request_iterator: AsyncIterator[bytes], context: Context
+    ) -> AsyncIterator[Message]:
         start = time.perf_counter()
         code = "OK"
         try:
@@ -524,7 +560,7 @@ def _bidi(servicer: ProfileEmbeddingServicer, name: str) -> Callable[..., AsyncI
 def add_to_server(servicer: ProfileEmbeddingServicer, server: grpc.aio.Server) -> None:
     """Register every RPC of the service with raw-bytes request parsing (see module docstring)."""
     service = pb2.DESCRIPTOR.services_by_name["ProfileEmbeddingService"]
-    handlers = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         req_cls = getattr(pb2, method.input_type.name)
         resp_cls = getattr(pb2, method.output_type.name)
