@@ -23,7 +23,10 @@ from server._proto.profile_embedding.v1 import profile_embedding_pb2 as pb2
 from server.runtime import Runtime
 
 if TYPE_CHECKING:
-    from heads.audience import Method
+    from embedder.index import SimilarityIndex
+    from heads.audience import AudienceEstimate, Method
+    from heads.base import Head
+    from server.service import ProfileEmbeddingServicer
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ N_BOOTSTRAP = 200
 MAX_BOOTSTRAP = 1000
 
 
-def indexed_vectors(index: Any, ids: Sequence[str]) -> np.ndarray:
+def indexed_vectors(index: SimilarityIndex, ids: Sequence[str]) -> np.ndarray:
     """Vectors of ids already in the index, in order.
 
     Raises:
@@ -61,14 +64,14 @@ _METHODS: dict[str, Method] = {
 }
 
 
-def _prior(head: Any) -> np.ndarray | None:
+def _prior(head: Head) -> np.ndarray | None:
     stored = (getattr(head, "calibration_", None) or {}).get("effective_prior")
     if not stored:
         return None
     return np.array([float(stored.get(lab, 0.0)) for lab in head.labels])
 
 
-def _method(requested: int, prior: np.ndarray | None, head: Any = None) -> Method:
+def _method(requested: int, prior: np.ndarray | None, head: Head | None = None) -> Method:
     """The ``heads.audience`` method of a request's ``AudienceMethod`` (validated).
 
     Args:
@@ -107,7 +110,7 @@ def _method(requested: int, prior: np.ndarray | None, head: Any = None) -> Metho
     return method
 
 
-def response_fields(est: Any) -> dict[str, Any]:
+def response_fields(est: AudienceEstimate) -> dict[str, Any]:
     """The ``used``/``flags``/``interval``/``diagnostics`` fields of an ``AudienceEstimate``."""
     d = est.diagnostics
     misfit = d.get("label_shift_misfit") or {}
@@ -131,7 +134,9 @@ def response_fields(est: Any) -> dict[str, Any]:
     }
 
 
-async def estimate(servicer: Any, rt: Runtime, request: Any) -> Any:
+async def estimate(
+    servicer: ProfileEmbeddingServicer, rt: Runtime, request: pb2.EstimateAudienceRequest
+) -> pb2.EstimateAudienceResponse:
     """Serve one ``EstimateAudienceRequest``; see the module docstring."""
     from heads.audience import estimate_audience, head_audience_inputs
 
@@ -160,7 +165,7 @@ async def estimate(servicer: Any, rt: Runtime, request: Any) -> Any:
     servicer.metrics.profiles.labels("EstimateAudience").inc(total)
     vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
 
-    def run() -> Any:
+    def run() -> AudienceEstimate:
         probs = head.predict_proba(vectors)
         return estimate_audience(
             probs,

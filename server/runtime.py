@@ -17,11 +17,11 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import numpy as np
 
@@ -34,9 +34,14 @@ from server.metrics import ServerMetrics
 
 if TYPE_CHECKING:
     from embedder.cache import CachedEncoder
+    from embedder.index import SimilarityIndex
+    from heads.base import Head, Prediction
     from heads.model import ProfileModel
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_Args = TypeVarTuple("_Args")
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ class Runtime:
         model: Any,
         *,
         cache: Any = None,
-        index: Any = None,
+        index: SimilarityIndex | None = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
         from heads.model import ProfileModel  # lazy, as in load()
@@ -76,7 +81,7 @@ class Runtime:
         self.config = config
         self.model: ProfileModel = model
         self.encoder = model.encoder
-        self.heads: Mapping[str, Any] = dict(model.heads)
+        self.heads: Mapping[str, Head] = dict(model.heads)
         self.cache = model.cache
         if model.embedder is None:
             raise ArtifactError("the server needs a model with an encoder")
@@ -202,7 +207,7 @@ class Runtime:
                 found[i] = vec
         return keys, texts, found
 
-    async def run_cpu(self, fn: Any, *args: Any) -> Any:
+    async def run_cpu(self, fn: Callable[[*_Args], _T], *args: *_Args) -> _T:
         """Run a blocking function on the runtime's small thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self._cpu, fn, *args)
 
@@ -221,20 +226,22 @@ class Runtime:
                 out[i] = vec
         miss = np.flatnonzero(~hits)
         if len(miss):
-            out[miss] = await self.batcher.submit([texts[i] for i in miss])
+            out[miss] = await self.batcher.submit([texts[int(i)] for i in miss])
         if texts:  # rows that were not in memory: remember them
             rows = sorted(texts)
             self._remember([keys[i] for i in rows], out[rows])
         self.metrics.observe_cache(int(hits.sum()), len(miss))
         return Embedded(out, hits)
 
-    async def predict(self, vectors: np.ndarray, heads: Sequence[str]) -> dict[str, list[Any]]:
+    async def predict(
+        self, vectors: np.ndarray, heads: Sequence[str]
+    ) -> dict[str, list[Prediction]]:
         """Run the named heads on embeddings (thread pool); record per-class outcomes."""
 
-        def run() -> dict[str, list[Any]]:
+        def run() -> dict[str, list[Prediction]]:
             return self.model.predict(vectors, heads=heads)
 
-        result: dict[str, list[Any]] = await self.run_cpu(run)
+        result = await self.run_cpu(run)
         for name, preds in result.items():
             self.metrics.observe_predictions(
                 name, [p.argmax for p in preds], [p.reason for p in preds]
@@ -242,7 +249,7 @@ class Runtime:
         return result
 
     # ------------------------------------------------------------------ index
-    def require_index(self) -> Any:
+    def require_index(self) -> SimilarityIndex:
         """Return the index, or raise NotReadyError when the server runs without one."""
         if self.index is None:
             raise NotReadyError("this server has no similarity index (start it with --index DIR)")
@@ -269,7 +276,7 @@ def _base_of(model_dir: Path | None, encoder: Any) -> str:
     return str(getattr(encoder, "base", "") or "")
 
 
-def _load_index(path: Path, version: str, dim: int) -> Any:
+def _load_index(path: Path, version: str, dim: int) -> SimilarityIndex:
     from embedder.index import SimilarityIndex
 
     if path.exists() and any(path.iterdir()):

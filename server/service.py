@@ -275,11 +275,13 @@ class ProfileEmbeddingServicer:
         index = rt.require_index()
         k = errors.check_k(request.k, self.limits)
         which = request.WhichOneof("query")
+        ids: Sequence[str]
+        scores: Sequence[float]
         if which == "profile":
             profile = errors.to_profile(request.profile, 0, self.limits, where="profile")
             emb = await rt.embed([profile])
-            ids, scores = await rt.run_cpu(index.search, emb.vectors, k)
-            ids, scores = ids[0], scores[0]
+            all_ids, all_scores = await rt.run_cpu(index.search, emb.vectors, k)
+            ids, scores = all_ids[0], all_scores[0]
         elif which == "id":
             ids, scores = await rt.run_cpu(_search_by_id, index, request.id, k)
         else:
