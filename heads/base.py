@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 
 from embedder.errors import ArtifactError, InvalidInputError
+from heads.train_config import DEFAULT_TARGET_PRECISION
 
 logger = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ class Head(ABC):
         *,
         val_embeddings: np.ndarray | None = None,
         val_labels: Labels | None = None,
-        target_precision: float = 0.90,
+        target_precision: float = DEFAULT_TARGET_PRECISION,
         missing_classes: Literal["error", "abstain"] = "error",
         cross_fit: int = 0,
         seed: int = 0,
@@ -231,7 +232,7 @@ class Head(ABC):
         val_embeddings: np.ndarray,
         val_labels: Labels,
         *,
-        target: float = 0.90,
+        target: float = DEFAULT_TARGET_PRECISION,
         confidence: float = 0.95,
         missing_classes: Literal["error", "abstain"] = "error",
     ) -> Any:

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from embedder.errors import InvalidInputError
+from heads.train_config import DEFAULT_TARGET_PRECISION
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class ThresholdSelection:
 def select_thresholds(
     probs: np.ndarray,
     y: np.ndarray,
-    target: float = 0.90,
+    target: float = DEFAULT_TARGET_PRECISION,
     confidence: float = 0.95,
     *,
     labels: Sequence[str] | None = None,
@@ -200,7 +201,7 @@ def select_thresholds(
     Args:
         probs: ``(n, k)`` calibrated validation probabilities.
         y: ``(n,)`` true class indices.
-        target: the precision every assigned class must keep (0.90).
+        target: the precision every assigned class must keep.
         confidence: the one-sided confidence of the lower bound (0.95).
         labels: class names for the report (defaults to "0", "1", ...).
         method: ``"wilson"`` or ``"clopper-pearson"``.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from embedder.errors import InvalidInputError
+from heads.train_config import DEFAULT_TARGET_PRECISION
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ def evaluate(
     thresholds: np.ndarray | None = None,
     slices: Mapping[str, np.ndarray] | None = None,
     name: str = "head",
-    target: float = 0.90,
+    target: float = DEFAULT_TARGET_PRECISION,
     info: Mapping[str, Any] | None = None,
     in_distribution: np.ndarray | None = None,
 ) -> HeadEvaluation:
@@ -270,10 +272,37 @@ def evaluate_head(
         thresholds=head.thresholds_,
         slices=slices,
         name=head.name,
-        target=cal.get("target_precision", 0.90),
+        target=cal.get("target_precision", DEFAULT_TARGET_PRECISION),
         info=facts,
         in_distribution=head.in_distribution(x),
     )
+
+
+def label_field(head: Any) -> str:
+    """The data field holding a head's labels (config ``label_field``, else the standard one)."""
+    from heads.softmax import STANDARD_HEADS
+
+    field = getattr(getattr(head, "config", None), "label_field", None)
+    return field or STANDARD_HEADS.get(head.name, ((), head.name))[1]
+
+
+def default_slices(rows: Sequence[Any], top_languages: int = 5) -> dict[str, np.ndarray]:
+    """Boolean masks: 'no bio, <= 1 caption' and the most frequent 'language' extra values.
+
+    Args:
+        rows: ``LabelledProfile``-like objects with ``.profile``.
+        top_languages: how many of the most frequent ``language`` values get a slice.
+    """
+    masks = {
+        "no bio, <= 1 caption": np.array(
+            [not r.profile.biography.strip() and len(r.profile.captions) <= 1 for r in rows]
+        )
+    }
+    langs = [r.profile.extra.get("language") for r in rows]
+    if any(isinstance(x, str) for x in langs):
+        for lang, _ in Counter(x for x in langs if isinstance(x, str)).most_common(top_languages):
+            masks[f"language={lang}"] = np.array([x == lang for x in langs])
+    return masks
 
 
 def _encode(y: Sequence[Any] | np.ndarray, labels: tuple[str, ...]) -> np.ndarray:

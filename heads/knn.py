@@ -29,6 +29,7 @@ from heads.calibration import (
     softmax,
 )
 from heads.registry import register_head
+from heads.train_config import DEFAULT_TARGET_PRECISION
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ class KnnHead(Head):
         *,
         val_embeddings: np.ndarray | None = None,
         val_labels: Labels | None = None,
-        target_precision: float = 0.90,
+        target_precision: float = DEFAULT_TARGET_PRECISION,
         missing_classes: Literal["error", "abstain"] = "error",
         cross_fit: int = 0,
         seed: int = 0,
@@ -265,7 +266,7 @@ class KnnHead(Head):
         val_embeddings: np.ndarray,
         val_labels: Labels,
         *,
-        target: float = 0.90,
+        target: float = DEFAULT_TARGET_PRECISION,
         confidence: float = 0.95,
         missing_classes: Literal["error", "abstain"] = "error",
         method: BoundMethod = "wilson",

@@ -27,6 +27,7 @@ from heads.calibration import (
 )
 from heads.registry import register_head
 from heads.shift import MahalanobisGuard
+from heads.train_config import DEFAULT_TARGET_PRECISION
 
 logger = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ class SoftmaxAbstainHead(Head):
         patience: int = 20,
         seed: int = 0,
         calibrate: bool = True,
-        target_precision: float = 0.90,
+        target_precision: float = DEFAULT_TARGET_PRECISION,
         confidence: float = 0.95,
         missing_classes: Literal["error", "abstain"] = "error",
         solver: Literal["auto", "lbfgs", "adamw"] = "auto",
@@ -470,7 +471,7 @@ class SoftmaxAbstainHead(Head):
         val_embeddings: np.ndarray | torch.Tensor,
         val_labels: Labels,
         *,
-        target: float = 0.90,
+        target: float = DEFAULT_TARGET_PRECISION,
         confidence: float = 0.95,
         method: BoundMethod = "wilson",
         missing_classes: Literal["error", "abstain"] = "error",

