@@ -43,6 +43,8 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 _ENV_PREFIX = "PROFILE_EMBED_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -96,7 +98,11 @@ def _apply_env_defaults(parser: argparse.ArgumentParser) -> None:
             continue
         raw = os.environ[env]
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            action.default = raw.strip().lower() in {"1", "true", "yes", "on"}
+            action.default = _env_bool(parser, env, raw) == isinstance(
+                action, argparse._StoreTrueAction
+            )
+        elif isinstance(action, argparse.BooleanOptionalAction):
+            action.default = _env_bool(parser, env, raw)
         elif action.type is not None and callable(action.type):
             try:
                 action.default = action.type(raw)
@@ -104,7 +110,19 @@ def _apply_env_defaults(parser: argparse.ArgumentParser) -> None:
                 parser.error(f"{env}={raw!r} is not a valid {longs[0]}: {err}")
         else:
             action.default = raw
+        if action.choices is not None and action.default not in action.choices:
+            # argparse checks choices of typed flags only, never of defaults
+            allowed = ", ".join(map(str, action.choices))
+            parser.error(f"{env}={raw!r} is not a valid {longs[0]}; allowed: {allowed}")
         action.required = False
+
+
+def _env_bool(parser: argparse.ArgumentParser, env: str, raw: str) -> bool:
+    """An on/off environment value; anything else is a usage error naming the variable."""
+    value = raw.strip().lower()
+    if value not in _TRUE | _FALSE:
+        parser.error(f"{env}={raw!r} is not on/off; allowed: {', '.join(sorted(_TRUE | _FALSE))}")
+    return value in _TRUE
 
 
 def _configure_logging(verbosity: int) -> None:

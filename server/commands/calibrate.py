@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from heads.train_config import CalibrateConfig
+from server.commands.config_flags import add_config_flags, config_from_args
 from server.commands.invalid_rows import add_skip_invalid
 
 
@@ -24,12 +26,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--model", default="models/default", help="model folder")
     p.add_argument("--data", required=True, help="labelled profiles (.jsonl/.csv/.parquet)")
-    p.add_argument("--head", default="geolocation", help="the head to re-calibrate")
-    p.add_argument("--target-precision", type=float, default=0.90)
-    p.add_argument(
-        "--keep-missing",
-        action="store_true",
-        help="classes absent from --data keep their previous thresholds",
+    add_config_flags(
+        p,
+        CalibrateConfig,
+        help={"keep_missing": "classes absent from --data keep their previous thresholds"},
     )
     p.add_argument(
         "--cache", default=None, help="embedding cache file (default: the shared one); '' = none"
@@ -40,21 +40,17 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Re-calibrate and print a one-line JSON summary (before/after on the calibration rows)."""
-    from embedder.errors import InvalidInputError
     from heads.train_head import calibrate_head
     from server.commands.invalid_rows import LoadReporter
 
-    if not 0.0 < args.target_precision < 1.0:
-        raise InvalidInputError(
-            f"got {args.target_precision}; allowed: a number in (0, 1)", field="--target-precision"
-        )
+    config = config_from_args(CalibrateConfig, args)
     reporter = LoadReporter(skip_invalid=args.skip_invalid)
     summary = calibrate_head(
         args.model,
         args.data,
-        head_name=args.head,
-        target_precision=args.target_precision,
-        keep_missing=args.keep_missing,
+        head_name=config.head,
+        target_precision=config.target_precision,
+        keep_missing=config.keep_missing,
         cache_path=args.cache,
         skip_invalid=args.skip_invalid,
         report=reporter,
