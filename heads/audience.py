@@ -684,3 +684,51 @@ def head_audience_inputs(head: Any) -> dict[str, Any]:
         "val_assigned_share": share,
         "recall_counts": recall,
     }
+
+
+def audience_groups(rows: Sequence[Any]) -> dict[str, list[int]]:
+    """Row indices per audience: by the ``influencer_id`` extra field, ``"all"`` where it is absent.
+
+    Args:
+        rows: ``LabelledProfile``-like objects with ``.profile.extra``.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        key = r.profile.extra.get("influencer_id")
+        groups.setdefault("all" if key is None else str(key), []).append(i)
+    return groups
+
+
+def read_audience_truth(path: str | Path) -> dict[str, dict[str, float]]:
+    """Read known audience mixtures, ``{influencer_id: {label: share}}`` (``audience_truth.json``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        InvalidInputError: not JSON, or not an object of objects of numbers.
+    """
+    import json
+
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"not JSON: {err}", source=str(path)) from err
+    shape_ok = isinstance(data, dict) and all(
+        isinstance(v, dict)
+        and all(isinstance(s, int | float) and not isinstance(s, bool) for s in v.values())
+        for v in data.values()
+    )
+    if not shape_ok:
+        raise InvalidInputError(
+            f"got {type(data).__name__} {text[:60]!r}; allowed: a JSON object "
+            '{"influencer_id": {"label": share, ...}, ...}',
+            source=str(path),
+        )
+    return {str(k): {str(lab): float(s) for lab, s in v.items()} for k, v in data.items()}
+
+
+def truth_errors(truth: Mapping[str, float], estimate: AudienceEstimate) -> dict[str, float]:
+    """How far an estimate is from a known mixture: ``mae`` and ``total_variation``."""
+    mae = audience_error(truth, estimate)
+    # total variation = 0.5 * sum |difference| = (number of labels / 2) * MAE
+    return {"mae": mae, "total_variation": round(mae * len(estimate.labels) / 2, 5)}

@@ -143,3 +143,31 @@ def test_default_method_is_the_ensemble_where_the_head_can_run_it():
         probs, labels=LABELS, prior=TRAIN_PRIOR, confusion=confusion, n_bootstrap=0
     )
     assert est.method == "ensemble" and est.used == "ensemble"
+
+
+def test_followers_group_by_influencer_id_and_truth_files_are_checked(tmp_path) -> None:
+    from embedder.data import LabelledProfile
+    from embedder.profile import Profile
+    from heads.audience import AudienceEstimate, audience_groups, read_audience_truth, truth_errors
+
+    rows = [
+        LabelledProfile(Profile(id=str(i), biography="x", extra=extra), {})
+        for i, extra in enumerate([{"influencer_id": 7}, {}, {"influencer_id": "7"}, {}])
+    ]
+    assert audience_groups(rows) == {"7": [0, 2], "all": [1, 3]}
+
+    good = tmp_path / "truth.json"
+    good.write_text(json.dumps({"7": {"FR": 0.5, "BR": 0.5}}))
+    assert read_audience_truth(good) == {"7": {"FR": 0.5, "BR": 0.5}}
+    for bad, message in (
+        ("{oops", "not JSON"),
+        ('{"7": {"FR": "half"}}', "allowed: a JSON object"),
+    ):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(InvalidInputError, match=message):
+            read_audience_truth(tmp_path / "bad.json")
+
+    fields = {f: None for f in AudienceEstimate.__dataclass_fields__}
+    est = AudienceEstimate(**{**fields, "labels": ("FR", "BR"), "shares": np.array([0.7, 0.3])})
+    errors = truth_errors({"FR": 0.5, "BR": 0.5}, est)
+    assert errors == {"mae": pytest.approx(0.2), "total_variation": pytest.approx(0.2)}

@@ -105,3 +105,26 @@ def test_write_report_and_model_card(tmp_path):
     assert text.startswith("# Model card: head `geolocation`")
     assert "![reliability](reliability.png)" in text
     assert (tmp_path / "head" / "reliability.png").read_bytes()[:8] == PNG
+
+
+def test_default_slices_and_label_fields() -> None:
+    from types import SimpleNamespace
+
+    from embedder.data import LabelledProfile
+    from embedder.profile import Profile
+    from heads.evaluation import default_slices, label_field
+
+    profiles = [
+        Profile(id="1", biography="", captions=("one",), extra={"language": "fr"}),
+        Profile(id="2", biography="bio", captions=("a", "b"), extra={"language": "fr"}),
+        Profile(id="3", biography=" ", extra={"language": "pt"}),
+    ]
+    masks = default_slices([LabelledProfile(p, {}) for p in profiles], top_languages=1)
+    assert list(masks) == ["no bio, <= 1 caption", "language=fr"]
+    assert masks["no bio, <= 1 caption"].tolist() == [True, False, True]
+    assert masks["language=fr"].tolist() == [True, True, False]
+
+    assert label_field(SimpleNamespace(name="geolocation", config=None)) == "country"
+    custom = SimpleNamespace(name="mood", config=SimpleNamespace(label_field="sentiment"))
+    assert label_field(custom) == "sentiment"
+    assert label_field(SimpleNamespace(name="mood")) == "mood"

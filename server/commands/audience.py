@@ -57,14 +57,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _groups(rows: list[Any]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        key = r.profile.extra.get("influencer_id")
-        groups.setdefault("all" if key is None else str(key), []).append(i)
-    return groups
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``audience``; print one JSON line per audience (and an error summary with --truth).
 
@@ -74,14 +66,17 @@ def run(args: argparse.Namespace) -> int:
 
     from embedder.errors import InvalidInputError
     from heads.audience import (
-        audience_error,
+        audience_groups,
         estimate_audience,
         head_audience_inputs,
         plot_audience,
+        read_audience_truth,
+        truth_errors,
     )
     from heads.model import ProfileModel
     from server.commands.invalid_rows import load_profiles
 
+    truth = read_audience_truth(args.truth) if args.truth else {}  # refused before any work
     loaded = load_profiles(args.followers, skip_invalid=args.skip_invalid)
     if not loaded.rows:
         raise InvalidInputError(f"{args.followers} holds no valid follower profiles")
@@ -92,10 +87,9 @@ def run(args: argparse.Namespace) -> int:
     )
     probs = head.predict_proba(emb)
     inputs = head_audience_inputs(head)
-    truth = json.loads(Path(args.truth).read_text()) if args.truth else {}
     out_dir = Path(args.out) if args.out else None
     results, errors = {}, []
-    for key, idx in _groups(loaded.rows).items():
+    for key, idx in audience_groups(loaded.rows).items():
         est = estimate_audience(
             probs[idx],
             labels=head.labels,
@@ -112,9 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         if key in truth:
-            record["mae"] = audience_error(truth[key], est)
-            # total variation = 0.5 * sum |difference| = (number of labels / 2) * MAE
-            record["total_variation"] = round(record["mae"] * len(head.labels) / 2, 5)
+            record.update(truth_errors(truth[key], est))
             errors.append((len(idx), record["mae"]))
         if out_dir is not None:
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from typing import Any
 
 from server.commands.invalid_rows import add_skip_invalid
@@ -33,37 +32,13 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def label_field(head: Any) -> str:
-    """The data field holding a head's labels (config ``label_field``, else the standard one)."""
-    from heads.softmax import STANDARD_HEADS
-
-    field = getattr(getattr(head, "config", None), "label_field", None)
-    return field or STANDARD_HEADS.get(head.name, ((), head.name))[1]
-
-
-def default_slices(rows: list[Any], top_languages: int = 5) -> dict[str, Any]:
-    """Boolean masks: 'no bio, <= 1 caption' and the most frequent 'language' extra values."""
-    import numpy as np
-
-    masks = {
-        "no bio, <= 1 caption": np.array(
-            [not r.profile.biography.strip() and len(r.profile.captions) <= 1 for r in rows]
-        )
-    }
-    langs = [r.profile.extra.get("language") for r in rows]
-    if any(isinstance(x, str) for x in langs):
-        for lang, _ in Counter(x for x in langs if isinstance(x, str)).most_common(top_languages):
-            masks[f"language={lang}"] = np.array([x == lang for x in langs])
-    return masks
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``evaluate``; print the headline metrics per head as JSON.
 
     Returns 1 when rows were skipped (``--skip-invalid``), else 0.
     """
     from embedder.errors import InvalidInputError
-    from heads.evaluation import evaluate_head, write_report
+    from heads.evaluation import default_slices, evaluate_head, label_field, write_report
     from heads.model import ProfileModel
     from server.commands.invalid_rows import load_profiles
     from server.commands.predict import parse_heads
