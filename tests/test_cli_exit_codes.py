@@ -82,3 +82,90 @@ def test_main_returns_argparse_exit_codes_instead_of_raising(argv, code, capsys)
 
     assert main(argv) == code
     capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_base_dir, tmp_path_factory) -> Path:
+    """A model folder as ``train`` writes it (tiny encoder, unfitted geolocation head)."""
+    from server_helpers import save_encoder_only_model
+
+    return save_encoder_only_model(tiny_base_dir, tmp_path_factory.mktemp("m") / "model")
+
+
+def _in_process_cases(tmp: Path, model: Path) -> dict[str, list[str]]:
+    """One bad value per command, each refused as the user's mistake."""
+    bad_json = tmp / "truth.json"
+    bad_json.write_text("[1, 2]", encoding="utf-8")
+    empty = tmp / "token"
+    empty.write_text("\n", encoding="utf-8")
+    out, m, s = str(tmp / "out"), str(model), str(SAMPLE)
+    fit = ["--train", s, "--val", s]
+    return {
+        "embed": ["embed", s, "-o", str(tmp / "v.txt")],
+        "batch": ["batch", "--input", s, "--output", out, "--batch-size", "0"],
+        "batch-audience": ["batch-audience", "--followers", s, "--output", out, "--method", "x"],
+        "index build": ["index", "build", "--embeddings", str(tmp / "none"), "-o", out],
+        "train": ["train", *fit, "-o", out, "--epochs", "0"],
+        "train, precision": ["train", *fit, "-o", out, "--target-precision", "1"],
+        "build-default": ["build-default", "--recipe", "huge"],
+        "train-head": [
+            "train-head",
+            "--model",
+            m,
+            "--head",
+            "geolocation",
+            *fit,
+            "--kind",
+            "knn",
+            "--hidden",
+            "4",
+        ],
+        "train-head, precision": [
+            "train-head",
+            "--model",
+            m,
+            "--head",
+            "geolocation",
+            *fit,
+            "--target-precision",
+            "0",
+        ],
+        "calibrate": ["calibrate", "--model", m, "--data", s, "--target-precision", "1.5"],
+        "numerics check": ["numerics", "check", "--model", m, "--data", s, "--rows", "0"],
+        "numerics choose": ["numerics", "choose", "--model", m, "--threads", "many"],
+        "evaluate": ["evaluate", "--model", m, "--data", s, "--report", out, "--heads", "mood"],
+        "predict": ["predict", s, "-o", out, "--model", m, "--heads", "mood"],
+        "audience": ["audience", s, "--model", m, "--truth", str(bad_json)],
+        "simulate": ["simulate", "--n", "-5", "-o", out, "--no-progress"],
+        "serve": ["serve", "--model", m, "--max-wait-ms", "5000"],
+        "serve, settings": ["serve", "--model", m, "--tls-cert", s],
+        "client": ["client", "info", "--target", "127.0.0.1:1", "--timeout", "-1"],
+        "client, token": ["client", "info", "--target", "127.0.0.1:1", "--token-file", str(empty)],
+    }
+
+
+_IN_PROCESS = [
+    "embed", "batch", "batch-audience", "index build", "train", "train, precision",
+    "build-default", "train-head", "train-head, precision", "calibrate", "numerics check",
+    "numerics choose", "evaluate", "predict", "audience", "simulate", "serve", "serve, settings",
+    "client",
+    "client, token",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", _IN_PROCESS)
+def test_each_command_refuses_a_bad_value_with_exit_2_and_one_line(
+    case, tiny_model, tmp_path, capsys, monkeypatch
+) -> None:
+    from server.cli import main
+
+    for name in [n for n in os.environ if n.startswith("PROFILE_EMBED_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PROFILE_EMBED_HOME", str(tmp_path / "home"))
+    argv = _in_process_cases(tmp_path, tiny_model)[case]
+    code = main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len(errors) == 1 and errors[0].startswith(f"profile-embed {argv[0]}"), err

@@ -16,6 +16,19 @@ from typing import Any
 from server.commands.invalid_rows import add_skip_invalid
 
 
+def _positive(convert: Any) -> Any:
+    """An argparse type: ``convert``'s value, refused unless > 0 (a 0 timeout fails every call)."""
+
+    def check(raw: str) -> Any:
+        value = convert(raw)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"got {raw!r}; allowed: a number > 0")
+        return value
+
+    check.__name__ = convert.__name__
+    return check
+
+
 def register(subparsers: Any) -> None:
     """Add the ``client`` subcommand with its actions ``predict``, ``embed`` and ``info``.
 
@@ -34,10 +47,14 @@ def register(subparsers: Any) -> None:
     connection.add_argument("--ca", type=Path, default=None, help="PEM CA to verify the server")
     connection.add_argument("--cert", type=Path, default=None, help="PEM client cert (mTLS)")
     connection.add_argument("--key", type=Path, default=None, help="PEM client key (mTLS)")
-    connection.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
+    connection.add_argument(
+        "--timeout", type=_positive(float), default=60.0, help="seconds per call"
+    )
     profiles = argparse.ArgumentParser(add_help=False)
     profiles.add_argument("input", nargs="?", default="-", help="JSON lines ('-' = stdin)")
-    profiles.add_argument("--batch-size", type=int, default=256, help="profiles per request")
+    profiles.add_argument(
+        "--batch-size", type=_positive(int), default=256, help="profiles per request"
+    )
     add_skip_invalid(profiles)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     predict = actions.add_parser(
@@ -177,6 +194,16 @@ def _predict(client: Any, reader: _Reader, batch_size: int, heads: list[str]) ->
             print(json.dumps(record, ensure_ascii=False))
 
 
+def _read_token(path: Path) -> str:
+    """The first token of ``--token-file``; an empty file is the user's mistake (exit 2)."""
+    from embedder.errors import InvalidInputError
+
+    words = path.read_text(encoding="utf-8").split()
+    if not words:
+        raise InvalidInputError("got an empty file; allowed: a bearer token", source=str(path))
+    return words[0]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one client action; on an RPC error print the server's status and exit with its code.
 
@@ -189,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     from server.cli import EXIT_BAD_INPUT, EXIT_FAILED
     from server.client import ProfileEmbeddingClient
 
-    token = args.token_file.read_text(encoding="utf-8").split()[0] if args.token_file else None
+    token = _read_token(args.token_file) if args.token_file else None
     client = ProfileEmbeddingClient(
         args.target,
         token=token,
