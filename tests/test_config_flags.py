@@ -86,6 +86,18 @@ def test_bad_values_are_usage_errors(argv, message, capsys) -> None:
 def test_a_value_the_dataclass_refuses_is_invalid_input() -> None:
     with pytest.raises(InvalidInputError, match="count must be >= 1, got 0"):
         config_from_args(_Demo, _parse("--count", "0"))
+    from heads.train_config import CalibrateConfig
+
+    with pytest.raises(InvalidInputError, match=r"field '--target-precision': got 1\.5"):
+        config_from_args(CalibrateConfig, _parse_calibrate("--target-precision", "1.5"))
+
+
+def _parse_calibrate(*argv: str) -> argparse.Namespace:
+    from heads.train_config import CalibrateConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, CalibrateConfig)
+    return parser.parse_args(argv)
 
 
 def test_help_comes_from_the_docstring_with_the_default(capsys) -> None:

@@ -96,6 +96,11 @@ def config_from_args(config_cls: type[T], args: argparse.Namespace, **extra: Any
     values.update(extra)
     try:
         return config_cls(**values)
+    except InvalidInputError as err:
+        if err.field in names and err.source is None:  # name the flag the user typed
+            flag = "--" + err.field.replace("_", "-")
+            raise InvalidInputError(err.reason, field=flag, line=err.line) from err
+        raise
     except EmbedderError:
         raise
     except (TypeError, ValueError) as err:
