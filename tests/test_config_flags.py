@@ -71,14 +71,15 @@ def test_each_type_parses_from_the_command_line() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--mode", "medium"], "got 'medium'; allowed: fast, slow"),
+        (["--mode", "medium"], "invalid choice: 'medium'"),
         (["--count", "many"], "invalid int value: 'many'"),
-        (["--name", "z"], "got 'z'; allowed: x, y"),
+        (["--name", "z"], "invalid choice: 'z'"),
+        (["--limit", "9"], "got '9'; allowed: none, 1, 2"),
     ],
 )
 def test_bad_values_are_usage_errors(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as exit:
-        _parse(*argv, choices={"name": ("x", "y")})
+        _parse(*argv, choices={"name": ("x", "y"), "limit": (1, 2)})
     assert exit.value.code == 2
     assert message in capsys.readouterr().err
 

@@ -76,9 +76,11 @@ def add_config_flags(
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             allowed = (choices or {}).get(name)
-            convert, metavar = _converter(hints[name], allowed, (types_ or {}).get(name))
+            convert, metavar, fixed = _converter(hints[name], allowed, (types_ or {}).get(name))
             metavar = metavar or flag[2:].upper().replace("-", "_")  # --grace: GRACE
             kwargs.update(type=convert, metavar=metavar)
+            if fixed is not None:  # argparse's own check and "invalid choice" message
+                kwargs.update(choices=fixed, metavar=None)
         parser.add_argument(flag, **kwargs)
         added.append(name)
     return tuple(added)
@@ -148,8 +150,12 @@ def _show(value: Any) -> str:
 
 def _converter(
     hint: Any, allowed: Collection[Any] | None, custom: Callable[[str], Any] | None
-) -> tuple[Callable[[str], Any], str | None]:
-    """The ``type=`` callable of a field and its metavar (the allowed values, when fixed)."""
+) -> tuple[Callable[[str], Any], str | None, Collection[Any] | None]:
+    """The ``type=`` callable of a field, its metavar, and the ``choices=`` argparse can check.
+
+    Allowed values of a field that may also be None are checked by the callable (argparse would
+    refuse ``none``), and so are those of a list's items.
+    """
     optional = False
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -160,15 +166,17 @@ def _converter(
         allowed = allowed if allowed is not None else typing.get_args(hint)
         hint = type(typing.get_args(hint)[0])
     if custom is not None:
-        return custom, None
+        return custom, None, None
     if typing.get_origin(hint) is tuple:
         item = typing.get_args(hint)[0]
         scalar = _scalar(item)
-        return _tuple_of(scalar, allowed), None
+        return _tuple_of(scalar, allowed), None, None
     scalar = _scalar(hint)
-    shown = [*(["none"] if optional else []), *map(str, allowed or ())]
+    if not optional:
+        return scalar, None, tuple(allowed) if allowed is not None else None
+    shown = ["none", *map(str, allowed or ())]
     metavar = "{" + ",".join(shown) + "}" if allowed is not None else None
-    return _one(scalar, allowed, optional), metavar
+    return _one(scalar, allowed, optional), metavar, None
 
 
 def _scalar(hint: Any) -> Callable[[str], Any]:
