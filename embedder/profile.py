@@ -237,9 +237,7 @@ def assemble_texts(
         bio = f"{head}\n{p.biography}" if head else p.biography
         fields.append([bio[:char_cap], *(c[:char_cap] for c in p.captions)])
     flat = [t for f in fields for t in f]
-    encoded = tokenizer(
-        flat, add_special_tokens=False, return_offsets_mapping=True, verbose=False
-    )
+    encoded = tokenizer(flat, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets = encoded["offset_mapping"]
     texts = []
     pos = 0
