@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embedder.devices import check_numerics_on, choose_device
 from embedder.errors import ArtifactError, InvalidInputError
 from embedder.numerics import NUMERICS, ONNX_NUMERICS, check_numerics, default_threads
 from embedder.profile import AssemblyConfig, Profile, assemble_texts
@@ -69,6 +70,8 @@ class ProfileEncoder:
         threads: intra-op threads for encoding (torch or ONNX Runtime); None: one per physical
             core this process may use.
         max_batch_tokens: cap on padded tokens (batch size x longest length) per forward pass.
+
+    The encoder starts on CPU; :meth:`to` moves it to a GPU (fp32 and bf16 only there).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class ProfileEncoder:
         self._bf16_model: Any = None
         self._onnx_model: Any = None
         self._build_lock = threading.Lock()
+        self._device = torch.device("cpu")
         #: How ``numerics`` was chosen when loaded through ``heads.model.load_encoder``.
         self.numerics_choice: dict[str, Any] = {"chosen": numerics, "how": "fixed"}
         # HF fast tokenizers mutate their truncation state on every call: serialise those calls.
@@ -306,7 +310,46 @@ class ProfileEncoder:
             max_batch_tokens=self.max_batch_tokens,
         )
         other._version = self._version  # same weights: skip re-hashing them
+        other._device = self._device  # the weights are shared, so is where they live
+        check_numerics_on(numerics, str(self._device))
         return other
+
+    # ------------------------------------------------------------------ device
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live and the forward passes run (CPU unless :meth:`to` moved it)."""
+        return self._device
+
+    def to(self, device: str | torch.device) -> ProfileEncoder:
+        """Move the weights to ``device`` (in place) and return the encoder.
+
+        ``encode`` then moves each batch's inputs there and brings the vectors back as CPU
+        numpy; ``embedding_version`` does not change (it hashes the weights' CPU bytes).
+
+        Args:
+            device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (``"auto"`` is resolved by
+                ``embedder.devices.choose_device``).
+
+        Returns:
+            This encoder.
+
+        Raises:
+            InvalidInputError: no such device here, or this encoder's numerics do not run there
+                (only fp32 and bf16 run on CUDA).
+        """
+        target = torch.device(choose_device(str(device)))
+        check_numerics_on(self.numerics, str(target))
+        with self._build_lock:
+            self.st_model.to(target)
+            self._device = target
+            # Derived copies were built on the old device: rebuild them on first use.
+            self._int8_model = None
+            self._bf16_model = None
+            self._onnx_model = None
+        logger.info(
+            "encoder %s on %s (%s)", self._version or "(version not read)", target, self.numerics
+        )
+        return self
 
     # ------------------------------------------------------------------ inference
     def assemble(self, profiles: Sequence[Profile]) -> list[str]:
@@ -397,7 +440,7 @@ class ProfileEncoder:
                     lengths, batch_size, self.max_batch_tokens, pass_overhead_tokens
                 )
             for batch in batches:
-                features = _pad([ids[i] for i in batch], pad_id)
+                features = _pad([ids[i] for i in batch], pad_id, self._device)
                 emb = model(features)["sentence_embedding"]
                 out[batch] = emb.float().cpu().numpy()
                 bar.update(len(batch))
@@ -410,10 +453,12 @@ class ProfileEncoder:
 
     def _autocast(self) -> AbstractContextManager[Any]:
         if self.numerics == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(self._device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def _inference_model(self) -> Any:
+        # numerics is a plain attribute (the numerics choice sets it): check it where it is used.
+        check_numerics_on(self.numerics, str(self._device))
         self.st_model.eval()
         if self.numerics in ONNX_NUMERICS:
             return self._onnx_inference_model()
@@ -495,14 +540,22 @@ def _min_cost_buckets(
     return passes[::-1]
 
 
-def _pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def _pad(
+    rows: list[list[int]], pad_id: int, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for j, r in enumerate(rows):
         input_ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[j, : len(r)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    if device is None or device.type == "cpu":
+        return {"input_ids": input_ids, "attention_mask": mask}
+    # Built on CPU (cheap row writes), copied once per pass to where the weights are.
+    return {
+        "input_ids": input_ids.to(device, non_blocking=True),
+        "attention_mask": mask.to(device, non_blocking=True),
+    }
 
 
 def _tokenizer_json(tokenizer: Any) -> str:

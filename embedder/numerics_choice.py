@@ -12,6 +12,9 @@ flags, thread count, ``embedding_version`` and candidate list in
 
 fp32 is always a candidate and the probe's reference, so the choice is never slower than fp32
 (the torch path plain sentence-transformers also runs) on the machine it was made on.
+
+An encoder moved to a GPU (``ProfileEncoder.to("cuda")``) chooses among the torch numerics only
+(``embedder.devices.CUDA_NUMERICS``: fp32, and bf16 where the GPU has it), keyed by the GPU's name.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedder.devices import CUDA_NUMERICS
 from embedder.numerics import NUMERICS, ONNX_NUMERICS
 
 logger = logging.getLogger(__name__)
@@ -58,6 +62,37 @@ class CpuInfo:
     def key(self) -> str:
         """The CPU part of a probe cache key."""
         return f"{self.model}|{','.join(sorted(self.flags & set(ISA_FLAGS)))}"
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """What the numerics choice needs to know about a CUDA device."""
+
+    model: str
+    bf16: bool
+
+    def key(self) -> str:
+        """The GPU part of a probe cache key."""
+        return f"cuda|{self.model}|bf16={int(self.bf16)}"
+
+
+def gpu_info(device: Any) -> GpuInfo:
+    """Name and bf16 support of the CUDA device ``device`` (a ``torch.device``)."""
+    import torch
+
+    return GpuInfo(torch.cuda.get_device_name(device), bool(torch.cuda.is_bf16_supported()))
+
+
+def runnable_on_gpu(candidates: Sequence[str], gpu: GpuInfo) -> list[str]:
+    """Candidates that run on ``gpu``: the torch numerics, bf16 only where the GPU has it."""
+    out = [
+        name
+        for name in dict.fromkeys(candidates)
+        if name in CUDA_NUMERICS and (name != "bf16" or gpu.bf16)
+    ]
+    if "fp32" not in out:
+        out.insert(0, "fp32")
+    return out
 
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
@@ -95,12 +130,15 @@ def runnable_here(candidates: Sequence[str], cpu: CpuInfo) -> list[str]:
     return out
 
 
-def rule_choice(candidates: Sequence[str], cpu: CpuInfo) -> str:
-    """The choice without a probe: the usual winner on this kind of CPU among ``candidates``.
+def rule_choice(candidates: Sequence[str], cpu: CpuInfo | GpuInfo) -> str:
+    """The choice without a probe: the usual winner on this kind of processor among ``candidates``.
 
-    Order from ``docs/BENCHMARKS.md`` runs: native bf16 first (AMX), then ONNX int8 (fastest
-    where VNNI exists, and still ahead on AVX2), then ONNX fp32, then fp32.
+    CPU order from ``docs/BENCHMARKS.md`` runs: native bf16 first (AMX), then ONNX int8 (fastest
+    where VNNI exists, and still ahead on AVX2), then ONNX fp32, then fp32. On a GPU: bf16 where
+    it has bf16 tensor cores, else fp32 (not measured here: no GPU in this project's runs).
     """
+    if isinstance(cpu, GpuInfo):
+        return "bf16" if "bf16" in runnable_on_gpu(candidates, cpu) else "fp32"
     usable = runnable_here(candidates, cpu)
     for name in ("bf16", "onnx-int8", "int8", "onnx-fp32"):
         if name in usable and (name != "int8" or cpu.vnni):
@@ -115,8 +153,11 @@ def probe_cache_file() -> Path:
     return cache_home() / "numerics-probe.json"
 
 
-def probe_key(cpu: CpuInfo, threads: int, embedding_version: str, candidates: Sequence[str]) -> str:
-    """Cache key of one probe: a different CPU, thread count, model or candidate list re-probes."""
+def probe_key(
+    cpu: CpuInfo | GpuInfo, threads: int, embedding_version: str, candidates: Sequence[str]
+) -> str:
+    """Cache key of one probe: a different CPU or GPU, thread count, model or candidate list
+    re-probes."""
     from embedder.onnx_backend import EXPORT_FORMAT
 
     raw = json.dumps(
@@ -137,9 +178,10 @@ def choose_numerics(
 
     Args:
         encoder: a loaded ``ProfileEncoder`` (fp32 weights); its ``numerics`` is set to the
-            choice, reusing the inference model the probe already built.
+            choice, reusing the inference model the probe already built. On a CUDA device
+            (``encoder.device``) only fp32 and bf16 are candidates.
         candidates: numerics allowed by the model's accuracy check (fp32 is always added).
-        cpu: the CPU to decide for (default: this one).
+        cpu: the CPU to decide for (default: this one; ignored for an encoder on a GPU).
         cache_file: probe cache (default :func:`probe_cache_file`).
         probe: measure (True) or use :func:`rule_choice` (False); None reads
             ``$PROFILE_EMBED_NUMERICS_PROBE`` (default on).
@@ -147,28 +189,34 @@ def choose_numerics(
     Returns:
         ``{"chosen", "how": "probe"|"cached"|"rules"|"only", "profiles_per_s": {...}, ...}``.
     """
-    cpu = cpu or cpu_info()
-    usable = runnable_here(candidates, cpu)
+    device = getattr(encoder, "device", None)
+    hw: CpuInfo | GpuInfo
+    if device is not None and device.type == "cuda":
+        hw = gpu_info(device)
+        usable = runnable_on_gpu(candidates, hw)
+    else:
+        hw = cpu or cpu_info()
+        usable = runnable_here(candidates, hw)
     if len(usable) == 1:
         return _switch(encoder, {"chosen": usable[0], "how": "only", "candidates": usable})
     if probe is None:
         probe = os.environ.get(PROBE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
     if not probe:
         return _switch(
-            encoder, {"chosen": rule_choice(usable, cpu), "how": "rules", "candidates": usable}
+            encoder, {"chosen": rule_choice(usable, hw), "how": "rules", "candidates": usable}
         )
     from embedder.numerics import default_threads
 
     threads = int(encoder.threads or default_threads())
     path = cache_file or probe_cache_file()
-    key = probe_key(cpu, threads, encoder.embedding_version, usable)
+    key = probe_key(hw, threads, encoder.embedding_version, usable)
     with _locked(path):
         entries = _read_cache(path)  # read once: the lock keeps other probers out meanwhile
         cached = entries.get(key)
         if cached is not None and cached.get("chosen") in usable:
             return _switch(encoder, {**cached, "how": "cached"})
         record, built = _probe(encoder, usable, threads)
-        record.update(cpu=cpu.model, threads=threads, measured_at=time.strftime("%Y-%m-%d"))
+        record.update(cpu=hw.model, threads=threads, measured_at=time.strftime("%Y-%m-%d"))
         entries[key] = record
         _write_cache(path, entries)
     return _switch(encoder, {**record, "how": "probe"}, built.get(record["chosen"]))

@@ -83,30 +83,57 @@ def model_numerics(model_dir: str | Path) -> str | None:
     return None if value is None else str(value)
 
 
-def load_encoder(model_dir: str | Path, numerics: str | None = None, **encoder_kwargs: Any) -> Any:
-    """Load ``M/encoder`` with the numerics rule every entry point shares.
+def load_encoder(
+    model_dir: str | Path,
+    numerics: str | None = None,
+    *,
+    device: str = "cpu",
+    **encoder_kwargs: Any,
+) -> Any:
+    """Load ``M/encoder`` on ``device`` with the numerics rule every entry point shares.
 
     ``numerics`` None or ``"auto"``: with ``M/numerics.json`` (the model's accuracy check), the
-    fastest of its accurate numerics on this CPU (``embedder.numerics_choice``, probed once per
-    machine and cached); without it, the ``numerics`` fixed in model.json by older builds, else
-    fp32. Any other value is used as given.
+    fastest of its accurate numerics on this CPU or GPU (``embedder.numerics_choice``, probed once
+    per machine and cached; on a GPU among fp32 and bf16 only); without it, the ``numerics`` fixed
+    in model.json by older builds (fp32 instead on a GPU when that one is CPU-only), else fp32.
+    Any other value is used as given.
+
+    Args:
+        model_dir: the model folder.
+        numerics: see above.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (``embedder.devices.choose_device``).
+        **encoder_kwargs: other runtime options of ``ProfileEncoder.load`` (``threads``...).
 
     Returns:
         The ``ProfileEncoder``; ``encoder.numerics_choice`` records how its numerics were chosen.
+
+    Raises:
+        InvalidInputError: no such device here, or ``numerics`` given does not run on it.
     """
+    from embedder.devices import CUDA_NUMERICS, check_numerics_on, choose_device
     from embedder.encoder import ProfileEncoder  # lazy: torch + transformers
     from embedder.numerics import AUTO
     from heads.numerics_check import accurate_numerics
 
     model_dir = Path(model_dir)
+    target = choose_device(device)
+    on_gpu = target.startswith("cuda")
     accurate = None
     if numerics in (None, AUTO):
         accurate = accurate_numerics(model_dir)
         if accurate is None:
             numerics = model_numerics(model_dir) or "fp32"
+            if on_gpu and numerics not in CUDA_NUMERICS:
+                # The model's CPU default, not the caller's choice: fall back rather than refuse.
+                logger.info("model default numerics %s is CPU-only; fp32 on %s", numerics, target)
+                numerics = "fp32"
+    elif numerics is not None:
+        check_numerics_on(numerics, target)  # before loading: the refusal costs nothing
     encoder = ProfileEncoder.load(
         model_dir / "encoder", numerics=numerics if accurate is None else "fp32", **encoder_kwargs
     )
+    if target != "cpu":
+        encoder.to(target)
     if accurate is None:
         encoder.numerics_choice = {"chosen": encoder.numerics, "how": "fixed"}
     else:
@@ -176,9 +203,10 @@ class ProfileModel:
             model_dir: the model folder.
             heads: head names to load; None loads all.
             cache: an embedding cache file (SQLite) to open for the encoder's version, or None.
-            **encoder_kwargs: runtime options for ``ProfileEncoder.load`` (``numerics``,
-                ``threads``). Without ``numerics`` (or with ``"auto"``) :func:`load_encoder`
-                picks them for this machine. The server, the batch job and ``profile-embed
+            **encoder_kwargs: runtime options for :func:`load_encoder` (``numerics``,
+                ``threads``, ``device``: ``auto``/``cpu``/``cuda[:N]``, default cpu). Without
+                ``numerics`` (or with ``"auto"``) :func:`load_encoder` picks them for this
+                machine and device. The server, the batch job and ``profile-embed
                 embed`` all go through that function, so they agree.
 
         Returns:
@@ -188,6 +216,7 @@ class ProfileModel:
             ArtifactError: not a model folder, or a head/encoder artifact is broken.
             UnknownHeadError: a requested head is not in the folder (lists the available heads).
             VersionMismatchError: a head or model.json belongs to another embedding_version.
+            InvalidInputError: no such ``device`` here, or ``numerics`` does not run on it.
         """
         model_dir = Path(model_dir)
         meta = read_model_meta(model_dir)

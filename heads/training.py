@@ -41,16 +41,17 @@ BEST_FILE = "best_weights.pt"
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU (with torch threads = cores)."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec not in ("cpu", "cuda") and not spec.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu or cuda[:N], got {spec!r}")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    if spec == "cpu":
+    """``embedder.devices.choose_device`` as a ``torch.device`` (on CPU: torch threads = cores).
+
+    Raises:
+        InvalidInputError: a malformed value, or CUDA asked for where torch sees no GPU.
+    """
+    from embedder.devices import choose_device
+
+    device = choose_device(spec)
+    if device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
-    return torch.device(spec)
+    return torch.device(device)
 
 
 def seed_everything(seed: int) -> None:

@@ -2,14 +2,13 @@
 
 Plan: list the input files, drop the ones already finished for this job spec, and build a Ray Data
 pipeline ``from_items(files) -> map_batches(read_files) -> map_batches(BatchPredictor, actor
-pool)``.
-The read stage is plain CPU tasks (parsing and validation, one file each, streamed in chunks); the
-predictor stage is an actor pool (``concurrency=N``, CPU actors: the encoder runs on CPU) that
-loads the
-model once per actor and writes parts. The driver sees only one accounting row per (batch, file);
-when
-all rows of a file are accounted for, a small Ray task merges its parts into
-``results/<file_key>.parquet`` atomically. See ``server.batch.incremental`` for the folder layout.
+pool)``. The read stage is plain CPU tasks (parsing and validation, one file each, streamed in
+chunks); the predictor stage is an actor pool (``concurrency=N``) that loads the model once per
+actor and writes parts. Actors reserve a GPU share (``num_gpus``) and encode on it only when the
+device resolves to CUDA and the cluster reports GPUs (:func:`plan_actors`); otherwise they are CPU
+actors. The driver sees only one accounting row per (batch, file); when all rows of a file are
+accounted for, a small Ray task merges its parts into ``results/<file_key>.parquet`` atomically.
+See ``server.batch.incremental`` for the folder layout.
 """
 
 from __future__ import annotations
@@ -17,12 +16,14 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedder.devices import AUTO, check_device_spec, check_numerics_on
 from embedder.errors import InvalidInputError
 from server.batch.incremental import (
     SUMMARY_FILE,
@@ -53,7 +54,7 @@ class BatchConfig:
         with_embeddings: write the embedding vector.
         with_probabilities: write each head's probability vector (needed by ``batch-audience``).
         keep_fields: extra input fields copied to the output (e.g. ``influencer_id``).
-        num_actors: predictor actors; None: one per 2 CPUs.
+        num_actors: predictor actors; None: one per GPU on GPU actors, else one per 2 CPUs.
         batch_size: rows per actor call.
         encode_batch_size: texts per forward pass inside an actor.
         chunk_rows: rows per chunk handed over by the readers.
@@ -62,6 +63,8 @@ class BatchConfig:
         cpus_per_actor: None: derived from the cluster's CPUs and ``num_actors``.
         num_cpus: CPUs of a local Ray instance (ignored with ``RAY_ADDRESS``).
         show_progress: Ray Data progress bars.
+        device: ``auto`` (GPU actors when the cluster reports GPUs), ``cpu`` or ``cuda``
+            (refused on a cluster without GPUs). No ``cuda:N``: Ray assigns each actor its GPU.
     """
 
     model_dir: Path
@@ -80,8 +83,16 @@ class BatchConfig:
     cpus_per_actor: float | None = None
     num_cpus: int | None = None
     show_progress: bool = True
+    device: str = AUTO
 
     def __post_init__(self) -> None:
+        check_device_spec(self.device)
+        if self.device.startswith("cuda:"):
+            raise InvalidInputError(
+                f"device must be auto, cpu or cuda for a batch job (Ray assigns each actor its "
+                f"GPU), got {self.device!r}",
+                field="device",
+            )
         for name in ("batch_size", "encode_batch_size", "chunk_rows"):
             if getattr(self, name) < 1:
                 raise InvalidInputError(
@@ -126,15 +137,64 @@ def _read_files(
         )
 
 
-def _plan_actors(cfg: BatchConfig, cpus: float) -> tuple[int, float, int]:
-    """Return (actors, cpus per actor, torch threads per actor)."""
-    n = cfg.num_actors if cfg.num_actors is not None else max(1, int(cpus // 2))
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many predictor actors, and what each one reserves and runs on.
+
+    Attributes:
+        actors: actor pool size.
+        cpus: CPUs reserved per actor.
+        threads: torch threads per actor.
+        gpus: GPUs reserved per actor (a fraction when actors share one; 0: CPU actors).
+        device: where each actor's encoder runs (``"cuda"``: its reserved GPU, else ``"cpu"``).
+    """
+
+    actors: int
+    cpus: float
+    threads: int
+    gpus: float
+    device: str
+
+    def ray_options(self) -> dict[str, float]:
+        """The per-actor resource arguments of ``map_batches``."""
+        return {"num_cpus": self.cpus, **({"num_gpus": self.gpus} if self.gpus else {})}
+
+
+def plan_actors(cfg: BatchConfig, resources: Mapping[str, float]) -> ActorPlan:
+    """Plan the actor pool from the cluster's resources (``ray.cluster_resources()``).
+
+    GPU actors only when ``cfg.device`` is ``cuda``, or ``auto`` and the cluster reports GPUs;
+    then one actor per GPU by default, and actors beyond the GPU count share them (Ray takes
+    fractions below 1). The driver decides from the cluster, not from its own torch: it may run
+    on a node without a GPU.
+
+    Raises:
+        InvalidInputError: ``cuda`` on a cluster without GPUs, or a CPU-only numerics on GPUs.
+    """
+    cpus = float(resources.get("CPU", 0.0))
+    gpus = float(resources.get("GPU", 0.0))
+    if cfg.device == "cuda" and gpus <= 0:
+        raise InvalidInputError(
+            "device 'cuda' but the Ray cluster reports no GPUs (resources: "
+            + ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()) if k.isupper())
+            + "); use device cpu or auto",
+            field="device",
+        )
+    on_gpu = gpus > 0 and cfg.device in ("cuda", AUTO)
+    if on_gpu and cfg.numerics not in (None, AUTO):
+        check_numerics_on(cfg.numerics, "cuda")
+    if cfg.num_actors is not None:
+        n = cfg.num_actors
+    else:
+        n = max(1, int(gpus)) if on_gpu else max(1, int(cpus // 2))
     if cfg.cpus_per_actor is not None:
         cpus_per = cfg.cpus_per_actor
     else:
         # Leave half a CPU to the read tasks and the finalisers, or they could never be scheduled.
         cpus_per = max(0.25, (cpus - 0.5) / n)
-    return n, cpus_per, max(1, int(cpus_per))
+    # Ray takes whole GPUs or fractions below 1 in steps of 1e-4: round the share down.
+    gpus_per = max(1e-4, math.floor(min(1.0, gpus / n) * 1e4) / 1e4) if on_gpu else 0.0
+    return ActorPlan(n, cpus_per, max(1, int(cpus_per)), gpus_per, "cuda" if on_gpu else "cpu")
 
 
 def run_batch(cfg: BatchConfig) -> dict[str, Any]:
@@ -188,7 +248,8 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
         if pending:
             done = store.done_keys(spec)
             logger.info("%d result rows of earlier runs can be skipped", len(done))
-            n_actors, cpus_per, threads = _plan_actors(cfg, res.cpus)
+            plan = plan_actors(cfg, res.resources or {"CPU": res.cpus})
+            n_actors = plan.actors
             # Any: Ray's stubs reject functions with keyword arguments (fn_kwargs) in map_batches
             ds: Any = ray.data.from_items(
                 [{"path": f.input.path, "file_key": k} for k, f in progress.items()],
@@ -205,7 +266,7 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
                 batch_size=cfg.batch_size,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
-                num_cpus=cpus_per,
+                **plan.ray_options(),
                 fn_constructor_kwargs={
                     "model_dir": str(cfg.model_dir),
                     "spec": spec.to_dict(),
@@ -214,11 +275,19 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
                     "done_ref": [ray.put(done)],
                     "cache_path": str(cfg.cache_path) if cfg.cache_path else None,
                     "numerics": cfg.numerics,
-                    "threads": threads,
+                    "threads": plan.threads,
                     "encode_batch_size": cfg.encode_batch_size,
+                    "device": plan.device,
                 },
             )
-            logger.info("actors: %d x (%.2f CPU, %d threads)", n_actors, cpus_per, threads)
+            logger.info(
+                "actors: %d x (%.2f CPU, %d threads, %g GPU) encoding on %s",
+                n_actors,
+                plan.cpus,
+                plan.threads,
+                plan.gpus,
+                plan.device,
+            )
             _drive(ds, progress, store, spec, run_id, str(tmp_dir), schema.serialize().to_pybytes())
         summary = _summary(
             cfg, spec, run_id, inputs, progress, res.address, n_actors, time.perf_counter() - t0

@@ -1,13 +1,13 @@
 """The actor-pool callable of ``profile-embed batch``: model loaded once per actor, rows in, parts
 out.
 
-Ray Data constructs :class:`BatchPredictor` once per (CPU) actor and calls it on batches of
-reader rows (``server.batch.sources.CHUNK_COLUMNS``). For each batch it assembles the texts, drops
-rows already done (``row_key`` in the done set), embeds the rest through the pipeline every entry
-point shares (``heads.model.ProfileModel``: cache lookup, encode the misses, write back; the
-server's encoder settings), runs the heads, writes the results of each input file as a part under
-the run's temp folder, and returns one small accounting row per input file. Results never travel
-back to the driver.
+Ray Data constructs :class:`BatchPredictor` once per actor (CPU, or with a GPU reserved) and calls
+it on batches of reader rows (``server.batch.sources.CHUNK_COLUMNS``). For each batch it assembles
+the texts, drops rows already done (``row_key`` in the done set), embeds the rest through the
+pipeline every entry point shares (``heads.model.ProfileModel``: cache lookup, encode the
+misses, write back; the server's encoder settings), runs the heads, writes the results of each
+input file as a part under the run's temp folder, and returns one small accounting row per input
+file. Results never travel back to the driver.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def load_model(
     numerics: str | None,
     threads: int | None,
     cache: str | Path | None = None,
+    device: str = "cpu",
 ) -> Any:
     """Load ``ProfileModel`` with the runtime settings of the serving path.
 
@@ -85,13 +86,14 @@ def load_model(
         numerics: one of ``embedder.numerics.NUMERICS``; None keeps the model's default.
         threads: torch threads for this process; None keeps the encoder's default.
         cache: an embedding cache (SQLite) file, or None.
+        device: where the encoder runs (``cpu``, ``cuda``; see ``embedder.devices``).
 
     Returns:
         The loaded ``heads.model.ProfileModel``.
     """
     from heads.model import ProfileModel
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"device": device}
     if numerics is not None:
         kwargs["numerics"] = numerics
     if threads is not None:
@@ -113,6 +115,8 @@ class BatchPredictor:
         numerics: encoder numerics; None keeps the model default.
         threads: torch threads per actor.
         encode_batch_size: most texts per forward pass.
+        device: where this actor's encoder runs: ``"cuda"`` when the job reserved a GPU for it
+            (Ray makes that GPU the actor's only visible one), else ``"cpu"``.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class BatchPredictor:
         numerics: str | None = None,
         threads: int | None = None,
         encode_batch_size: int = 64,
+        device: str = "cpu",
     ) -> None:
         import pyarrow as pa
 
@@ -140,7 +145,7 @@ class BatchPredictor:
         self.tmp_dir = tmp_dir
         self.schema = pa.ipc.read_schema(pa.py_buffer(schema_bytes))
         self.model = load_model(
-            model_dir, list(self.spec.heads), numerics, threads, cache_path or None
+            model_dir, list(self.spec.heads), numerics, threads, cache_path or None, device
         )
         version = self.model.encoder.embedding_version
         if version != self.spec.embedding_version:
@@ -152,8 +157,10 @@ class BatchPredictor:
         self.encode_batch_size = encode_batch_size
         self.done = _resolve_done(done_ref)
         logger.info(
-            "batch actor ready: %s, heads %s, %d done keys",
+            "batch actor ready: %s on %s (%s), heads %s, %d done keys",
             version,
+            self.model.encoder.device,
+            self.model.encoder.numerics,
             list(self.spec.heads),
             len(self.done),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -17,10 +17,12 @@ class RayResources:
     Attributes:
         address: ``"local"`` or the cluster address.
         cpus: total CPUs.
+        resources: ``ray.cluster_resources()`` as read (``"CPU"``, ``"GPU"``, ...).
     """
 
     address: str
     cpus: float
+    resources: dict[str, float] = field(default_factory=dict)
 
 
 def ensure_ray(num_cpus: int | None = None) -> RayResources:
@@ -53,6 +55,7 @@ def ensure_ray(num_cpus: int | None = None) -> RayResources:
     return RayResources(
         address=os.environ.get("RAY_ADDRESS") or "local",
         cpus=float(res.get("CPU", 0.0)),
+        resources={str(k): float(v) for k, v in res.items()},
     )
 
 

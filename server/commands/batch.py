@@ -90,6 +90,11 @@ def register(subparsers: Any) -> None:
         help="comma-separated extra input fields copied to the output (e.g. influencer_id)",
     )
     p.add_argument("--cache", type=Path, default=None, help="embedding cache (SQLite) to consult")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (GPU actors when the Ray cluster reports GPUs, default), cpu or cuda",
+    )
     _add_ray_flags(p)
     p.set_defaults(func=run)
 
@@ -168,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         with_probabilities=args.with_probabilities,
         keep_fields=tuple(args.keep_fields),
         cache_path=args.cache,
+        device=args.device,
         **_common(args),
     )
     summary = run_batch(cfg)

