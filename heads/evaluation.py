@@ -1,8 +1,15 @@
 """Evaluation of a head: metrics with and without abstention, plots, and the Markdown report.
 
-``evaluate`` computes the numbers; ``write_report`` writes ``metrics.json``, ``REPORT.md`` and PNG
-plots (confusion matrix, reliability diagram, precision-coverage curve) for one or more heads into a
-folder; ``write_model_card`` writes the same Markdown (and plots) as a head folder's ``README.md``.
+:func:`score_predictions` is the one place predictions are scored (accuracy, macro-F1, coverage,
+precision of the assigned labels, ...): :func:`evaluate` runs it on the whole set and on each
+slice, training's per-epoch validation runs it on argmax, and ``bench/real_eval.py`` reads
+:func:`evaluate`. :func:`evaluate_heads` is the one loop over a model's heads on labelled rows
+(rows holding the head's :func:`label_field`, :func:`default_slices`), used by ``profile-embed
+evaluate`` and the training run's report.
+
+``write_report`` writes ``metrics.json``, ``REPORT.md`` and PNG plots (confusion matrix,
+reliability diagram, precision-coverage curve) for one or more heads into a folder;
+``write_model_card`` writes the same Markdown (and plots) as a head folder's ``README.md``.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,7 +81,31 @@ def _macro_f1(stats: Mapping[str, np.ndarray]) -> float:
     return float(stats["f1"][present].mean()) if present.any() else 0.0
 
 
-def _summary(
+def score_predictions(
+    y: np.ndarray,
+    probs: np.ndarray,
+    *,
+    thresholds: np.ndarray | None = None,
+    in_distribution: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Score one set of predictions: the headline numbers of every report.
+
+    Args:
+        y: ``(n,)`` true class indices.
+        probs: ``(n, k)`` calibrated probabilities (any scores whose argmax is the prediction,
+            e.g. logits, when there are no thresholds).
+        thresholds: per-class abstention thresholds (``inf`` = class assigns nothing); None: none.
+        in_distribution: rows the head accepts (False: not assigned, whatever the score).
+
+    Returns:
+        n, accuracy and macro_f1 (argmax; macro over the classes present or predicted), coverage,
+        selective_accuracy (precision of the assigned labels), correct_assigned_share,
+        macro_f1_with_abstention.
+    """
+    return _score(np.asarray(y), np.asarray(probs), thresholds, in_distribution)[0]
+
+
+def _score(
     y: np.ndarray,
     probs: np.ndarray,
     thresholds: np.ndarray | None,
@@ -190,7 +221,7 @@ def evaluate(
     ind = None if in_distribution is None else np.asarray(in_distribution, dtype=bool)
     if ind is not None and ind.shape != (len(yi),):
         raise InvalidInputError(f"in_distribution has shape {ind.shape}, expected ({len(yi)},)")
-    summary, s_all, s_abs = _summary(yi, probs, thr, ind)
+    summary, s_all, s_abs = _score(yi, probs, thr, ind)
     if ind is not None:
         summary["out_of_distribution"] = float((~ind).mean())
     per_class = {}
@@ -230,7 +261,9 @@ def evaluate(
                 f"slice {sname!r} mask has shape {m.shape}, expected ({len(yi)},)"
             )
         metrics["slices"][sname] = (
-            _summary(yi[m], probs[m], thr, None if ind is None else ind[m])[0]
+            score_predictions(
+                yi[m], probs[m], thresholds=thr, in_distribution=None if ind is None else ind[m]
+            )
             if m.any()
             else {"n": 0}
         )
@@ -290,19 +323,71 @@ def default_slices(rows: Sequence[Any], top_languages: int = 5) -> dict[str, np.
     """Boolean masks: 'no bio, <= 1 caption' and the most frequent 'language' extra values.
 
     Args:
-        rows: ``LabelledProfile``-like objects with ``.profile``.
-        top_languages: how many of the most frequent ``language`` values get a slice.
+        rows: ``LabelledProfile``-like rows (``.profile``).
+        top_languages: how many 'language' slices at most (0: none).
     """
     masks = {
         "no bio, <= 1 caption": np.array(
-            [not r.profile.biography.strip() and len(r.profile.captions) <= 1 for r in rows]
+            [not r.profile.biography.strip() and len(r.profile.captions) <= 1 for r in rows],
+            dtype=bool,
         )
     }
     langs = [r.profile.extra.get("language") for r in rows]
-    if any(isinstance(x, str) for x in langs):
+    if top_languages > 0 and any(isinstance(x, str) for x in langs):
         for lang, _ in Counter(x for x in langs if isinstance(x, str)).most_common(top_languages):
-            masks[f"language={lang}"] = np.array([x == lang for x in langs])
+            masks[f"language={lang}"] = np.array([x == lang for x in langs], dtype=bool)
     return masks
+
+
+def evaluate_heads(
+    heads: Mapping[str, Any],
+    rows: Sequence[Any],
+    embeddings: np.ndarray,
+    *,
+    fields: Mapping[str, str] | None = None,
+    slices: Callable[[Sequence[Any]], Mapping[str, np.ndarray]] = default_slices,
+    info: Mapping[str, Any] | None = None,
+    head_facts: Sequence[str] = (),
+) -> dict[str, HeadEvaluation]:
+    """Evaluate each head on the rows that hold its label: the one evaluation loop.
+
+    Args:
+        heads: ``{name: fitted head}``.
+        rows: ``LabelledProfile``-like rows; a row's label is read as training reads it
+            (``heads.train_data.row_label``: the labels, else the profile's extra field).
+        embeddings: ``(len(rows), dim)``, aligned with ``rows``.
+        fields: head name -> label field; default :func:`label_field` of each head.
+        slices: rows -> named masks, computed on each head's labelled rows.
+        info: facts shown in every head's report.
+        head_facts: per-head facts to add to ``info``: ``"label_field"``, ``"rows"``.
+
+    Returns:
+        ``{name: HeadEvaluation}``, without the heads that no row has a label for.
+
+    Raises:
+        InvalidInputError: embeddings not aligned with rows, a label outside a head's set.
+    """
+    from heads.train_data import row_label  # what training reads as a row's label
+
+    if len(embeddings) != len(rows):
+        raise InvalidInputError(f"{len(embeddings)} embeddings but {len(rows)} rows")
+    out = {}
+    for name, head in heads.items():
+        field = (fields or {}).get(name) or label_field(head)
+        values = [row_label(r, field) for r in rows]
+        idx = [i for i, v in enumerate(values) if v is not None]
+        if not idx:
+            continue
+        mine = [rows[i] for i in idx]
+        facts = {"label_field": field, "rows": len(idx)}
+        out[name] = evaluate_head(
+            head,
+            np.asarray(embeddings)[idx],
+            [values[i] for i in idx],
+            slices=slices(mine),
+            info={**dict(info or {}), **{k: facts[k] for k in head_facts}},
+        )
+    return out
 
 
 def _encode(y: Sequence[Any] | np.ndarray, labels: tuple[str, ...]) -> np.ndarray:

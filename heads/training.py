@@ -153,20 +153,15 @@ def _staged_schedule(first: int, rest: int, warmup_ratio: float) -> Callable[[in
     return factor
 
 
-def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-F1 (over classes present in ``y`` or predicted) on labelled rows."""
-    from sklearn.metrics import f1_score
+def validation_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1 and n of the labelled rows (``heads.evaluation.score_predictions``)."""
+    from heads.evaluation import score_predictions
 
     mask = y != MISSING
     if not mask.any():
         return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
-    pred = logits[mask].argmax(axis=1)
-    yt = y[mask]
-    return {
-        "accuracy": float((pred == yt).mean()),
-        "macro_f1": float(f1_score(yt, pred, average="macro", zero_division=0)),
-        "n": int(mask.sum()),
-    }
+    scores = score_predictions(y[mask], logits[mask])
+    return {k: scores[k] for k in ("accuracy", "macro_f1", "n")}
 
 
 class MultiTaskTrainer:
@@ -346,7 +341,7 @@ class MultiTaskTrainer:
         """Accuracy and macro-F1 per head on the validation set."""
         emb, logits = self.predict_logits(self.val_profiles, self.val_lengths)
         self.last_val_embeddings = emb
-        return {k: classification_metrics(logits[k], self.val_targets[k]) for k in logits}
+        return {k: validation_metrics(logits[k], self.val_targets[k]) for k in logits}
 
     # ---- the run ----------------------------------------------------------------------------
     def fit(self, *, stop_after: int | None = None) -> list[dict[str, Any]]:

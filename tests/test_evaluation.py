@@ -128,3 +128,68 @@ def test_default_slices_and_label_fields() -> None:
     custom = SimpleNamespace(name="mood", config=SimpleNamespace(label_field="sentiment"))
     assert label_field(custom) == "sentiment"
     assert label_field(SimpleNamespace(name="mood")) == "mood"
+
+
+def test_score_predictions_is_sklearns_accuracy_and_macro_f1() -> None:
+    from sklearn.metrics import f1_score
+
+    from heads.evaluation import score_predictions
+    from heads.training import validation_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 4, size=200)  # class 4 is never true but can be predicted
+    logits = rng.normal(size=(200, 5)) + 2.0 * np.eye(5)[y]
+    pred = logits.argmax(1)
+    m = score_predictions(y, logits)
+    assert m["n"] == 200 and m["coverage"] == 1.0
+    assert m["accuracy"] == pytest.approx((pred == y).mean())
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
+    # training's validation: the same numbers on the labelled rows only
+    y_missing = y.copy()
+    y_missing[:50] = -1
+    v = validation_metrics(logits, y_missing)
+    assert v == {
+        k: score_predictions(y[50:], logits[50:])[k] for k in ("accuracy", "macro_f1", "n")
+    }
+    assert validation_metrics(logits, np.full(200, -1))["n"] == 0
+
+
+def test_default_slices_and_the_one_evaluation_loop() -> None:
+    from embedder.data import LabelledProfile
+    from embedder.profile import Profile
+    from heads.evaluation import default_slices, evaluate_heads
+    from heads.registry import build_head
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 8)) * 3.0
+    y = rng.integers(0, 2, size=120)
+    x = (centres[y] + rng.normal(size=(120, 8))).astype(np.float32)
+    head = build_head(
+        "knn", name="mood", labels=("neg", "pos"), embedding_version="emb-t", in_dim=8,
+        label_field="mood",
+    )  # fmt: skip
+    head.fit(x[:60], y[:60], val_embeddings=x[60:90], val_labels=y[60:90])
+    rows = []
+    for i in range(30):  # the evaluation rows; the mood label is an extra field of every 3rd
+        extra = {"language": "fr" if i % 2 else "pt"}
+        if i % 3:
+            extra["mood"] = ("neg", "pos")[y[90 + i]]
+        bio = "" if i % 5 == 0 else "bio"
+        rows.append(LabelledProfile(Profile(id=str(i), biography=bio, extra=extra), labels={}))
+    masks = default_slices(rows)
+    assert list(masks) == ["no bio, <= 1 caption", "language=pt", "language=fr"]  # ties: first seen
+    assert masks["no bio, <= 1 caption"].sum() == 6 and masks["language=fr"].sum() == 15
+    assert list(default_slices(rows, top_languages=0)) == ["no bio, <= 1 caption"]
+
+    evs = evaluate_heads({"mood": head}, rows, x[90:], info={"data": "d"}, head_facts=("rows",))
+    ev = evs["mood"]
+    labelled = [i for i in range(30) if i % 3]
+    assert ev.metrics["n"] == len(labelled) == ev.info["rows"] and ev.info["data"] == "d"
+    direct = evaluate(head.predict_proba(x[90:][labelled]), y[90:][labelled], head.labels,
+                      thresholds=head.thresholds_)  # fmt: skip
+    assert ev.metrics["accuracy"] == direct.metrics["accuracy"]
+    assert set(ev.metrics["slices"]) == {"no bio, <= 1 caption", "language=fr", "language=pt"}
+    assert evaluate_heads({"mood": head}, [r for r in rows if "mood" not in r.profile.extra],
+                          x[90:100], fields={"mood": "mood"}) == {}  # fmt: skip
+    with pytest.raises(InvalidInputError, match="29 embeddings but 30 rows"):
+        evaluate_heads({"mood": head}, rows, x[90:119])

@@ -38,32 +38,33 @@ def run(args: argparse.Namespace) -> int:
     Returns 1 when rows were skipped (``--skip-invalid``), else 0.
     """
     from embedder.errors import InvalidInputError
-    from heads.evaluation import default_slices, evaluate_head, label_field, write_report
+    from heads.evaluation import evaluate_heads, label_field, write_report
     from heads.model import ProfileModel
+    from heads.train_data import row_label
     from server.commands.invalid_rows import load_profiles
     from server.commands.predict import parse_heads
 
     loaded = load_profiles(args.data, skip_invalid=args.skip_invalid)
     model = ProfileModel.load(args.model, heads=parse_heads(args.heads))
-    evaluations = []
-    for name in model.head_names:
-        head = model.heads[name]
-        field = label_field(head)
-        rows = [r for r in loaded.rows if field in r.labels]
-        if not rows:
+    fields = {name: label_field(model.heads[name]) for name in model.head_names}
+    for name, field in fields.items():
+        if not any(row_label(r, field) is not None for r in loaded.rows):
             raise InvalidInputError(
                 f"{args.data} has no rows with the '{field}' label needed by head {name!r}"
             )
-        emb = model.embed([r.profile for r in rows], batch_size=args.batch_size, show_progress=True)
-        evaluations.append(
-            evaluate_head(
-                head,
-                emb,
-                [r.labels[field] for r in rows],
-                slices=default_slices(rows),
-                info={"data": str(args.data), "model": str(args.model), "label_field": field},
-            )
-        )
+    # each profile embedded once, whichever heads it has labels for
+    rows = [r for r in loaded.rows if any(row_label(r, f) is not None for f in fields.values())]
+    emb = model.embed([r.profile for r in rows], batch_size=args.batch_size, show_progress=True)
+    evaluations = list(
+        evaluate_heads(
+            {name: model.heads[name] for name in model.head_names},
+            rows,
+            emb,
+            fields=fields,
+            info={"data": str(args.data), "model": str(args.model)},
+            head_facts=("label_field",),
+        ).values()
+    )
     write_report(args.report, evaluations, title=f"Evaluation of {args.model} on {args.data}")
     keys = (
         "n",
