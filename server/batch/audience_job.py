@@ -222,7 +222,9 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     del model
     probs_col = f"{cfg.head}_probs"
     # Any: Ray's stubs do not accept a function with keyword arguments (fn_kwargs) for map_groups
-    ds: Any = ray.data.read_parquet(files, columns=[GROUP_FIELD, probs_col])
+    # select_columns: read_parquet's columns= is deprecated; Ray pushes the projection down into
+    # the Parquet read all the same.
+    ds: Any = ray.data.read_parquet(files).select_columns([GROUP_FIELD, probs_col])
     n_rows = ds.count()
     from ray.data.expressions import col
 
