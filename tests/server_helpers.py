@@ -46,12 +46,22 @@ def synthetic_profiles(n: int, seed: int = 0) -> tuple[list[Profile], list[str],
 
 
 def build_tiny_model(base_dir: Path, *, seed: int = 0) -> SimpleNamespace:
-    """An encoder from ``base_dir`` plus fitted ``geolocation`` and ``category`` heads (seconds)."""
+    """An encoder from ``base_dir`` plus fitted ``geolocation`` and ``category`` heads (seconds).
+
+    Most tests take the session's ``tiny_model`` fixture instead; this builds another one (say,
+    from another base, for an embedding-version mismatch).
+    """
     from embedder.encoder import ProfileEncoder
+
+    encoder = ProfileEncoder.from_base(base_dir, num_layers=2, threads=1)
+    return SimpleNamespace(encoder=encoder, heads=fit_tiny_heads(encoder, seed=seed))
+
+
+def fit_tiny_heads(encoder, *, seed: int = 0) -> dict:
+    """``geolocation`` and ``category`` heads fitted on 160 synthetic profiles (seconds)."""
     from embedder.labels import CATEGORIES, to_geo_label
     from heads.softmax import standard_head
 
-    encoder = ProfileEncoder.from_base(base_dir, num_layers=2, threads=1)
     profiles, countries, categories = synthetic_profiles(240, seed=seed)
     emb = encoder.encode(profiles)
     geo = [to_geo_label(c) for c in countries]
@@ -69,7 +79,7 @@ def build_tiny_model(base_dir: Path, *, seed: int = 0) -> SimpleNamespace:
             target_precision=0.5,
         )
         heads[name] = head
-    return SimpleNamespace(encoder=encoder, heads=heads)
+    return heads
 
 
 def self_signed_cert(tmp: Path, name: str = "localhost") -> tuple[Path, Path]:
@@ -114,8 +124,9 @@ def self_signed_cert(tmp: Path, name: str = "localhost") -> tuple[Path, Path]:
 class ServerThread:
     """A real grpc.aio server on 127.0.0.1:0, on its own event loop in a thread.
 
-    With ``model`` (from :func:`build_tiny_model`) the runtime is attached directly; without it the
-    server loads ``config.model`` like ``profile-embed serve`` does.
+    With ``model`` (the ``tiny_model`` fixture or :func:`build_tiny_model`) the runtime is
+    attached directly; without it the server loads ``config.model`` as ``profile-embed serve``
+    does.
     """
 
     def __init__(self, config, model=None, *, cache=None, index=None, load=True) -> None:

@@ -97,13 +97,13 @@ def _rows(n: int, seed: int, *, noisy: str | None = None, noise: float = 0.0):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
+def model_dir(encoder_only_model_dir, tmp_path_factory) -> Path:
     """A model whose geolocation head was trained (train-head) on clean rows."""
-    from server_helpers import save_encoder_only_model
+    from conftest import copy_model_dir
 
     from server.cli import main
 
-    path = save_encoder_only_model(tiny_base_dir, tmp_path_factory.mktemp("m") / "model")
+    path = copy_model_dir(encoder_only_model_dir, tmp_path_factory.mktemp("m") / "model")
     d = tmp_path_factory.mktemp("d")
     write_profiles(d / "train.jsonl", _rows(200, 1))
     write_profiles(d / "val.jsonl", _rows(100, 2))

@@ -41,10 +41,8 @@ def _records(n_per: int, offset: int = 0) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tiny_base_dir, tmp_path_factory) -> Path:
-    from embedder.encoder import ProfileEncoder
-
-    encoder = ProfileEncoder.from_base(tiny_base_dir)
+def tiny_model(tiny_encoder, tmp_path_factory) -> Path:
+    encoder = tiny_encoder
     train, val = _records(8), _records(10, offset=100)
     profiles = lambda rs: [Profile.from_dict(r, extra_exclude=("country",))[0] for r in rs]  # noqa: E731
     head = standard_head(

@@ -6,18 +6,13 @@ import grpc
 import numpy as np
 import pyarrow as pa
 import pytest
-from server_helpers import ServerThread, build_tiny_model, synthetic_profiles
+from server_helpers import ServerThread, synthetic_profiles
 
 from server._codegen import modules
 from server.client import ProfileEmbeddingClient
 from server.config import ServerConfig
 
 pb2, _ = modules()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_base_dir):
-    return build_tiny_model(tiny_base_dir)
 
 
 @pytest.fixture(scope="module")

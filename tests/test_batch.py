@@ -1,7 +1,6 @@
 """``profile-embed batch`` on a local Ray (2 CPUs) with a tiny model and simulated profiles.
 
-One Ray instance per module. The model folder is built once: a tiny encoder from ``tiny_base_dir``
-plus
+One Ray instance per module. The model folder is built once: the session's ``tiny_encoder`` plus
 ``geolocation`` and ``category`` heads fitted for a few epochs on simulated profiles.
 """
 
@@ -41,13 +40,11 @@ def _simulate(n: int, seed: int):
     return simulate_profiles(n, seed)
 
 
-def build_model_dir(base_dir: Path, root: Path, n_train: int = 600) -> Path:
-    """A model folder (``save_model``): tiny encoder + geolocation/category heads."""
-    from embedder.encoder import ProfileEncoder
+def build_model_dir(encoder, root: Path, n_train: int = 600) -> Path:
+    """A model folder (``save_model``): the tiny encoder + geolocation/category heads."""
     from heads.model import save_model
     from heads.softmax import standard_head
 
-    encoder = ProfileEncoder.from_base(base_dir, num_layers=3)
     rows = _simulate(n_train, seed=7)
     emb = encoder.encode([r.profile for r in rows])
     half = n_train // 2
@@ -62,8 +59,8 @@ def build_model_dir(base_dir: Path, root: Path, n_train: int = 600) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
-    return build_model_dir(tiny_base_dir, tmp_path_factory.mktemp("batch_model"))
+def model_dir(tiny_encoder, tmp_path_factory) -> Path:
+    return build_model_dir(tiny_encoder, tmp_path_factory.mktemp("batch_model"))
 
 
 BAD_JSONL_LINES = [

@@ -18,11 +18,9 @@ SAMPLE = Path(__file__).resolve().parents[1] / "embedder" / "data" / "sample_pro
 
 
 @pytest.fixture(scope="module")
-def encoder_dir(tiny_base_dir, tmp_path_factory) -> Path:
-    from embedder.encoder import ProfileEncoder
-
+def encoder_dir(tiny_encoder, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "m"
-    ProfileEncoder.from_base(tiny_base_dir, num_layers=2).save(path / "encoder")
+    tiny_encoder.save(path / "encoder")
     return path
 
 

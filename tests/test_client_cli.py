@@ -6,11 +6,12 @@ the two commands answer for the same heads and their JSON lines can be compared 
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
-from server_helpers import ServerThread, build_tiny_model, synthetic_profiles
+from server_helpers import ServerThread, synthetic_profiles
 
 from server.cli import main
 from server.config import ServerConfig
@@ -19,16 +20,16 @@ SAMPLE = Path(__file__).resolve().parents[1] / "embedder" / "data" / "sample_pro
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
+def model_dir(tiny_model, tmp_path_factory) -> Path:
     from heads.model import save_model
 
-    model = build_tiny_model(tiny_base_dir)
-    for head in model.heads.values():
+    heads = copy.deepcopy(tiny_model.heads)
+    for head in heads.values():
         # Without the out-of-distribution guard, which refuses every row of this tiny random
         # model, some rows are assigned: both kinds of answer are compared below.
         head.ood_ = None
     path = tmp_path_factory.mktemp("client_cli") / "model"
-    save_model(path, model.encoder, model.heads)
+    save_model(path, tiny_model.encoder, heads)
     return path
 
 

@@ -30,8 +30,8 @@ PROFILES = [
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_base_dir) -> ProfileEncoder:
-    return ProfileEncoder.from_base(tiny_base_dir, num_layers=2)
+def encoder(tiny_encoder) -> ProfileEncoder:
+    return tiny_encoder
 
 
 def test_from_base_cuts_layers(encoder, tiny_base_dir) -> None:

@@ -133,13 +133,13 @@ def _rows(n: int, seed: int) -> list[LabelledProfile]:
 
 
 @pytest.fixture(scope="module")
-def knn_model(tiny_base_dir, tmp_path_factory) -> Path:
+def knn_model(encoder_only_model_dir, tmp_path_factory) -> Path:
     """A tiny model folder with a ``mood`` head trained by ``train-head --kind knn``."""
-    from server_helpers import save_encoder_only_model
+    from conftest import copy_model_dir
 
     from server.cli import main
 
-    path = save_encoder_only_model(tiny_base_dir, tmp_path_factory.mktemp("m") / "model")
+    path = copy_model_dir(encoder_only_model_dir, tmp_path_factory.mktemp("m") / "model")
     d = tmp_path_factory.mktemp("d")
     write_profiles(d / "train.jsonl", _rows(120, 1))
     write_profiles(d / "val.jsonl", _rows(60, 2))

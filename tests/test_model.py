@@ -36,10 +36,8 @@ def _records(n_per: int, offset: int = 0) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def built(tiny_base_dir, tmp_path_factory):
-    from embedder.encoder import ProfileEncoder
-
-    encoder = ProfileEncoder.from_base(tiny_base_dir)
+def built(tiny_encoder, tmp_path_factory):
+    encoder = tiny_encoder
     train, val = _records(12), _records(30, offset=100)
     profiles = lambda rs: [Profile.from_dict(r, extra_exclude=("country",))[0] for r in rs]  # noqa: E731
     x, vx = encoder.encode(profiles(train)), encoder.encode(profiles(val))

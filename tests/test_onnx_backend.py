@@ -21,8 +21,8 @@ PROFILES = [
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_base_dir) -> ProfileEncoder:
-    return ProfileEncoder.from_base(tiny_base_dir, num_layers=3, threads=1)
+def encoder(tiny_encoder) -> ProfileEncoder:
+    return tiny_encoder
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from server_helpers import build_tiny_model
+from conftest import copy_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -116,13 +116,10 @@ def test_readme_commands_are_found_and_the_allow_list_is_live() -> None:
 
 
 @pytest.fixture(scope="module")
-def scratch(tiny_base_dir, tmp_path_factory) -> Path:
+def scratch(tiny_model_dir, tmp_path_factory) -> Path:
     """A folder laid out like a clone after `make serve`, with a tiny model as models/default."""
-    from heads.model import save_model
-
     root = tmp_path_factory.mktemp("readme")
-    model = build_tiny_model(tiny_base_dir)
-    save_model(root / "tiny-model", model.encoder, model.heads)
+    copy_model_dir(tiny_model_dir, root / "tiny-model")  # the README's commands may write into it
     (root / "models").mkdir()
     (root / "models" / "default").symlink_to(root / "tiny-model")
     (root / ".venv").symlink_to(Path(sys.executable).parents[1])

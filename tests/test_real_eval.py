@@ -30,14 +30,13 @@ def real_eval():
 
 
 @pytest.fixture(scope="module")
-def geo_model(tiny_base_dir, tmp_path_factory) -> Path:
+def geo_model(tiny_encoder, tmp_path_factory) -> Path:
     """A tiny model whose geolocation head was fitted on the fixture's own labels (so it learns)."""
     from embedder.data import read_profiles
-    from embedder.encoder import ProfileEncoder
     from heads.model import save_model
     from heads.softmax import standard_head
 
-    enc = ProfileEncoder.from_base(tiny_base_dir, num_layers=2, threads=1)
+    enc = tiny_encoder
     rows = [r for f in sorted(FIXTURE.glob("*.jsonl")) for r in read_profiles(f).rows]
     x = enc.encode([r.profile for r in rows])
     y = [r.labels["country"] for r in rows]

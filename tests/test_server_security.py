@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from server_helpers import ServerThread, build_tiny_model, self_signed_cert
+from server_helpers import ServerThread, self_signed_cert
 
 from server.client import ProfileEmbeddingClient
 from server.config import ServerConfig
 
 TOKEN = "s3cret-token-0123456789"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_base_dir):
-    return build_tiny_model(tiny_base_dir)
 
 
 @pytest.fixture(scope="module")

@@ -76,13 +76,12 @@ def _count_line(path: Path, n_valid: int, n_bad: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
+def model_dir(tiny_encoder, tmp_path_factory) -> Path:
     """A model folder: the tiny encoder and a (briefly fitted) geolocation head."""
-    from embedder.encoder import ProfileEncoder
     from heads import standard_head
     from heads.model import save_model
 
-    encoder = ProfileEncoder.from_base(tiny_base_dir, num_layers=2)
+    encoder = tiny_encoder
     recs = _records(6)
     profiles = [Profile.from_dict(r, extra_exclude=("country", "category"))[0] for r in recs]
     x = encoder.encode(profiles)

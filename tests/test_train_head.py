@@ -29,12 +29,11 @@ def rows(n: int, seed: int) -> list[LabelledProfile]:
     return out
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_base_dir, tmp_path_factory) -> Path:
-    """A model folder (encoder + unfitted geolocation head), written the way train does."""
-    from server_helpers import save_encoder_only_model
-
-    return save_encoder_only_model(tiny_base_dir, tmp_path_factory.mktemp("m") / "model")
+@pytest.fixture
+def model_dir(writable_model_dir) -> Path:
+    """A model folder (encoder + unfitted geolocation head), written the way train does; this
+    test's own copy, as train-head adds heads to it."""
+    return writable_model_dir
 
 
 @pytest.fixture(scope="module")
