@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
-import time
+import threading
 import urllib.request
 
 import grpc
 import numpy as np
 import pytest
-from server_helpers import ServerThread, build_tiny_model, synthetic_profiles
+from server_helpers import ServerThread, synthetic_profiles
+from waiting import wait_for
 
 from heads.base import ABSTAIN_REASONS
 from server._codegen import modules
@@ -20,11 +21,6 @@ from server.service import abstain_reason_value
 
 pb2, pb2_grpc = modules()
 SERVICE = "/profile_embedding.v1.ProfileEmbeddingService/"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_base_dir):
-    return build_tiny_model(tiny_base_dir)
 
 
 @pytest.fixture(scope="module")
@@ -477,23 +473,34 @@ def test_full_queue_is_resource_exhausted(tiny_model):
         metrics_port=None,
         max_queue=8,
         max_profiles_per_request=8,
-        max_wait_ms=500,
+        max_wait_ms=0,
         max_batch_profiles=64,
     )
     srv = ServerThread(config, tiny_model)
+    batcher = srv.running.servicer.runtime.batcher
+    gate = threading.Event()
+    encode = batcher._encode
+    batcher._encode = lambda texts: (gate.wait(30), encode(texts))[1]  # a pass that waits
     try:
         with ProfileEmbeddingClient(srv.target) as c:
+            running = c.stub.Embed.future(
+                pb2.EmbedRequest(profiles=_profiles(1, biography="tokyo")), timeout=30
+            )
+            wait_for(lambda: batcher._slots.locked(), "the first request's pass runs")
             first = c.stub.Embed.future(
                 pb2.EmbedRequest(profiles=_profiles(8, biography="paris")), timeout=30
             )
-            time.sleep(0.15)  # the first request now waits in the queue for company
+            wait_for(lambda: batcher.queue_depth == 8, "the second request fills the queue")
             code, details = _code(
                 lambda: c.stub.Embed(pb2.EmbedRequest(profiles=_profiles(1, biography="lyon")))
             )
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue is full" in details
+            gate.set()
+            assert len(running.result().embeddings) == 1
             assert len(first.result().embeddings) == 8
             assert c.embed([{"id": "later"}]).shape[0] == 1
     finally:
+        gate.set()
         srv.stop()
 
 

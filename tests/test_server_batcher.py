@@ -7,21 +7,26 @@ import threading
 
 import numpy as np
 import pytest
+from waiting import until
 
 from embedder.errors import NotReadyError, OverloadedError
 from server.batcher import DynamicBatcher, estimate_tokens
 
 
 class RecordingEncoder:
-    """Deterministic encoder: vector = [len(text), first char code]; records each call's texts."""
+    """Deterministic encoder: vector = [len(text), first char code]; records each call's texts.
 
-    def __init__(self, delay: float = 0.0) -> None:
+    ``entered`` is set when a pass starts; clearing ``release`` makes passes block until it is set.
+    """
+
+    def __init__(self) -> None:
         self.calls: list[list[str]] = []
-        self.delay = delay
+        self.entered = threading.Event()
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, texts: list[str]) -> np.ndarray:
+        self.entered.set()
         self.release.wait(5)
         self.calls.append(list(texts))
         return np.array([[len(t), ord(t[0]) if t else 0] for t in texts], dtype=np.float32)
@@ -75,9 +80,9 @@ def test_full_queue_raises_overloaded_and_recovers():
         b = DynamicBatcher(enc, max_wait_ms=0, max_batch_profiles=2, max_queue=5)
         b.start()
         first = asyncio.ensure_future(b.submit(["a", "b"]))
-        await asyncio.sleep(0.05)  # first pass is running (blocked), its texts left the queue
+        await until(enc.entered.is_set, "the first pass runs (blocked): its texts left the queue")
         queued = asyncio.ensure_future(b.submit(["c", "d", "e", "f", "g"]))
-        await asyncio.sleep(0.01)
+        await until(lambda: b.queue_depth == 5, "the second caller's texts are queued")
         with pytest.raises(OverloadedError, match="queue is full"):
             await b.submit(["h"])
         enc.release.set()
@@ -98,13 +103,12 @@ def test_cancelled_callers_texts_never_reach_the_encoder():
         b = DynamicBatcher(enc, max_wait_ms=0, max_batch_profiles=1)
         b.start()
         blocker = asyncio.ensure_future(b.submit(["blocker"]))
-        await asyncio.sleep(0.05)
+        await until(enc.entered.is_set, "the blocker's pass runs")
         doomed = asyncio.ensure_future(b.submit(["doomed-1", "doomed-2"]))
-        await asyncio.sleep(0.01)
-        assert b.queue_depth == 2
+        await until(lambda: b.queue_depth == 2, "the doomed texts are queued")
         doomed.cancel()
-        await asyncio.sleep(0.01)
-        assert b.queue_depth == 0
+        await asyncio.wait({doomed}, timeout=5)  # its cancellation has run
+        assert doomed.cancelled() and b.queue_depth == 0
         enc.release.set()
         await blocker
         ok = await asyncio.wait_for(b.submit(["after"]), 5)
@@ -143,11 +147,12 @@ def test_close_drains_queued_work_then_refuses_new_work():
     enc = RecordingEncoder()
 
     async def main():
-        b = DynamicBatcher(enc, max_wait_ms=30)
+        # Queued texts would wait a minute for company: close must cut that wait, not drop them.
+        b = DynamicBatcher(enc, max_wait_ms=60_000)
         b.start()
         pending = [asyncio.ensure_future(b.submit([f"t{i}"])) for i in range(5)]
-        await asyncio.sleep(0)
-        await b.close(drain=True)
+        await until(lambda: b.queue_depth == 5, "the five callers are queued")
+        await asyncio.wait_for(b.close(drain=True), 10)
         done = [p.result() for p in pending]
         with pytest.raises(NotReadyError):
             await b.submit(["late"])

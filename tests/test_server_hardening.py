@@ -6,13 +6,13 @@ import asyncio
 import logging
 import ssl
 import threading
-import time
 import urllib.error
 import urllib.request
 
 import grpc
 import pytest
-from server_helpers import ServerThread, build_tiny_model, self_signed_cert
+from server_helpers import ServerThread, self_signed_cert
+from waiting import until, wait_for
 
 from embedder.errors import OverloadedError
 from server._codegen import modules
@@ -24,11 +24,6 @@ pb2, pb2_grpc = modules()
 SERVICE = "/profile_embedding.v1.ProfileEmbeddingService/"
 TOKEN = "hardening-token-0123456789"
 MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_base_dir):
-    return build_tiny_model(tiny_base_dir)
 
 
 def _unary(target, method, payload, *, token=None, timeout=30):
@@ -53,16 +48,6 @@ def _calls_in_progress(srv) -> float:
     return srv.running.metrics.calls_in_progress.collect()[0].samples[0].value
 
 
-def _wait_for(predicate, what, timeout=30.0):
-    """Poll until ``predicate()`` holds (liveness only; no latency is asserted)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
-
 # ---------------------------------------------------------------------- intake budget (unit)
 class _FakeContext:
     """A servicer context whose read() returns a body when the test releases it."""
@@ -85,8 +70,8 @@ def test_a_read_needs_room_for_a_largest_message_and_holds_only_the_real_size():
         first, second, third = (_FakeContext(b"x" * n) for n in (100, 200, 300))
         a = asyncio.ensure_future(intake.read(first, hold=True))
         b = asyncio.ensure_future(intake.read(second, hold=True))
-        await asyncio.sleep(0)
-        assert intake.reading == 2 and intake.committed == 2 * MIB
+        await until(lambda: intake.reading == 2, "both reads are in progress")
+        assert intake.committed == 2 * MIB
         # Two reads in progress could each bring 1 MiB: a third has no room and is refused.
         with pytest.raises(OverloadedError, match="max-inflight-bytes"):
             await intake.read(third, hold=True)
@@ -156,13 +141,13 @@ def test_calls_beyond_max_concurrent_calls_get_resource_exhausted_before_their_b
     try:
         with ProfileEmbeddingClient(srv.target) as c:
             stream = c.stub.PredictStream(items(), timeout=60)
-            _wait_for(lambda: _calls_in_progress(srv) == 1, "the stream holds the only slot")
+            wait_for(lambda: _calls_in_progress(srv) == 1, "the stream holds the only slot")
             code, details = _unary(srv.target, "Embed", b"\xff" * 1000)  # garbage, never read
             assert code == "RESOURCE_EXHAUSTED" and "--max-concurrent-calls" in details
             assert c.health() == "SERVING"  # health checks are not counted
             release.set()
             assert [r.id for r in stream] == ["s0"]
-            _wait_for(lambda: c.embed([{"id": "after"}]).shape[0] == 1, "a call after the stream")
+            wait_for(lambda: c.embed([{"id": "after"}]).shape[0] == 1, "a call after the stream")
     finally:
         release.set()
         srv.stop()
@@ -252,9 +237,9 @@ def test_a_queue_over_its_delay_budget_sheds_before_the_body_is_parsed(tiny_mode
     try:
         with ProfileEmbeddingClient(srv.target) as c:
             running = embed("running")
-            _wait_for(lambda: batcher._slots.locked(), "the first request's pass runs")
+            wait_for(lambda: batcher._slots.locked(), "the first request's pass runs")
             queued = embed("queued")
-            _wait_for(lambda: batcher.queue_depth == 1, "the second request waits in the queue")
+            wait_for(lambda: batcher.queue_depth == 1, "the second request waits in the queue")
             batcher.seconds_per_token = 1.0  # as if passes had been measured this slow
             # Garbage that would be INVALID_ARGUMENT if parsed: refused before it is read.
             code, details = _unary(srv.target, "Embed", b"\xff" * 100)
@@ -281,7 +266,7 @@ def test_cancelled_streams_and_passed_deadlines_are_not_counted_ok(tiny_model):
     try:
         with ProfileEmbeddingClient(srv.target) as c:
             stream = c.stub.PredictStream(items(), timeout=60)
-            _wait_for(lambda: _calls_in_progress(srv) == 1, "the stream is being served")
+            wait_for(lambda: _calls_in_progress(srv) == 1, "the stream is being served")
             stream.cancel()
             release.set()
             with pytest.raises(grpc.RpcError) as info:
@@ -292,8 +277,8 @@ def test_cancelled_streams_and_passed_deadlines_are_not_counted_ok(tiny_model):
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         cancelled = 'profile_embed_requests_total{code="CANCELLED",rpc="PredictStream"} 1.0'
         deadline = 'profile_embed_requests_total{code="DEADLINE_EXCEEDED",rpc="Embed"} 1.0'
-        _wait_for(lambda: cancelled in _metrics(srv), "the cancelled stream is counted")
-        _wait_for(lambda: deadline in _metrics(srv), "the passed deadline is counted")
+        wait_for(lambda: cancelled in _metrics(srv), "the cancelled stream is counted")
+        wait_for(lambda: deadline in _metrics(srv), "the passed deadline is counted")
         text = _metrics(srv)
         assert 'code="OK",rpc="PredictStream"' not in text
         assert 'code="OK",rpc="Embed"' not in text
@@ -316,15 +301,19 @@ def test_stream_reader_ends_after_a_cancel_even_with_a_full_output_queue():
     )
     servicer = ProfileEmbeddingServicer(limits, ServerMetrics())
 
-    async def never():
-        await asyncio.Event().wait()
-        yield b""  # pragma: no cover
-
     async def scenario():
+        reading = asyncio.Event()
+
+        async def never():
+            reading.set()
+            await asyncio.Event().wait()
+            yield b""  # pragma: no cover
+
         out: asyncio.Queue = asyncio.Queue(maxsize=1)
         out.put_nowait("a response nobody reads")
         reader = asyncio.ensure_future(servicer._read_stream(None, never(), out))
-        await asyncio.sleep(0.01)
+        # Cancelled before its first step a task never runs, and this test would prove nothing.
+        await asyncio.wait_for(reading.wait(), 10)
         reader.cancel()
         done, _ = await asyncio.wait({reader}, timeout=10)
         assert done, "the reader hung on the full queue after its cancel"
@@ -400,9 +389,10 @@ def test_the_delay_estimate_counts_live_and_running_work_and_sheds_beyond_the_bu
 
     from server.batcher import DynamicBatcher
 
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def encode(texts):
+        entered.set()
         release.wait(5)
         return np.ones((len(texts), 2), dtype=np.float32)
 
@@ -412,17 +402,18 @@ def test_the_delay_estimate_counts_live_and_running_work_and_sheds_beyond_the_bu
         )
         b.start()
         blocker = asyncio.ensure_future(b.submit(["x" * 10]))  # occupies the one worker
-        await asyncio.sleep(0.05)
+        await until(entered.is_set, "the blocker's pass runs")
         b.seconds_per_token = 0.01  # as if measured: 10 ms per token
         doomed = asyncio.ensure_future(b.submit(["y" * 100]))
-        await asyncio.sleep(0.01)
+        await until(lambda: b.queue_depth == 1, "the doomed text is queued")
         # 100 queued tokens + the 10 of the pass in progress.
         assert b.estimated_delay() == pytest.approx(1.1)
         assert "--max-queue-delay-ms" in b.overloaded()
         with pytest.raises(OverloadedError, match="about 1100 ms of work"):
             await b.submit(["z"])
         doomed.cancel()
-        await asyncio.sleep(0.01)
+        await asyncio.wait({doomed}, timeout=5)  # its cancellation has run
+        assert doomed.cancelled()
         # The cancelled caller's texts still sit in the deque but are no work ahead any more.
         assert b.estimated_delay() == pytest.approx(0.1) and b.overloaded() is None
         release.set()
@@ -438,9 +429,10 @@ def test_before_any_pass_one_request_may_queue_and_a_pass_is_cut_to_the_delay_bu
 
     from server.batcher import DynamicBatcher
 
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def encode(texts):
+        entered.set()
         release.wait(5)
         return np.ones((len(texts), 2), dtype=np.float32)
 
@@ -451,9 +443,9 @@ def test_before_any_pass_one_request_may_queue_and_a_pass_is_cut_to_the_delay_bu
         b.start()
         assert b.pass_tokens() == 1000  # nothing measured yet
         first = asyncio.ensure_future(b.submit(["a" * 10, "b" * 10]))
-        await asyncio.sleep(0.05)
+        await until(entered.is_set, "the first pass runs")
         second = asyncio.ensure_future(b.submit(["c" * 10]))  # queued behind the running pass
-        await asyncio.sleep(0.01)
+        await until(lambda: b.queue_depth == 1, "the second text is queued")
         # The cost of a pass is unknown until one ends: nothing more may wait meanwhile.
         with pytest.raises(OverloadedError, match="first forward pass"):
             await b.submit(["d"])

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from server_helpers import build_tiny_model, synthetic_profiles
+from waiting import wait_for
 
 from server._codegen import modules
 from server.client import ProfileEmbeddingClient, to_message
@@ -26,16 +27,12 @@ from server.config import ServerConfig
 pb2, _ = modules()
 CLI = [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())"]
 READY = re.compile(r"serving (emb-\w+) on [\d.]+:(\d+)")
+METRICS = re.compile(r"metrics on http://([\d.]+:\d+)/metrics")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_base_dir, tmp_path_factory):
-    from heads.model import save_model
-
-    model = build_tiny_model(tiny_base_dir)
-    path = tmp_path_factory.mktemp("served") / "model"
-    save_model(path, model.encoder, model.heads)
-    return path
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # the servers only read it
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +60,7 @@ class ServeProcess:
         )
         self.lines: list[str] = []
         self.port: int | None = None
+        self.metrics: str | None = None  # host:port, with --metrics-port 0 among ``args``
         self._ready = threading.Event()
         threading.Thread(target=self._pump, daemon=True).start()
         if wait and not self._ready.wait(180):
@@ -72,6 +70,8 @@ class ServeProcess:
     def _pump(self) -> None:
         for line in self.proc.stderr:
             self.lines.append(line)
+            if found := METRICS.search(line):
+                self.metrics = found.group(1)
             match = READY.search(line)
             if match:
                 self.port = int(match.group(2))
@@ -83,6 +83,12 @@ class ServeProcess:
 
     def wait(self, timeout: float = 60) -> int:
         return self.proc.wait(timeout)
+
+    def calls_in_progress(self) -> float:
+        """The server's own count of admitted, unfinished calls (its metrics endpoint)."""
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        return float(re.search(r"^profile_embed_calls_in_progress (\S+)$", text, re.M).group(1))
 
 
 def test_cache_survives_kill9_and_sigterm_drains_in_flight_calls(model_dir, tmp_path):
@@ -100,8 +106,9 @@ def test_cache_survives_kill9_and_sigterm_drains_in_flight_calls(model_dir, tmp_
         first.wait()
 
     second = ServeProcess(
-        "--model", str(model_dir), "--cache", str(cache), "--max-wait-ms", "400", "--grace", "30"
-    )
+        "--model", str(model_dir), "--cache", str(cache), "--max-wait-ms", "1000", "--grace", "30",
+        "--metrics-port", "0",
+    )  # fmt: skip
     try:
         with ProfileEmbeddingClient(second.target) as c:
             after = c.stub.Embed(request, timeout=60)
@@ -110,11 +117,13 @@ def test_cache_survives_kill9_and_sigterm_drains_in_flight_calls(model_dir, tmp_
                 np.testing.assert_array_equal(
                     np.frombuffer(a.vector, "<f4"), np.frombuffer(b.vector, "<f4")
                 )
-            # In-flight calls: fresh profiles wait up to 400 ms in the batcher for company.
+            # In-flight calls: fresh profiles wait up to 1 s in the batcher for company (SIGTERM
+            # ends that wait: draining does not add it to the test's time).
             fresh = synthetic_profiles(8, seed=22)[0]
             with ThreadPoolExecutor(8) as pool:
                 futures = [pool.submit(c.predict, [p]) for p in fresh]
-                time.sleep(0.1)
+                wait_for(lambda: second.calls_in_progress() == 8, "the 8 calls reach the server")
+                assert not any(f.done() for f in futures), "answered before SIGTERM: no drain"
                 second.proc.send_signal(signal.SIGTERM)
                 results = [f.result(timeout=60) for f in futures]
             assert [r[0]["id"] for r in results] == [p.id for p in fresh]
