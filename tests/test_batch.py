@@ -238,6 +238,7 @@ def test_rows_already_done_are_skipped_in_a_new_file(model_dir, inputs, first_ru
     assert summary["rows_written"] == 0
 
 
+@pytest.mark.slow  # a Ray batch run in a subprocess, killed, then run again
 def test_killed_run_resumes_without_duplicates(model_dir, inputs, tmp_path):
     """SIGKILL the CLI midway (whole process group), re-run: every valid id once, no leftovers."""
     from server.batch.pipeline import run_batch

@@ -170,6 +170,7 @@ def _start(
     raise AssertionError(f"{command!r} did not report SERVING:\n{''.join(log)}")
 
 
+@pytest.mark.slow  # every README command as a subprocess, a server among them
 def test_readme_quick_start_and_grpc_commands_run(scratch) -> None:
     commands = readme_commands(README.read_text(encoding="utf-8"))
     background = [c for c in commands if _is_background(c)]

@@ -71,6 +71,7 @@ def test_populations_have_the_asked_shares(real_eval):
     assert pair[2] == 0 and abs(pair[0] - 0.5) < 0.06
 
 
+@pytest.mark.slow  # the whole real-data evaluation (anchors, bootstrap, plots), twice
 def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     docs = tmp_path / "REAL_DATA.md"
     docs.write_text(

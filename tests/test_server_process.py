@@ -91,6 +91,7 @@ class ServeProcess:
         return float(re.search(r"^profile_embed_calls_in_progress (\S+)$", text, re.M).group(1))
 
 
+@pytest.mark.slow  # two `profile-embed serve` processes, each loading torch and the model
 def test_cache_survives_kill9_and_sigterm_drains_in_flight_calls(model_dir, tmp_path):
     cache = tmp_path / "cache.sqlite"
     profiles = synthetic_profiles(30, seed=21)[0]

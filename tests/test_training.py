@@ -146,6 +146,7 @@ def test_class_weights_inverse_sqrt_and_missing():
 
 
 # ---- determinism and resume --------------------------------------------------------------------
+@pytest.mark.slow  # four fine-tuning runs of the encoder
 def test_same_seed_same_loss_trajectory_and_resume_equals_uninterrupted(tiny_base_dir, tmp_path):
     rows, val_rows = make_rows(24, 1), make_rows(8, 2)
     a = make_trainer(tiny_base_dir, rows, val_rows, ckpt=tmp_path / "a", epochs=2)

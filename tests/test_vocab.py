@@ -61,6 +61,7 @@ def test_flags_and_location_emoji_become_single_tokens(tiny):
     assert torch.allclose(emb[new_tok.convert_tokens_to_ids(ri_q)], emb[q_ids].mean(0))
 
 
+@pytest.mark.slow  # two fresh interpreters (hash seeds 1 and 2), each loading transformers
 def test_added_pieces_do_not_depend_on_the_hash_seed(tiny_base_dir):
     # The order of added pieces fixes their ids and so the embedding_version: two builds of the
     # same recipe must agree, whatever PYTHONHASHSEED each process drew.
