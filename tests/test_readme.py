@@ -198,6 +198,7 @@ def test_readme_quick_start_and_grpc_commands_run(scratch) -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         reader.join(10)
+        server.stderr.close()  # read to EOF by now; closed here, not left to the GC
     assert not failures, "\n\n".join(failures)
     assert ran >= 4
     assert server.returncode == 0, "".join(log)  # SIGTERM drains and exits 0

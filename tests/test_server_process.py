@@ -62,27 +62,31 @@ class ServeProcess:
         self.port: int | None = None
         self.metrics: str | None = None  # host:port, with --metrics-port 0 among ``args``
         self._ready = threading.Event()
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
         if wait and not self._ready.wait(180):
             self.proc.kill()
             raise AssertionError("server never became ready:\n" + "".join(self.lines[-30:]))
 
     def _pump(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if found := METRICS.search(line):
-                self.metrics = found.group(1)
-            match = READY.search(line)
-            if match:
-                self.port = int(match.group(2))
-                self._ready.set()
+        with self.proc.stderr:  # closed at the process's exit (EOF), not left to the GC
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if found := METRICS.search(line):
+                    self.metrics = found.group(1)
+                match = READY.search(line)
+                if match:
+                    self.port = int(match.group(2))
+                    self._ready.set()
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def wait(self, timeout: float = 60) -> int:
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self._pump_thread.join(timeout)  # every line of its log is in ``lines``
+        return code
 
     def calls_in_progress(self) -> float:
         """The server's own count of admitted, unfinished calls (its metrics endpoint)."""
