@@ -17,7 +17,7 @@ from server.cli import build_parser, main
 EXEMPT: dict[str, str] = {}
 
 #: Values tried, in order, until the flag's type and choices accept one (its converter decides).
-_CANDIDATES = ("7", "3", "0.25", "balanced", "int8", "knn", "auto", "x")
+_CANDIDATES = ("7", "3", "0.25", "balanced", "int8", "knn", "auto", "cpu", "x")
 
 _MISSING = object()
 

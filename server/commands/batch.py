@@ -92,6 +92,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache", type=Path, default=None, help="embedding cache (SQLite) to consult")
     p.add_argument(
         "--device",
+        choices=("auto", "cpu", "cuda"),  # each Ray actor gets its own GPU: no cuda:N here
         default="auto",
         help="auto (GPU actors when the Ray cluster reports GPUs, default), cpu or cuda",
     )

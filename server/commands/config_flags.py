@@ -215,3 +215,17 @@ def _tuple_of(
 
     convert.__name__ = "comma-separated list"
     return convert
+
+
+def device_flag(value: str) -> str:
+    """argparse type of a ``--device`` flag: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+
+    The form is checked when the flag (or ``PROFILE_EMBED_DEVICE``) is parsed; whether the
+    machine has that GPU is checked when the command runs (``embedder.devices.choose_device``).
+    """
+    from embedder.devices import check_device_spec
+
+    try:
+        return check_device_spec(value, field="--device")
+    except InvalidInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder.numerics import NUMERICS_OPTIONS
+from server.commands.config_flags import device_flag
 from server.commands.invalid_rows import add_skip_invalid, load_profiles
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--device",
+        type=device_flag,
         default="auto",
         help="auto (a GPU when torch sees one, default), cpu, cuda or cuda:N; "
         "on a GPU only fp32 and bf16 numerics run",
