@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from embedder.errors import EmbedderError, InvalidInputError, UnknownHeadError, UnknownIdError
 
@@ -79,11 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _BadEnv:
+    """The default of a flag whose ``PROFILE_EMBED_<FLAG>`` value it refuses.
+
+    Reported only when the command that owns the flag runs and the flag is not given (so a
+    value meant for one command's ``--device`` cannot break another command's parser).
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        self.parser, self.message = parser, message
+
+
 def _apply_env_defaults(parser: argparse.ArgumentParser) -> None:
     """Let ``PROFILE_EMBED_<FLAG>`` set any long option's default (flags still win).
 
     Nested subcommands (``client predict``, ``index build``) get the same fallback. A value the
-    flag's type refuses is a usage error (exit 2) naming the variable.
+    flag's type or choices refuse is a usage error (exit 2) naming the variable, raised by
+    :func:`_check_env_values` when that command runs.
     """
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -97,32 +110,39 @@ def _apply_env_defaults(parser: argparse.ArgumentParser) -> None:
         if env not in os.environ:
             continue
         raw = os.environ[env]
-        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-            action.default = _env_bool(parser, env, raw) == isinstance(
-                action, argparse._StoreTrueAction
-            )
-        elif isinstance(action, argparse.BooleanOptionalAction):
-            action.default = _env_bool(parser, env, raw)
-        elif action.type is not None and callable(action.type):
-            try:
-                action.default = action.type(raw)
-            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
-                parser.error(f"{env}={raw!r} is not a valid {longs[0]}: {err}")
-        else:
-            action.default = raw
-        if action.choices is not None and action.default not in action.choices:
-            # argparse checks choices of typed flags only, never of defaults
-            allowed = ", ".join(map(str, action.choices))
-            parser.error(f"{env}={raw!r} is not a valid {longs[0]}; allowed: {allowed}")
         action.required = False
+        try:
+            action.default = _env_value(action, raw)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            action.default = _BadEnv(parser, f"{env}={raw!r} is not a valid {longs[0]}: {err}")
 
 
-def _env_bool(parser: argparse.ArgumentParser, env: str, raw: str) -> bool:
-    """An on/off environment value; anything else is a usage error naming the variable."""
+def _env_value(action: argparse.Action, raw: str) -> Any:
+    """The value ``raw`` gives the flag of ``action``, as if it were typed on the command line."""
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        return _env_bool(raw) == isinstance(action, argparse._StoreTrueAction)
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return _env_bool(raw)
+    value = action.type(raw) if action.type is not None and callable(action.type) else raw
+    if action.choices is not None and value not in action.choices:
+        # argparse checks the choices of given flags only, never of defaults
+        raise ValueError(f"allowed: {', '.join(map(str, action.choices))}")
+    return value
+
+
+def _env_bool(raw: str) -> bool:
+    """An on/off environment value."""
     value = raw.strip().lower()
     if value not in _TRUE | _FALSE:
-        parser.error(f"{env}={raw!r} is not on/off; allowed: {', '.join(sorted(_TRUE | _FALSE))}")
+        raise ValueError(f"not on/off; allowed: {', '.join(sorted(_TRUE | _FALSE))}")
     return value in _TRUE
+
+
+def _check_env_values(args: argparse.Namespace) -> None:
+    """Exit 2 (argparse's usage error) when the running command took a refused env value."""
+    for value in vars(args).values():
+        if isinstance(value, _BadEnv):
+            value.parser.error(value.message)
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -145,6 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         args = build_parser().parse_args(argv)
+        _check_env_values(args)
     except SystemExit as exit:
         return 0 if exit.code is None else int(exit.code)
     _configure_logging(args.verbose)

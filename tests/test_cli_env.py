@@ -123,10 +123,19 @@ def test_every_long_option_reads_its_environment_variable(path, flag, monkeypatc
 
 
 def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(monkeypatch, capsys) -> None:
+    from server.cli import _check_env_values
+
     monkeypatch.setenv("PROFILE_EMBED_METRICS_TLS", "maybe")
-    assert main(["serve", "--help"]) == 2
-    assert "PROFILE_EMBED_METRICS_TLS='maybe'" in capsys.readouterr().err
+    assert main(["serve", "--model", "no-such-model"]) == 2  # refused before any work
+    err = capsys.readouterr().err
+    assert "PROFILE_EMBED_METRICS_TLS='maybe'" in err and "Traceback" not in err
+    # the flag given on the command line wins over its refused variable
+    args = build_parser().parse_args(["serve", "--no-metrics-tls"])
+    _check_env_values(args)
     monkeypatch.setenv("PROFILE_EMBED_METRICS_TLS", "1")
     monkeypatch.setenv("PROFILE_EMBED_KIND", "forest")
-    assert main(["train-head", "--help"]) == 2
+    argv = ["train-head", "--head", "h", "--train", "t.jsonl", "--val", "v.jsonl"]
+    assert main(argv) == 2
     assert "PROFILE_EMBED_KIND='forest'" in capsys.readouterr().err
+    # a value one command's flag refuses does not break the commands without that flag
+    _check_env_values(build_parser().parse_args(["serve"]))
