@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from embedder.data import read_profiles
     from heads.model import ProfileModel
-    from heads.train_head import cached_embeddings
+    from heads.training.head import cached_embeddings
 
     model = ProfileModel.load(args.model, heads=["geolocation"])
     head = model.head("geolocation")

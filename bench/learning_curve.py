@@ -121,8 +121,8 @@ def curve(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Every (set, size, method) score; sets without >= 2 values of ``task`` are skipped."""
-    from heads.train_data import row_label
-    from heads.train_head import cached_embeddings
+    from heads.training.data import row_label
+    from heads.training.head import cached_embeddings
 
     encs = encoders(model_dir, encoder_names)
     out: dict[str, Any] = {}

@@ -231,7 +231,7 @@ def summarise(
     in_distribution: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The headline figures (heads.evaluation's definitions) plus the costliest confusions."""
-    from heads.evaluation import evaluate
+    from heads.evaluation.metrics import evaluate
 
     ev = evaluate(probs, y, GEO_LABELS, thresholds=thresholds, in_distribution=in_distribution)
     m = ev.metrics
@@ -357,7 +357,7 @@ def evaluate_sets(
 ) -> dict[str, Any]:
     """Everything of the module docstring, per set, as a JSON-ready dict (+ private evaluations)."""
     from heads.model import ProfileModel
-    from heads.train_head import cached_embeddings
+    from heads.training.head import cached_embeddings
 
     model = ProfileModel.load(model_dir, heads=[head_name])
     head = model.head(head_name)
@@ -549,7 +549,7 @@ def render_summary(report: dict[str, Any], command: str) -> str:
 
 def render_report(report: dict[str, Any], out: Path, command: str) -> Path:
     """OUT/REPORT.md: the summary, then per set the per-class table, confusions and plots."""
-    from heads.evaluation import plot_reliability
+    from heads.evaluation.report import plot_reliability
 
     parts = ["# Real-data evaluation", "", render_summary(report, command), ""]
     for name, r in report["sets"].items():

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from embedder.data import read_profiles
 from heads.calibration import select_thresholds
 from heads.model import ProfileModel
-from heads.train_data import HEAD_TASKS
+from heads.training.data import HEAD_TASKS
 
 RULES = {"labels": False, "labels+confidence": True}
 

@@ -2,8 +2,8 @@
 
 The build (or ``profile-embed numerics check``) measures which numerics keep geolocation accuracy
 within tolerance of fp32 and records them in the model folder (``numerics.json``, see
-``heads.numerics_check``). Speed, though, depends on the CPU: on an AMX-BF16 Xeon bf16 was
-measured 2.47x plain sentence-transformers while ``onnx-fp32`` (chosen by the build there) was
+``heads.evaluation.numerics_check``). Speed, though, depends on the CPU: on an AMX-BF16 Xeon bf16
+was measured 2.47x plain sentence-transformers while ``onnx-fp32`` (chosen by the build there) was
 0.87x. So at load time, among the accurate candidates this CPU runs natively, a short probe
 encodes the same texts with each and keeps the fastest. The result is cached per CPU model, ISA
 flags, thread count, ``embedding_version`` and candidate list in

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal, Self
 import numpy as np
 
 from embedder.errors import ArtifactError, InvalidInputError
-from heads.train_config import DEFAULT_TARGET_PRECISION
+from heads.calibration import DEFAULT_TARGET_PRECISION
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,24 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import optimize, stats
 
 from embedder.errors import InvalidInputError
-from heads.train_config import DEFAULT_TARGET_PRECISION
+
+#: The per-class precision every assigned class must keep unless told otherwise (heads.calibration).
+DEFAULT_TARGET_PRECISION = 0.90
+
+
+def check_target_precision(value: float) -> None:
+    """Refuse a precision target outside (0, 1).
+
+    Raises:
+        InvalidInputError: naming the field, the value and the allowed range.
+    """
+    if not 0.0 < value < 1.0:
+        raise InvalidInputError(
+            f"got {value}; allowed: a number in (0, 1)", field="target_precision"
+        )
+
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +72,8 @@ def fit_temperature(
     Raises:
         InvalidInputError: on empty input, mismatched lengths or class indices out of range.
     """
+    from scipy import optimize  # here, not at the top: the CLI imports this module for --help
+
     logits = np.asarray(logits, dtype=np.float64)
     y = _check_targets(y, len(logits), logits.shape[1] if logits.ndim == 2 else 0)
     res = optimize.minimize_scalar(
@@ -95,6 +111,8 @@ def precision_lower_bound(
     Returns:
         The bounds, float64, same shape as the inputs.
     """
+    from scipy import stats  # here, not at the top: the CLI imports this module for --help
+
     k = np.asarray(correct, dtype=np.float64)
     n = np.asarray(total, dtype=np.float64)
     safe_n = np.maximum(n, 1.0)

@@ -24,12 +24,12 @@ import numpy as np
 from embedder.errors import ArtifactError, InvalidInputError
 from heads.base import Head, Labels, as_numpy_embeddings, check_labels
 from heads.calibration import (
+    DEFAULT_TARGET_PRECISION,
     BoundMethod,
     ThresholdSelection,
     softmax,
 )
 from heads.registry import register_head
-from heads.train_config import DEFAULT_TARGET_PRECISION
 
 logger = logging.getLogger(__name__)
 

@@ -113,7 +113,7 @@ def load_encoder(
     from embedder.devices import CUDA_NUMERICS, check_numerics_on, choose_device
     from embedder.encoder import ProfileEncoder  # lazy: torch + transformers
     from embedder.numerics import AUTO
-    from heads.numerics_check import accurate_numerics
+    from heads.evaluation.numerics_check import accurate_numerics
 
     model_dir = Path(model_dir)
     target = choose_device(device)
@@ -396,7 +396,7 @@ class ModelWriter:
 
     def write_report(self, evaluations: Sequence[Any], *, notes: str | None = None) -> Path:
         """Write the evaluation report into ``report/``."""
-        from heads.evaluation import write_report
+        from heads.evaluation.report import write_report
 
         return write_report(self.tmp / "report", evaluations, title="Training report", notes=notes)
 
@@ -434,8 +434,8 @@ def save_model(
         path: the new model folder.
         encoder: the ``ProfileEncoder``.
         heads: heads by name (or a list; names from ``head.name``).
-        evaluations: ``{head name: heads.evaluation.HeadEvaluation}``; written to ``report/`` and
-            as each head's model card.
+        evaluations: ``{head name: heads.evaluation.metrics.HeadEvaluation}``; written to
+            ``report/`` and as each head's model card.
         report_notes: Markdown paragraph for the report (data, command line...).
         extra: more keys for model.json (training data hashes, hyper-parameters...).
 
@@ -498,7 +498,7 @@ def add_head(model_dir: str | Path, head: Head, *, evaluation: Any = None) -> Pa
 def _save_head(head: Head, path: Path, evaluation: Any) -> Path:
     head.save(path)
     if evaluation is not None:
-        from heads.evaluation import write_model_card
+        from heads.evaluation.report import write_model_card
 
         write_model_card(path, evaluation)
     return path

@@ -21,13 +21,13 @@ from torch import nn
 from embedder.errors import ArtifactError, InvalidInputError
 from heads.base import Head, Labels, as_numpy_embeddings, check_labels
 from heads.calibration import (
+    DEFAULT_TARGET_PRECISION,
     BoundMethod,
     ThresholdSelection,
     softmax,
 )
 from heads.registry import register_head
 from heads.shift import MahalanobisGuard
-from heads.train_config import DEFAULT_TARGET_PRECISION
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ def home(tmp_path, monkeypatch):
 
 def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, capsys):
     from heads.model import ProfileModel
-    from heads.recipes import read_build
+    from heads.training.recipes import read_build
     from server.cli import main
 
     models, data = home / "models", home / "data"
@@ -108,7 +108,7 @@ def test_if_missing_skips_and_a_real_folder_is_never_replaced(tiny_base_dir, hom
 
 def test_unknown_recipe_is_a_clear_error(tmp_path, capsys):
     from embedder.errors import InvalidInputError
-    from heads.recipes import get_recipe
+    from heads.training.recipes import get_recipe
     from server.cli import main
 
     with pytest.raises(InvalidInputError, match=r"unknown recipe 'big'; known: default, full, or"):
@@ -120,7 +120,7 @@ def test_unknown_recipe_is_a_clear_error(tmp_path, capsys):
 
 def test_shipped_recipes_round_trip_and_a_bad_file_names_its_field(tmp_path):
     from embedder.errors import InvalidInputError
-    from heads.recipes import Recipe, get_recipe, recipe_names
+    from heads.training.recipes import Recipe, get_recipe, recipe_names
 
     assert recipe_names() == ("default", "full")
     for name in recipe_names():

@@ -72,7 +72,7 @@ def test_client_imports_no_heavy_module(action: str) -> None:
 
 
 def test_build_default_help_lists_the_shipped_recipes() -> None:
-    from heads.recipes import recipe_names
+    from heads.training.recipes import recipe_names
     from server.commands.build_default import _recipe_names
 
     assert tuple(_recipe_names()) == recipe_names()

@@ -87,14 +87,14 @@ def test_bad_values_are_usage_errors(argv, message, capsys) -> None:
 def test_a_value_the_dataclass_refuses_is_invalid_input() -> None:
     with pytest.raises(InvalidInputError, match="count must be >= 1, got 0"):
         config_from_args(_Demo, _parse("--count", "0"))
-    from heads.train_config import CalibrateConfig
+    from heads.training.config import CalibrateConfig
 
     with pytest.raises(InvalidInputError, match=r"field '--target-precision': got 1\.5"):
         config_from_args(CalibrateConfig, _parse_calibrate("--target-precision", "1.5"))
 
 
 def _parse_calibrate(*argv: str) -> argparse.Namespace:
-    from heads.train_config import CalibrateConfig
+    from heads.training.config import CalibrateConfig
 
     parser = argparse.ArgumentParser()
     add_config_flags(parser, CalibrateConfig)
@@ -129,7 +129,7 @@ def test_a_field_without_a_command_line_form_is_refused() -> None:
 
 
 def test_train_flags_reach_train_and_loop_configs() -> None:
-    from heads.train_config import DEFAULT_TARGET_PRECISION, LoopConfig, TrainConfig
+    from heads.training.config import DEFAULT_TARGET_PRECISION, LoopConfig, TrainConfig
     from server.cli import build_parser
     from server.commands.train import build_config
 
@@ -162,4 +162,4 @@ def test_the_default_target_precision_is_written_once() -> None:
                     continue
                 if "target" in code.lower() and literal.search(code):
                     offenders.append(f"{path.relative_to(root)}:{n}: {line.strip()}")
-    assert offenders == [], "use heads.train_config.DEFAULT_TARGET_PRECISION"
+    assert offenders == [], "use heads.training.config.DEFAULT_TARGET_PRECISION"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from embedder.errors import InvalidInputError
-from heads.evaluation import evaluate, write_model_card, write_report
+from heads.evaluation.metrics import evaluate
+from heads.evaluation.report import write_model_card, write_report
 
 LABELS = ("FR", "DE", "OTHER")
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -112,7 +113,7 @@ def test_default_slices_and_label_fields() -> None:
 
     from embedder.data import LabelledProfile
     from embedder.profile import Profile
-    from heads.evaluation import default_slices, label_field
+    from heads.evaluation.metrics import default_slices, label_field
 
     profiles = [
         Profile(id="1", biography="", captions=("one",), extra={"language": "fr"}),
@@ -133,8 +134,8 @@ def test_default_slices_and_label_fields() -> None:
 def test_score_predictions_is_sklearns_accuracy_and_macro_f1() -> None:
     from sklearn.metrics import f1_score
 
-    from heads.evaluation import score_predictions
-    from heads.training import validation_metrics
+    from heads.evaluation.metrics import score_predictions
+    from heads.training.loop import validation_metrics
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, size=200)  # class 4 is never true but can be predicted
@@ -157,7 +158,7 @@ def test_score_predictions_is_sklearns_accuracy_and_macro_f1() -> None:
 def test_default_slices_and_the_one_evaluation_loop() -> None:
     from embedder.data import LabelledProfile
     from embedder.profile import Profile
-    from heads.evaluation import default_slices, evaluate_heads
+    from heads.evaluation.metrics import default_slices, evaluate_heads
     from heads.registry import build_head
 
     rng = np.random.default_rng(0)

@@ -147,7 +147,7 @@ def test_auto_without_probe_uses_cpu_rules(tiny_base_dir, tmp_path, monkeypatch)
 
 def test_broken_numerics_record_names_the_file(tiny_base_dir, tmp_path) -> None:
     from embedder.errors import ArtifactError
-    from heads.numerics_check import accurate_numerics
+    from heads.evaluation.numerics_check import accurate_numerics
 
     path = _model_with_check(tiny_base_dir, tmp_path, ["fp32", "fp8"])
     with pytest.raises(ArtifactError, match=r"numerics.json.*fp8"):

@@ -10,7 +10,7 @@ import torch
 from embedder.errors import InvalidInputError
 from embedder.labels import GEO_LABELS
 from heads import standard_head
-from heads.train_data import class_weights
+from heads.training.data import class_weights
 
 
 def _head():

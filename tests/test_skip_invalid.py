@@ -264,7 +264,8 @@ def test_train_skip_invalid_records_counts_in_training_json(tiny_base_dir, tmp_p
 
 
 def test_train_model_default_is_strict(tiny_base_dir, tmp_path):
-    from heads.train_run import TrainConfig, train_model
+    from heads.training.config import TrainConfig
+    from heads.training.run import train_model
 
     train, _, bad_lines = _mixed_file(tmp_path / "train.jsonl", _records(2))
     with pytest.raises(InvalidInputError) as err:

@@ -11,8 +11,9 @@ import torch
 
 from embedder.errors import InvalidInputError, UnknownHeadError
 from embedder.profile import AssemblyConfig, Profile, assemble_texts
-from heads.augment import AugmentConfig, augment_profile, augment_profiles
-from heads.train_data import (
+from heads.training.augment import AugmentConfig, augment_profile, augment_profiles
+from heads.training.config import LoopConfig
+from heads.training.data import (
     HEAD_TASKS,
     MISSING,
     bucketed_batches,
@@ -23,7 +24,7 @@ from heads.train_data import (
     resolve_tasks,
     staged_batches,
 )
-from heads.training import LoopConfig, MultiTaskTrainer, multitask_loss
+from heads.training.loop import MultiTaskTrainer, multitask_loss
 
 CITIES = {"FR": "paris lyon", "BR": "são paulo rio", "JP": "tokyo", "GB": "london"}
 TOPICS = {"food": "food coffee", "travel": "travel beach", "fitness": "gym"}
@@ -264,7 +265,7 @@ def test_staged_batches_train_the_first_rows_before_the_rest():
 
 
 def test_staged_schedule_restarts_the_learning_rate_for_the_second_stage():
-    from heads.training import _staged_schedule
+    from heads.training.loop import _staged_schedule
 
     f = _staged_schedule(100, 50, 0.1)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)  # warm-up of stage one
@@ -305,7 +306,7 @@ def _write_split(path: Path, rows) -> Path:
 
 
 def _tiny_config(tiny_base_dir, **kw):
-    from heads.train_run import TrainConfig
+    from heads.training.config import TrainConfig
 
     loop = LoopConfig(epochs=1, batch_size=8, eval_batch_size=32, lr=1e-3, head_lr=1e-2, seed=0)
     return TrainConfig(
@@ -319,7 +320,7 @@ def test_train_model_writes_a_loadable_model_and_refuses_overwrite(tiny_base_dir
     from embedder.encoder import ProfileEncoder
     from embedder.errors import ArtifactError
     from heads.registry import load_head
-    from heads.train_run import train_model
+    from heads.training.run import train_model
 
     train = _write_split(tmp_path / "train.jsonl", make_rows(48, 1))
     val = _write_split(tmp_path / "val.jsonl", make_rows(24, 2))

@@ -15,8 +15,8 @@ TARGETS = {"accuracy": 0.90, "min_class_precision": 0.90, "assigned_correct": 2 
 
 
 def _recipe_names() -> list[str]:
-    # The shipped recipe files, listed without importing heads.recipes (which imports torch):
-    # ``--help`` must stay instant.
+    # The shipped recipe files, listed without importing heads.training.recipes (which imports
+    # torch): ``--help`` must stay instant.
     import heads
 
     return sorted(p.stem for p in (Path(heads.__file__).parent / "data" / "recipes").glob("*.json"))
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if args.if_missing and (link / "model.json").is_file():
         print(f"{link} exists ({link.resolve().name}); nothing to build", file=sys.stderr)
         return 0
-    from heads.recipes import build_model, get_recipe
+    from heads.training.recipes import build_model, get_recipe
 
-    logging.getLogger("heads.recipes").setLevel(logging.INFO)
+    logging.getLogger("heads.training.recipes").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
     recipe = get_recipe(args.recipe, base=args.base, device=args.device)

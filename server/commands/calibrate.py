@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from heads.train_config import CalibrateConfig
+from heads.training.config import CalibrateConfig
 from server.commands.config_flags import add_config_flags, config_from_args
 from server.commands.invalid_rows import add_skip_invalid
 
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Re-calibrate and print a one-line JSON summary (before/after on the calibration rows)."""
-    from heads.train_head import calibrate_head
+    from heads.training.head import calibrate_head
     from server.commands.invalid_rows import LoadReporter
 
     config = config_from_args(CalibrateConfig, args)

@@ -38,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     Returns 1 when rows were skipped (``--skip-invalid``), else 0.
     """
     from embedder.errors import InvalidInputError
-    from heads.evaluation import evaluate_heads, label_field, write_report
+    from heads.evaluation.metrics import evaluate_heads, label_field
+    from heads.evaluation.report import write_report
     from heads.model import ProfileModel
-    from heads.train_data import row_label
+    from heads.training.data import row_label
     from server.commands.invalid_rows import load_profiles
     from server.commands.predict import parse_heads
 

@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
 def run_check(args: argparse.Namespace) -> int:
     """Run the accuracy check and print its record as JSON."""
     from embedder.errors import InvalidInputError
-    from heads.numerics_check import check_numerics_accuracy
+    from heads.evaluation.numerics_check import check_numerics_accuracy
 
     if args.rows < 1:
         raise InvalidInputError(f"got {args.rows}; allowed: an integer >= 1", field="--rows")

@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from heads.augment import AugmentConfig
-from heads.train_config import LoopConfig, TrainConfig
+from heads.training.augment import AugmentConfig
+from heads.training.config import LoopConfig, TrainConfig
 from server.commands.config_flags import add_config_flags, config_from_args
 from server.commands.invalid_rows import add_skip_invalid
 
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     Returns 1 when rows were skipped (``--skip-invalid``; the model is still written), else 0.
     """
-    from heads.train_run import train_model
+    from heads.training.run import train_model
     from server.commands.invalid_rows import LoadReporter
 
     config = build_config(args)

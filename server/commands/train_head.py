@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from heads.registry import BUILTIN_HEADS
-from heads.train_config import HeadTrainConfig
+from heads.training.config import HeadTrainConfig
 from server.commands.config_flags import add_config_flags, config_from_args, given_fields
 from server.commands.invalid_rows import add_skip_invalid
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     Returns 1 when rows were skipped (``--skip-invalid``; the head is still added), else 0.
     """
-    from heads.train_head import check_kind_options, train_head
+    from heads.training.head import check_kind_options, train_head
     from server.commands.invalid_rows import LoadReporter
 
     config = config_from_args(HeadTrainConfig, args)

@@ -1,7 +1,7 @@
 """One fine-tuning run, end to end: data -> encoder -> joint training ->
 calibration -> evaluation -> an immutable model folder.
 
-``train_model`` is what ``profile-embed train`` calls. The loop itself is ``heads.training``.
+``train_model`` is what ``profile-embed train`` calls. The loop itself is ``heads.training.loop``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from embedder.errors import ArtifactError, InvalidInputError
-from heads.train_config import TrainConfig as TrainConfig  # re-exported: its home before
-from heads.train_data import (
+from heads.training.config import TrainConfig
+from heads.training.data import (
     MISSING,
     HeadTask,
     check_train_targets,
@@ -31,7 +31,7 @@ from heads.train_data import (
     label_counts,
     resolve_tasks,
 )
-from heads.training import MultiTaskTrainer, resolve_device, seed_everything
+from heads.training.loop import MultiTaskTrainer, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ def train_model(
         },
         "versions": _versions(),
     }
-    from heads.train_output import write_model
+    from heads.training.output import write_model
 
     info["wall_seconds_before_write"] = round(time.perf_counter() - wall, 1)
     write_model(

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from embedder.errors import VersionMismatchError
-from heads.train_config import DEFAULT_TARGET_PRECISION
-from heads.train_config import HeadTrainConfig as HeadTrainConfig  # re-exported: its home before
-from heads.train_data import (
+from heads.calibration import DEFAULT_TARGET_PRECISION
+from heads.training.config import HeadTrainConfig
+from heads.training.data import (
     MISSING,
     check_train_targets,
     check_val_targets,
@@ -173,7 +173,7 @@ def train_head(
 
     Args:
         model_dir: an existing model folder.
-        head_name: a known head (``heads.train_data.HEAD_TASKS``), e.g. ``"category"``, or a new
+        head_name: a known head (``heads.training.data.HEAD_TASKS``), e.g. ``"category"``, or a new
             head name with ``label_field``.
         train_path: labelled training profiles.
         val_path: labelled validation profiles (early stop, calibration, report).
@@ -194,10 +194,10 @@ def train_head(
             set, no labels, one class, empty validation.
         VersionMismatchError: the model folder's records disagree with its encoder.
     """
-    from heads.evaluation import evaluate_head
+    from heads.evaluation.metrics import evaluate_head
     from heads.model import add_head
     from heads.registry import build_head
-    from heads.train_data import task_for_field
+    from heads.training.data import task_for_field
 
     start = time.perf_counter()
     cfg = config or HeadTrainConfig()
@@ -314,9 +314,9 @@ def calibrate_head(
     import copy
     import math
 
-    from heads.evaluation import evaluate
+    from heads.evaluation.metrics import evaluate
     from heads.model import add_head, load_heads
-    from heads.train_data import HeadTask
+    from heads.training.data import HeadTask
 
     start = time.perf_counter()
     model_dir = Path(model_dir)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from heads.train_data import HeadTask, encode_targets
+from heads.training.data import HeadTask, encode_targets
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ def evaluations(
     emb: np.ndarray,
     split: str,
 ) -> dict[str, Any]:
-    """``heads.evaluation.HeadEvaluation`` per head on its labelled rows of one split."""
-    from heads.evaluation import default_slices, evaluate_heads
+    """``heads.evaluation.metrics.HeadEvaluation`` per head on its labelled rows of one split."""
+    from heads.evaluation.metrics import default_slices, evaluate_heads
 
     for task in tasks:
         encode_targets(rows, task)  # refuses a label outside a head's set, naming the row
@@ -63,7 +63,7 @@ def write_model(
     """
     import json
 
-    from heads.evaluation import write_report
+    from heads.evaluation.report import write_report
     from heads.model import ModelWriter
 
     val_rows, val_emb = val

@@ -1,10 +1,9 @@
 """The settings of training runs, torch-free so the CLI builds its flags from them cheaply.
 
-``TrainConfig`` and ``LoopConfig`` (``profile-embed train``, ``heads.train_run``),
-``HeadTrainConfig`` (``train-head``, ``heads.train_head``) and ``CalibrateConfig`` (``calibrate``)
-live here rather than next to the code that runs them, because that code imports torch and
-``profile-embed <cmd> --help`` must not; those modules re-export them.
-``DEFAULT_TARGET_PRECISION`` is the one default precision target of every threshold fit.
+``TrainConfig`` and ``LoopConfig`` (``profile-embed train``, ``heads.training.run``),
+``HeadTrainConfig`` (``train-head``, ``heads.training.head``) and ``CalibrateConfig``
+(``calibrate``) live here rather than next to the code that runs them, because that code imports
+torch and ``profile-embed <cmd> --help`` must not.
 """
 
 from __future__ import annotations
@@ -12,24 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from embedder.errors import InvalidInputError
 from embedder.profile import AssemblyConfig
-from heads.augment import AugmentConfig
-
-#: The per-class precision every assigned class must keep unless told otherwise (heads.calibration).
-DEFAULT_TARGET_PRECISION = 0.90
-
-
-def check_target_precision(value: float) -> None:
-    """Refuse a precision target outside (0, 1).
-
-    Raises:
-        InvalidInputError: naming the field, the value and the allowed range.
-    """
-    if not 0.0 < value < 1.0:
-        raise InvalidInputError(
-            f"got {value}; allowed: a number in (0, 1)", field="target_precision"
-        )
+from heads.calibration import DEFAULT_TARGET_PRECISION, check_target_precision
+from heads.training.augment import AugmentConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +70,7 @@ class TrainConfig:
     """Everything a fine-tuning run depends on besides the data.
 
     Attributes:
-        heads: head names to train jointly (``heads.train_data.HEAD_TASKS``).
+        heads: head names to train jointly (``heads.training.data.HEAD_TASKS``).
         base: base model spec or folder (``embedder.base_import.resolve_base``).
         location_tokens: add flags, regional indicators and location emoji to the vocabulary as
             whole pieces (``embedder.vocab.prepare_base``) before cutting layers.
@@ -190,7 +174,7 @@ class HeadTrainConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CalibrateConfig:
-    """Settings of ``heads.train_head.calibrate_head`` (``profile-embed calibrate``).
+    """Settings of ``heads.training.head.calibrate_head`` (``profile-embed calibrate``).
 
     Attributes:
         head: the head to re-calibrate.

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from embedder.errors import ArtifactError, InvalidInputError
-from heads.augment import AugmentConfig
-from heads.train_run import TrainConfig
-from heads.training import LoopConfig
+from heads.training.augment import AugmentConfig
+from heads.training.config import LoopConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +45,11 @@ class Recipe:
         numerics_candidates: faster inference numerics to check; those whose geolocation
             accuracy stays within ``numerics_tolerance`` of fp32 on ``numerics_check_rows`` test
             profiles are recorded in ``numerics.json``, and each serving machine picks the
-            fastest of them (``heads.numerics_check``, ``embedder.numerics_choice``).
+            fastest of them (``heads.evaluation.numerics_check``, ``embedder.numerics_choice``).
         numerics_check_rows: test profiles used for that check.
         numerics_tolerance: largest accuracy loss allowed (0.005 = half a point).
         refit_heads: heads re-fitted after fine-tuning as a linear head on the final encoder's
-            embeddings of the training profiles (``heads.train_head.train_head``: L-BFGS, no
+            embeddings of the training profiles (``heads.training.head.train_head``: L-BFGS, no
             class weighting, calibrated on the validation rows), added as the head's next
             version. On emb-9f15c699ba70 this took real accuracy from 0.543 / 0.327 / 0.202 (the
             jointly trained head, class weighting undone) to 0.557 / 0.537 / 0.213 (multilang /
@@ -90,7 +89,7 @@ class Recipe:
 
 
 #: The shipped recipes, one JSON file each (``default.json`` -> ``--recipe default``).
-RECIPE_DIR = Path(__file__).resolve().parent / "data" / "recipes"
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "data" / "recipes"
 
 
 def recipe_names() -> tuple[str, ...]:
@@ -258,8 +257,8 @@ def build_model(
     Raises:
         ArtifactError: the link name is a real folder, or the base weights cannot be prepared.
     """
-    from heads.numerics_check import check_numerics_accuracy
-    from heads.train_run import train_model
+    from heads.evaluation.numerics_check import check_numerics_accuracy
+    from heads.training.run import train_model
 
     start = time.perf_counter()
     models_root, data_root = Path(models_root), Path(data_root)
@@ -326,7 +325,8 @@ def refit_heads(
     Returns:
         ``{head: train_head summary}``.
     """
-    from heads.train_head import HeadTrainConfig, train_head
+    from heads.training.config import HeadTrainConfig
+    from heads.training.head import train_head
 
     if not recipe.refit_heads:
         return {}

@@ -3,11 +3,11 @@
 ``MultiTaskTrainer`` trains a SentenceTransformer (the encoder's ``st_model``) together with one
 logits module per head. The loss is the sum over heads of class-weighted cross-entropy, each head
 masked to the rows that carry its label. Batches are length-bucketed and padded per batch; profiles
-are augmented on the fly per epoch (``heads.augment``). Each epoch ends with validation metrics
-and a checkpoint (weights, optimizer, scheduler, RNG, history) from which ``resume`` continues
-exactly where the run stopped.
+are augmented on the fly per epoch (``heads.training.augment``). Each epoch ends with validation
+metrics and a checkpoint (weights, optimizer, scheduler, RNG, history) from which ``resume``
+continues exactly where the run stopped.
 
-The end-to-end run (encoder build, calibration, model folder) is ``heads.train_run``.
+The end-to-end run (encoder build, calibration, model folder) is ``heads.training.run``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 
 from embedder.errors import ArtifactError
 from embedder.profile import Profile
-from heads.augment import augment_profiles
-from heads.train_config import LoopConfig as LoopConfig  # re-exported: its home before
-from heads.train_data import MISSING, bucketed_batches, staged_batches
+from heads.training.augment import augment_profiles
+from heads.training.config import LoopConfig
+from heads.training.data import MISSING, bucketed_batches, staged_batches
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ def _staged_schedule(first: int, rest: int, warmup_ratio: float) -> Callable[[in
 
 
 def validation_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro-F1 and n of the labelled rows (``heads.evaluation.score_predictions``)."""
-    from heads.evaluation import score_predictions
+    """Accuracy, macro-F1 and n of the labelled rows (``heads.evaluation.metrics``'s scorer)."""
+    from heads.evaluation.metrics import score_predictions
 
     mask = y != MISSING
     if not mask.any():
