@@ -384,6 +384,43 @@ def evaluate_heads(
     return out
 
 
+def evaluate_model(
+    model: Any,
+    rows: Sequence[Any],
+    *,
+    source: str = "the data",
+    batch_size: int = 64,
+    info: Mapping[str, Any] | None = None,
+    show_progress: bool = True,
+) -> list[HeadEvaluation]:
+    """Evaluate every head of a ``ProfileModel`` on labelled rows (``profile-embed evaluate``).
+
+    Each profile that any head has a label for is embedded once (through the model's cache),
+    then :func:`evaluate_heads` scores each head on its own labelled rows.
+
+    Raises:
+        InvalidInputError: a head none of the rows has a label for (naming ``source``, the
+            label field and the head).
+    """
+    from heads.training.data import row_label
+
+    fields = {name: label_field(model.heads[name]) for name in model.head_names}
+    for name, wanted in fields.items():
+        if not any(row_label(r, wanted) is not None for r in rows):
+            raise InvalidInputError(
+                f"{source} has no rows with the '{wanted}' label needed by head {name!r}"
+            )
+    labelled = [r for r in rows if any(row_label(r, f) is not None for f in fields.values())]
+    emb = model.embed(
+        [r.profile for r in labelled], batch_size=batch_size, show_progress=show_progress
+    )
+    heads = {name: model.heads[name] for name in model.head_names}
+    evaluations = evaluate_heads(
+        heads, labelled, emb, fields=fields, info=info, head_facts=("label_field",)
+    )
+    return list(evaluations.values())
+
+
 def _encode(y: Sequence[Any] | np.ndarray, labels: tuple[str, ...]) -> np.ndarray:
     arr = np.asarray(y)
     if np.issubdtype(arr.dtype, np.integer):

@@ -37,34 +37,20 @@ def run(args: argparse.Namespace) -> int:
 
     Returns 1 when rows were skipped (``--skip-invalid``), else 0.
     """
-    from embedder.errors import InvalidInputError
-    from heads.evaluation.metrics import evaluate_heads, label_field
+    from heads.evaluation.metrics import evaluate_model
     from heads.evaluation.report import write_report
     from heads.model import ProfileModel
-    from heads.training.data import row_label
     from server.commands.invalid_rows import load_profiles
     from server.commands.predict import parse_heads
 
     loaded = load_profiles(args.data, skip_invalid=args.skip_invalid)
     model = ProfileModel.load(args.model, heads=parse_heads(args.heads))
-    fields = {name: label_field(model.heads[name]) for name in model.head_names}
-    for name, field in fields.items():
-        if not any(row_label(r, field) is not None for r in loaded.rows):
-            raise InvalidInputError(
-                f"{args.data} has no rows with the '{field}' label needed by head {name!r}"
-            )
-    # each profile embedded once, whichever heads it has labels for
-    rows = [r for r in loaded.rows if any(row_label(r, f) is not None for f in fields.values())]
-    emb = model.embed([r.profile for r in rows], batch_size=args.batch_size, show_progress=True)
-    evaluations = list(
-        evaluate_heads(
-            {name: model.heads[name] for name in model.head_names},
-            rows,
-            emb,
-            fields=fields,
-            info={"data": str(args.data), "model": str(args.model)},
-            head_facts=("label_field",),
-        ).values()
+    evaluations = evaluate_model(
+        model,
+        loaded.rows,
+        source=str(args.data),
+        batch_size=args.batch_size,
+        info={"data": str(args.data), "model": str(args.model)},
     )
     write_report(args.report, evaluations, title=f"Evaluation of {args.model} on {args.data}")
     keys = (
