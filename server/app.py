@@ -13,7 +13,6 @@ import asyncio
 import gc
 import logging
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,10 +232,6 @@ async def serve_until_signal(config: ServerConfig) -> int:
         raise loader.exception()  # type: ignore[misc]
     if loader.done():
         freeze_heap()
-        # Shorter than Python's 5 ms by default: the encoder's thread runs Python between torch
-        # ops and would otherwise keep the event loop from refusing calls for up to 5 ms at a
-        # time under a flood (docs/BENCHMARKS.md, Robustness).
-        sys.setswitchinterval(config.gil_switch_ms / 1000.0)
     await stopper
     logger.info("signal received: draining (grace %.1f s)", config.grace_s)
     loader.cancel()

@@ -43,9 +43,6 @@ class ServerConfig:
             encoder also yields to every other process: on a machine shared with its clients
             or other jobs, 10 cut RESOURCE_EXHAUSTED p99 under a flood but starved the passes
             (docs/BENCHMARKS.md, Robustness). 0 (default): same priority as the rest.
-        gil_switch_ms: the interpreter's thread switch interval (``sys.setswitchinterval``): how
-            long the encoder's thread may hold the GIL (between torch ops, tokenizing) while
-            the event loop waits to admit or refuse a call. Python's default is 5 ms.
         threads: intra-op threads of each forward pass (torch or ONNX Runtime); None: the
             physical cores this process may use divided by ``workers`` (at least 1), so the
             passes never ask for more cores than there are.
@@ -89,7 +86,6 @@ class ServerConfig:
     max_queue_delay_ms: float = 1000.0
     workers: int = 1
     encoder_nice: int = 0
-    gil_switch_ms: float = 5.0
     threads: int | None = None
     pass_overhead_tokens: int = 64
     cache: Path | None = None
@@ -121,8 +117,6 @@ class ServerConfig:
         _check_positive("workers", self.workers)
         if not 0 <= self.encoder_nice <= 19:
             raise ValueError(f"encoder_nice must be in 0..19, got {self.encoder_nice}")
-        if not 0.05 <= self.gil_switch_ms <= 100:
-            raise ValueError(f"gil_switch_ms must be in 0.05..100, got {self.gil_switch_ms}")
         if self.threads is not None:
             _check_positive("threads", self.threads)
         if self.pass_overhead_tokens < 0:
