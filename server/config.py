@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from embedder.devices import check_device_spec
 from embedder.numerics import check_numerics_option
 
 #: Instagram's limits, for messages; longer text is accepted and cut by the encoder's token budget.
@@ -21,6 +22,9 @@ class ServerConfig:
         numerics: encoder numerics (``embedder.numerics.NUMERICS_OPTIONS``); None or ``auto``:
             the fastest numerics this CPU runs among those the model's accuracy check allows
             (``heads.model.load_encoder``), the same rule as ``profile-embed batch`` and ``embed``.
+        device: where the encoder runs: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda``
+            or ``cuda:N``; on a GPU only the fp32 and bf16 numerics run
+            (``embedder.devices``).
         host: interface to bind; ``0.0.0.0`` or ``[::]`` to accept remote callers.
         port: gRPC port; 0 picks a free one.
         metrics_port: Prometheus port (not the gRPC one); 0 picks a free one, None: no metrics.
@@ -73,6 +77,7 @@ class ServerConfig:
 
     model: Path | None = None
     numerics: str | None = None
+    device: str = "auto"
     host: str = "127.0.0.1"
     port: int = 50051
     metrics_port: int | None = 9464
@@ -107,6 +112,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.numerics is not None:
             check_numerics_option(self.numerics)
+        check_device_spec(self.device, field="device")
         _check_port("port", self.port)
         if self.metrics_port is not None:
             _check_port("metrics_port", self.metrics_port)

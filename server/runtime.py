@@ -126,7 +126,7 @@ class Runtime:
 
         if config.model is None:
             raise ArtifactError("no model given: pass --model DIR (a folder written by train)")
-        options: dict[str, Any] = {"threads": config.threads_per_worker}
+        options: dict[str, Any] = {"threads": config.threads_per_worker, "device": config.device}
         if config.numerics is not None:
             options["numerics"] = config.numerics
         model = ProfileModel.load(config.model, cache=config.cache, **options)
@@ -135,11 +135,12 @@ class Runtime:
         if config.index is not None:
             index = _load_index(Path(config.index), version, int(model.encoder.dim))
         logger.info(
-            "loaded model %s: embedding_version=%s dim=%d numerics=%s (%s) heads=%s cache=%s "
-            "index=%s",
+            "loaded model %s: embedding_version=%s dim=%d device=%s numerics=%s (%s) heads=%s "
+            "cache=%s index=%s",
             config.model,
             version,
             model.encoder.dim,
+            model.encoder.device,
             model.encoder.numerics,
             model.encoder.numerics_choice.get("how"),
             sorted(model.heads),

@@ -168,3 +168,18 @@ def test_batch_config_refuses_bad_devices() -> None:
         _cfg(device="cuda:1")
     with pytest.raises(InvalidInputError, match="got 'gpu'"):
         _cfg(device="gpu")
+
+
+def test_serve_takes_a_device_and_refuses_a_malformed_one(tiny_model_dir, capsys) -> None:
+    from embedder.devices import choose_device
+    from server.cli import main
+    from server.config import ServerConfig
+    from server.runtime import Runtime
+
+    # the flag is generated from ServerConfig.device; a malformed value is bad input (exit 2)
+    assert main(["serve", "--model", str(tiny_model_dir), "--device", "gpu0"]) == 2
+    err = capsys.readouterr().err
+    assert "device must be one of auto, cpu, cuda, cuda:N, got 'gpu0'" in err
+    # auto resolves to this machine's device and the server's encoder is loaded there
+    runtime = Runtime.load(ServerConfig(model=tiny_model_dir, cache=None, device="auto"))
+    assert str(runtime.model.encoder.device) == choose_device("auto")
