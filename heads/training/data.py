@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -268,3 +269,27 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_split(
+    path: str | Path,
+    label: str,
+    *,
+    skip_invalid: bool = False,
+    report: Callable[[str, Any], None] | None = None,
+) -> tuple[list[Any], int]:
+    """Read one split's rows (training, validation, test, calibration); return them and the
+    number of invalid rows skipped.
+
+    Without ``skip_invalid`` the first invalid row raises (``embedder.data.read_profiles``);
+    ``report(path, load_result)`` is called once the file is read, before any training.
+    """
+    from embedder.data import read_profiles
+
+    loaded = read_profiles(path, skip_invalid=skip_invalid)
+    if report is not None:
+        report(str(path), loaded)
+    if not loaded.rows:
+        what = "no valid rows" if loaded.errors else "no rows"
+        raise InvalidInputError(f"the {label} file has {what}", source=str(path))
+    return loaded.rows, loaded.n_invalid

@@ -25,6 +25,7 @@ from heads.training.data import (
     encode_targets,
     file_sha256,
     label_counts,
+    read_split,
     resolve_tasks,
 )
 
@@ -71,30 +72,6 @@ def default_cache_path() -> Path:
     from embedder.base_import import cache_home
 
     return cache_home() / "embeddings.sqlite"
-
-
-def _read(
-    path: str | Path,
-    label: str,
-    *,
-    skip_invalid: bool = False,
-    report: Callable[[str, Any], None] | None = None,
-) -> tuple[list[Any], int]:
-    """The valid rows of a file and the number of invalid rows skipped.
-
-    Without ``skip_invalid`` the first invalid row raises (``embedder.data.read_profiles``);
-    ``report(path, load_result)`` is called once the file is read.
-    """
-    from embedder.data import read_profiles
-    from embedder.errors import InvalidInputError
-
-    loaded = read_profiles(path, skip_invalid=skip_invalid)
-    if report is not None:
-        report(str(path), loaded)
-    if not loaded.rows:
-        what = "no valid rows" if loaded.errors else "no rows"
-        raise InvalidInputError(f"the {label} file has {what}", source=str(path))
-    return loaded.rows, loaded.n_invalid
 
 
 def _with_targets(rows: list[Any], task: Any, path: str | Path) -> tuple[list[Any], np.ndarray]:
@@ -204,14 +181,14 @@ def train_head(
     check_kind_options(cfg.kind, ())
     model_dir = Path(model_dir)
     opts: dict[str, Any] = {"skip_invalid": skip_invalid, "report": report}
-    all_train, train_bad = _read(train_path, "training", **opts)
+    all_train, train_bad = read_split(train_path, "training", **opts)
     if label_field is None:
         (task,) = resolve_tasks([head_name])
     else:
         task = task_for_field(head_name, label_field, all_train)
     train_rows, y_train = _with_targets(all_train, task, train_path)
     check_train_targets(y_train, task, source=str(train_path))
-    all_val, val_bad = _read(val_path, "validation", **opts)
+    all_val, val_bad = read_split(val_path, "validation", **opts)
     val_rows, y_val = _with_targets(all_val, task, val_path)
     missing = check_val_targets(y_val, y_train, task, source=str(val_path))
     encoder = _load_encoder(model_dir)
@@ -326,7 +303,7 @@ def calibrate_head(
     ]
     field = getattr(getattr(head, "config", None), "label_field", None) or head_name
     task = HeadTask(head_name, field, tuple(head.labels))
-    rows, n_bad = _read(data_path, "calibration", skip_invalid=skip_invalid, report=report)
+    rows, n_bad = read_split(data_path, "calibration", skip_invalid=skip_invalid, report=report)
     rows, y = _with_targets(rows, task, data_path)
     check_train_targets(y, task, source=str(data_path))
     (x,), stats = cached_embeddings(encoder, [[r.profile for r in rows]], cache_path)

@@ -29,6 +29,7 @@ from heads.training.data import (
     encode_targets,
     file_sha256,
     label_counts,
+    read_split,
     resolve_tasks,
 )
 from heads.training.loop import MultiTaskTrainer, resolve_device, seed_everything
@@ -45,29 +46,6 @@ class TrainResult:
     model_dir: Path
     embedding_version: str
     info: dict[str, Any]
-
-
-def _read(
-    path: str | Path,
-    label: str,
-    *,
-    skip_invalid: bool = False,
-    report: Callable[[str, Any], None] | None = None,
-) -> tuple[list[Any], int]:
-    """Read one split's rows; return them and the number of invalid rows skipped.
-
-    Without ``skip_invalid`` the first invalid row raises (``embedder.data.read_profiles``);
-    ``report(path, load_result)`` is called once the file is read, before any training.
-    """
-    from embedder.data import read_profiles
-
-    loaded = read_profiles(path, skip_invalid=skip_invalid)
-    if report is not None:
-        report(str(path), loaded)
-    if not loaded.rows:
-        what = "no valid rows" if loaded.errors else "no rows"
-        raise InvalidInputError(f"the {label} file has {what}", source=str(path))
-    return loaded.rows, loaded.n_invalid
 
 
 def _subsample(rows: list[Any], n: int | None, seed: int) -> list[Any]:
@@ -218,15 +196,15 @@ def train_model(
     tasks = resolve_tasks(list(config.heads))
     paths = (str(train_path), str(val_path))
     opts: dict[str, Any] = {"skip_invalid": skip_invalid, "report": report}
-    train, train_bad = _read(train_path, "training", **opts)
+    train, train_bad = read_split(train_path, "training", **opts)
     train = _subsample(train, config.max_train, config.loop.seed)
     n_profiles = len(train)
     if config.place_snippets:
         from embedder.simulator.places import place_snippets
 
         train = [*train, *place_snippets(config.place_snippets, seed=config.loop.seed)]
-    val, val_bad = _read(val_path, "validation", **opts)
-    test, test_bad = _read(test_path, "test", **opts) if test_path is not None else (None, 0)
+    val, val_bad = read_split(val_path, "validation", **opts)
+    test, test_bad = read_split(test_path, "test", **opts) if test_path is not None else (None, 0)
     y_train, y_val, val_missing = _targets(tasks, train, val, paths)
     data_info = {
         "train": {
