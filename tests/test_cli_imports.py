@@ -69,10 +69,3 @@ def test_client_imports_no_heavy_module(action: str) -> None:
     argv = ["client", action, *source, "--target", "127.0.0.1:1", "--timeout", "5"]
     result = _run_cli(*argv, stdin=profile + "\n")
     assert result == {"code": 1, "heavy": []}
-
-
-def test_build_default_help_lists_the_shipped_recipes() -> None:
-    from heads.training.recipes import recipe_names
-    from server.commands.build_default import _recipe_names
-
-    assert tuple(_recipe_names()) == recipe_names()

