@@ -224,6 +224,10 @@ def frozen_head_oof(x: np.ndarray, y: np.ndarray, *, folds: int = 5) -> np.ndarr
 
 
 # ------------------------------------------------------------------------------------- scoring
+#: Labelled rows of the smallest re-calibration (a random sample of half A, by id hash).
+FEW_LABELS = 100
+
+
 def summarise(
     probs: np.ndarray,
     y: np.ndarray,
@@ -378,17 +382,25 @@ def evaluate_sets(
         # calibrate on half A (profile-embed calibrate's code path), score on half B
         a = halves(rs)
         if a.any() and (~a).any():
-            recal = copy.deepcopy(head)
-            recal.calibrate(x[a], rs.y[a], missing_classes="abstain")
             res["half_b_shipped"] = summarise(
                 probs[~a], rs.y[~a], head.thresholds_, None if ind is None else ind[~a]
             )
-            res["half_b_calibrated"] = summarise(
-                recal.predict_proba(x[~a]),
-                rs.y[~a],
-                recal.thresholds_,
-                recal.in_distribution(x[~a]),
-            )
+            in_a = np.flatnonzero(a)
+            # a stable random sample (ids can be ordered by label, e.g. one source file each)
+            few = in_a[np.argsort([_key(rs.rows[i].profile.id, "few") for i in in_a])][:FEW_LABELS]
+            for key, rows, bias in (
+                ("half_b_calibrated_t", in_a, False),
+                ("half_b_calibrated", in_a, True),
+                ("half_b_calibrated_few", np.sort(few), True),
+            ):
+                recal = copy.deepcopy(head)
+                recal.calibrate(x[rows], rs.y[rows], missing_classes="abstain", class_bias=bias)
+                pb = recal.predict_proba(x[~a])
+                res[key] = summarise(pb, rs.y[~a], recal.thresholds_, recal.in_distribution(x[~a]))
+                if key == "half_b_calibrated":
+                    res["audience_calibrated"] = audience_errors(
+                        pb, rs.y[~a], recal, n_bootstrap=n_bootstrap
+                    )
         if anchors and langid is not None:
             res.update(_anchors(rs, x, langid, model.embedding_version, anchor_cache))
         res["audience"] = audience_errors(probs, rs.y, head, n_bootstrap=n_bootstrap)
@@ -482,7 +494,8 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         "",
         "**The model's own labels** (the promise: every assigned label >= 90% precise). Shipped "
         "thresholds on the whole set; then on half B of each set, the shipped head beside the same "
-        "head re-calibrated on half A (`profile-embed calibrate`'s code path):",
+        "head re-calibrated on half A (`profile-embed calibrate`'s code path, with its default "
+        "class biases):",
         "",
         "| set | out of distribution | coverage | own-label precision | correct & assigned | "
         "classes assigning | "
@@ -504,22 +517,65 @@ def render_summary(report: dict[str, Any], command: str) -> str:
             f"{_pct(m['correct_assigned_share'])} | {m['assigning_classes']} | {cell(b0)} | "
             f"{cell(b1)} |"
         )
-    methods = sorted(
-        {k for r in sets.values() for pop in r["audience"].values() for k in pop}
-        - {"n", "true_top"}
-    )
     lines += [
         "",
+        "**Re-calibrated on real labels** (`profile-embed calibrate` on half A of each set, "
+        "scored on half B): the shipped head; temperature and thresholds only "
+        "(`--no-class-bias`); with class biases (the default) on all of half A and on its "
+        f"random {FEW_LABELS} rows. Cells: accuracy / coverage / own-label precision:",
+        "",
+        "| set | half A rows | half B shipped | calibrate --no-class-bias | calibrate | "
+        f"calibrate, {FEW_LABELS} rows |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in sets.items():
+        keys = ("half_b_shipped", "half_b_calibrated_t", "half_b_calibrated")
+        if any(r.get(k) is None for k in keys):
+            continue
+        few = r.get("half_b_calibrated_few")
+        cells = [
+            f"{_p(b['accuracy'])} / {_pct(b['coverage'])} / {_p(b['own_label_precision'])}"
+            for b in [*(r[k] for k in keys), few]
+            if b is not None
+        ]
+        n_a = r["n"] - r["half_b_shipped"]["n"]
+        lines.append(f"| {name} | {n_a} | " + " | ".join(cells) + " |")
+    lines += _audience_table(
+        sets,
+        "audience",
         f"**Audience error** on populations of {AUDIENCE_SIZE} followers drawn from each set's "
         "real labelled profiles at known shares (natural mix; 70% its top country; Dirichlet(0.5) "
-        "over its countries with >= 20 rows; 50/50 its top two). Cells: total variation from the "
-        f"true mix / coverage of the 95% intervals over true shares >= {MIN_SCORED_SHARE:.0%}:",
+        "over its countries with >= 20 rows; 50/50 its top two), the shipped head. Cells: total "
+        "variation from the true mix / coverage of the 95% intervals over true shares >= "
+        f"{MIN_SCORED_SHARE:.0%}:",
+    )
+    lines += _audience_table(
+        sets,
+        "audience_calibrated",
+        "**Audience error after `profile-embed calibrate`** on half A (class biases on): the same "
+        "populations drawn from half B only, the re-calibrated head (its confusion, prior and "
+        "biases come from real labels). Cells as above:",
+    )
+    return "\n".join(lines)
+
+
+def _audience_table(sets: dict[str, Any], key: str, title: str) -> list[str]:
+    """One audience-error table (rows: set x population; columns: estimators) with its mean."""
+    sets = {name: r for name, r in sets.items() if r.get(key)}
+    if not sets:
+        return []
+    methods = sorted(
+        {k for r in sets.values() for pop in r[key].values() for k in pop} - {"n", "true_top"}
+    )
+    lines = [
+        "",
+        title,
         "",
         "| set | population | true top shares | " + " | ".join(methods) + " |",
         "|---|---|---|" + "---|" * len(methods),
     ]
     for name, r in sets.items():
-        for pop, row in r["audience"].items():
+        for pop, row in r[key].items():
             cells = []
             for meth in methods:
                 e = row.get(meth)
@@ -533,7 +589,7 @@ def render_summary(report: dict[str, Any], command: str) -> str:
             [
                 row[meth]["tv"]
                 for r in sets.values()
-                for row in r["audience"].values()
+                for row in r[key].values()
                 if meth in row and "tv" in row[meth]
             ]
             or [np.nan]
@@ -544,7 +600,7 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         "| **mean** | | | " + " | ".join(f"**{_p(float(v), 2)}**" for v in mean_tv.values()) + " |",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def render_report(report: dict[str, Any], out: Path, command: str) -> Path:

@@ -150,6 +150,8 @@ class Head(ABC):
         head_version: the v<k> folder number the head is (or will be) saved as.
         in_dim: the embedding width.
         thresholds_: per-class thresholds on the top probability (None = never abstain on score).
+        class_bias_: per-class offsets added to ``logits / temperature`` before the softmax,
+            fitted by a calibration with ``class_bias=True`` (None = none).
         calibration_: the validation record that chose the thresholds (per_class, effective
             prior, confusion counts), read by the server and the audience estimator.
         fit_info_: how the head was fitted (data, solver, counts), saved in head_config.json.
@@ -162,6 +164,7 @@ class Head(ABC):
     head_version: int
     in_dim: int
     thresholds_: np.ndarray | None = None
+    class_bias_: np.ndarray | None = None
     calibration_: dict[str, Any] | None = None
     fit_info_: dict[str, Any]
     card_: str | None = None
@@ -235,6 +238,7 @@ class Head(ABC):
         target: float = DEFAULT_TARGET_PRECISION,
         confidence: float = 0.95,
         missing_classes: Literal["error", "abstain"] = "error",
+        class_bias: bool = False,
     ) -> Any:
         """Re-fit the thresholds on labelled rows, keeping the learned state (``calibrate``).
 
@@ -279,10 +283,12 @@ class Head(ABC):
         missing_classes: Literal["error", "abstain"],
         train_labels: Labels | None,
         min_threshold: float,
+        class_bias: bool = False,
     ) -> Any:
         """The calibration every probability head shares, on its calibration rows' logits.
 
-        Refuses (or lets abstain) classes the rows lack, fits ``temperature_`` and the per-class
+        Refuses (or lets abstain) classes the rows lack, fits ``temperature_`` (and with
+        ``class_bias`` the per-class ``class_bias_``, else resets it) and the per-class
         ``thresholds_``, and records ``calibration_`` (effective prior, confusion, per-class
         report). Head-specific steps (a guard, labels never assigned) run around it.
 
@@ -292,7 +298,12 @@ class Head(ABC):
         Raises:
             InvalidInputError: no rows, or missing classes with ``missing_classes="error"``.
         """
-        from heads.calibration import effective_prior, fit_temperature, select_thresholds, softmax
+        from heads.calibration import (
+            effective_prior,
+            fit_temperature,
+            fit_temperature_and_bias,
+            select_thresholds,
+        )
 
         if len(vy) == 0:
             raise InvalidInputError("calibration needs at least one labelled row, got 0")
@@ -308,8 +319,11 @@ class Head(ABC):
                 "cannot be verified for them (pass missing_classes='abstain' to make them assign "
                 "nothing)"
             )
-        self.temperature_ = fit_temperature(logits, vy)
-        probs = softmax(logits, self.temperature_)
+        if class_bias:
+            self.temperature_, self.class_bias_ = fit_temperature_and_bias(logits, vy)
+        else:
+            self.temperature_, self.class_bias_ = fit_temperature(logits, vy), None
+        probs = self.calibrated_proba(logits)
         sel = select_thresholds(
             probs,
             vy,
@@ -323,7 +337,8 @@ class Head(ABC):
         prior = effective_prior(probs, vy)
         self.calibration_ = {
             "effective_prior": {lab: float(p) for lab, p in zip(self.labels, prior, strict=True)},
-            "confusion_counts": confusion_counts(vy, logits.argmax(axis=1), len(self.labels)),
+            "confusion_counts": confusion_counts(vy, probs.argmax(axis=1), len(self.labels)),
+            "class_bias": class_bias,
             "target_precision": target,
             "confidence": confidence,
             "bound": method,
@@ -333,6 +348,36 @@ class Head(ABC):
             "per_class": {r.label: r.to_dict() for r in sel.report},
         }
         return sel
+
+    def calibrated_proba(self, logits: np.ndarray) -> np.ndarray:
+        """``softmax(logits / temperature_ + class_bias_)``: the head's probabilities."""
+        from heads.calibration import softmax
+
+        return softmax(logits, getattr(self, "temperature_", 1.0), self.class_bias_)
+
+    def class_bias_config(self) -> list[float] | None:
+        """``class_bias_`` as head_config.json stores it (None when there is none)."""
+        return None if self.class_bias_ is None else [float(b) for b in self.class_bias_]
+
+    def load_class_bias(self, value: Any, source: str) -> None:
+        """Set ``class_bias_`` from head_config.json's ``class_bias`` (absent in older heads).
+
+        Raises:
+            ArtifactError: not a list of one finite number per label.
+        """
+        if value is None:
+            self.class_bias_ = None
+            return
+        try:
+            arr = np.asarray(value, dtype=np.float64) if isinstance(value, list) else None
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.shape != (len(self.labels),) or not np.isfinite(arr).all():
+            raise ArtifactError(
+                f"{source}: class_bias must be a list of {len(self.labels)} finite numbers "
+                f"(one per label), got {str(value)[:80]}"
+            )
+        self.class_bias_ = arr
 
     def thresholds_config(self) -> dict[str, float | None] | None:
         """``thresholds_`` as head_config.json stores them: per label, None where ``inf``."""

@@ -27,7 +27,6 @@ from heads.calibration import (
     DEFAULT_TARGET_PRECISION,
     BoundMethod,
     ThresholdSelection,
-    softmax,
 )
 from heads.registry import register_head
 
@@ -170,8 +169,8 @@ class KnnHead(Head):
         return np.log(self._votes(x, ref, ref_y)[0])
 
     def predict_proba(self, embeddings: Any) -> np.ndarray:
-        """Return ``softmax(log(vote shares) / temperature_)``, shape (n, len(labels))."""
-        return softmax(self.vote_logits(embeddings), self.temperature_)
+        """Return ``softmax(log(vote shares) / temperature_ + class_bias_)``, shape (n, k)."""
+        return self.calibrated_proba(self.vote_logits(embeddings))
 
     def nearest_similarity(self, embeddings: Any) -> np.ndarray:
         """Return each row's cosine similarity to its nearest training row, shape (n,)."""
@@ -272,6 +271,7 @@ class KnnHead(Head):
         method: BoundMethod = "wilson",
         train_labels: Labels | None = None,
         extra: tuple[np.ndarray, np.ndarray] | None = None,
+        class_bias: bool = False,
     ) -> ThresholdSelection:
         """Fit the temperature, per-class thresholds and the out-of-distribution floor.
 
@@ -285,6 +285,9 @@ class KnnHead(Head):
             method: ``"wilson"`` or ``"clopper-pearson"``.
             train_labels: training labels, to know which classes must be present.
             extra: more rows as ``(log vote shares, class indices)`` (out-of-fold training rows).
+            class_bias: also fit one additive bias per class (``fit_temperature_and_bias``): the
+                rows' label mix becomes the head's prior; for rows that look like the profiles
+                the head will score (``profile-embed calibrate``), not for simulated validation.
 
         Returns:
             The threshold selection (also stored in ``thresholds_`` and ``calibration_``).
@@ -306,6 +309,7 @@ class KnnHead(Head):
             missing_classes=missing_classes,
             train_labels=train_labels,
             min_threshold=self.config.min_confidence,
+            class_bias=class_bias,
         )
         self.ood_cutoff_ = None
         if self.config.ood_quantile is not None and len(vx):
@@ -328,6 +332,7 @@ class KnnHead(Head):
             "head_version": self.head_version,
             "labels": list(self.labels),
             "temperature": self.temperature_,
+            "class_bias": self.class_bias_config(),
             "thresholds": self.thresholds_config(),
             "ood_cutoff": self.ood_cutoff_,
             "calibration": self.calibration_,
@@ -363,6 +368,7 @@ class KnnHead(Head):
             )
         head.embeddings_, head.targets_ = ref.astype(np.float32), ref_y.astype(np.int64)
         head.temperature_ = float(config.get("temperature", 1.0))
+        head.load_class_bias(config.get("class_bias"), "head_config.json")
         thr = config.get("thresholds")
         if thr is not None:
             head.thresholds_ = np.array(

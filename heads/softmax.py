@@ -24,7 +24,6 @@ from heads.calibration import (
     DEFAULT_TARGET_PRECISION,
     BoundMethod,
     ThresholdSelection,
-    softmax,
 )
 from heads.registry import register_head
 from heads.shift import MahalanobisGuard
@@ -199,8 +198,8 @@ class SoftmaxAbstainHead(Head):
         return out
 
     def predict_proba(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Return calibrated probabilities ``softmax(logits / temperature_)``, shape (n, k)."""
-        return softmax(self.logits(embeddings), self.temperature_)
+        """Return calibrated probabilities ``softmax(logits / temperature_ + class_bias_)``."""
+        return self.calibrated_proba(self.logits(embeddings))
 
     def in_distribution(self, embeddings: np.ndarray) -> np.ndarray | None:
         """The guard fitted at calibration (None when the head has none)."""
@@ -477,6 +476,7 @@ class SoftmaxAbstainHead(Head):
         missing_classes: Literal["error", "abstain"] = "error",
         train_labels: Labels | None = None,
         extra: tuple[np.ndarray, np.ndarray] | None = None,
+        class_bias: bool = False,
     ) -> ThresholdSelection:
         """Fit temperature and per-class thresholds on validation data (also after fine-tuning).
 
@@ -492,6 +492,9 @@ class SoftmaxAbstainHead(Head):
             train_labels: training labels, to know which classes must be present.
             extra: more calibration rows as ``(logits, class indices)``, e.g. out-of-fold logits
                 of the training rows (``fit(cross_fit=K)``).
+            class_bias: also fit one additive bias per class (``fit_temperature_and_bias``): the
+                rows' label mix becomes the head's prior; for rows that look like the profiles
+                the head will score (``profile-embed calibrate``), not for simulated validation.
 
         Returns:
             The threshold selection (also stored in ``thresholds_`` and ``calibration_``).
@@ -512,6 +515,7 @@ class SoftmaxAbstainHead(Head):
             missing_classes=missing_classes,
             train_labels=train_labels,
             min_threshold=self.config.min_confidence,
+            class_bias=class_bias,
         )
         self.fit_ood(val_embeddings, vy[: len(vy) - (0 if extra is None else len(extra[1]))])
         for label in self.config.never_assign:
@@ -534,6 +538,7 @@ class SoftmaxAbstainHead(Head):
             "head_version": self.head_version,
             "labels": list(self.labels),
             "temperature": self.temperature_,
+            "class_bias": self.class_bias_config(),
             "thresholds": self.thresholds_config(),
             "calibration": self.calibration_,
             "fit": self.fit_info_,
@@ -578,6 +583,7 @@ class SoftmaxAbstainHead(Head):
         module.eval()
         head.module_ = module
         head.temperature_ = float(config.get("temperature", 1.0))
+        head.load_class_bias(config.get("class_bias"), "head_config.json")
         thr = config.get("thresholds")
         if thr is not None:
             head.thresholds_ = np.array(

@@ -142,6 +142,76 @@ def test_calibrate_holds_the_target_on_held_out_rows_of_that_data(model_dir, tmp
     assert math.isinf(head.thresholds_[list(head.labels).index("US")])
 
 
+def _cue_free(n: int, seed: int, mix: dict[str, float]):
+    """Profiles with no city, only a mood caption, labelled by ``mix``: only a prior can place them."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(list(mix), size=n, p=list(mix.values()))
+    return [
+        LabelledProfile(
+            Profile(id=f"cf{seed}-{i}", captions=(MOODS[sorted(MOODS)[i % 2]],)),
+            {"country": str(c)},
+        )
+        for i, c in enumerate(labels)
+    ]
+
+
+def test_calibrate_fits_class_biases_to_the_data_label_mix(model_dir, tmp_path, capsys):
+    """A user's profiles without cues come mostly from Japan: the class biases move the argmax
+    there (held-out accuracy rises), survive save and load, and --no-class-bias keeps the
+    head's argmax exactly as it was."""
+    from conftest import copy_model_dir
+
+    from heads.model import ProfileModel
+    from server.cli import main
+
+    path = copy_model_dir(model_dir, tmp_path / "model")
+    user = _rows(200, 11) + _cue_free(400, 12, {"JP": 0.8, "DE": 0.1, "FR": 0.1})
+    random.Random(0).shuffle(user)
+    write_profiles(tmp_path / "cal.jsonl", user[:300])
+    held = user[300:]
+    shipped = ProfileModel.load(path)
+    base = shipped.head("geolocation")
+    x = shipped.embed([r.profile for r in held])
+    y = base.encode_labels([r.labels["country"] for r in held])
+    args = ["calibrate", "--model", str(path), "--data", str(tmp_path / "cal.jsonl"), "--cache", ""]
+    assert main([*args, "--no-class-bias"]) == 0
+    capsys.readouterr()
+    plain = ProfileModel.load(path).head("geolocation")
+    assert plain.class_bias_ is None and plain.fit_info_["recalibrated"]["class_bias"] is False
+    assert (plain.predict_proba(x).argmax(1) == base.predict_proba(x).argmax(1)).all()
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    biased = ProfileModel.load(path).head("geolocation")
+    assert summary["head_version"] == biased.head_version == plain.head_version + 1
+    assert biased.class_bias_ is not None and biased.class_bias_.shape == (len(biased.labels),)
+    assert biased.calibration_["class_bias"] is True
+    labels = list(biased.labels)
+    assert biased.class_bias_[labels.index("JP")] > biased.class_bias_[labels.index("BR")]
+    acc_before = (base.predict_proba(x).argmax(1) == y).mean()
+    acc_after = (biased.predict_proba(x).argmax(1) == y).mean()
+    assert acc_after > acc_before + 0.1
+    on_rows = summary["on_calibration_rows"]
+    assert on_rows["after"]["accuracy"] > on_rows["before"]["accuracy"]
+
+
+def test_a_saved_class_bias_is_checked_on_load(model_dir, tmp_path):
+    from conftest import copy_model_dir
+
+    from embedder.errors import ArtifactError
+    from heads.model import ProfileModel
+
+    path = copy_model_dir(model_dir, tmp_path / "model")
+    folder = sorted((path / "heads" / "geolocation").glob("v*"))[-1]
+    cfg = json.loads((folder / "head_config.json").read_text())
+    cfg["class_bias"] = [0.0, "x"]
+    (folder / "head_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactError, match=r"class_bias must be a list of \d+ finite numbers"):
+        ProfileModel.load(path)
+    del cfg["class_bias"]  # heads saved before biases existed load as before
+    (folder / "head_config.json").write_text(json.dumps(cfg))
+    assert ProfileModel.load(path).head("geolocation").class_bias_ is None
+
+
 def test_calibrate_refuses_bad_input_with_a_clear_error(model_dir, tmp_path, capsys):
     from server.cli import main
 

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from embedder.errors import InvalidInputError
-from heads.calibration import fit_temperature, precision_lower_bound, select_thresholds, softmax
+from heads.calibration import (
+    fit_temperature,
+    fit_temperature_and_bias,
+    precision_lower_bound,
+    select_thresholds,
+    softmax,
+)
 
 
 def _probs_for(scores: np.ndarray, cls: int, k: int) -> np.ndarray:
@@ -115,6 +121,29 @@ def test_fit_temperature_recovers_overconfidence():
     t = fit_temperature(true_logits * 3.0, y)
     assert t == pytest.approx(3.0, rel=0.08)
     assert fit_temperature(true_logits, y) == pytest.approx(1.0, rel=0.08)
+
+
+def test_fit_temperature_and_bias_recovers_a_shifted_prior():
+    """Rows drawn under other class biases (a label mix the logits do not know): the fit finds
+    the temperature and the biases (up to a constant), and its argmax gains what they cost."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(20000, 4)) * 2.0
+    bias = np.array([1.5, 0.0, -1.0, -0.5])
+    p = softmax(logits, 1.0, bias)
+    y = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)
+    t, b = fit_temperature_and_bias(logits * 2.0, y, l2=0.0)
+    assert t == pytest.approx(2.0, rel=0.05)
+    assert b == pytest.approx(bias - bias.mean(), abs=0.06)
+    assert b.mean() == pytest.approx(0.0, abs=1e-9)
+    shifted = (softmax(logits * 2.0, t, b).argmax(axis=1) == y).mean()
+    assert shifted > (logits.argmax(axis=1) == y).mean() + 0.03
+    # the penalty keeps an absent class finite instead of driving it to minus infinity
+    t2, b2 = fit_temperature_and_bias(logits, np.where(y == 3, 0, y), l2=1e-3)
+    assert np.isfinite(b2).all() and b2[3] == b2.min() and b2[3] > -20
+    with pytest.raises(InvalidInputError, match="bias_l2"):
+        fit_temperature_and_bias(logits, y, l2=-1.0)
+    with pytest.raises(InvalidInputError, match="at least one validation example"):
+        fit_temperature_and_bias(np.zeros((0, 3)), np.zeros(0, dtype=int))
 
 
 def test_calibration_input_errors():

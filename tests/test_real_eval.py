@@ -93,12 +93,17 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     assert posts["langid"]["accuracy"] >= 0.5  # French, Portuguese, Japanese, German, Polish...
     assert {"natural", "top-heavy", "dirichlet", "pair"} == set(posts["audience"])
     assert 0.0 <= posts["audience"]["natural"]["average"]["tv"] <= 1.0
+    # calibrate on half A, scored on half B: temperature only, with biases, and on a few rows
+    for key in ("half_b_calibrated_t", "half_b_calibrated", "half_b_calibrated_few"):
+        assert posts[key]["n"] == posts["half_b_shipped"]["n"] > 0
+    assert set(posts["audience_calibrated"]) == set(posts["audience"])
     assert (out / "posts_reliability.png").stat().st_size > 1000
     report = (out / "REPORT.md").read_text()
     assert "## posts" in report and "| FR |" in report
     text = docs.read_text()
     assert text.startswith("# Real data\n\nintro stays") and text.rstrip().endswith("tail stays")
     assert "\nold\n" not in text and "| posts | 24 |" in text and "bench/real_eval.py" in text
+    assert "**Re-calibrated on real labels**" in text and "after `profile-embed calibrate`" in text
     # a second run replaces the block instead of appending another
     assert real_eval.main([*argv, "--no-anchors"]) == 0
     assert docs.read_text().count("<!-- real-eval:begin -->") == 1

@@ -181,11 +181,16 @@ class CalibrateConfig:
         target_precision: the per-class precision target of the new thresholds.
         keep_missing: classes absent from the data keep their previous thresholds (default: they
             assign nothing, since their precision on this kind of data is unproven).
+        class_bias: also fit one additive bias per class (bias-corrected temperature scaling),
+            so the data's label mix and style become the head's prior: on the real development
+            sets, 100 labelled rows raised held-out accuracy by 7-13 points this way
+            (docs/REAL_DATA.md). Off: temperature only, the argmax never changes.
     """
 
     head: str = "geolocation"
     target_precision: float = DEFAULT_TARGET_PRECISION
     keep_missing: bool = False
+    class_bias: bool = True
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)

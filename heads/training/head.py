@@ -259,11 +259,12 @@ def calibrate_head(
     head_name: str = "geolocation",
     target_precision: float = DEFAULT_TARGET_PRECISION,
     keep_missing: bool = False,
+    class_bias: bool = True,
     cache_path: str | Path | None = None,
     skip_invalid: bool = False,
     report: Callable[[str, Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Re-fit a head's temperature and per-class thresholds on the user's labelled profiles.
+    """Re-fit a head's temperature, class biases and thresholds on the user's labelled profiles.
 
     The head's weights and the encoder stay as they are (``embedding_version`` unchanged); the
     result is written as a new head version ``heads/<name>/v<k+1>``, which the server and the CLI
@@ -276,6 +277,8 @@ def calibrate_head(
         target_precision: the per-class precision target.
         keep_missing: classes absent from the data keep their previous thresholds (default: they
             assign nothing, since their precision on this kind of data is unproven).
+        class_bias: also fit one bias per class (the data's label mix becomes the head's
+            prior); False: temperature and thresholds only.
         cache_path: the embedding cache (None = the shared one; ``""`` = none).
         skip_invalid: skip invalid rows instead of raising on the first one.
         report: called as ``report(path, load_result)`` after the file is read.
@@ -316,7 +319,7 @@ def calibrate_head(
     )
     old = None if head.thresholds_ is None else head.thresholds_.copy()
     new = copy.deepcopy(head)
-    new.calibrate(x, y, target=target_precision, missing_classes="abstain")
+    new.calibrate(x, y, target=target_precision, missing_classes="abstain", class_bias=class_bias)
     thresholds = new.thresholds_
     assert thresholds is not None  # calibrate sets them
     present = set(np.unique(y).tolist())
@@ -332,6 +335,7 @@ def calibrate_head(
             "rows": len(y),
             "rows_invalid": n_bad,
             "keep_missing": keep_missing,
+            "class_bias": class_bias,
             "label_counts": label_counts(y, task),
         },
     }

@@ -15,11 +15,12 @@ def register(subparsers: Any) -> None:
     """Add the ``calibrate`` subcommand."""
     p = subparsers.add_parser(
         "calibrate",
-        help="re-fit a head's temperature and per-class thresholds on your labelled profiles",
+        help="re-fit a head's temperature, class biases and thresholds on your labelled profiles",
         description=(
             "Thresholds fitted on simulated validation data do not transfer to real profiles. "
-            "This re-fits the temperature and the per-class thresholds of a head on labelled "
-            "profiles that look like the ones you will serve, and writes a new head version "
+            "This re-fits the temperature, one bias per class and the per-class thresholds of a "
+            "head on labelled profiles that look like the ones you will serve (their label mix "
+            "becomes the head's prior), and writes a new head version "
             "(heads/<name>/v<k+1>); the encoder and its embedding_version do not change. A class "
             "absent from the data assigns nothing unless --keep-missing."
         ),
@@ -29,7 +30,11 @@ def register(subparsers: Any) -> None:
     add_config_flags(
         p,
         CalibrateConfig,
-        help={"keep_missing": "classes absent from --data keep their previous thresholds"},
+        help={
+            "keep_missing": "classes absent from --data keep their previous thresholds",
+            "class_bias": "also fit one bias per class, so the data's label mix becomes the "
+            "head's prior (default on; --no-class-bias: temperature only)",
+        },
     )
     p.add_argument(
         "--cache", default=None, help="embedding cache file (default: the shared one); '' = none"
@@ -51,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         head_name=config.head,
         target_precision=config.target_precision,
         keep_missing=config.keep_missing,
+        class_bias=config.class_bias,
         cache_path=args.cache,
         skip_invalid=args.skip_invalid,
         report=reporter,
