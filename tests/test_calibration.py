@@ -138,7 +138,7 @@ def test_fit_temperature_and_bias_recovers_a_shifted_prior():
     shifted = (softmax(logits * 2.0, t, b).argmax(axis=1) == y).mean()
     assert shifted > (logits.argmax(axis=1) == y).mean() + 0.03
     # the penalty keeps an absent class finite instead of driving it to minus infinity
-    t2, b2 = fit_temperature_and_bias(logits, np.where(y == 3, 0, y), l2=1e-3)
+    _, b2 = fit_temperature_and_bias(logits, np.where(y == 3, 0, y), l2=1e-3)
     assert np.isfinite(b2).all() and b2[3] == b2.min() and b2[3] > -20
     with pytest.raises(InvalidInputError, match="bias_l2"):
         fit_temperature_and_bias(logits, y, l2=-1.0)
