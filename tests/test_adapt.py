@@ -143,7 +143,7 @@ def test_calibrate_holds_the_target_on_held_out_rows_of_that_data(model_dir, tmp
 
 
 def _cue_free(n: int, seed: int, mix: dict[str, float]):
-    """Profiles without a city, only a mood caption, labelled by ``mix``: only a prior places them."""
+    """Profiles with only a mood caption, labelled by ``mix``: only a prior can place them."""
     rng = np.random.default_rng(seed)
     labels = rng.choice(list(mix), size=n, p=list(mix.values()))
     return [
