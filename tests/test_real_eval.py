@@ -143,8 +143,16 @@ def test_learning_curve_compares_heads_and_anchors(geo_model, tmp_path):
     results = json.loads((tmp_path / "c.json").read_text())
     posts = results["country"]["posts"]["sizes"]
     assert set(posts) == {"8", "12"}
-    assert set(posts["12"]) == {"train-head/model", "sklearn-lr/model", "char-tfidf-lr"}
+    assert set(posts["12"]) == {
+        "calibrate/model",
+        "train-head/model",
+        "sklearn-lr/model",
+        "char-tfidf-lr",
+    }
     assert 0.0 <= posts["12"]["train-head/model"]["accuracy"] <= 1.0
+    # the shipped head was fitted on these rows: re-calibrating it keeps it far above chance
+    assert posts["12"]["calibrate/model"]["accuracy"] > 0.5
+    assert "calibrate/model" not in results["sentiment"]["posts"]["sizes"]["12"]
     # the second task is read from the data's sentiment field (posts only carry it)
     assert set(results["sentiment"]) == {"posts"}
     text = docs.read_text()

@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
         help={
             "keep_missing": "classes absent from --data keep their previous thresholds",
             "class_bias": "also fit one bias per class, so the data's label mix becomes the "
-            "head's prior (default on; --no-class-bias: temperature only)",
+            "head's prior (--no-class-bias: temperature only)",
         },
     )
     p.add_argument(
