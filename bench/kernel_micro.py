@@ -54,7 +54,9 @@ def attention(batch: int, seq: int, heads: int = 12, dim: int = 32) -> dict[str,
                 )
         scale = dim**-0.5
         out[f"explicit_softmax_{tag}"] = per_call_ms(
-            lambda q=q, k=k, v=v, m=mask: torch.softmax(q @ k.transpose(-1, -2) * scale + m, -1) @ v
+            lambda q=q, k=k, v=v, m=mask, c=scale: (
+                torch.softmax(q @ k.transpose(-1, -2) * c + m, -1) @ v
+            )
         )
     return out
 
