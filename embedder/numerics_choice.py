@@ -35,8 +35,9 @@ from embedder.numerics import NUMERICS, ONNX_NUMERICS
 
 logger = logging.getLogger(__name__)
 
-#: Bump when the probe's workload or timing rule changes (invalidates cached choices).
-PROBE_FORMAT = 1
+#: Bump when the probe's workload or timing rule changes, or the speed of a numerics does
+#: (invalidates cached choices). 2: fp32 and bf16 run fused linear layers (embedder.cpu_fusion).
+PROBE_FORMAT = 2
 PROBE_ENV = "PROFILE_EMBED_NUMERICS_PROBE"
 #: ISA flags that decide which numerics run natively (and fast) on a CPU.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
