@@ -386,6 +386,14 @@ def evaluate_sets(
                 probs[~a], rs.y[~a], head.thresholds_, None if ind is None else ind[~a]
             )
             in_a = np.flatnonzero(a)
+            prior = (head.calibration_ or {}).get("effective_prior")
+            if prior:  # only the label mix: posteriors re-weighted to half A's shares, no fit
+                train = np.array([prior[lab] for lab in head.labels])
+                mix = np.bincount(rs.y[a], minlength=len(head.labels)) + 0.5
+                shifted = probs[~a] * (mix / mix.sum()) / train
+                res["half_b_prior_swap"] = summarise(
+                    shifted / shifted.sum(axis=1, keepdims=True), rs.y[~a], None
+                )
             # a stable random sample (ids can be ordered by label, e.g. one source file each)
             few = in_a[np.argsort([_key(rs.rows[i].profile.id, "few") for i in in_a])][:FEW_LABELS]
             for key, rows, bias in (
@@ -520,24 +528,25 @@ def render_summary(report: dict[str, Any], command: str) -> str:
     lines += [
         "",
         "**Re-calibrated on real labels** (`profile-embed calibrate` on half A of each set, "
-        "scored on half B): the shipped head; temperature and thresholds only "
-        "(`--no-class-bias`); with class biases (the default) on all of half A and on its "
+        "scored on half B): the shipped head; its posteriors re-weighted from its training prior "
+        "to half A's label mix (a prior swap: no fit, no thresholds); temperature and thresholds "
+        "only (`--no-class-bias`); with class biases (the default) on all of half A and on its "
         f"random {FEW_LABELS} rows. Cells: accuracy / macro-F1 / coverage / own-label precision:",
         "",
-        "| set | half A rows | half B shipped | calibrate --no-class-bias | calibrate | "
-        f"calibrate, {FEW_LABELS} rows |",
-        "|---|---|---|---|---|---|",
+        "| set | half A rows | half B shipped | prior swap to A's mix | calibrate --no-class-bias "
+        f"| calibrate | calibrate, {FEW_LABELS} rows |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in sets.items():
-        keys = ("half_b_shipped", "half_b_calibrated_t", "half_b_calibrated")
-        if any(r.get(k) is None for k in keys):
+        keys = ("half_b_shipped", "half_b_prior_swap", "half_b_calibrated_t", "half_b_calibrated")
+        if any(r.get(k) is None for k in (keys[0], *keys[2:])):
             continue
-        few = r.get("half_b_calibrated_few")
         cells = [
-            f"{_p(b['accuracy'])} / {_p(b['macro_f1_present'])} / {_pct(b['coverage'])} / "
+            "-"
+            if b is None
+            else f"{_p(b['accuracy'])} / {_p(b['macro_f1_present'])} / {_pct(b['coverage'])} / "
             f"{_p(b['own_label_precision'])}"
-            for b in [*(r[k] for k in keys), few]
-            if b is not None
+            for b in [*(r.get(k) for k in keys), r.get("half_b_calibrated_few")]
         ]
         n_a = r["n"] - r["half_b_shipped"]["n"]
         lines.append(f"| {name} | {n_a} | " + " | ".join(cells) + " |")

@@ -94,7 +94,12 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     assert {"natural", "top-heavy", "dirichlet", "pair"} == set(posts["audience"])
     assert 0.0 <= posts["audience"]["natural"]["average"]["tv"] <= 1.0
     # calibrate on half A, scored on half B: temperature only, with biases, and on a few rows
-    for key in ("half_b_calibrated_t", "half_b_calibrated", "half_b_calibrated_few"):
+    for key in (
+        "half_b_prior_swap",
+        "half_b_calibrated_t",
+        "half_b_calibrated",
+        "half_b_calibrated_few",
+    ):
         assert posts[key]["n"] == posts["half_b_shipped"]["n"] > 0
     assert set(posts["audience_calibrated"]) == set(posts["audience"])
     assert (out / "posts_reliability.png").stat().st_size > 1000
