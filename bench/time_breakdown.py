@@ -26,7 +26,6 @@ import json
 import logging
 import shlex
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -62,13 +61,10 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def best_of(fn: Callable[[], Any], repeat: int) -> float:
-    """Fastest of ``repeat`` timed calls, in seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """Fastest of ``repeat`` timed calls, in seconds (the caller has warmed up)."""
+    from bench.report import best_time
+
+    return best_time(fn, repeat=repeat, warmup=0)
 
 
 def group_of(name: str) -> str:
