@@ -63,6 +63,23 @@ def test_standardisation_is_folded_into_the_saved_weights(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["softmax_abstain", "knn"])
+def test_class_biases_survive_save_and_load_for_every_kind(kind, tmp_path):
+    from heads.registry import load_head
+
+    x, y = _blobs(600, 3, seed=4)
+    head = build_head(
+        kind, name="t", labels=("c0", "c1", "c2"), embedding_version="emb-test", in_dim=16
+    )
+    head.fit(x[:300], y[:300], val_embeddings=x[300:400], val_labels=y[300:400])
+    mostly_c2 = np.concatenate([np.flatnonzero(y[400:] == 2), np.flatnonzero(y[400:] != 2)[:20]])
+    head.calibrate(x[400:][mostly_c2], y[400:][mostly_c2], class_bias=True)
+    assert head.class_bias_ is not None and head.class_bias_.argmax() == 2
+    loaded = load_head(head.save(tmp_path / kind / "v1"))
+    np.testing.assert_allclose(loaded.class_bias_, head.class_bias_)
+    np.testing.assert_allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-6)
+
+
 def test_cross_fit_lets_a_small_validation_set_prove_precision():
     x, y = _blobs(1200, 4, sep=2.5, seed=3)
     small = slice(1000, 1040)  # 40 validation rows: too few to prove 90% for any class
