@@ -151,6 +151,9 @@ def test_calibrate_holds_the_target_on_held_out_rows_of_that_data(model_dir, tmp
     head = after.head("geolocation")
     assert head.head_version == 3 and after.embedding_version == before.embedding_version
     assert head.fit_info_["recalibrated"]["rows"] == 400
+    # the held-out estimate keeps the promise too (BR's noisy labels cannot assign)
+    held = summary["held_out"]
+    assert held["own_label_precision"] >= 0.9 and 0.1 < held["coverage"] <= 1.0
     held = user[400:]
     preds = after.predict([r.profile for r in held])["geolocation"]
     got = [(p.label, r.labels["country"]) for p, r in zip(preds, held, strict=True) if p.label]
@@ -209,6 +212,10 @@ def test_calibrate_fits_class_biases_to_the_data_label_mix(model_dir, tmp_path, 
     assert acc_after > acc_before + 0.1
     on_rows = summary["on_calibration_rows"]
     assert on_rows["after"]["accuracy"] > on_rows["before"]["accuracy"]
+    # the 5-fold estimate: rows scored by calibrations that did not see them
+    held = summary["held_out"]
+    assert held["folds"] == 5 and held["accuracy"] > on_rows["before"]["accuracy"] + 0.1
+    assert abs(held["accuracy"] - acc_after) < 0.1  # and it predicts the rows held back here
 
 
 def test_a_saved_class_bias_is_checked_on_load(model_dir, tmp_path):
