@@ -98,8 +98,8 @@ def fuse_bert_linears(model: nn.Module) -> int:
     Returns:
         How many linear layers were replaced (0 when fusion is not supported for the dtype).
     """
-    params = list(model.parameters())
-    if not params or not fusion_supported(params[0].dtype):
+    first = next(model.parameters(), None)
+    if first is None or not fusion_supported(first.dtype):
         return 0
     replaced = 0
     for layer in model.modules():
@@ -131,6 +131,9 @@ def fused_inference_copy(model: nn.Module) -> nn.Module:
 
     Returns ``model`` itself when nothing could be fused (fusion unsupported, or no BERT layers).
     """
+    first = next(model.parameters(), None)
+    if first is None or not fusion_supported(first.dtype):
+        return model  # checked before copying: nothing to fuse, no copy made
     shared: dict[int, Any] = {id(t): t for t in (*model.parameters(), *model.buffers())}
     twin = copy.deepcopy(model, memo=shared)
     n = fuse_bert_linears(twin)
