@@ -131,8 +131,8 @@ def fit_temperature_and_bias(
         ``(T, b)``: probabilities are ``softmax(logits / T + b)``; ``b`` has mean 0.
 
     Raises:
-        InvalidInputError: on empty input, mismatched lengths, class indices out of range or a
-            negative ``l2``.
+        InvalidInputError: on empty input, mismatched lengths, class indices out of range, logits
+            that are not finite or a negative ``l2``.
     """
     from scipy import optimize  # here, not at the top: the CLI imports this module for --help
 
@@ -140,6 +140,8 @@ def fit_temperature_and_bias(
         raise InvalidInputError(f"got {l2}; allowed: a number >= 0", field="bias_l2")
     z = np.asarray(logits, dtype=np.float64)
     y = _check_targets(y, len(z), z.shape[1] if z.ndim == 2 else 0)
+    if not np.isfinite(z).all():  # the gradient of the temperature would be NaN
+        raise InvalidInputError("logits must be finite numbers (got inf or NaN)", field="logits")
     n, k = z.shape
     onehot = np.zeros((n, k))
     onehot[np.arange(n), y] = 1.0

@@ -142,6 +142,8 @@ def test_fit_temperature_and_bias_recovers_a_shifted_prior():
     assert np.isfinite(b2).all() and b2[3] == b2.min() and b2[3] > -20
     with pytest.raises(InvalidInputError, match="bias_l2"):
         fit_temperature_and_bias(logits, y, l2=-1.0)
+    with pytest.raises(InvalidInputError, match="finite"):
+        fit_temperature_and_bias(np.where(logits > 3, -np.inf, logits), y)
     with pytest.raises(InvalidInputError, match="at least one validation example"):
         fit_temperature_and_bias(np.zeros((0, 3)), np.zeros(0, dtype=int))
 
