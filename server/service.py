@@ -184,6 +184,7 @@ class ProfileEmbeddingServicer:
     ) -> None:
         slots = asyncio.Semaphore(STREAM_CHUNKS_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
+        submitted: set[asyncio.Task[Any]] = set()  # chunks inside rt.embed now
         chunk: list[tuple[int, bytes]] = []
         chunk_bytes = 0
         index = 0
@@ -196,10 +197,10 @@ class ProfileEmbeddingServicer:
                 # A chunk also closes at max_message_bytes, so a stream keeps at most
                 # (STREAM_CHUNKS_IN_FLIGHT + 1) chunks of about that size.
                 if len(chunk) >= STREAM_CHUNK or chunk_bytes >= self.limits.max_message_bytes:
-                    await self._dispatch(rt, chunk, out, slots, tasks)
+                    await self._dispatch(rt, chunk, out, slots, tasks, submitted)
                     chunk, chunk_bytes = [], 0
             if chunk:
-                await self._dispatch(rt, chunk, out, slots, tasks)
+                await self._dispatch(rt, chunk, out, slots, tasks, submitted)
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
             cancelled = True
@@ -219,10 +220,13 @@ class ProfileEmbeddingServicer:
         out: _Responses,
         slots: asyncio.Semaphore,
         tasks: set[asyncio.Task[None]],
+        submitted: set[asyncio.Task[Any]],
     ) -> None:
         await slots.acquire()
         earlier = {t for t in tasks if not t.done()}
-        tasks.add(asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots, earlier)))
+        tasks.add(
+            asyncio.ensure_future(self._stream_chunk(rt, chunk, out, slots, earlier, submitted))
+        )
 
     async def _stream_chunk(
         self,
@@ -231,15 +235,20 @@ class ProfileEmbeddingServicer:
         out: _Responses,
         slots: asyncio.Semaphore,
         earlier: set[asyncio.Task[None]],
+        submitted: set[asyncio.Task[Any]],
     ) -> None:
         try:
-            for response in await self._predict_items(rt, chunk, earlier):
+            for response in await self._predict_items(rt, chunk, earlier, submitted):
                 await out.put(response)
         finally:
             slots.release()
 
     async def _predict_items(
-        self, rt: Runtime, chunk: list[tuple[int, bytes]], earlier: set[asyncio.Task[None]]
+        self,
+        rt: Runtime,
+        chunk: list[tuple[int, bytes]],
+        earlier: set[asyncio.Task[None]],
+        submitted: set[asyncio.Task[Any]],
     ) -> list[pb2.PredictStreamResponse]:
         responses: dict[int, pb2.PredictStreamResponse] = {}
         valid: list[tuple[int, pb2.PredictStreamRequest, Profile, list[str]]] = []
@@ -255,7 +264,7 @@ class ProfileEmbeddingServicer:
         self.metrics.profiles.labels("PredictStream").inc(len(chunk))
         if valid:
             try:
-                emb = await _embed_paced(rt, [v[2] for v in valid], earlier)
+                emb = await _embed_paced(rt, [v[2] for v in valid], earlier, submitted)
                 all_heads = sorted({h for v in valid for h in v[3]})
                 preds = await rt.predict(emb.vectors, all_heads)
             except Exception as err:
@@ -324,18 +333,34 @@ class ProfileEmbeddingServicer:
 
 
 async def _embed_paced(
-    rt: Runtime, profiles: list[Profile], earlier: set[asyncio.Task[None]]
+    rt: Runtime,
+    profiles: list[Profile],
+    earlier: set[asyncio.Task[None]],
+    submitted: set[asyncio.Task[Any]],
 ) -> Embedded:
-    """Embed a stream chunk; while the queue is over its bounds and this stream's own earlier
-    chunks are in it, wait for them and retry instead of failing the items (a stream paces
-    itself; only a stream with nothing queued gets RESOURCE_EXHAUSTED items)."""
+    """Embed a stream chunk; while the queue is over its bounds and this stream's own work is in
+    it, wait for that work and retry instead of failing the items (a stream paces itself; only
+    a stream with nothing queued gets RESOURCE_EXHAUSTED items).
+
+    The stream's work is its earlier chunks, or else any of its chunks inside ``rt.embed`` now
+    (``submitted``, shared by the stream's chunks): a later chunk can get into the queue first
+    when two wake together, and waiting for it cannot deadlock, since a chunk leaves
+    ``submitted`` before it waits.
+    """
+    me = asyncio.current_task()
+    assert me is not None  # a stream chunk always runs in its own task
     while True:
+        submitted.add(me)
         try:
             return await rt.embed(profiles)
         except OverloadedError:
-            pending = {t for t in earlier if not t.done()}
+            pending = {t for t in earlier if not t.done()} or {
+                t for t in submitted if t is not me and not t.done()
+            }
             if not pending:
                 raise
+        finally:
+            submitted.discard(me)
         await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
 
 

@@ -477,6 +477,51 @@ def test_a_stream_waits_for_its_own_chunks_instead_of_failing_items(tiny_model):
         srv.stop()
 
 
+def test_a_chunk_overtaken_by_a_later_chunk_of_its_stream_waits_for_it():
+    """Chunks 2 and 3 wake together after chunk 1; 3 reaches the queue first. Chunk 2's earlier
+    work is done, but its own stream's chunk 3 fills the queue: it waits for 3 and retries
+    instead of failing its items; a stream with nothing of its own queued still gets refused."""
+    from server.service import _embed_paced
+
+    class Runtime:
+        def __init__(self) -> None:
+            self.queued = 0
+            self.release = asyncio.Event()
+
+        async def embed(self, profiles):
+            if self.queued:
+                raise OverloadedError("encoder queue is full")
+            self.queued += 1
+            try:
+                await self.release.wait()
+                return profiles
+            finally:
+                self.queued -= 1
+
+    async def scenario() -> None:
+        rt = Runtime()
+        submitted: set[asyncio.Task] = set()
+        done_earlier = asyncio.ensure_future(asyncio.sleep(0))
+        await done_earlier
+        third = asyncio.ensure_future(_embed_paced(rt, ["c3"], {done_earlier}, submitted))
+        await until(lambda: rt.queued == 1, "chunk 3 is in the queue")
+        second = asyncio.ensure_future(_embed_paced(rt, ["c2"], {done_earlier}, submitted))
+        await asyncio.sleep(0.01)
+        assert not second.done()  # waiting for chunk 3, not failed
+        rt.release.set()
+        assert await third == ["c3"] and await second == ["c2"]
+        # nothing of its own in the queue: refused at once
+        rt.release.clear()
+        other = asyncio.ensure_future(rt.embed(["x"]))
+        await until(lambda: rt.queued == 1, "another stream's work is queued")
+        with pytest.raises(OverloadedError):
+            await _embed_paced(rt, ["c4"], set(), set())
+        rt.release.set()
+        await other
+
+    asyncio.run(scenario())
+
+
 def test_lower_priority_renices_the_encoder_worker_threads():
     import os
 
