@@ -46,14 +46,20 @@ def config_flops(config: Any, lengths: Iterable[int]) -> int:
     )
 
 
-def _torch_fp32(shapes: list[tuple[int, int, int]], repeat: int) -> dict[str, float]:
+def torch_matmul_rates(
+    shapes: list[tuple[int, int, int]], repeat: int, dtype: Any = None
+) -> dict[str, float]:
+    """FLOP/s of ``torch.matmul`` at each ``(m, k, n)`` in ``dtype`` (default fp32), best of
+    ``repeat`` after one warm-up call (where oneDNN picks and caches its kernel)."""
     import torch
 
+    dtype = dtype or torch.float32
+    name = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype).split(".")[-1])
     out = {}
     for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
         secs = best_time(lambda a=a, b=b: torch.matmul(a, b), repeat=repeat)
-        out[f"torch_fp32_{m}x{k}x{n}"] = 2 * m * k * n / secs
+        out[f"torch_{name}_{m}x{k}x{n}"] = 2 * m * k * n / secs
     return out
 
 
@@ -137,7 +143,7 @@ def matmul_peak(
     squares = [(s, s, s) for s in sizes]
     encoder_shapes = [(4096, hidden, ffn), (4096, ffn, hidden)]
     runs: dict[str, float] = {}
-    runs.update(_torch_fp32(squares + encoder_shapes, repeat))
+    runs.update(torch_matmul_rates(squares + encoder_shapes, repeat))
     runs.update(_torch_int8(squares[-2:] + encoder_shapes, repeat))
     try:
         runs.update(_ort_matmul(squares[-2:] + encoder_shapes, threads, repeat, int8=False))

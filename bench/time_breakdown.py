@@ -90,17 +90,10 @@ def operator_times(encoder: Any, texts: list[str]) -> dict[str, float]:
 
 def gemm_peak(dtype: Any, rows: int, hidden: int, ffn: int, repeat: int) -> float:
     """Best FLOP/s of torch matmuls in ``dtype`` at the encoder's linear-layer shapes."""
-    import torch
+    from bench.flops import torch_matmul_rates
 
-    best = 0.0
-    for k, n in ((hidden, hidden), (hidden, ffn), (ffn, hidden)):
-        a = torch.randn(rows, k).to(dtype)
-        b = torch.randn(k, n).to(dtype)
-        with torch.inference_mode():
-            torch.matmul(a, b)  # warm-up: oneDNN picks and caches its kernel
-            secs = best_of(lambda a=a, b=b: torch.matmul(a, b), repeat * 3)
-        best = max(best, 2 * rows * k * n / secs)
-    return best
+    shapes = [(rows, hidden, hidden), (rows, hidden, ffn), (rows, ffn, hidden)]
+    return max(torch_matmul_rates(shapes, repeat * 3, dtype).values())
 
 
 def measure(
