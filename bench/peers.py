@@ -55,12 +55,14 @@ class PeerUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class Peer:
-    """One peer engine: its row name, what it is, whether its matmuls are int8, its adapter."""
+    """One peer engine: its row name, what it is, whether its matmuls are int8, its adapter, and
+    which of our numerics runs the same engine (issue 13's "adopt what wins"), if any."""
 
     name: str
     engine: str
     int8: bool
     prepare: Callable[[Path, Path, int, Sequence[str]], Encode]
+    adopted_as: str | None = None
 
 
 def _import(module: str) -> Any:
@@ -517,16 +519,36 @@ PEERS: dict[str, Peer] = {
         ),
         Peer("st-openvino", 'sentence-transformers backend="openvino"', False, prepare_st_openvino),
         Peer("optimum-ort", "Optimum ORTModelForFeatureExtraction", False, prepare_optimum_ort),
-        Peer("ort-fp32", "ONNX Runtime, plain export, default session", False, prepare_ort_fp32),
+        Peer(
+            "ort-fp32",
+            "ONNX Runtime, plain export, default session",
+            False,
+            prepare_ort_fp32,
+            "onnx-fp32",
+        ),
         Peer(
             "ort-int8",
             "ONNX Runtime, Optimum's dynamic int8 config for this CPU",
             True,
             prepare_ort_int8,
+            "onnx-int8",
         ),
         Peer("openvino-fp32", "OpenVINO runtime, f32 precision", False, prepare_openvino_fp32),
-        Peer("openvino-auto", "OpenVINO runtime, default precision", False, prepare_openvino_auto),
-        Peer("openvino-int8", "OpenVINO + NNCF static int8", True, prepare_openvino_int8),
+        Peer(
+            "openvino-auto",
+            "OpenVINO runtime, default precision",
+            False,
+            prepare_openvino_auto,
+            "openvino",
+        ),
+        # not "openvino-int8": that name is our numerics on the same engine, a row of its own
+        Peer(
+            "openvino-nncf-int8",
+            "OpenVINO + NNCF static int8",
+            True,
+            prepare_openvino_int8,
+            "openvino-int8",
+        ),
         Peer("ct2-int8", "CTranslate2 Encoder, int8", True, prepare_ct2_int8),
         Peer(
             "ct2-int8_float32",

@@ -140,6 +140,7 @@ def run_encoder(args: argparse.Namespace, model: Any, result: dict[str, Any], ba
     summary["serving_choice"] = load_encoder(args.model, None, threads=threads).numerics_choice
     summary["peers_failed"] = failed
     summary["peer_engines"] = {k: PEERS[k].engine for k in args.peers}
+    summary["peer_adopted_as"] = {k: PEERS[k].adopted_as for k in args.peers if PEERS[k].adopted_as}
     summary["peer_versions"] = peer_versions() if args.peers else {}
     summary.update(
         n=args.n,

@@ -30,7 +30,13 @@ import torch
 from embedder.cpu_fusion import fuse_bert_linears, fused_inference_copy
 from embedder.devices import check_numerics_on, choose_device
 from embedder.errors import ArtifactError, InvalidInputError
-from embedder.numerics import NUMERICS, ONNX_NUMERICS, check_numerics, default_threads
+from embedder.numerics import (
+    EXPORTED_NUMERICS,
+    NUMERICS,
+    OPENVINO_NUMERICS,
+    check_numerics,
+    default_threads,
+)
 from embedder.profile import AssemblyConfig, Profile, assemble_texts
 
 logger = logging.getLogger(__name__)
@@ -98,7 +104,7 @@ class ProfileEncoder:
         self._int8_model: Any = None
         self._bf16_model: Any = None
         self._fp32_model: Any = None
-        self._onnx_model: Any = None
+        self._engine_model: Any = None
         self._build_lock = threading.Lock()
         self._device = torch.device("cpu")
         #: How ``numerics`` was chosen when loaded through ``heads.model.load_encoder``.
@@ -275,7 +281,7 @@ class ProfileEncoder:
         self._int8_model = None
         self._bf16_model = None
         self._fp32_model = None
-        self._onnx_model = None
+        self._engine_model = None
         return self._version
 
     def _compute_version(self) -> str:
@@ -349,7 +355,7 @@ class ProfileEncoder:
             self._int8_model = None
             self._bf16_model = None
             self._fp32_model = None
-            self._onnx_model = None
+            self._engine_model = None
         logger.info(
             "encoder %s on %s (%s)", self._version or "(version not read)", target, self.numerics
         )
@@ -464,8 +470,8 @@ class ProfileEncoder:
         # numerics is a plain attribute (the numerics choice sets it): check it where it is used.
         check_numerics_on(self.numerics, str(self._device))
         self.st_model.eval()
-        if self.numerics in ONNX_NUMERICS:
-            return self._onnx_inference_model()
+        if self.numerics in EXPORTED_NUMERICS:
+            return self._engine_inference_model()
         on_cpu = self._device.type == "cpu"
         if self.numerics == "bf16":
             # Weights cast once, not at every matmul as autocast alone does: 597 vs 467
@@ -495,18 +501,22 @@ class ProfileEncoder:
                 self._int8_model.eval()
             return self._int8_model
 
-    def _onnx_inference_model(self) -> Any:
+    def _engine_inference_model(self) -> Any:
+        """The export run by ONNX Runtime or OpenVINO (built once, cached on disk by version)."""
         with self._build_lock:
-            if self._onnx_model is None:
-                from embedder.onnx_backend import build_onnx_model  # lazy: onnxruntime
+            if self._engine_model is None:
+                threads = self.threads or default_threads()
+                if self.numerics in OPENVINO_NUMERICS:
+                    from embedder.openvino_backend import build_openvino_model  # lazy: openvino
 
-                self._onnx_model = build_onnx_model(
-                    self.st_model,
-                    self.embedding_version,
-                    self.numerics,
-                    self.threads or default_threads(),
-                )
-            return self._onnx_model
+                    self._engine_model = build_openvino_model(self, self.numerics, threads)
+                else:
+                    from embedder.onnx_backend import build_onnx_model  # lazy: onnxruntime
+
+                    self._engine_model = build_onnx_model(
+                        self.st_model, self.embedding_version, self.numerics, threads
+                    )
+            return self._engine_model
 
 
 def _buckets(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:

@@ -11,6 +11,9 @@ they are a runtime choice, like the thread count.
 - ``onnx-fp32``: the transformer exported to ONNX and run by ONNX Runtime.
 - ``onnx-int8``: that export with MatMul weights quantized to int8 by
   ``onnxruntime.quantization.quantize_dynamic``.
+- ``openvino``: that export run by OpenVINO's CPU plugin at its default precision (bf16 where
+  the CPU has it natively, f32 elsewhere).
+- ``openvino-int8``: that export quantized to static int8 by NNCF, run by OpenVINO.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-NUMERICS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8")
+NUMERICS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8")
 ONNX_NUMERICS = ("onnx-fp32", "onnx-int8")
+OPENVINO_NUMERICS = ("openvino", "openvino-int8")
+#: Numerics run by an engine on an export of the model, not by torch.
+EXPORTED_NUMERICS = ONNX_NUMERICS + OPENVINO_NUMERICS
 DEFAULT_NUMERICS = "fp32"
 #: What ``--numerics`` accepts: a fixed mode, or ``auto`` (the fastest accurate one on this
 #: machine, see ``embedder.numerics_choice``; also what an unset flag means).

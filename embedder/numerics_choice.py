@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder.devices import CUDA_NUMERICS
-from embedder.numerics import NUMERICS, ONNX_NUMERICS
+from embedder.numerics import NUMERICS, ONNX_NUMERICS, OPENVINO_NUMERICS
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,8 @@ def runnable_here(candidates: Sequence[str], cpu: CpuInfo) -> list[str]:
             continue
         if name in ONNX_NUMERICS and not _onnxruntime_installed():
             continue
+        if name in OPENVINO_NUMERICS and not _openvino_installed(name):
+            continue
         out.append(name)
     if "fp32" not in out:
         out.insert(0, "fp32")
@@ -160,9 +162,18 @@ def probe_key(
     """Cache key of one probe: a different CPU or GPU, thread count, model or candidate list
     re-probes."""
     from embedder.onnx_backend import EXPORT_FORMAT
+    from embedder.openvino_backend import IR_FORMAT
 
     raw = json.dumps(
-        [PROBE_FORMAT, EXPORT_FORMAT, cpu.key(), threads, embedding_version, sorted(candidates)]
+        [
+            PROBE_FORMAT,
+            EXPORT_FORMAT,
+            IR_FORMAT,
+            cpu.key(),
+            threads,
+            embedding_version,
+            sorted(candidates),
+        ]
     )
     return hashlib.sha256(raw.encode()).hexdigest()[:24]
 
@@ -270,7 +281,7 @@ def _switch(encoder: Any, record: dict[str, Any], built: Any = None) -> dict[str
     if built is not None:
         encoder._int8_model = built._int8_model
         encoder._bf16_model = built._bf16_model
-        encoder._onnx_model = built._onnx_model
+        encoder._engine_model = built._engine_model
     rates = record.get("profiles_per_s") or {}
     logger.info(
         "numerics %s (%s%s)",
@@ -285,6 +296,14 @@ def _onnxruntime_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def _openvino_installed(numerics: str) -> bool:
+    """openvino importable (and nncf, which quantizes for ``openvino-int8``)."""
+    import importlib.util
+
+    needed = ["openvino"] + (["nncf"] if numerics == "openvino-int8" else [])
+    return all(importlib.util.find_spec(name) is not None for name in needed)
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

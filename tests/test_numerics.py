@@ -12,7 +12,9 @@ from server.config import ServerConfig
 
 
 def test_numerics_list_and_threads(tmp_path) -> None:
-    assert set(NUMERICS) == {"fp32", "bf16", "int8", "onnx-fp32", "onnx-int8"}
+    assert set(NUMERICS) == {
+        "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8"
+    }  # fmt: skip
     with pytest.raises(ValueError, match="onnx-fp16"):
         check_numerics("onnx-fp16")
     assert physical_cores() >= 1
@@ -76,6 +78,12 @@ def test_cpu_flags_decide_what_runs_natively(tmp_path) -> None:
     assert rule_choice(everything, amx) == "bf16"
     assert rule_choice(everything, avx2) == "onnx-int8"
     assert rule_choice(["int8"], avx2) == "fp32"  # torch int8 without VNNI saturates
+    # OpenVINO runs on every x86 CPU: the probe measures it wherever it is installed
+    assert runnable_here(["openvino", "openvino-int8"], avx2) == [
+        "fp32",
+        "openvino",
+        "openvino-int8",
+    ]
     assert rule_choice([], amx) == "fp32"
     assert cpu_info(tmp_path / "missing").model == "unknown"  # no procfs: no flags, still works
 
@@ -174,7 +182,7 @@ def test_numerics_check_command_records_accurate_numerics(
     assert code == 0
     record = json.loads(capsys.readouterr().out)
     assert record["rows"] == 30 and record["accurate"][0] == "fp32"
-    assert {"int8", "onnx-fp32", "onnx-int8"} <= set(record["checked"])
+    assert {"int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8"} <= set(record["checked"])
     # the same weights under onnx-fp32 give the same vectors: always accurate
     assert record["checked"]["onnx-fp32"]["min_cosine"] > 0.999
     assert "onnx-fp32" in record["accurate"]

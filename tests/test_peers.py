@@ -69,7 +69,7 @@ RUNNABLE = [
     ("ort-int8", "onnxruntime", 0.95),
     ("openvino-fp32", "openvino", 0.9999),
     ("openvino-auto", "openvino", 0.99),
-    ("openvino-int8", "nncf", 0.9),
+    ("openvino-nncf-int8", "nncf", 0.9),
     ("ct2-int8", "ctranslate2", 0.95),
     ("ct2-int8_float32", "ctranslate2", 0.95),
 ]
@@ -182,3 +182,9 @@ def test_summary_keeps_peers_out_of_the_choice_and_renders_them() -> None:
         assert "`fastembed` (fastembed): not installable here: reason" in text
         assert "vs fastest peer within budget (ct2-int8) | 0.50x" in text
     assert "--sections encoder" in render.render_peers(r)
+    # a fastest peer whose engine is one of ours: the other form of the target
+    out["peer_adopted_as"] = {"ct2-int8": "ct2"}
+    text = render.render(r)
+    assert "(ct2-int8, its engine adopted as our `ct2`) | 0.50x; 2.50x plain ST |" in text
+    assert "with its engine adopted >= 2.5x plain ST | met |" in text
+    assert "ct2-int8 = `ct2`" in render.render_peers(r)

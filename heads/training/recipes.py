@@ -64,7 +64,9 @@ class Recipe:
     sim_seed: int = 0
     max_val: int | None = None
     train: TrainConfig
-    numerics_candidates: tuple[str, ...] = ("bf16", "int8", "onnx-fp32", "onnx-int8")
+    numerics_candidates: tuple[str, ...] = (
+        "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8"
+    )  # fmt: skip
     numerics_check_rows: int = 2000
     numerics_tolerance: float = 0.005
     refit_heads: tuple[str, ...] = ("geolocation",)
