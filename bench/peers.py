@@ -509,7 +509,15 @@ def prepare_infinity(model_dir: Path, tmp: Path, threads: int, calib: Sequence[s
 PEERS: dict[str, Peer] = {
     p.name: p
     for p in (
-        Peer("st-bf16", "sentence-transformers, model.to(torch.bfloat16)", False, prepare_st_bf16),
+        # PyTorch's CPU bf16 is the engine our bf16 numerics run (with fused linear layers and
+        # length-bucketed passes on top)
+        Peer(
+            "st-bf16",
+            "sentence-transformers, model.to(torch.bfloat16)",
+            False,
+            prepare_st_bf16,
+            "bf16",
+        ),
         Peer("st-onnx", 'sentence-transformers backend="onnx"', False, prepare_st_onnx),
         Peer(
             "st-onnx-int8",
