@@ -10,7 +10,8 @@ Sections (each saved to the JSON as soon as it finishes):
    engines (``--peers``, ``bench/peers.py``: sentence-transformers bf16, ONNX Runtime, OpenVINO,
    CTranslate2, ...) run in the same round-robin on the same texts; a peer that cannot run here
    gets a line saying why.
-4. ``scaling``: forward throughput vs batch size, text length and threads (fp32 and chosen).
+4. ``scaling``: forward throughput vs batch size, text length and threads (fp32, the chosen
+   numerics, the server's choice here, and our numerics on the fastest peer's engine).
 5. ``faiss``: build, queries/s, IVF recall@10 vs exact at 100k and 1M (``bench/index_bench.py``).
 6. ``grpc``: ``bench/grpc_throughput.py`` at a small size (subprocess).
 
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,13 +170,32 @@ def peer_versions() -> dict[str, str]:
     return out
 
 
-def run_scaling(args: argparse.Namespace, model: Any, work: Any, chosen: str) -> dict[str, Any]:
+def scaling_extra(result: dict[str, Any]) -> list[str]:
+    """Numerics to sweep beside fp32 and the chosen one: what the server chose on this machine,
+    and our numerics on the fastest peer's engine when we adopted it (issue 13, item 5)."""
+    from bench.render import fastest_peer
+
+    enc = result.get("encoder") or {}
+    out = []
+    serving = (enc.get("serving_choice") or {}).get("chosen")
+    if serving:
+        out.append(serving)
+    best = fastest_peer(enc) if enc else None
+    adopted = (enc.get("peer_adopted_as") or {}).get(best) if best else None
+    if adopted:
+        out.append(adopted)
+    return out
+
+
+def run_scaling(
+    args: argparse.Namespace, model: Any, work: Any, chosen: str, extra: Sequence[str] = ()
+) -> dict[str, Any]:
     from embedder.encoder import ProfileEncoder
     from embedder.numerics import allowed_cpus, physical_cores
 
     out = {}
     threads = sorted({1, physical_cores(), len(allowed_cpus())})
-    for num in dict.fromkeys(["fp32", chosen]):
+    for num in dict.fromkeys(["fp32", chosen, *extra]):
         enc = ProfileEncoder(model.encoder.st_model, assembly=model.encoder.assembly, numerics=num)
         out[num] = encoder_bench.scaling(
             enc,
@@ -250,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         bar.set_description("scaling")
         if work is None:
             work = encoder_bench.load_workload(model.encoder, min(args.n, 256), args.seed)
-        result["scaling"] = run_scaling(args, model, work, chosen)
+        result["scaling"] = run_scaling(args, model, work, chosen, scaling_extra(result))
         save()
     if "faiss" in args.sections:
         bar.reset(total=len(args.faiss_sizes))

@@ -188,3 +188,20 @@ def test_summary_keeps_peers_out_of_the_choice_and_renders_them() -> None:
     assert "(ct2-int8, its engine adopted as our `ct2`) | 0.50x; 2.50x plain ST |" in text
     assert "with its engine adopted >= 2.5x plain ST | met |" in text
     assert "ct2-int8 = `ct2`" in render.render_peers(r)
+
+
+def test_scaling_sweeps_the_served_numerics_and_the_adopted_engine_of_the_fastest_peer() -> None:
+    run_all = _bench("run_all")
+    enc = {
+        "serving_choice": {"chosen": "bf16"},
+        "peers": {
+            "openvino-nncf-int8": {"profiles_per_s": 500.0, "within_budget": True},
+            "ct2-int8": {"profiles_per_s": 400.0, "within_budget": True},
+            "fast-but-wrong": {"profiles_per_s": 900.0, "within_budget": False},
+        },
+        "peer_adopted_as": {"openvino-nncf-int8": "openvino-int8"},
+    }
+    assert run_all.scaling_extra({"encoder": enc}) == ["bf16", "openvino-int8"]
+    enc["peers"]["ct2-int8"]["profiles_per_s"] = 600.0  # fastest now, an engine we do not run
+    assert run_all.scaling_extra({"encoder": enc}) == ["bf16"]
+    assert run_all.scaling_extra({}) == []
