@@ -256,8 +256,8 @@ def freeze_heap() -> None:
 
 
 def serve(config: ServerConfig) -> int:
-    """Blocking entry point of ``profile-embed serve`` (fixes the malloc mmap threshold first)."""
-    from server.allocator import fix_mmap_threshold
+    """Blocking entry point of ``profile-embed serve`` (fixes the malloc thresholds first)."""
+    from server.allocator import fix_malloc_thresholds
 
-    fix_mmap_threshold()
+    fix_malloc_thresholds()
     return asyncio.run(serve_until_signal(config))

@@ -1,4 +1,4 @@
-"""The serve process's malloc setting (glibc mmap threshold)."""
+"""The serve process's malloc settings (glibc mmap and trim thresholds)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import platform
 
 import pytest
 
-from server.allocator import ENV, fix_mmap_threshold
+from server.allocator import ENV, TRIM_ENV, fix_malloc_thresholds
 
 
 def test_env_setting_wins(monkeypatch):
     monkeypatch.setenv(ENV, "65536")
-    assert fix_mmap_threshold() is False
+    assert fix_malloc_thresholds() is False
+    monkeypatch.delenv(ENV)
+    monkeypatch.setenv(TRIM_ENV, "65536")
+    assert fix_malloc_thresholds() is False
 
 
 @pytest.mark.skipif(
@@ -21,7 +24,8 @@ def test_env_setting_wins(monkeypatch):
 )
 def test_threshold_is_set_on_glibc(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
-    assert fix_mmap_threshold() is True
+    monkeypatch.delenv(TRIM_ENV, raising=False)
+    assert fix_malloc_thresholds() is True
 
 
 def test_trimmer_runs_at_most_once_per_interval():
