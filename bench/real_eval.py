@@ -303,7 +303,7 @@ def audience_errors(
     probs: np.ndarray, y: np.ndarray, head: Any, *, n_bootstrap: int = 100, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
     """Per population and estimator: total variation, max abs error, 95% interval coverage."""
-    from heads.audience import METHODS, estimate_audience, head_audience_inputs
+    from heads.audience import DEFAULT_METHOD, METHODS, estimate_audience, head_audience_inputs
 
     inputs = head_audience_inputs(head)
     out: dict[str, dict[str, Any]] = {}
@@ -327,6 +327,8 @@ def audience_errors(
             inside = (est.lower[scored] - 1e-9 <= truth[scored]) & (
                 truth[scored] <= est.upper[scored] + 1e-9
             )
+            if method == DEFAULT_METHOD:  # what `profile-embed audience` would warn about
+                row["flags"] = list(est.flags)
             row[method] = {
                 "tv": float(0.5 * np.abs(est.shares - truth).sum()),
                 "max_abs": float(np.abs(est.shares - truth).max()),
@@ -574,19 +576,26 @@ def _audience_table(sets: dict[str, Any], key: str, title: str) -> list[str]:
     sets = {name: r for name, r in sets.items() if r.get(key)}
     if not sets:
         return []
+    from heads.audience import DEFAULT_METHOD
+
     methods = sorted(
-        {k for r in sets.values() for pop in r[key].values() for k in pop} - {"n", "true_top"}
+        {k for r in sets.values() for pop in r[key].values() for k in pop}
+        - {"n", "true_top", "flags"}
     )
     lines = [
         "",
         title,
         "",
-        "| set | population | true top shares | " + " | ".join(methods) + " |",
-        "|---|---|---|" + "---|" * len(methods),
+        f"| set | population | true top shares | flags ({DEFAULT_METHOD}) | "
+        + " | ".join(methods)
+        + " |",
+        "|---|---|---|---|" + "---|" * len(methods),
     ]
+    rows = [row for r in sets.values() for row in r[key].values()]
     for name, r in sets.items():
         for pop, row in r[key].items():
-            cells = []
+            flags = ", ".join(f"`{f}`" for f in row.get("flags", [])) or "-"
+            cells = [flags]
             for meth in methods:
                 e = row.get(meth)
                 if e is None or "error" in e:
@@ -606,8 +615,11 @@ def _audience_table(sets: dict[str, Any], key: str, title: str) -> list[str]:
         )
         for meth in methods
     }
+    flagged = sum(bool(row.get("flags")) for row in rows)
     lines += [
-        "| **mean** | | | " + " | ".join(f"**{_p(float(v), 2)}**" for v in mean_tv.values()) + " |",
+        f"| **mean** | | | {flagged} of {len(rows)} flagged | "
+        + " | ".join(f"**{_p(float(v), 2)}**" for v in mean_tv.values())
+        + " |",
         "",
     ]
     return lines

@@ -93,6 +93,8 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     assert posts["langid"]["accuracy"] >= 0.5  # French, Portuguese, Japanese, German, Polish...
     assert {"natural", "top-heavy", "dirichlet", "pair"} == set(posts["audience"])
     assert 0.0 <= posts["audience"]["natural"]["average"]["tv"] <= 1.0
+    # the default estimator's low-evidence flags are recorded per population and shown
+    assert all(isinstance(row["flags"], list) for row in posts["audience"].values())
     # calibrate on half A, scored on half B: temperature only, with biases, and on a few rows
     for key in (
         "half_b_prior_swap",
@@ -109,6 +111,7 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     assert text.startswith("# Real data\n\nintro stays") and text.rstrip().endswith("tail stays")
     assert "\nold\n" not in text and "| posts | 24 |" in text and "bench/real_eval.py" in text
     assert "**Re-calibrated on real labels**" in text and "after `profile-embed calibrate`" in text
+    assert "| flags (ensemble) |" in text and " flagged |" in text
     # a second run replaces the block instead of appending another
     assert real_eval.main([*argv, "--no-anchors"]) == 0
     assert docs.read_text().count("<!-- real-eval:begin -->") == 1
