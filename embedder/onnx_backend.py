@@ -222,13 +222,20 @@ class OnnxSentenceModel:
     def __call__(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         feeds = {name: features[name].numpy() for name in INPUTS}
         (tokens,) = self.session.run([OUTPUT], feeds)
-        out: dict[str, Any] = {
-            "token_embeddings": torch.from_numpy(tokens),
-            "attention_mask": features["attention_mask"],
-        }
-        for module in self.post:
-            out = module(out)
-        return out
+        return pool_tokens(tokens, features, self.post)
+
+
+def pool_tokens(
+    tokens: Any, features: dict[str, torch.Tensor], post: Sequence[torch.nn.Module]
+) -> dict[str, torch.Tensor]:
+    """An engine's token embeddings through the encoder's own ``Pooling`` and ``Normalize``."""
+    out: dict[str, Any] = {
+        "token_embeddings": torch.from_numpy(tokens),
+        "attention_mask": features["attention_mask"],
+    }
+    for module in post:
+        out = module(out)
+    return out
 
 
 def build_onnx_model(

@@ -42,7 +42,7 @@ import torch
 
 from embedder.errors import ArtifactError
 from embedder.numerics import OPENVINO_NUMERICS
-from embedder.onnx_backend import INPUTS, ensure_onnx, onnx_cache_dir
+from embedder.onnx_backend import INPUTS, ensure_onnx, onnx_cache_dir, pool_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -143,14 +143,9 @@ class OpenVinoSentenceModel:
         feeds = {name: features[name].numpy() for name in INPUTS}
         with self._lock:
             result = self._request.infer(feeds)
+            # a copy: the request's output buffer is reused by the next pass
             tokens = np.array(result[self.compiled.outputs[0]], copy=True)
-        out: dict[str, Any] = {
-            "token_embeddings": torch.from_numpy(tokens),
-            "attention_mask": features["attention_mask"],
-        }
-        for module in self.post:
-            out = module(out)
-        return out
+        return pool_tokens(tokens, features, self.post)
 
 
 def build_openvino_model(

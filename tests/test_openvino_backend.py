@@ -8,18 +8,11 @@ import pytest
 from embedder.encoder import ProfileEncoder
 from embedder.errors import ArtifactError
 from embedder.openvino_backend import int8_ir_path
-from embedder.profile import Profile
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
 
-PROFILES = [
-    Profile(id="fr", biography="📍 lyon 🇫🇷 | love food", captions=("bonjour lyon", "coffee")),
-    Profile(id="empty"),
-    Profile(id="jp", biography="tokyo travel", captions=("tokyo night", "gym", "music")),
-    Profile(id="long", biography="hello paris " * 300, captions=("love food " * 200,) * 5),
-    Profile(id="br", full_name="João", biography="são paulo 🇧🇷", captions=("rio beach",)),
-]
+from test_onnx_backend import PROFILES  # the same mixed profiles as the ONNX Runtime tests
 
 
 @pytest.fixture(scope="module")
