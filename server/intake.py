@@ -38,8 +38,12 @@ logger = logging.getLogger(__name__)
 
 #: Longest a read waits for room in the byte budget before RESOURCE_EXHAUSTED.
 WAIT_S = 1.0
-#: Release of this many bytes or more trims the heap (returns a burst's pages to the kernel).
+#: Release of this many bytes or more trims the heap (returns a burst's pages to the kernel) ...
 TRIM_BYTES = 1024 * 1024
+#: ... this long after the last such release: by then the handlers that parsed the bodies are
+#: gone too, and their copies with them (a trim at the release itself came before those frees,
+#: and with serve's high trim threshold, server.allocator, nothing else would return them).
+TRIM_DELAY_S = 0.25
 
 #: Methods outside the call count: health checks need no token, so callers holding Watch
 #: streams open must not be able to take every call slot (their reads are still budgeted).
@@ -85,7 +89,8 @@ class Intake:
         self.reading = 0
         self.peak_bytes = 0
         self._room = asyncio.Condition()
-        self._trim = Trimmer(interval_s=0.5)
+        self._trim = Trimmer(interval_s=TRIM_DELAY_S)
+        self._trim_timer: asyncio.TimerHandle | None = None
 
     @property
     def committed(self) -> int:
@@ -158,11 +163,19 @@ class Intake:
             self.peak_bytes = max(self.peak_bytes, self.committed)
 
     async def _notify(self, freed: int) -> None:
-        if freed >= TRIM_BYTES and self.calls <= 1:
-            # A burst of big bodies ended: hand their pages back (server.allocator).
-            await asyncio.get_running_loop().run_in_executor(None, self._trim)
+        if freed >= TRIM_BYTES:
+            self._trim_after_burst()
         async with self._room:
             self._room.notify_all()
+
+    def _trim_after_burst(self) -> None:
+        """Trim ``TRIM_DELAY_S`` after the last big release (each one re-arms the timer)."""
+        loop = asyncio.get_running_loop()
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        self._trim_timer = loop.call_later(
+            TRIM_DELAY_S, lambda: loop.run_in_executor(None, self._trim)
+        )
 
 
 class IntakeInterceptor(grpc.aio.ServerInterceptor):
