@@ -322,6 +322,7 @@ async def overload(
 
     load_before = os.getloadavg()
     cpu_before = srv.cpu_s()
+    served_before = _buckets(srv.metrics(), "profile_embed_request_seconds", "OK", "Predict")
     probe_payload = Path(tempfile.mkdtemp()) / "probe.bin"
     probe_payload.write_bytes(payloads[0])
     probe_args = [srv.target, str(seconds - 4), str(probe_payload), TOKEN, SERVICE + "Predict"]
@@ -337,6 +338,8 @@ async def overload(
     load_after = os.getloadavg()
     text = srv.metrics()
     batch_max = _histogram_max(text, "profile_embed_batch_seconds")
+    served = _buckets(text, "profile_embed_request_seconds", "OK", "Predict")
+    served = {le: n - served_before.get(le, 0.0) for le, n in served.items()}
     # One call's own encoder time at the speed of this server's passes so far.
     per_profile = _counter(text, "profile_embed_batch_seconds_sum") / max(
         _counter(text, "profile_embed_batch_profiles_sum"), 1
@@ -350,6 +353,10 @@ async def overload(
         "latency_ms": _summary(lat),
         "probe_codes": {c: len(v) for c, v in probe_lat.items()},
         "probe_latency_ms": _summary(probe_lat),
+        # The same calls timed by the server, from its handler's start to its answer: what the
+        # client's figure adds on top is its own queueing (callers share one client loop).
+        "server_accepted_p99_s_bucket": _bucket_quantile(served, 0.99),
+        "server_accepted_p50_s_bucket": _bucket_quantile(served, 0.5),
         "longest_batch_s_bucket": batch_max,
         "mean_batch_s": round(
             _counter(text, "profile_embed_batch_seconds_sum")
@@ -374,6 +381,23 @@ def _summary(lat: dict[str, list[float]]) -> dict[str, dict[str, float]]:
         }
         for c, v in lat.items()
     }
+
+
+def _buckets(text: str, name: str, code: str, rpc: str) -> dict[float, float]:
+    """Cumulative bucket counts ``{upper bound s: count}`` of one code and rpc of a histogram."""
+    pattern = rf'{name}_bucket{{code="{code}",le="([^"]+)",rpc="{rpc}"}} (\S+)'
+    return {float(le): float(n) for le, n in re.findall(pattern, text)}
+
+
+def _bucket_quantile(cumulative: dict[float, float], q: float) -> float | None:
+    """Upper bound of the bucket holding the ``q`` quantile (None without observations)."""
+    total = cumulative.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    for le in sorted(cumulative):
+        if cumulative[le] >= q * total:
+            return le
+    return float("inf")
 
 
 def _histogram_max(text: str, name: str) -> float:

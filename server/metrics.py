@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 ASSIGNED = "assigned"
 OUTCOMES: tuple[str, ...] = (ASSIGNED, *ABSTAIN_REASONS)
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 2.5, 3, 5, 10, 30
+)  # fmt: skip
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
@@ -50,10 +52,12 @@ class ServerMetrics:
             ["rpc", "code"],
             registry=r,
         )
+        # By status code too: a fast refusal and a served call are different latencies, and
+        # a dashboard (or bench/adversarial.py) must be able to read the served ones alone.
         self.latency = Histogram(
             "profile_embed_request_seconds",
-            "RPC latency by method",
-            ["rpc"],
+            "RPC latency by method and status code (calls that reached a handler)",
+            ["rpc", "code"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

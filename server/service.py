@@ -544,8 +544,9 @@ def _unary(
             await context.abort(status, message)
         finally:
             raw = b""  # this frame may outlive the call in a traceback: not with the body
-            metrics.requests.labels(name, _final_code(code, context)).inc()
-            metrics.latency.labels(name).observe(time.perf_counter() - start)
+            final = _final_code(code, context)
+            metrics.requests.labels(name, final).inc()
+            metrics.latency.labels(name, final).observe(time.perf_counter() - start)
 
     return handler
 
@@ -578,8 +579,9 @@ def _bidi(
             code = status.name
             await context.abort(status, message)
         finally:
-            metrics.requests.labels(name, _final_code(code, context)).inc()
-            metrics.latency.labels(name).observe(time.perf_counter() - start)
+            final = _final_code(code, context)
+            metrics.requests.labels(name, final).inc()
+            metrics.latency.labels(name, final).observe(time.perf_counter() - start)
 
     return handler
 

@@ -110,3 +110,23 @@ def test_chosen_is_the_fastest_within_the_accuracy_budget() -> None:
             "encoder": {**out, "n": 100, "mean_tokens": 8.0, "max_seq_length": 16, "threads": 2},
         }
     )  # fmt: skip
+
+
+def test_adversarial_reads_the_served_calls_latency_from_the_histogram_by_code() -> None:
+    adversarial = _bench("adversarial")
+    name = "profile_embed_request_seconds"
+    text = "\n".join(
+        [
+            f'{name}_bucket{{code="OK",le="0.5",rpc="Predict"}} 1.0',
+            f'{name}_bucket{{code="OK",le="1.0",rpc="Predict"}} 50.0',
+            f'{name}_bucket{{code="OK",le="2.0",rpc="Predict"}} 99.0',
+            f'{name}_bucket{{code="OK",le="+Inf",rpc="Predict"}} 100.0',
+            f'{name}_bucket{{code="RESOURCE_EXHAUSTED",le="0.5",rpc="Predict"}} 700.0',
+            f'{name}_bucket{{code="OK",le="0.5",rpc="Embed"}} 9.0',
+        ]
+    )
+    served = adversarial._buckets(text, name, "OK", "Predict")
+    assert served == {0.5: 1.0, 1.0: 50.0, 2.0: 99.0, float("inf"): 100.0}
+    assert adversarial._bucket_quantile(served, 0.99) == 2.0
+    assert adversarial._bucket_quantile(served, 0.5) == 1.0
+    assert adversarial._bucket_quantile({}, 0.5) is None

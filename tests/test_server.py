@@ -302,7 +302,7 @@ def test_metrics_endpoint_counts_requests_batches_cache_and_abstentions(server, 
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     for name in (
         'profile_embed_requests_total{code="OK",rpc="Predict"}',
-        'profile_embed_request_seconds_bucket{le="0.001",rpc="Predict"}',
+        'profile_embed_request_seconds_bucket{code="OK",le="0.001",rpc="Predict"}',
         'profile_embed_requests_total{code="INVALID_ARGUMENT",rpc="Predict"}',
         "profile_embed_batch_profiles_count",
         "profile_embed_queue_depth",
