@@ -192,10 +192,9 @@ def summarize(
 def calibration_texts(encoder: Any, n: int, seed: int) -> list[str]:
     """``n`` assembled profiles from the stream ``peer-calibration`` (never the benchmark's
     texts), for peers that calibrate int8 scales."""
-    from embedder.simulator.core import simulate_profiles
+    from embedder.simulator.core import simulated_texts
 
-    rows = simulate_profiles(n, seed=seed, stream="peer-calibration")
-    return list(encoder.assemble([r.profile for r in rows]))
+    return simulated_texts(encoder.assemble, n, seed=seed, stream="peer-calibration")
 
 
 def synthetic_batches(pool: Sequence[Sequence[int]], length: int, count: int) -> list[list[int]]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder.devices import CUDA_NUMERICS
-from embedder.numerics import NUMERICS, ONNX_NUMERICS, OPENVINO_NUMERICS
+from embedder.numerics import NUMERICS, ONNX_NUMERICS
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,11 @@ def runnable_here(candidates: Sequence[str], cpu: CpuInfo) -> list[str]:
             continue
         if name == "bf16" and not cpu.native_bf16:
             continue
-        if name in ONNX_NUMERICS and not _onnxruntime_installed():
+        if name in ONNX_NUMERICS and not _installed("onnxruntime"):
             continue
-        if name in OPENVINO_NUMERICS and not _openvino_installed(name):
+        if name == "openvino" and not _installed("openvino"):
+            continue
+        if name == "openvino-int8" and not _installed("openvino", "nncf"):  # nncf quantizes
             continue
         out.append(name)
     if "fp32" not in out:
@@ -250,10 +252,9 @@ def probe_texts(encoder: Any, n: int = PROBE_PROFILES) -> list[str]:
     at 705/s on the AMX Xeon, where ``make bench``'s 1,000 distinct profiles had bf16 1.16x
     faster (668 vs 575/s).
     """
-    from embedder.simulator.core import simulate_profiles
+    from embedder.simulator.core import simulated_texts
 
-    rows = simulate_profiles(n, seed=0, stream=PROBE_STREAM)
-    return list(encoder.assemble([r.profile for r in rows]))
+    return simulated_texts(encoder.assemble, n, seed=0, stream=PROBE_STREAM)
 
 
 def _probe(encoder: Any, usable: Sequence[str], threads: int) -> tuple[dict[str, Any], dict]:
@@ -305,18 +306,11 @@ def _switch(encoder: Any, record: dict[str, Any], built: Any = None) -> dict[str
     return record
 
 
-def _onnxruntime_installed() -> bool:
+def _installed(*modules: str) -> bool:
+    """Every one of ``modules`` importable (found, not imported)."""
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def _openvino_installed(numerics: str) -> bool:
-    """openvino importable (and nncf, which quantizes for ``openvino-int8``)."""
-    import importlib.util
-
-    needed = ["openvino"] + (["nncf"] if numerics == "openvino-int8" else [])
-    return all(importlib.util.find_spec(name) is not None for name in needed)
+    return all(importlib.util.find_spec(name) is not None for name in modules)
 
 
 def _read_cache(path: Path) -> dict[str, Any]:

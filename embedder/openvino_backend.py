@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +57,6 @@ def int8_ir_path(embedding_version: str, cache_dir: Path | None = None) -> Path:
     """Where the NNCF int8 IR of one encoder version is cached (``.xml``; weights in ``.bin``)."""
     root = cache_dir if cache_dir is not None else onnx_cache_dir()
     return root / embedding_version / f"openvino-int8-f{IR_FORMAT}.xml"
-
-
-def calibration_texts(assemble: Callable[[list[Any]], list[str]], n: int) -> list[str]:
-    """``n`` simulated profiles from a fixed seed and stream, assembled like real input."""
-    from embedder.simulator.core import simulate_profiles
-
-    rows = simulate_profiles(n, seed=CALIBRATION_SEED, stream=CALIBRATION_STREAM)
-    return list(assemble([r.profile for r in rows]))
 
 
 def quantize_int8(onnx_file: Path, target: Path, items: Sequence[dict[str, np.ndarray]]) -> Path:
@@ -171,8 +163,15 @@ def build_openvino_model(
     if numerics == "openvino-int8":
         ir = int8_ir_path(version, cache_dir)
         if not ir.is_file():
+            from embedder.simulator.core import simulated_texts  # lazy: gazetteer and word lists
+
             start = time.perf_counter()
-            texts = calibration_texts(encoder.assemble, CALIBRATION_PROFILES)
+            texts = simulated_texts(
+                encoder.assemble,
+                CALIBRATION_PROFILES,
+                seed=CALIBRATION_SEED,
+                stream=CALIBRATION_STREAM,
+            )
             quantize_int8(path, ir, _model_inputs(encoder, texts))
             seconds = time.perf_counter() - start
             logger.info("quantized %s with NNCF in %.1f s: %s", version, seconds, ir)

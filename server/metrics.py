@@ -138,6 +138,11 @@ class ServerMetrics:
         self.batch_tokens.observe(padded_tokens)
         self.batch_seconds.observe(seconds)
 
+    def observe_request(self, rpc: str, code: str, seconds: float) -> None:
+        """Record one finished call: its count and its latency, both by method and status code."""
+        self.requests.labels(rpc, code).inc()
+        self.latency.labels(rpc, code).observe(seconds)
+
     def observe_cache(self, hits: int, misses: int) -> None:
         """Record cache lookups of one request."""
         if hits:

@@ -544,9 +544,7 @@ def _unary(
             await context.abort(status, message)
         finally:
             raw = b""  # this frame may outlive the call in a traceback: not with the body
-            final = _final_code(code, context)
-            metrics.requests.labels(name, final).inc()
-            metrics.latency.labels(name, final).observe(time.perf_counter() - start)
+            metrics.observe_request(name, _final_code(code, context), time.perf_counter() - start)
 
     return handler
 
@@ -579,9 +577,7 @@ def _bidi(
             code = status.name
             await context.abort(status, message)
         finally:
-            final = _final_code(code, context)
-            metrics.requests.labels(name, final).inc()
-            metrics.latency.labels(name, final).observe(time.perf_counter() - start)
+            metrics.observe_request(name, _final_code(code, context), time.perf_counter() - start)
 
     return handler
 

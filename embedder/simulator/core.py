@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 from embedder.data import LabelledProfile
 from embedder.errors import InvalidInputError
@@ -29,7 +30,7 @@ from embedder.simulator.priors import CountryPrior, build_prior
 from embedder.simulator.sampling import pick_cum
 from embedder.simulator.text import Style, compose_bio, compose_caption, make_handle
 
-__all__ = ["Simulator", "SimulatorConfig", "simulate_profiles"]
+__all__ = ["Simulator", "SimulatorConfig", "simulate_profiles", "simulated_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,3 +230,11 @@ def simulate_profiles(
         if progress is not None:
             progress(1)
     return out
+
+
+def simulated_texts(
+    assemble: Callable[[list[Any]], list[str]], n: int, *, seed: int, stream: str
+) -> list[str]:
+    """``n`` profiles of one stream, turned into encoder inputs by ``assemble`` (an encoder's
+    ``assemble``): the workload of speed probes and int8 calibration, never training data."""
+    return list(assemble([r.profile for r in simulate_profiles(n, seed, stream=stream)]))
