@@ -23,6 +23,7 @@ An unauthenticated call is answered by ``server.auth`` without reading its body 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -171,11 +172,15 @@ class Intake:
     def _trim_after_burst(self) -> None:
         """Trim ``TRIM_DELAY_S`` after the last big release (each one re-arms the timer)."""
         loop = asyncio.get_running_loop()
+
+        def trim() -> None:
+            # the server may be shutting its executor down meanwhile: then there is nothing to trim
+            with contextlib.suppress(RuntimeError):
+                loop.run_in_executor(None, self._trim)
+
         if self._trim_timer is not None:
             self._trim_timer.cancel()
-        self._trim_timer = loop.call_later(
-            TRIM_DELAY_S, lambda: loop.run_in_executor(None, self._trim)
-        )
+        self._trim_timer = loop.call_later(TRIM_DELAY_S, trim)
 
 
 class IntakeInterceptor(grpc.aio.ServerInterceptor):
