@@ -32,6 +32,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -486,8 +487,14 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(SCENARIOS),
         help=f"comma-separated scenarios to run, of {','.join(SCENARIOS)} (default: all)",
     )
+    p.add_argument(
+        "--serve-args",
+        default="",
+        help="extra `profile-embed serve` flags for both servers, e.g. '--encoder-nice 10'",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/adversarial.json")
     args = p.parse_args(argv)
+    extra = shlex.split(args.serve_args)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(only) - set(SCENARIOS):
         p.error(f"--only: unknown scenario(s) {sorted(unknown)}; choose from {SCENARIOS}")
@@ -498,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     internal = 0
 
     if set(only) & set(FIRST_SERVER):
-        srv = Serve(model, "--auth-token-file", str(tokens))
+        srv = Serve(model, "--auth-token-file", str(tokens), *extra)
         try:
             if "intake" in only:
                 result["intake"] = asyncio.run(intake(srv))
@@ -523,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             internal += sum("internal error id=" in line for line in srv.lines)
 
     if {"overload", "flood"} & set(only):
-        srv = Serve(model, "--auth-token-file", str(tokens))
+        srv = Serve(model, "--auth-token-file", str(tokens), *extra)
         try:
             # Callers that back off 100-300 ms after RESOURCE_EXHAUSTED, then callers that hammer.
             if "overload" in only:

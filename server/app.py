@@ -14,6 +14,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,20 @@ from server.service import SERVICE_NAME, ProfileEmbeddingServicer, add_to_server
 logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-#: One pass before SERVING (never cached): the encoder's first-pass costs are paid, and the
-#: queue-delay bound starts from a measured speed. Profile-sized: ~600 characters each.
-WARM_UP_TEXTS = tuple(
-    f"passage: bio: warm-up {i} " + "lorem ipsum dolor sit amet " * 22 for i in range(16)
-)
+#: Profiles of the warm-up pass before SERVING (never cached): the encoder's first-pass costs
+#: are paid, and the queue-delay bound starts from a measured speed. Simulated profiles, because
+#: the speed is learnt per *estimated* token: repeated Latin filler has ~0.6 real tokens per
+#: estimated one where mixed-language profiles have ~1, and a warm-up on filler let the first
+#: callers in at 3x their real cost (``bench/adversarial.py``'s overload).
+WARM_UP_PROFILES = 32
+WARM_UP_STREAM = "server-warm-up"
+
+
+def warm_up_texts(assemble: Callable[[list[Any]], list[str]]) -> list[str]:
+    """The warm-up pass's encoder inputs: simulated profiles of a fixed stream."""
+    from embedder.simulator.core import simulated_texts  # lazy: gazetteer and word lists
+
+    return simulated_texts(assemble, WARM_UP_PROFILES, seed=0, stream=WARM_UP_STREAM)
 
 
 @dataclass
@@ -78,10 +88,12 @@ class RunningServer:
 
     async def attach(self, runtime: Runtime) -> None:
         """Serve with an already loaded runtime: start its batcher and turn health SERVING."""
+        loop = asyncio.get_running_loop()
         runtime.batcher.max_queue_delay_s = self.config.max_queue_delay_ms / 1000.0
         await runtime.batcher.lower_priority(self.config.encoder_nice)
-        seconds = await runtime.batcher.calibrate(WARM_UP_TEXTS, runtime.encoder.encode_texts)
-        logger.info("warm-up pass: %d texts in %.0f ms", len(WARM_UP_TEXTS), 1000 * seconds)
+        texts = await loop.run_in_executor(None, warm_up_texts, runtime.encoder.assemble)
+        seconds = await runtime.batcher.calibrate(texts, runtime.encoder.encode_texts)
+        logger.info("warm-up pass: %d profiles in %.0f ms", len(texts), 1000 * seconds)
         runtime.start()
         self.servicer.runtime = runtime
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)

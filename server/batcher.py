@@ -8,9 +8,15 @@ done.
 
 Backpressure: at most ``max_queue`` texts wait, and (with ``max_queue_delay_s``) at most that
 long by estimate: the tokens queued ahead x the seconds per token of recent passes (an
-exponential average), shared out among the workers; a caller then waits about that plus its own
-pass. Beyond either ``submit`` raises ``OverloadedError`` at once, and
-:meth:`DynamicBatcher.overloaded` says so before a request is even read (``server.service``).
+exponential average), shared out among the workers. Beyond either ``submit`` raises
+``OverloadedError`` at once, and :meth:`DynamicBatcher.overloaded` says so before a request is
+even read (``server.service``).
+
+Completion, not only admission, is bounded: an admitted caller is promised the work ahead of it
+plus its own (``_Job.due``), and a pass takes texts of later callers only while its estimated end
+keeps every caller already in it within that promise. Without this a caller admitted just behind
+a long pass shared its next pass with callers admitted after it, and waited up to two queue
+delays (measured by ``bench/adversarial.py``).
 
 Deadlines: a caller that is cancelled (deadline passed, client gone) marks its texts dead and they
 are dropped before the next forward pass.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
@@ -53,6 +60,9 @@ class _Job:
     tokens_in_queue: int = 0
     dead: bool = False
     out: np.ndarray | None = None
+    #: monotonic time by which its texts should be done (work ahead + its own at admission);
+    #: infinite when the queue has no delay bound or no pass has been measured yet.
+    due: float = math.inf
 
 
 @dataclass(eq=False)
@@ -81,6 +91,11 @@ class DynamicBatcher:
     #: Weight of the newest pass in the seconds-per-token average, reached from this many tokens.
     EWMA_ALPHA = 0.2
     EWMA_FULL_WEIGHT_TOKENS = 1024
+    #: How much more a pass slower than the estimate weighs in it.
+    SLOWER_WEIGHT = 2.5
+    #: A pass may always grow to this many tokens, promises or not: smaller passes waste the
+    #: cores (fixed cost per pass) and, when estimates run late, would shrink to one text each.
+    MIN_SHARED_PASS_TOKENS = 1024
 
     def __init__(
         self,
@@ -214,16 +229,29 @@ class DynamicBatcher:
             raise OverloadedError(reason)
         loop = asyncio.get_running_loop()
         job = _Job(texts=list(texts), future=loop.create_future(), remaining=len(texts))
+        ahead = self.estimated_delay()
         for pos, text in enumerate(job.texts):
             length = self._length_fn(text)
             self._queue.append(_Item(job, pos, length))
             self._live_tokens += length
             job.tokens_in_queue += length
+        if self.max_queue_delay_s > 0 and self.seconds_per_token is not None:
+            own = job.tokens_in_queue * self.seconds_per_token / self.workers
+            job.due = time.monotonic() + ahead + own
         job.in_queue = len(texts)
         self._live += len(texts)
         self._wakeup.set()
+        queued = time.monotonic()
         try:
-            return await job.future
+            out = await job.future
+            logger.debug(
+                "%d texts: %.0f ms ahead at admission, promised %.0f ms, done in %.0f ms",
+                len(job.texts),
+                1000 * ahead,
+                1000 * (job.due - queued),
+                1000 * (time.monotonic() - queued),
+            )
+            return out
         finally:
             if not job.future.done() or job.future.cancelled():
                 self._discard(job)
@@ -286,6 +314,10 @@ class DynamicBatcher:
         batch: list[_Item] = []
         budget = self.pass_tokens()
         longest = 0
+        tokens = 0
+        due = math.inf  # earliest promise among the callers in this pass
+        start = time.monotonic()
+        spt = (self.seconds_per_token or 0.0) / self.workers
         while self._queue and len(batch) < self.max_batch_profiles:
             item = self._queue[0]
             if item.job.dead:
@@ -294,17 +326,30 @@ class DynamicBatcher:
             longest_if = max(longest, item.length)
             if batch and longest_if * (len(batch) + 1) > budget:
                 break
+            if (
+                batch
+                and item.job is not batch[0].job
+                and tokens + item.length > self.MIN_SHARED_PASS_TOKENS
+                and start + (tokens + item.length) * spt > min(due, item.job.due)
+            ):
+                break  # a later caller's text would make this pass end past a promise
             self._queue.popleft()
             self._live_tokens -= item.length
             item.job.tokens_in_queue -= item.length
             item.job.in_queue -= 1
             self._live -= 1
             longest = longest_if
+            tokens += item.length
+            due = min(due, item.job.due)
             batch.append(item)
         batch.sort(key=lambda it: it.length, reverse=True)
+        # Work ahead from now on, not from when the pass's task first runs: a caller admitted
+        # in between must not see it as gone.
+        self._running_tokens += tokens
         return batch
 
     async def _forward(self, batch: list[_Item]) -> None:
+        taken = sum(it.length for it in batch)  # counted as running by _take
         try:
             # Callers cancelled while the batch waited for a worker are dropped before the pass.
             batch = [it for it in batch if not it.job.future.done()]
@@ -315,7 +360,6 @@ class DynamicBatcher:
             start = time.perf_counter()
             loop = asyncio.get_running_loop()
             tokens = sum(it.length for it in batch)
-            self._running_tokens += tokens
             try:
                 vectors = await loop.run_in_executor(self._executor, self._encode, texts)
             except Exception as err:  # delivered to each caller, mapped to a status there
@@ -323,8 +367,6 @@ class DynamicBatcher:
                     if not job.future.done():
                         job.future.set_exception(err)
                 return
-            finally:
-                self._running_tokens -= tokens
             seconds = time.perf_counter() - start
             self._learn_speed(seconds, tokens)
             self._deliver(batch, vectors)
@@ -337,6 +379,7 @@ class DynamicBatcher:
                 1000 * seconds,
             )
         finally:
+            self._running_tokens -= taken
             self._slots.release()
 
     def _learn_speed(self, seconds: float, tokens: int) -> None:
@@ -347,6 +390,10 @@ class DynamicBatcher:
             # Weighted by size: a pass of a few tokens is mostly fixed cost and says little
             # about the per-token cost of the big passes an overloaded queue makes.
             a = self.EWMA_ALPHA * min(1.0, tokens / self.EWMA_FULL_WEIGHT_TOKENS)
+            if per_token > self.seconds_per_token:
+                # Slower than believed: learn it faster. Too low an estimate breaks promises
+                # (callers admitted on it wait longer); too high one only refuses a little more.
+                a = min(1.0, a * self.SLOWER_WEIGHT)
             self.seconds_per_token = a * per_token + (1 - a) * self.seconds_per_token
 
     @staticmethod

@@ -175,3 +175,64 @@ def test_forward_pass_threads_share_the_cores_among_workers(monkeypatch):
         ServerConfig(threads=0)
     with pytest.raises(ValueError, match="pass_overhead_tokens"):
         ServerConfig(pass_overhead_tokens=-1)
+
+
+@pytest.mark.parametrize(
+    "floor, expected_passes",
+    [(0, [["x" * 10], ["a" * 40], ["b" * 40]]), (1024, [["x" * 10], ["a" * 40, "b" * 40]])],
+)
+def test_a_later_caller_shares_a_pass_only_while_the_earlier_callers_promise_holds(
+    floor, expected_passes
+):
+    """A is promised the running pass + its own 40 tokens (0.5 s at 10 ms a token); B, admitted
+    after it, would make a shared pass end 0.4 s later, so B waits for the next pass, unless the
+    pass is below the size that is always allowed (then sharing costs too little to refuse)."""
+    enc = RecordingEncoder()
+    enc.release.clear()
+
+    async def main():
+        b = DynamicBatcher(
+            enc, max_wait_ms=0, max_batch_tokens=10**6, max_queue_delay_s=1.0, length_fn=len
+        )
+        b.MIN_SHARED_PASS_TOKENS = floor
+        b.start()
+        blocker = asyncio.ensure_future(b.submit(["x" * 10]))
+        await until(enc.entered.is_set, "the blocker's pass runs")
+        b.seconds_per_token = 0.01  # as if measured
+        first = asyncio.ensure_future(b.submit(["a" * 40]))
+        await until(lambda: b.queue_depth == 1, "A is queued")
+        second = asyncio.ensure_future(b.submit(["b" * 40]))  # 0.5 s ahead: admitted
+        await until(lambda: b.queue_depth == 2, "B is queued")
+        enc.release.set()
+        await asyncio.gather(blocker, first, second)
+        await b.close()
+
+    asyncio.run(main())
+    assert enc.calls == expected_passes
+
+
+def test_a_taken_pass_counts_as_work_ahead_before_its_task_first_runs():
+    """Callers admitted between the collector taking a pass and the pass's task starting must
+    see that pass as ahead of them (else they are promised, and admitted on, too little)."""
+    enc = RecordingEncoder()
+    seen: list[float] = []
+
+    async def main():
+        b = DynamicBatcher(
+            enc, max_wait_ms=0, max_batch_tokens=10**6, max_queue_delay_s=1.0, length_fn=len
+        )
+        b.seconds_per_token = 0.01
+        forward = b._forward
+
+        async def first_look(batch):
+            seen.append(b.estimated_delay())  # the first moment the task runs
+            await forward(batch)
+
+        b._forward = first_look
+        b.start()
+        await b.submit(["a" * 40])
+        assert b.estimated_delay() == 0.0  # done: nothing ahead any more
+        await b.close()
+
+    asyncio.run(main())
+    assert seen == [pytest.approx(0.4)]
