@@ -91,11 +91,11 @@ SCENARIOS = (*FIRST_SERVER, "overload", "flood")
 
 
 class Serve:
-    """``profile-embed -v serve`` on free loopback ports, its log lines kept."""
+    """``profile-embed serve`` (INFO logging, as deployed) on free loopback ports, its log lines kept."""
 
     def __init__(self, model: Path, *extra: str) -> None:
         cmd = [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())"]
-        cmd += ["-v", "serve", "--model", str(model), "--port", "0", "--metrics-port", "0"]
+        cmd += ["serve", "--model", str(model), "--port", "0", "--metrics-port", "0"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [*cmd, *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
