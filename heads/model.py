@@ -500,5 +500,8 @@ def _save_head(head: Head, path: Path, evaluation: Any) -> Path:
     if evaluation is not None:
         from heads.evaluation.report import write_model_card
 
+        # evaluated before add_head chose its version: the card says the version it is saved as
+        if "head_version" in evaluation.info:
+            evaluation.info["head_version"] = head.head_version
         write_model_card(path, evaluation)
     return path

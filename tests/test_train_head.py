@@ -88,6 +88,9 @@ def test_train_head_adds_versions_and_leaves_encoder_bit_identical(
     total = first["cache"]["hits"] + first["cache"]["misses"]
     assert second["head_version"] == 2 and second["cache"] == {"hits": total, "misses": 0}
     assert (model_dir / "heads" / "category" / "v1" / "head_config.json").is_file()
+    for k in (1, 2):  # each version's model card names its own version
+        card = (model_dir / "heads" / "category" / f"v{k}" / "README.md").read_text()
+        assert f"- head_version: `{k}`" in card
 
     model = ProfileModel.load(model_dir)
     assert model.embedding_version == first["embedding_version"]
