@@ -91,7 +91,8 @@ SCENARIOS = (*FIRST_SERVER, "overload", "flood")
 
 
 class Serve:
-    """``profile-embed serve`` (INFO logging, as deployed) on free loopback ports, its log lines kept."""
+    """``profile-embed serve`` on free loopback ports at INFO logging (as deployed), its log lines
+    kept."""
 
     def __init__(self, model: Path, *extra: str) -> None:
         cmd = [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())"]

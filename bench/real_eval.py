@@ -49,7 +49,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from bench.baselines import profile_text  # noqa: E402
 from embedder.data import LabelledProfile, read_profiles  # noqa: E402
-from embedder.labels import GEO_LABELS, OTHER  # noqa: E402
+from embedder.labels import GEO_LABELS  # noqa: E402
+from heads.language_evidence import label_given_language  # noqa: E402
 
 logger = logging.getLogger("bench.real_eval")
 
@@ -124,44 +125,18 @@ class LanguageIdBaseline:
         "zsm": "ms",
     }
 
-    def __init__(self, prior: dict[str, float] | None = None) -> None:
-        from babel.core import get_global
+    def __init__(self, prior_percent: dict[str, float] | None = None) -> None:
         from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
 
-        from embedder.simulator.priors import build_prior
-
         self.ident = LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
-        table = build_prior()
-        iso_p = np.diff(np.r_[0.0, table.cum])
-        if prior is not None:  # rescale the label masses, keep OTHER's spread over countries
-            for i, iso in enumerate(table.isos):
-                lab = iso if iso in prior else OTHER
-                iso_p[i] *= prior[lab] / max(table.label_share[lab], 1e-12)
-        index = {lab: i for i, lab in enumerate(GEO_LABELS)}
-        # py3langid lists a language twice ("sr" in two scripts): keep each class's own row
-        langs: dict[str, int] = {}
-        for j, lab in enumerate(self.ident.nb_classes):
-            langs.setdefault(lab, j)
-        self.joint = np.zeros((len(self.ident.nb_classes), len(GEO_LABELS)))  # P(lang, label)
-        terr = get_global("territory_languages")
-        for iso, p in zip(table.isos, iso_p, strict=True):
-            shares: dict[int, float] = {}
-            for code, info in terr.get(iso, {}).items():
-                base = code.split("_")[0]
-                j = langs.get(self.ALIAS.get(base, base))
-                pct = float(info.get("population_percent") or 0.0)
-                if j is not None and pct > 0:
-                    shares[j] = shares.get(j, 0.0) + pct
-            total = sum(shares.values())
-            lab = index[iso if iso in index else OTHER]
-            for j, pct in shares.items():
-                self.joint[j, lab] += p * pct / total
-        prior_lab = self.joint.sum(axis=0)
-        self.prior = prior_lab / prior_lab.sum()
-        # a language no country writes (CLDR has no share for it) falls back to the prior
-        rows = self.joint.sum(axis=1, keepdims=True)
-        self.p_label_given_lang = np.where(rows > 0, self.joint / np.maximum(rows, 1e-300), 0)
-        self.p_label_given_lang[rows[:, 0] == 0] = self.prior
+        # py3langid lists a language twice ("sr" in two scripts): each class keeps its own row
+        self.p_label_given_lang, self.prior = label_given_language(
+            list(self.ident.nb_classes),
+            GEO_LABELS,
+            alias=self.ALIAS,
+            prior_percent=prior_percent,
+            share_of="given",
+        )
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), len(GEO_LABELS)))

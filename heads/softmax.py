@@ -25,6 +25,7 @@ from heads.calibration import (
     BoundMethod,
     ThresholdSelection,
 )
+from heads.language_evidence import LanguageEvidence
 from heads.registry import register_head
 from heads.shift import MahalanobisGuard
 
@@ -101,7 +102,9 @@ class SoftmaxAbstainHead(Head):
     """Softmax over the labels; abstains below a per-class, calibrated threshold.
 
     Learned state: ``module_`` (torch), ``temperature_``, ``thresholds_`` (``inf`` = class assigns
-    nothing), ``calibration_`` (the validation report that chose the thresholds), ``fit_info_``.
+    nothing), ``calibration_`` (the validation report that chose the thresholds), ``fit_info_``,
+    the out-of-distribution guard ``ood_`` and the optional language evidence ``language_``
+    (``heads.language_evidence``: added to the logits, before temperature and thresholds).
     """
 
     def __init__(self, config: SoftmaxAbstainConfig, labels: Sequence[str]) -> None:
@@ -117,6 +120,7 @@ class SoftmaxAbstainHead(Head):
         self.calibration_: dict[str, Any] | None = None
         self.fit_info_: dict[str, Any] = {}
         self.ood_: MahalanobisGuard | None = None
+        self.language_: LanguageEvidence | None = None
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -187,15 +191,31 @@ class SoftmaxAbstainHead(Head):
             layer.bias.add_(torch.from_numpy(shift).to(layer.bias.dtype))
 
     def logits(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Return raw (uncalibrated) logits ``(n, len(labels))`` as float64."""
-        x = torch.from_numpy(as_numpy_embeddings(embeddings, self.in_dim))
+        """Return raw (uncalibrated) logits ``(n, len(labels))`` as float64: the module's, plus
+        the language evidence's when the head has one."""
+        x_np = as_numpy_embeddings(embeddings, self.in_dim)
         module = self.logits_module()
         was_training = module.training
         module.eval()
         with torch.inference_mode():
-            out = module(x).double().numpy()
+            out = module(torch.from_numpy(x_np)).double().numpy()
         module.train(was_training)
+        if self.language_ is not None:
+            out += self.language_.log_evidence(x_np)
         return out
+
+    def attach_language_evidence(self, evidence: LanguageEvidence | None) -> None:
+        """Add (or with None remove) language evidence; calibrate afterwards, since it moves
+        the logits that temperature and thresholds were fitted on."""
+        if evidence is not None and (
+            evidence.table.shape[1] != len(self.labels) or evidence.weight.shape[1] != self.in_dim
+        ):
+            raise InvalidInputError(
+                f"language evidence for {evidence.table.shape[1]} labels and "
+                f"{evidence.weight.shape[1]}-dim embeddings does not fit head {self.name!r} "
+                f"({len(self.labels)} labels, {self.in_dim} dims)"
+            )
+        self.language_ = evidence
 
     def predict_proba(self, embeddings: np.ndarray | torch.Tensor) -> np.ndarray:
         """Return calibrated probabilities ``softmax(logits / temperature_ + class_bias_)``."""
@@ -543,6 +563,7 @@ class SoftmaxAbstainHead(Head):
             "calibration": self.calibration_,
             "fit": self.fit_info_,
             "ood": None if self.ood_ is None else self.ood_.to_config(),
+            "language_evidence": None if self.language_ is None else self.language_.to_config(),
         }
 
     def _tensors(self) -> dict[str, np.ndarray]:
@@ -550,6 +571,8 @@ class SoftmaxAbstainHead(Head):
         tensors = {k: v.detach().to("cpu").numpy() for k, v in state.items()}
         if self.ood_ is not None:
             tensors.update(self.ood_.to_tensors())
+        if self.language_ is not None:
+            tensors.update(self.language_.to_tensors())
         return tensors
 
     @classmethod
@@ -578,7 +601,11 @@ class SoftmaxAbstainHead(Head):
             )
         module = _build_module(head.in_dim, head.config.hidden, head.config.dropout, len(labels))
         module.load_state_dict(
-            {k: torch.from_numpy(v) for k, v in tensors.items() if not k.startswith("ood.")}
+            {
+                k: torch.from_numpy(v)
+                for k, v in tensors.items()
+                if not k.startswith(("ood.", "language."))
+            }
         )
         module.eval()
         head.module_ = module
@@ -593,6 +620,12 @@ class SoftmaxAbstainHead(Head):
         head.fit_info_ = dict(config.get("fit") or {})
         if config.get("ood"):
             head.ood_ = MahalanobisGuard.from_saved(config["ood"], dict(tensors))
+        if config.get("language_evidence"):
+            evidence = LanguageEvidence.from_saved(config["language_evidence"], tensors)
+            try:
+                head.attach_language_evidence(evidence)
+            except InvalidInputError as err:
+                raise ArtifactError(f"invalid head_config.json: {err}") from err
         return head
 
 

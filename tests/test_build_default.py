@@ -82,6 +82,10 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     assert record["refit_heads"]["geolocation"]["head_version"] == 2
     geo = model.heads["geolocation"]
     assert geo.head_version == 2 and geo.config.never_assign == ("OTHER",)
+    # the toy recipe asks for language evidence (the shipped recipes do not): fitted on the
+    # simulated rows' languages, kept with the head
+    assert geo.language_ is not None and geo.language_.alpha == 0.5
+    assert "en" in geo.language_.languages
     assert (link / "heads" / "geolocation" / "v1").is_dir()
     assert not list(models.glob("*.refit-train.jsonl"))
     assert set(model.heads) == {"geolocation", "category"}

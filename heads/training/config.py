@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from embedder.errors import InvalidInputError
 from embedder.profile import AssemblyConfig
 from heads.calibration import DEFAULT_TARGET_PRECISION, check_target_precision
 from heads.training.augment import AugmentConfig
@@ -153,6 +154,9 @@ class HeadTrainConfig:
         seed: initialisation and shuffling seed.
         never_assign: softmax_abstain only: labels scored but never assigned (the build passes
             ``("OTHER",)``; see ``heads.softmax.SoftmaxAbstainConfig``).
+        language_evidence: softmax_abstain geolocation only: weight ``alpha`` of the language
+            evidence (``heads.language_evidence``: a language classifier fitted on the training
+            rows' ``language`` field x CLDR's P(label | language)); 0 = none.
     """
 
     kind: str = "softmax_abstain"
@@ -167,9 +171,15 @@ class HeadTrainConfig:
     target_precision: float = DEFAULT_TARGET_PRECISION
     seed: int = 0
     never_assign: tuple[str, ...] = ()
+    language_evidence: float = 0.0
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
+        if not self.language_evidence >= 0:
+            raise InvalidInputError(
+                f"language_evidence must be >= 0 (0 = none), got {self.language_evidence}",
+                field="language_evidence",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -59,6 +59,8 @@ def check_kind_options(kind: str, given: Sequence[str]) -> None:
             f"unknown head kind {kind!r}; train-head trains {sorted(KIND_OPTIONS)}"
         )
     allowed = {*KIND_OPTIONS[kind][0], *KIND_OPTIONS[kind][1], *SHARED_OPTIONS, "kind"}
+    if kind == "softmax_abstain":
+        allowed.add("language_evidence")  # fitted by train_head itself, not by the head's fit
     extra = sorted(set(given) - allowed)
     if extra:
         raise InvalidInputError(
@@ -206,6 +208,8 @@ def train_head(
         label_field=task.field,
         **{f: getattr(cfg, f) for f in settings},
     )
+    if cfg.language_evidence > 0:
+        _attach_language_evidence(head, cfg, x_train, train_rows, str(train_path))
     head.fit(
         x_train,
         [task.labels[i] for i in y_train],
@@ -250,6 +254,38 @@ def train_head(
         "cache": stats,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _attach_language_evidence(
+    head: Any, cfg: HeadTrainConfig, x_train: np.ndarray, rows: list[Any], source: str
+) -> None:
+    """Fit ``heads.language_evidence`` on the training rows' languages; attach it to ``head``
+    before its fit, whose calibration then sees the combined logits."""
+    from embedder.errors import InvalidInputError
+    from embedder.labels import OTHER
+    from heads.language_evidence import LANGUAGE_FIELD, LanguageEvidence
+
+    if cfg.kind != "softmax_abstain" or OTHER not in head.labels:
+        raise InvalidInputError(
+            f"language_evidence applies to softmax_abstain country heads (labels with "
+            f"{OTHER!r}); head {head.name!r} is a {cfg.kind} head over {len(head.labels)} labels",
+            field="language_evidence",
+        )
+    languages = [r.profile.extra.get(LANGUAGE_FIELD) for r in rows]
+    try:
+        evidence = LanguageEvidence.fit(
+            x_train, languages, head.labels, alpha=cfg.language_evidence
+        )
+    except InvalidInputError as err:
+        raise InvalidInputError(f"{source}: {err}", field=LANGUAGE_FIELD) from err
+    head.attach_language_evidence(evidence)
+    logger.info(
+        "head %s: language evidence over %d languages (alpha %.2f, %d rows)",
+        head.name,
+        len(evidence.languages),
+        evidence.alpha,
+        evidence.n,
+    )
 
 
 #: Folds of the held-out estimate ``calibrate`` reports.

@@ -1,0 +1,152 @@
+"""Language evidence of a country head: CLDR table, classifier, logits, persistence, train-head."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedder.data import LabelledProfile, write_profiles
+from embedder.errors import ArtifactError, InvalidInputError
+from embedder.labels import GEO_LABELS, OTHER
+from embedder.profile import Profile
+from heads.language_evidence import LanguageEvidence, label_given_language
+
+
+def test_cldr_table_sends_each_language_where_it_is_spoken():
+    langs = ["ja", "pt", "ko", "xx-unknown"]
+    table, prior = label_given_language(langs, GEO_LABELS)
+    assert table.shape == (4, len(GEO_LABELS))
+    np.testing.assert_allclose(table.sum(axis=1), 1.0)
+    top = [GEO_LABELS[i] for i in table.argmax(axis=1)]
+    assert top[:3] == ["JP", "BR", "KR"]
+    np.testing.assert_allclose(table[3], prior)  # a language no country speaks: the prior
+    assert prior[GEO_LABELS.index("US")] > prior[GEO_LABELS.index("SE")]
+    with pytest.raises(InvalidInputError, match="OTHER"):
+        label_given_language(["en"], ["FR", "DE"])
+
+
+def _clusters(n_per: int, seed: int = 0) -> tuple[np.ndarray, list[str | None]]:
+    """Embeddings with one direction per language (ja, pt, de) and some rows without one."""
+    rng = np.random.default_rng(seed)
+    centres = {"ja": 0, "pt": 1, "de": 2}
+    x, langs = [], []
+    for lang, axis in centres.items():
+        block = rng.normal(0, 0.3, (n_per, 8))
+        block[:, axis] += 3.0
+        x.append(block)
+        langs += [lang] * n_per
+    x.append(rng.normal(0, 0.3, (5, 8)))
+    langs += [None] * 5
+    return np.vstack(x).astype(np.float32), langs
+
+
+def test_evidence_learns_languages_and_scales_by_alpha():
+    x, langs = _clusters(30)
+    ev = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5)
+    assert ev.languages == ("de", "ja", "pt") and ev.n == 90  # rows without a language skipped
+    probe = np.zeros((3, 8), dtype=np.float32)
+    probe[0, 0], probe[1, 1], probe[2, 2] = 3.0, 3.0, 3.0  # ja, pt, de
+    assert [ev.languages[i] for i in ev.language_proba(probe).argmax(1)] == ["ja", "pt", "de"]
+    log_ev = ev.log_evidence(probe)
+    assert log_ev.shape == (3, len(GEO_LABELS))
+    assert [GEO_LABELS[i] for i in log_ev.argmax(1)] == ["JP", "BR", "DE"]
+    twice = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=1.0)
+    np.testing.assert_allclose(twice.log_evidence(probe), 2 * log_ev, rtol=1e-9)
+
+
+def test_evidence_refuses_too_few_languages_and_a_bad_alpha():
+    x, _ = _clusters(30)
+    with pytest.raises(InvalidInputError, match=">= 2 languages with >= 20 rows"):
+        LanguageEvidence.fit(x, ["ja"] * 30 + ["pt"] * 10 + [None] * 55, GEO_LABELS, alpha=0.5)
+    with pytest.raises(InvalidInputError, match="alpha must be > 0"):
+        LanguageEvidence.fit(x, ["ja"] * 95, GEO_LABELS, alpha=0.0)
+    with pytest.raises(InvalidInputError, match="95 embeddings but 3 language labels"):
+        LanguageEvidence.fit(x, ["ja", "pt", "de"], GEO_LABELS, alpha=0.5)
+
+
+def test_head_adds_the_evidence_to_its_logits_and_keeps_it_through_save_and_load(tmp_path):
+    from heads.registry import load_head
+    from heads.softmax import SoftmaxAbstainHead
+
+    x, langs = _clusters(30)
+    head = SoftmaxAbstainHead.from_config(
+        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
+    )
+    plain = head.logits(x)
+    ev = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5)
+    head.attach_language_evidence(ev)
+    np.testing.assert_allclose(head.logits(x), plain + ev.log_evidence(x), rtol=1e-6, atol=1e-6)
+    head.save(tmp_path / "h")
+    loaded = load_head(tmp_path / "h")
+    assert isinstance(loaded, SoftmaxAbstainHead)
+    assert loaded.language_ is not None and loaded.language_.languages == ev.languages
+    np.testing.assert_allclose(loaded.logits(x), head.logits(x), rtol=1e-5, atol=1e-5)
+    config = json.loads((tmp_path / "h" / "head_config.json").read_text())
+    assert config["language_evidence"]["alpha"] == 0.5
+
+    small = SoftmaxAbstainHead.from_config(
+        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 4}, GEO_LABELS
+    )
+    with pytest.raises(InvalidInputError, match="does not fit head 'geolocation'"):
+        small.attach_language_evidence(ev)
+
+    broken = json.loads((tmp_path / "h" / "head_config.json").read_text())
+    broken["language_evidence"]["languages"] = ["de"]  # 1 language, weights of 3 rows
+    (tmp_path / "h" / "head_config.json").write_text(json.dumps(broken))
+    with pytest.raises(ArtifactError, match="language evidence has 1 languages"):
+        load_head(tmp_path / "h")
+
+
+BIOS = {
+    "ja": ("JP", "東京 カフェ 大好き 今日も"),
+    "pt": ("BR", "amo café e praia hoje"),
+    "de": ("DE", "ich liebe kaffee heute"),
+}
+
+
+def _rows(n: int, seed: int, *, language: bool = True) -> list[LabelledProfile]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        lang = rng.choice(sorted(BIOS))
+        country, bio = BIOS[lang]
+        if rng.random() < 0.2:
+            country = OTHER
+        extra = {"language": lang} if language else {}
+        p = Profile(id=f"{seed}-{i}", biography=f"{bio} {i}", extra=extra)
+        out.append(LabelledProfile(p, {"country": country}))
+    return out
+
+
+def test_train_head_fits_language_evidence_for_a_country_head_only(
+    writable_model_dir, tmp_path, capsys
+):
+    from heads.model import ProfileModel
+    from server.cli import main
+
+    write_profiles(tmp_path / "train.jsonl", _rows(90, 1))
+    write_profiles(tmp_path / "val.jsonl", _rows(60, 2))
+    train, val = str(tmp_path / "train.jsonl"), str(tmp_path / "val.jsonl")
+    base = ["train-head", "--model", str(writable_model_dir), "--train", train, "--val", val,
+            "--cache", ""]  # fmt: skip
+    assert main([*base, "--head", "geolocation", "--language-evidence", "0.5"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    head = ProfileModel.load(writable_model_dir).head("geolocation")
+    assert head.head_version == summary["head_version"]
+    assert head.language_ is not None and head.language_.languages == ("de", "ja", "pt")
+
+    code = main([*base, "--head", "category", "--label-field", "country",
+                 "--kind", "knn", "--language-evidence", "0.5"])  # fmt: skip
+    assert code == 2
+    assert "language_evidence" in capsys.readouterr().err
+
+    write_profiles(tmp_path / "bare.jsonl", _rows(90, 1, language=False))
+    bare = [a if a != train else str(tmp_path / "bare.jsonl") for a in base]
+    assert main([*bare, "--head", "geolocation", "--language-evidence", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "bare.jsonl" in err and "'language' field" in err
+    assert Path(writable_model_dir, "heads", "geolocation").is_dir()
