@@ -81,8 +81,7 @@ class Server:
             sys.executable,
             "-c",
             "import sys; from server.cli import main; sys.exit(main())",
-            "-v",
-            "serve",
+            "serve",  # at INFO, as deployed: -v is debug, a line per pass on the event loop
             "--model",
             str(model),
             "--port",
