@@ -39,7 +39,9 @@ logger = logging.getLogger(__name__)
 #: (invalidates cached choices). 2: fp32 and bf16 run fused linear layers (embedder.cpu_fusion).
 #: 3: simulated profiles of traffic-like lengths instead of 12 samples repeated. 4: ``serve``'s
 #: malloc thresholds no longer halve the torch numerics (server/allocator.py): re-measure.
-PROBE_FORMAT = 4
+#: 5: passes are padded to a multiple of 16 tokens (embedder.encoder.PAD_MULTIPLE), which made
+#: bf16 and openvino faster by different amounts.
+PROBE_FORMAT = 5
 PROBE_ENV = "PROFILE_EMBED_NUMERICS_PROBE"
 #: ISA flags that decide which numerics run natively (and fast) on a CPU.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
