@@ -567,10 +567,10 @@ def _min_cost_buckets(
 
 #: Passes are padded to a multiple of this many tokens. Each new (batch, length) shape makes the
 #: CPU kernels (oneDNN) build and cache new primitives, which is slow and holds memory: 300
-#: server-like passes of the default model (bf16, 1-48 random profiles each) ran at 513
-#: profiles/s and grew RSS by 528 MB padded to their longest text; padded to a multiple of 16,
-#: 600 profiles/s and 144 MB (8: 597 and 190). Padding is masked out, so vectors do not change
-#: beyond the numerics' rounding.
+#: server-like passes of the default model (bf16, 1-48 random profiles each) ran at 462
+#: profiles/s and grew RSS by 557 MB padded to their longest text; padded to a multiple of 16,
+#: 566 profiles/s and 172 MB (``bench/pass_shapes.py``). Padding is masked out, so vectors do
+#: not change beyond the numerics' rounding.
 PAD_MULTIPLE = 16
 
 
