@@ -332,7 +332,7 @@ class DynamicBatcher:
                 batch
                 and item.job is not batch[0].job
                 and tokens + item.length > self.MIN_SHARED_PASS_TOKENS
-                and start + (tokens + item.length) * spt > min(due, item.job.due)
+                and start + (tokens + item.length) * spt > due
             ):
                 break  # a later caller's text would make this pass end past a promise
             self._queue.popleft()
