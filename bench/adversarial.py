@@ -566,30 +566,22 @@ def main(argv: list[str] | None = None) -> int:
         srv = Serve(model, "--auth-token-file", str(tokens), *extra)
         try:
             # Callers that back off 100-300 ms after RESOURCE_EXHAUSTED, then callers that hammer.
-            if "overload" in only:
-                result["overload"] = asyncio.run(
+            phases = {"overload": (args.concurrency, 0.2), "flood": (args.flood_concurrency, 0.05)}
+            for phase, (callers, backoff_s) in phases.items():
+                if phase not in only:
+                    continue
+                result[phase] = asyncio.run(
                     overload(
                         srv,
                         args.seconds,
-                        args.concurrency,
+                        callers,
                         args.per_call,
-                        backoff_s=0.2,
+                        backoff_s=backoff_s,
                         loader_nice=args.loader_nice,
                     )
                 )
-                print(json.dumps({"overload": result["overload"]}), flush=True)
-                time.sleep(3)
-            if "flood" in only:
-                result["flood"] = asyncio.run(
-                    overload(
-                        srv,
-                        args.seconds,
-                        args.flood_concurrency,
-                        args.per_call,
-                        backoff_s=0.05,
-                        loader_nice=args.loader_nice,
-                    )
-                )
+                print(json.dumps({phase: result[phase]}), flush=True)
+                time.sleep(3)  # the queue drains before the next phase
             result["second_server_alive"] = srv.alive()
         finally:
             result["second_server_exit"] = srv.stop()
