@@ -528,7 +528,8 @@ def _buckets(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterat
     longest = 0
     for i in order:
         longest_if_added = max(longest, lengths[i])
-        if batch and (len(batch) >= batch_size or (len(batch) + 1) * longest_if_added > max_tokens):
+        width = _padded_width(longest_if_added)
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width > max_tokens):
             yield batch
             batch, longest_if_added = [], lengths[i]
         batch.append(i)
@@ -540,7 +541,7 @@ def _buckets(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterat
 def _min_cost_buckets(
     lengths: Sequence[int], batch_size: int, max_tokens: int, overhead: int
 ) -> list[list[int]]:
-    """Length-sorted passes minimising sum(rows x longest + overhead), within both caps.
+    """Length-sorted passes minimising sum(rows x padded width + overhead), within both caps.
 
     Dynamic programming over cut points of the longest-first order (a pass is a run of it, its
     longest input is its first): O(n x batch_size): about a millisecond for a batch of 100.
@@ -551,10 +552,10 @@ def _min_cost_buckets(
     start = [0] * (n + 1)
     for j in range(1, n + 1):
         for i in range(j - 1, max(-1, j - 1 - batch_size), -1):
-            rows, longest = j - i, lengths[order[i]]
-            if rows > 1 and rows * longest > max_tokens:
+            rows, width = j - i, _padded_width(lengths[order[i]])
+            if rows > 1 and rows * width > max_tokens:
                 break
-            cost = best[i] + overhead + rows * longest
+            cost = best[i] + overhead + rows * width
             if cost <= best[j]:
                 best[j], start[j] = cost, i
     passes: list[list[int]] = []
@@ -574,6 +575,13 @@ def _min_cost_buckets(
 PAD_MULTIPLE = 16
 
 
+def _padded_width(longest: int, limit: int | None = None) -> int:
+    """The width a pass whose longest row has ``longest`` tokens runs at: rounded up to
+    ``PAD_MULTIPLE``, never past ``limit`` (the model's longest input) nor below ``longest``."""
+    width = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
+    return width if limit is None else max(longest, min(width, limit))
+
+
 def _pad(
     rows: list[list[int]],
     pad_id: int,
@@ -583,10 +591,7 @@ def _pad(
 ) -> dict[str, torch.Tensor]:
     """Pad token rows to one width: the longest, rounded up to ``PAD_MULTIPLE`` (never past
     ``limit``, the model's longest input, or below the longest row)."""
-    longest = max(len(r) for r in rows)
-    width = -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE
-    if limit is not None:
-        width = max(longest, min(width, limit))
+    width = _padded_width(max(len(r) for r in rows), limit)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for j, r in enumerate(rows):

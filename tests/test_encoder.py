@@ -70,12 +70,19 @@ def test_bucketed_equals_unbatched_and_keeps_order(encoder) -> None:
     np.testing.assert_allclose(reversed_[::-1], single, atol=1e-5)
 
 
+def _width(lengths, p):
+    """The width a pass runs at: its longest input rounded up to ``PAD_MULTIPLE``."""
+    from embedder.encoder import PAD_MULTIPLE
+
+    return -(-max(lengths[i] for i in p) // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
 def _pass_cost(lengths, passes, overhead):
-    return sum(overhead + len(p) * max(lengths[i] for i in p) for p in passes)
+    return sum(overhead + len(p) * _width(lengths, p) for p in passes)
 
 
 def test_min_cost_passes_cover_every_input_within_caps_and_beat_one_padded_pass() -> None:
-    from embedder.encoder import _buckets, _min_cost_buckets
+    from embedder.encoder import PAD_MULTIPLE, _buckets, _min_cost_buckets
 
     rng = np.random.default_rng(0)
     lengths = [int(x) for x in rng.choice([96, 96, 96, 90, 70, 50, 30, 12], size=90)]
@@ -83,11 +90,15 @@ def test_min_cost_passes_cover_every_input_within_caps_and_beat_one_padded_pass(
         passes = _min_cost_buckets(lengths, 40, 2000, overhead)
         assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
         for p in passes:
-            assert len(p) <= 40 and len(p) * max(lengths[i] for i in p) <= 2000
+            assert len(p) <= 40 and len(p) * _width(lengths, p) <= 2000
         greedy = list(_buckets(lengths, 40, 2000))
+        for p in greedy:
+            assert len(p) <= 40 and len(p) * _width(lengths, p) <= 2000
         assert _pass_cost(lengths, passes, overhead) <= _pass_cost(lengths, greedy, overhead)
-    # no per-pass cost: every pass holds inputs of one length (no padding at all)
-    assert all(len({lengths[i] for i in p}) == 1 for p in _min_cost_buckets(lengths, 256, 10**6, 0))
+    # no per-pass cost: every pass holds inputs of one padded width (no padding beyond the
+    # rounding the pass runs at anyway)
+    rounded = [-(-n // PAD_MULTIPLE) for n in lengths]
+    assert all(len({rounded[i] for i in p}) == 1 for p in _min_cost_buckets(lengths, 256, 10**6, 0))
     # a huge per-pass cost: as few passes as the caps allow
     assert len(_min_cost_buckets(lengths, 256, 10**6, 10**6)) == 1
     assert _min_cost_buckets([], 8, 100, 5) == []
