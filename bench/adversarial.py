@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from grpc_throughput import bench_profiles, ensure_model  # noqa: E402
+from grpc_throughput import bench_profiles, client_send_failed, ensure_model  # noqa: E402
 
 from server._codegen import modules  # noqa: E402
 from server.batcher import DynamicBatcher  # noqa: E402
@@ -469,9 +469,7 @@ async def cancels(srv: Serve, streams: int) -> dict[str, Any]:
                         break
                 client_codes["PredictStream:cancelled_by_client"] += 1
             except grpc.aio.AioRpcError as err:
-                # The aio client reports a request it could not send after the server's status
-                # (here: RESOURCE_EXHAUSTED at the start of a stream) as a local INTERNAL.
-                local = "execute_batch" in (err.debug_error_string() or "")
+                local = client_send_failed(err)  # the server's status came first
                 client_codes[
                     f"PredictStream:{'client_send_failed' if local else err.code().name}"
                 ] += 1

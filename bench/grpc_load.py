@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from grpc_throughput import Server, bench_profiles, ensure_model  # noqa: E402
+from grpc_throughput import Server, bench_profiles, client_send_failed, ensure_model  # noqa: E402
 
 from server._codegen import modules  # noqa: E402
 from server.client import to_message  # noqa: E402
@@ -49,12 +49,11 @@ async def load(
     server: Server,
     backoff_s: float = 0.1,
 ) -> tuple[dict[str, int], dict[str, int], list[tuple[float, float]], dict[str, list[float]]]:
-    """Run the mixed load; return counts, errors (shed calls as ``<rpc>:RESOURCE_EXHAUSTED``),
-    RSS samples and the answered calls' latencies (seconds) by method."""
+    """Run the mixed load; return the answered calls by method, errors (shed calls as
+    ``<rpc>:RESOURCE_EXHAUSTED``), RSS samples and the answered calls' latencies (seconds)."""
     import grpc
 
     deadline = time.monotonic() + seconds
-    counts: dict[str, int] = {}
     errors: dict[str, int] = {}
     rss: list[tuple[float, float]] = []
     latency: dict[str, list[float]] = {}
@@ -87,14 +86,11 @@ async def load(
                         raise RuntimeError(f"stream answered {n} of {len(items)} items")
                 else:
                     await stub.Info(pb2.InfoRequest(), timeout=60)
-                counts[kind] = counts.get(kind, 0) + 1
                 latency.setdefault(kind, []).append(time.perf_counter() - start)
             except grpc.aio.AioRpcError as err:
-                code = err.code().name
-                if "execute_batch" in (err.debug_error_string() or ""):
-                    # the aio client's own INTERNAL for a stream the server shed at its start,
-                    # while items were still being sent (docs/BENCHMARKS.md, "Robustness")
-                    code = "RESOURCE_EXHAUSTED"
+                # a stream the server shed at its start fails in the client while items are
+                # still being sent (docs/BENCHMARKS.md, "Robustness")
+                code = "RESOURCE_EXHAUSTED" if client_send_failed(err) else err.code().name
                 errors[f"{kind}:{code}"] = errors.get(f"{kind}:{code}", 0) + 1
                 if code == "RESOURCE_EXHAUSTED" and backoff_s > 0:
                     await asyncio.sleep(backoff_s * (0.5 + rng.random()))
@@ -104,6 +100,7 @@ async def load(
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb2_grpc.ProfileEmbeddingServiceStub(channel)
         await asyncio.gather(sample(), *(caller(stub) for _ in range(concurrency)))
+    counts = {kind: len(times) for kind, times in latency.items()}
     return counts, errors, rss, latency
 
 

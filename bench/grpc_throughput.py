@@ -154,6 +154,12 @@ async def run_concurrent(
         return time.perf_counter() - start, latencies, errors
 
 
+def client_send_failed(err: Any) -> bool:
+    """True for the aio client's own INTERNAL on a call whose request it could not send because
+    the server had already answered (e.g. RESOURCE_EXHAUSTED at the start of a stream)."""
+    return "execute_batch" in (err.debug_error_string() or "")
+
+
 def chunks(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
