@@ -165,3 +165,37 @@ def test_learning_curve_compares_heads_and_anchors(geo_model, tmp_path):
     assert set(results["sentiment"]) == {"posts"}
     text = docs.read_text()
     assert "<!-- learning-curve:begin -->" in text and "**posts** (sentiment" in text
+
+
+def test_prior_sweep_reweights_by_the_target_prior(geo_model, capsys):
+    sweep = _bench("prior_sweep")
+    labels = list(GEO_LABELS)
+    pop = sweep.label_populations(labels)
+    assert pop.sum() == pytest.approx(1.0)
+    # OTHER is the rest of the world: more than any one target country
+    assert pop[labels.index("OTHER")] > pop.max() - 1e-12
+    prior = np.linspace(1.0, 2.0, len(labels))
+    prior /= prior.sum()
+    targets = dict(sweep.target_priors(prior, pop))
+    np.testing.assert_allclose(targets["shipped (training prior)"], prior)
+    flat = targets["flat-1.0"]
+    np.testing.assert_allclose(flat, flat[0])  # uniform over the labels
+
+    from heads.model import ProfileModel
+
+    assert sweep.main(["--model", str(geo_model), "--data", str(FIXTURE), "--cache", ""]) == 0
+    table = capsys.readouterr().out
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in table.splitlines()
+        if line.startswith("| ") and "---" not in line
+    }
+    assert set(rows) >= {"target prior", "shipped (training prior)", "flat-1.0", "pop-1.0"}
+    # the shipped row is the head's own argmax accuracy on each set
+    real_eval = _bench("real_eval")
+    model = ProfileModel.load(geo_model, heads=["geolocation"])
+    head = model.head("geolocation")
+    cells = rows["shipped (training prior)"].strip(" |").split(" | ")[1:]
+    for rs, cell in zip(real_eval.load_sets(FIXTURE), cells, strict=True):
+        probs = head.predict_proba(model.encoder.encode([r.profile for r in rs.rows]))
+        assert cell.split(" / ")[0] == f"{(probs.argmax(1) == rs.y).mean():.3f}"
