@@ -557,9 +557,10 @@ PEERS: dict[str, Peer] = {
             prepare_openvino_int8,
             "openvino-int8",
         ),
-        Peer("ct2-int8", "CTranslate2 Encoder, int8", True, prepare_ct2_int8),
+        # not "ct2-int8": that name is our numerics on the same engine (embedder/ct2_backend.py)
+        Peer("ctranslate2-int8", "CTranslate2 Encoder, int8", True, prepare_ct2_int8, "ct2-int8"),
         Peer(
-            "ct2-int8_float32",
+            "ctranslate2-int8_float32",
             "CTranslate2 Encoder, int8_float32",
             True,
             prepare_ct2_int8_float32,

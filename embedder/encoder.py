@@ -31,6 +31,7 @@ from embedder.cpu_fusion import fuse_bert_linears, fused_inference_copy
 from embedder.devices import check_numerics_on, choose_device
 from embedder.errors import ArtifactError, InvalidInputError
 from embedder.numerics import (
+    CT2_NUMERICS,
     EXPORTED_NUMERICS,
     NUMERICS,
     OPENVINO_NUMERICS,
@@ -504,7 +505,7 @@ class ProfileEncoder:
             return self._int8_model
 
     def _engine_inference_model(self) -> Any:
-        """The export run by ONNX Runtime or OpenVINO (built once, cached on disk by version)."""
+        """The export run by ONNX Runtime, OpenVINO or CTranslate2 (built once, cached on disk)."""
         with self._build_lock:
             if self._engine_model is None:
                 threads = self.threads or default_threads()
@@ -512,6 +513,10 @@ class ProfileEncoder:
                     from embedder.openvino_backend import build_openvino_model  # lazy: openvino
 
                     self._engine_model = build_openvino_model(self, self.numerics, threads)
+                elif self.numerics in CT2_NUMERICS:
+                    from embedder.ct2_backend import build_ct2_model  # lazy: ctranslate2
+
+                    self._engine_model = build_ct2_model(self, self.numerics, threads)
                 else:
                     from embedder.onnx_backend import build_onnx_model  # lazy: onnxruntime
 

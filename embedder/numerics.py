@@ -14,6 +14,8 @@ they are a runtime choice, like the thread count.
 - ``openvino``: that export run by OpenVINO's CPU plugin at its default precision (bf16 where
   the CPU has it natively, f32 elsewhere).
 - ``openvino-int8``: that export quantized to static int8 by NNCF, run by OpenVINO.
+- ``ct2-int8``: the transformer converted to CTranslate2 with int8 weights, run by its
+  ``Encoder`` (the fastest engine measured on an AVX2-only CPU).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-NUMERICS = ("fp32", "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8")
+NUMERICS = (
+    "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8", "ct2-int8",
+)  # fmt: skip
 ONNX_NUMERICS = ("onnx-fp32", "onnx-int8")
 OPENVINO_NUMERICS = ("openvino", "openvino-int8")
+CT2_NUMERICS = ("ct2-int8",)
 #: Numerics run by an engine on an export of the model, not by torch.
-EXPORTED_NUMERICS = ONNX_NUMERICS + OPENVINO_NUMERICS
+EXPORTED_NUMERICS = ONNX_NUMERICS + OPENVINO_NUMERICS + CT2_NUMERICS
 DEFAULT_NUMERICS = "fp32"
 #: What ``--numerics`` accepts: a fixed mode, or ``auto`` (the fastest accurate one on this
 #: machine, see ``embedder.numerics_choice``; also what an unset flag means).

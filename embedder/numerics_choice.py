@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder.devices import CUDA_NUMERICS
-from embedder.numerics import NUMERICS, ONNX_NUMERICS
+from embedder.numerics import CT2_NUMERICS, NUMERICS, ONNX_NUMERICS
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,8 @@ def runnable_here(candidates: Sequence[str], cpu: CpuInfo) -> list[str]:
         if name == "openvino" and not _installed("openvino"):
             continue
         if name == "openvino-int8" and not _installed("openvino", "nncf"):  # nncf quantizes
+            continue
+        if name in CT2_NUMERICS and not _installed("ctranslate2"):
             continue
         out.append(name)
     if "fp32" not in out:

@@ -55,7 +55,7 @@ def test_only_torch_numerics_run_on_cuda() -> None:
         assert check_numerics_on(numerics, "cpu") == numerics
     for numerics in CUDA_NUMERICS:
         assert check_numerics_on(numerics, "cuda:1") == numerics
-    for numerics in ("int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8"):
+    for numerics in ("int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8", "ct2-int8"):
         with pytest.raises(InvalidInputError, match="runs on CPU only") as err:
             check_numerics_on(numerics, "cuda")
         assert repr(numerics) in str(err.value) and "fp32, bf16" in str(err.value)

@@ -13,7 +13,7 @@ from server.config import ServerConfig
 
 def test_numerics_list_and_threads(tmp_path) -> None:
     assert set(NUMERICS) == {
-        "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8"
+        "fp32", "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8", "ct2-int8"
     }  # fmt: skip
     with pytest.raises(ValueError, match="onnx-fp16"):
         check_numerics("onnx-fp16")
@@ -84,6 +84,8 @@ def test_cpu_flags_decide_what_runs_natively(tmp_path) -> None:
         "openvino",
         "openvino-int8",
     ]
+    # so does CTranslate2 (the fastest engine measured on an AVX2-only CPU)
+    assert runnable_here(["ct2-int8"], avx2) == ["fp32", "ct2-int8"]
     assert rule_choice([], amx) == "fp32"
     assert cpu_info(tmp_path / "missing").model == "unknown"  # no procfs: no flags, still works
 
@@ -182,7 +184,8 @@ def test_numerics_check_command_records_accurate_numerics(
     assert code == 0
     record = json.loads(capsys.readouterr().out)
     assert record["rows"] == 30 and record["accurate"][0] == "fp32"
-    assert {"int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8"} <= set(record["checked"])
+    checked = {"int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8", "ct2-int8"}
+    assert checked <= set(record["checked"])
     # the same weights under onnx-fp32 give the same vectors: always accurate
     assert record["checked"]["onnx-fp32"]["min_cosine"] > 0.999
     assert "onnx-fp32" in record["accurate"]

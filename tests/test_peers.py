@@ -70,9 +70,20 @@ RUNNABLE = [
     ("openvino-fp32", "openvino", 0.9999),
     ("openvino-auto", "openvino", 0.99),
     ("openvino-nncf-int8", "nncf", 0.9),
-    ("ct2-int8", "ctranslate2", 0.95),
-    ("ct2-int8_float32", "ctranslate2", 0.95),
+    ("ctranslate2-int8", "ctranslate2", 0.95),
+    ("ctranslate2-int8_float32", "ctranslate2", 0.95),
 ]
+
+
+def test_peer_names_never_shadow_our_numerics() -> None:
+    # the bench runs both in one table keyed by name: a peer named like one of our numerics
+    # replaced our row (it happened with ct2-int8)
+    from embedder.numerics import NUMERICS
+
+    peers = _bench("peers")
+    assert not set(peers.PEERS) & set(NUMERICS)
+    adopted = {p.adopted_as for p in peers.PEERS.values() if p.adopted_as}
+    assert adopted <= set(NUMERICS)
 
 
 @pytest.mark.parametrize(("name", "package", "least_cos"), RUNNABLE)

@@ -69,7 +69,7 @@ class Recipe:
     max_val: int | None = None
     train: TrainConfig
     numerics_candidates: tuple[str, ...] = (
-        "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8"
+        "bf16", "int8", "onnx-fp32", "onnx-int8", "openvino", "openvino-int8", "ct2-int8"
     )  # fmt: skip
     numerics_check_rows: int = 2000
     numerics_tolerance: float = 0.005

@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from embedder.numerics import NUMERICS
+
 DEFAULT_MODEL = "models/default"
 
 
@@ -22,10 +24,10 @@ def register(subparsers: Any) -> None:
         "numerics",
         help="check which encoder numerics keep a model's accuracy; show this machine's choice",
         description=(
-            "The numerics (fp32, bf16, int8, onnx-fp32, onnx-int8, openvino, openvino-int8) are "
-            "chosen on the machine that serves: the fastest one this CPU runs among those the "
-            "model's accuracy check allows. 'check' writes that accuracy check (numerics.json) "
-            "into a model folder; 'choose' prints what this machine picks and why."
+            f"The numerics ({', '.join(NUMERICS)}) are chosen on the machine that serves: the "
+            "fastest one this CPU runs among those the model's accuracy check allows. 'check' "
+            "writes that accuracy check (numerics.json) into a model folder; 'choose' prints "
+            "what this machine picks and why."
         ),
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
