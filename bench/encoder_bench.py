@@ -22,7 +22,7 @@ import numpy as np
 from bench.flops import config_flops
 
 #: Numerics whose ceiling is the int8 GEMM peak; the others are compared to the fp32 peak.
-INT8_NUMERICS = ("int8", "onnx-int8")
+INT8_NUMERICS = ("int8", "onnx-int8", "ct2-int8")
 ST_BASELINE = "sentence-transformers"
 
 
