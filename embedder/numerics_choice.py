@@ -167,8 +167,9 @@ def probe_cache_file() -> Path:
 def probe_key(
     cpu: CpuInfo | GpuInfo, threads: int, embedding_version: str, candidates: Sequence[str]
 ) -> str:
-    """Cache key of one probe: a different CPU or GPU, thread count, model or candidate list
-    re-probes."""
+    """Cache key of one probe: a different CPU or GPU, thread count, model, candidate list or
+    engine file format re-probes."""
+    from embedder.ct2_backend import CT2_FORMAT
     from embedder.onnx_backend import EXPORT_FORMAT
     from embedder.openvino_backend import IR_FORMAT
 
@@ -177,6 +178,7 @@ def probe_key(
             PROBE_FORMAT,
             EXPORT_FORMAT,
             IR_FORMAT,
+            CT2_FORMAT,
             cpu.key(),
             threads,
             embedding_version,
