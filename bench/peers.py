@@ -407,24 +407,15 @@ def prepare_openvino_int8(model_dir: Path, tmp: Path, threads: int, calib: Seque
 
 def _ct2(model_dir: Path, tmp: Path, threads: int, compute_type: str) -> Encode:
     ct2 = _import("ctranslate2")
-    from ctranslate2.converters import TransformersConverter
+    from embedder.ct2_backend import transformers_converter
 
     check_pooling(model_dir)
-
-    class Converter(TransformersConverter):
-        # transformers 5 dropped BertConfig.position_embedding_type (always absolute for BERT);
-        # CTranslate2's BERT loader still asserts it.
-        def load_model(self, model_class: Any, path: str, **kwargs: Any) -> Any:
-            model = super().load_model(model_class, path, **kwargs)
-            if getattr(model.config, "position_embedding_type", None) is None:
-                model.config.position_embedding_type = "absolute"
-            return model
-
     out = tmp / f"ct2-{compute_type}"
     if not (out / "model.bin").is_file():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            Converter(str(model_dir)).convert(str(out), quantization=compute_type, force=True)
+            converter = transformers_converter(model_dir)
+            converter.convert(str(out), quantization=compute_type, force=True)
     encoder = ct2.Encoder(str(out), device="cpu", compute_type=compute_type, intra_threads=threads)
     tok = tokenizer(model_dir)
 

@@ -48,12 +48,9 @@ def ct2_model_dir(embedding_version: str, numerics: str, cache_dir: Path | None 
     return root / embedding_version / f"{numerics}-f{CT2_FORMAT}"
 
 
-def convert(transformer: Any, target: Path, compute_type: str) -> Path:
-    """Convert a sentence-transformers ``Transformer`` module (model + tokenizer) to ``target``.
-
-    Converted in a temporary folder beside ``target`` and renamed, so a concurrent reader sees
-    no model or a complete one.
-    """
+def transformers_converter(model_dir: Path) -> Any:
+    """CTranslate2's ``TransformersConverter`` for a Hugging Face model folder, as transformers 5
+    needs it (also used by ``bench/peers.py``'s CTranslate2 peers)."""
     from ctranslate2.converters import TransformersConverter
 
     class Converter(TransformersConverter):  # type: ignore[misc]  # untyped package
@@ -65,6 +62,15 @@ def convert(transformer: Any, target: Path, compute_type: str) -> Path:
                 model.config.position_embedding_type = "absolute"
             return model
 
+    return Converter(str(model_dir))
+
+
+def convert(transformer: Any, target: Path, compute_type: str) -> Path:
+    """Convert a sentence-transformers ``Transformer`` module (model + tokenizer) to ``target``.
+
+    Converted in a temporary folder beside ``target`` and renamed, so a concurrent reader sees
+    no model or a complete one.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         source = Path(tmp) / "hf"
@@ -73,7 +79,7 @@ def convert(transformer: Any, target: Path, compute_type: str) -> Path:
         out = Path(tmp) / "ct2"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the converter's and transformers' chatter
-            Converter(str(source)).convert(str(out), quantization=compute_type, force=True)
+            transformers_converter(source).convert(str(out), quantization=compute_type, force=True)
         if target.exists():  # another process converted it meanwhile
             return target
         os.replace(out, target)
