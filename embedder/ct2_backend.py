@@ -123,11 +123,10 @@ class Ct2SentenceModel:
         ids = [row[: int(n)].tolist() for row, n in rows]
         with self._lock:
             hidden = np.asarray(self.encoder.forward_batch(ids).last_hidden_state)
-        # CTranslate2 pads to the batch's longest row; the encoder's mask may be wider
-        # (its widths are rounded up), so the token embeddings are padded to the mask's width.
-        tokens = np.zeros((*mask.shape, hidden.shape[2]), dtype=np.float32)
-        tokens[:, : hidden.shape[1]] = hidden
-        return pool_tokens(tokens, features, self.post)
+        # CTranslate2 pads to the batch's longest row; the encoder's mask may be wider (its widths
+        # are rounded up) but is all zeros beyond that row, so pooling reads the mask cut to it.
+        width = hidden.shape[1]
+        return pool_tokens(hidden, {"attention_mask": mask[:, :width]}, self.post)
 
 
 def build_ct2_model(
