@@ -258,6 +258,7 @@ class SoftmaxAbstainHead(Head):
         solver: Literal["auto", "lbfgs", "adamw"] = "auto",
         l2: float | None = None,
         cross_fit: int = 0,
+        class_bias: bool = False,
     ) -> SoftmaxAbstainHead:
         """Train on frozen embeddings, then calibrate on validation data.
 
@@ -295,6 +296,8 @@ class SoftmaxAbstainHead(Head):
             l2: L-BFGS penalty on the weights (mean loss + ``l2 * ||W||^2``); None chooses it
                 from ``L2_GRID``.
             cross_fit: folds of out-of-fold calibration rows (0 = validation rows only).
+            class_bias: calibrate with one additive bias per class as well as the temperature
+                (``calibrate(class_bias=True)``).
 
         Returns:
             self.
@@ -351,6 +354,7 @@ class SoftmaxAbstainHead(Head):
                 missing_classes=missing_classes,
                 train_labels=y,
                 extra=(oof, y) if oof is not None else None,
+                class_bias=class_bias,
             )
             if oof is not None:  # the out-of-fold rows are calibration rows too
                 self.fit_ood(np.concatenate([cal_x, x]), np.concatenate([cal_y, y]))
@@ -513,8 +517,10 @@ class SoftmaxAbstainHead(Head):
             extra: more calibration rows as ``(logits, class indices)``, e.g. out-of-fold logits
                 of the training rows (``fit(cross_fit=K)``).
             class_bias: also fit one additive bias per class (``fit_temperature_and_bias``): the
-                rows' label mix becomes the head's prior; for rows that look like the profiles
-                the head will score (``profile-embed calibrate``), not for simulated validation.
+                rows' label mix becomes the head's prior (``profile-embed calibrate`` on rows
+                like the profiles the head will score; the default build on its simulated
+                validation rows, where it undoes what the refit's L2 penalty and the language
+                evidence shift away from the training prior).
 
         Returns:
             The threshold selection (also stored in ``thresholds_`` and ``calibration_``).

@@ -63,6 +63,32 @@ def test_standardisation_is_folded_into_the_saved_weights(tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-5)
 
 
+def test_fit_with_class_bias_calibrates_as_calibrate_does():
+    """``fit(class_bias=True)`` (the build's ``refit_class_bias``) fits the same temperature and
+    biases as a temperature-only fit followed by ``calibrate(class_bias=True)`` on the same rows."""
+    x, y = _blobs(700, 3, seed=5)
+    mostly_c2 = np.concatenate([np.flatnonzero(y[400:] == 2), np.flatnonzero(y[400:] != 2)[:20]])
+    xv, yv = x[400:][mostly_c2], y[400:][mostly_c2]
+    kw = {"val_embeddings": xv, "val_labels": yv, "class_weight": None, "l2": 1e-2}
+    once = _head(3).fit(x[:400], y[:400], class_bias=True, **kw)
+    twice = _head(3).fit(x[:400], y[:400], **kw)
+    assert twice.class_bias_ is None
+    twice.calibrate(xv, yv, class_bias=True)
+    assert once.class_bias_ is not None and once.class_bias_.argmax() == 2
+    np.testing.assert_allclose(once.class_bias_, twice.class_bias_, atol=1e-6)
+    assert once.temperature_ == pytest.approx(twice.temperature_, abs=1e-6)
+    np.testing.assert_array_equal(once.thresholds_, twice.thresholds_)
+
+
+def test_class_bias_is_refused_for_knn_heads():
+    from embedder.errors import InvalidInputError
+    from heads.training.head import check_kind_options
+
+    check_kind_options("softmax_abstain", ["class_bias"])
+    with pytest.raises(InvalidInputError, match="class_bias"):
+        check_kind_options("knn", ["class_bias"])
+
+
 @pytest.mark.parametrize("kind", ["softmax_abstain", "knn"])
 def test_class_biases_survive_save_and_load_for_every_kind(kind, tmp_path):
     from heads.registry import load_head

@@ -86,6 +86,11 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     # simulated rows' languages, kept with the head
     assert geo.language_ is not None and geo.language_.alpha == 0.5
     assert "en" in geo.language_.languages
+    # ... and class biases calibrated with the temperature on the validation rows (the category
+    # head, which the recipe also re-fits, keeps temperature-only calibration)
+    assert geo.class_bias_ is not None and len(geo.class_bias_) == len(geo.labels)
+    assert any(b != 0.0 for b in geo.class_bias_)
+    assert model.heads["category"].class_bias_ is None
     assert (link / "heads" / "geolocation" / "v1").is_dir()
     assert not list(models.glob("*.refit-train.jsonl"))
     assert set(model.heads) == {"geolocation", "category"}

@@ -157,6 +157,9 @@ class HeadTrainConfig:
         language_evidence: softmax_abstain geolocation only: weight ``alpha`` of the language
             evidence (``heads.language_evidence``: a language classifier fitted on the training
             rows' ``language`` field x CLDR's P(label | language)); 0 = none.
+        class_bias: softmax_abstain only: calibrate one additive bias per class with the
+            temperature (as ``profile-embed calibrate`` does), so the validation rows' label mix
+            becomes the head's prior.
     """
 
     kind: str = "softmax_abstain"
@@ -172,6 +175,7 @@ class HeadTrainConfig:
     seed: int = 0
     never_assign: tuple[str, ...] = ()
     language_evidence: float = 0.0
+    class_bias: bool = False
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)

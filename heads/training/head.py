@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 KIND_OPTIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "softmax_abstain": (
         ("hidden", "seed", "never_assign"),
-        ("epochs", "lr", "batch_size", "l2", "class_weight"),
+        ("epochs", "lr", "batch_size", "l2", "class_weight", "class_bias"),
     ),
     "knn": (("k",), ()),
 }
