@@ -519,8 +519,7 @@ class SoftmaxAbstainHead(Head):
             class_bias: also fit one additive bias per class (``fit_temperature_and_bias``): the
                 rows' label mix becomes the head's prior (``profile-embed calibrate`` on rows
                 like the profiles the head will score; the default build on its simulated
-                validation rows, where it undoes what the refit's L2 penalty and the language
-                evidence shift away from the training prior).
+                validation rows, the recipe's ``refit_class_bias``).
 
         Returns:
             The threshold selection (also stored in ``thresholds_`` and ``calibration_``).
