@@ -25,14 +25,14 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PIP) install -q -c $(LOCK) --upgrade pip
 	# The CPU wheel of torch lies on disk; pinning it first keeps any range from pulling a CUDA build.
 	$(PIP) install -q -c $(LOCK) torch==2.13.0
-	$(PIP) install -q -c $(LOCK) -e '.[dev,scale]'
+	$(PIP) install -q -c $(LOCK) -e '.[dev,scale,names]'
 	touch $@
 
 install: $(STAMP) protos
 
 # The peer engines of `make bench` (the [bench] extra), kept out of `make test` / `make serve`.
 $(BENCH_STAMP): $(STAMP)
-	$(PIP) install -q -c $(LOCK) -e '.[dev,scale,bench]'
+	$(PIP) install -q -c $(LOCK) -e '.[dev,scale,names,bench]'
 	touch $@
 
 # After changing a dependency in pyproject.toml (or deleting a pin to let it move): record exactly what

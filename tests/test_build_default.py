@@ -151,3 +151,29 @@ def test_shipped_recipes_round_trip_and_a_bad_file_names_its_field(tmp_path):
     bad.write_text(json.dumps({**head, "train": {"loop": {"lr": -1}}}))
     with pytest.raises(InvalidInputError, match=r"bad.json: train.loop: learning rates must be"):
         get_recipe(bad)
+
+
+def test_recipe_simulator_settings_are_checked_and_get_their_own_corpus(tmp_path):
+    from embedder.errors import InvalidInputError
+    from heads.training.recipes import corpus_dir, get_recipe
+
+    head = {"name": "x", "simulate_n": 10, "test_n": 5, "train": {}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(head))
+    plain = get_recipe(path)
+    path.write_text(json.dumps({**head, "simulator": {"real_name_share": 0.5}}))
+    named = get_recipe(path)
+    assert named.simulator_config().real_name_share == 0.5
+    assert plain.simulator_config().real_name_share == 0.0
+    # Another simulator never reuses the plain corpus folder (nor the plain one a named one).
+    assert corpus_dir(tmp_path, plain).name == "sim-10-5-seed0"
+    assert corpus_dir(tmp_path, named).name.startswith("sim-10-5-seed0-")
+    for bad, message in [
+        ({"real_name_shares": 0.5}, r"simulator.real_name_shares is not a numeric"),
+        ({"prior_percent": 1.0}, r"simulator.prior_percent is not a numeric"),
+        ({"real_name_share": "high"}, r"simulator.real_name_share must be a number"),
+        ({"real_name_share": 1.5}, r"simulator.real_name_share must be in \[0, 1\], got 1.5"),
+    ]:
+        path.write_text(json.dumps({**head, "simulator": bad}))
+        with pytest.raises(InvalidInputError, match=r"r.json: recipe: " + message):
+            get_recipe(path)

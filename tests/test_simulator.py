@@ -175,3 +175,86 @@ def test_bad_config_is_refused():
         SimulatorConfig(cue_rates={"zipcode": 0.1})
     with pytest.raises(InvalidInputError, match="sum to <= 100"):
         _ = Simulator(SimulatorConfig(prior_percent={"US": 120.0})).prior
+
+
+def test_default_simulator_never_reads_names(monkeypatch):
+    # The defaults keep the corpus as it was: not one draw goes to names.
+    import embedder.simulator.core as core
+
+    def refuse(*_args):
+        raise AssertionError("names drawn with real_name_share = name_mention_share = 0")
+
+    monkeypatch.setattr(core, "names_for", refuse)
+    assert len(simulate_profiles(200, seed=3)) == 200
+
+
+def _made_of(handle: str, parts: set[str]) -> bool:
+    """Whether a handle is one or two of ``parts`` with the handle maker's separators, digits
+    and prefixes."""
+    for prefix in ("official.", "the", "its", "real"):
+        if handle.startswith(prefix) and handle[len(prefix) :]:
+            handle = handle[len(prefix) :]
+            break
+    core = handle.rstrip("0123456789._").replace(".", "").replace("_", "")
+    return core in parts or any(core[:i] in parts and core[i:] in parts for i in range(len(core)))
+
+
+def test_real_names_come_from_the_profiles_country():
+    from embedder.simulator.names import BORROWED, name_table
+    from embedder.simulator.text import ascii_word
+
+    table = name_table()
+    assert {"US", "BR", "JP", "EG", "ID"} <= set(table)
+    assert "Silva" in table["BR"].last[:20] and "Tanaka" in table["JP"].last[:50]
+    cfg = SimulatorConfig(real_name_share=1.0, name_mention_share=1.0)
+    named = mentions = mention_hits = 0
+    for row in simulate_profiles(400, seed=3, config=cfg):
+        p = row.profile
+        iso = p.extra["country_iso"]
+        names = table.get(iso) or table.get(BORROWED.get(iso, ""))
+        if names is None:
+            continue
+        if p.full_name:
+            named += 1
+            assert any(p.full_name.lower().startswith(n.lower()) for n in names.first), p
+        parts = {ascii_word(n) for n in (*names.first, *names.last)} - {""}
+        for token in " ".join((p.biography, *p.captions)).split():
+            if token.startswith("@") and len(token) > 1:
+                mentions += 1
+                mention_hits += _made_of(token[1:], parts)
+    assert named > 150
+    # Most mentions are friends' names (the rest: a name only in another script, or words
+    # glued to digits the check cannot split).
+    assert mentions > 50 and mention_hits / mentions > 0.8
+
+
+def test_names_without_their_package_are_a_clear_error(monkeypatch):
+    from importlib import metadata
+
+    import embedder.simulator.names as names
+
+    real_version = metadata.version
+
+    def version(package: str) -> str:
+        if package == "names-dataset":
+            raise metadata.PackageNotFoundError(package)
+        return real_version(package)
+
+    names.name_table.cache_clear()
+    monkeypatch.setattr(names.metadata, "version", version)
+    try:
+        with pytest.raises(InvalidInputError, match=r"need the names-dataset package.*\[names\]"):
+            simulate_profiles(5, seed=0, config=SimulatorConfig(name_mention_share=0.5))
+    finally:
+        names.name_table.cache_clear()
+
+
+def test_simulate_cli_names_flags(tmp_path: Path, capsys):
+    out = tmp_path / "named"
+    argv = ["simulate", "--n", "40", "--test-n", "0", "--no-progress", "-o", str(out)]
+    assert cli_main([*argv, "--real-name-share", "1", "--name-mention-share", "1"]) == 0
+    rows = read_profiles(out / "train.jsonl").rows
+    assert sum(bool(r.profile.full_name) for r in rows) > 10
+    assert cli_main([*argv, "--overwrite", "--real-name-share", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert "real_name_share must be in [0, 1], got 1.5" in err and "Traceback" not in err

@@ -52,6 +52,9 @@ class SimulatorConfig:
         cue_in_bio: P(a cue goes to the bio rather than a caption) when both exist.
         decoy_rate: P(a location-pattern template filled with a non-place word: "📍 new drop").
         city_population_exponent: cities are drawn with weight population ** this.
+        real_name_share: P(a profile's display name and username come from real names of its
+            country, ``embedder.simulator.names``) rather than random words.
+        name_mention_share: P(an @mention is a friend's real name from the profile's country).
     """
 
     prior_percent: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PRIOR_PERCENT))
@@ -70,6 +73,8 @@ class SimulatorConfig:
     cue_in_bio: float = 0.6
     decoy_rate: float = 0.06
     city_population_exponent: float = 0.9
+    real_name_share: float = 0.0
+    name_mention_share: float = 0.0
 
     def __post_init__(self) -> None:
         rates = {
@@ -81,6 +86,8 @@ class SimulatorConfig:
             "bio_share": self.bio_share,
             "cue_in_bio": self.cue_in_bio,
             "decoy_rate": self.decoy_rate,
+            "real_name_share": self.real_name_share,
+            "name_mention_share": self.name_mention_share,
             **{f"english_rate[{k}]": v for k, v in self.english_rate.items()},
             **{f"cue_rates[{k}]": v for k, v in self.cue_rates.items()},
         }

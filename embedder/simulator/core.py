@@ -25,6 +25,7 @@ from embedder.simulator.config import SimulatorConfig
 from embedder.simulator.cues import Cue, CuePlanter
 from embedder.simulator.gazetteer import Country, load_gazetteer
 from embedder.simulator.language import Vocabulary, country_languages, english_percent, vocabulary
+from embedder.simulator.names import display_name, handle_words, names_for
 from embedder.simulator.persona import persona_table
 from embedder.simulator.priors import CountryPrior, build_prior
 from embedder.simulator.sampling import pick_cum
@@ -114,8 +115,16 @@ class Simulator:
         persona = personas[d.persona]
         latin = vocab if vocab.script == "Latn" and len(vocab.words) > 2500 else english
         seeds = [*latin.content_words(rng, 2), rng.choice(persona.tags["en"] or ("me",))]
+        cfg = self.config
+        names = None
+        if cfg.real_name_share > 0 or cfg.name_mention_share > 0:  # else: the old draws, exactly
+            names = names_for(d.country.iso, rng)
+        real_name = names is not None and rng.random() < cfg.real_name_share
+        if real_name:
+            assert names is not None
+            seeds = handle_words(rng, names) or seeds
         handle = make_handle(rng, seeds)
-        style = Style(vocab, persona, general, handle, latin)
+        style = Style(vocab, persona, general, handle, latin, names, cfg.name_mention_share)
         cues = planter.plant(rng, planter.draw_types(rng), d.country, d.lang, handle)
         bio_cues: list[str] = []
         cap_cues: list[str] = []
@@ -129,7 +138,10 @@ class Simulator:
         captions = self._captions(rng, d, style, cap_cues)
         text = "\n".join((bio, *captions))
         planted = [c for c in cues if c.text in text]
-        return self._labelled(rng, seed, stream, index, d, handle, bio, captions, planted)
+        full_name = display_name(rng, names) if real_name and names is not None else None
+        return self._labelled(
+            rng, seed, stream, index, d, handle, bio, captions, planted, full_name
+        )
 
     def _captions(
         self, rng: random.Random, d: _Draft, style: Style, cue_texts: list[str]
@@ -156,6 +168,7 @@ class Simulator:
         bio: str,
         captions: tuple[str, ...],
         cues: list[Cue],
+        real_full_name: str | None = None,
     ) -> LabelledProfile:
         iso = d.country.iso
         noisy = rng.random() < self.config.label_noise
@@ -164,7 +177,8 @@ class Simulator:
         named = not d.single_post or rng.random() < 0.5
         full_name = ""
         if named and rng.random() < 0.7:
-            full_name = " ".join(w.capitalize() for w in _name_words(rng, d, 2))
+            words = " ".join(w.capitalize() for w in _name_words(rng, d, 2))
+            full_name = words if real_full_name is None else real_full_name
         extra = {
             "country_iso": iso,
             "language": d.lang,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from embedder.simulator.gazetteer import strip_accents
 from embedder.simulator.language import Vocabulary
+from embedder.simulator.names import CountryNames, handle_words
 from embedder.simulator.persona import PersonaData
 from embedder.simulator.sampling import pick
 
@@ -54,6 +55,8 @@ class Style:
         general_emoji: emoji every persona uses.
         handle: the profile's username (used in links and emails).
         mention_pool: vocabulary (Latin script) to build @mentions from.
+        mention_names: real names of the profile's country, for @mentions of friends.
+        name_mention_share: P(an @mention is built from ``mention_names``).
     """
 
     vocab: Vocabulary
@@ -61,6 +64,8 @@ class Style:
     general_emoji: tuple[str, ...]
     handle: str
     mention_pool: Vocabulary
+    mention_names: CountryNames | None = None
+    name_mention_share: float = 0.0
 
 
 def ascii_word(word: str) -> str:
@@ -116,7 +121,11 @@ def hashtags(rng: random.Random, style: Style, k: int) -> str:
 
 
 def mention(rng: random.Random, style: Style) -> str:
-    """An @mention of another (simulated) account."""
+    """An @mention of another (simulated) account: a friend's name, or words."""
+    if style.mention_names is not None and rng.random() < style.name_mention_share:
+        words = handle_words(rng, style.mention_names)
+        if words:
+            return "@" + make_handle(rng, words)
     return "@" + make_handle(rng, style.mention_pool.content_words(rng, 2))
 
 

@@ -13,6 +13,7 @@ was built with is recorded verbatim in its ``training.json`` and ``build.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder.errors import ArtifactError, InvalidInputError
+from embedder.simulator.config import SimulatorConfig
 from heads.training.augment import AugmentConfig
 from heads.training.config import LoopConfig, TrainConfig
 
@@ -40,6 +42,8 @@ class Recipe:
         simulate_n: simulated train + validation profiles (split 140:30, as the seed's corpus).
         test_n: simulated profiles of the independent test stream (the report's test split).
         sim_seed: simulator seed; the same seed gives the same corpus bytes.
+        simulator: settings of ``SimulatorConfig`` that differ from its defaults (numbers only,
+            e.g. ``{"real_name_share": 0.8}``); a corpus with any is written to its own folder.
         max_val: validation rows used for early stopping and calibration (None = all).
         train: the fine-tuning settings (base, layers, sequence budget, epochs, heads...).
         numerics_candidates: faster inference numerics to check; those whose geolocation
@@ -71,6 +75,7 @@ class Recipe:
     simulate_n: int
     test_n: int
     sim_seed: int = 0
+    simulator: dict[str, float] = field(default_factory=dict)
     max_val: int | None = None
     train: TrainConfig
     numerics_candidates: tuple[str, ...] = (
@@ -83,6 +88,26 @@ class Recipe:
     refit_class_bias: bool = False
     description: str = ""
     notes: str = ""
+
+    def __post_init__(self) -> None:
+        self.simulator_config()  # refuses an unknown setting or a bad value now, not mid-build
+
+    def simulator_config(self) -> SimulatorConfig:
+        """The simulator settings of this recipe's corpus."""
+        allowed = {f.name for f in fields(SimulatorConfig) if f.type in ("float", "int")}
+        for key, value in self.simulator.items():
+            if key not in allowed:
+                raise ValueError(
+                    f"simulator.{key} is not a numeric SimulatorConfig setting; allowed: "
+                    f"{', '.join(sorted(allowed))}"
+                )
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"simulator.{key} must be a number, got {value!r}")
+        try:
+            settings: dict[str, Any] = dict(self.simulator)
+            return SimulatorConfig(**settings)
+        except InvalidInputError as err:  # named as the recipe file names it
+            raise ValueError(str(err).replace("SimulatorConfig.", "simulator.", 1)) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready recipe."""
@@ -185,8 +210,14 @@ class BuildResult:
 
 
 def corpus_dir(data_root: Path, recipe: Recipe) -> Path:
-    """Where the recipe's simulated corpus lives (reused when already complete)."""
-    return data_root / f"sim-{recipe.simulate_n}-{recipe.test_n}-seed{recipe.sim_seed}"
+    """Where the recipe's simulated corpus lives (reused when already complete); simulator
+    settings off their defaults add a short hash of them, so a corpus is never reused for
+    another simulator."""
+    name = f"sim-{recipe.simulate_n}-{recipe.test_n}-seed{recipe.sim_seed}"
+    if recipe.simulator:
+        key = json.dumps(recipe.simulator, sort_keys=True)
+        name += "-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    return data_root / name
 
 
 def simulate_corpus(out: Path, recipe: Recipe, *, progress: bool = True) -> Path:
@@ -204,6 +235,7 @@ def simulate_corpus(out: Path, recipe: Recipe, *, progress: bool = True) -> Path
             out,
             n=recipe.simulate_n,
             seed=recipe.sim_seed,
+            config=recipe.simulator_config(),
             test_n=recipe.test_n,
             overwrite=True,  # only a partial corpus without stats.json gets here
             progress=bar.update,

@@ -43,6 +43,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--label-noise", type=float, default=None, help="share of randomly relabelled profiles"
     )
+    p.add_argument(
+        "--real-name-share",
+        type=float,
+        default=None,
+        help="share of profiles named (display name, username) from real names of their country "
+        "(names-dataset, the [names] extra; default 0)",
+    )
+    p.add_argument(
+        "--name-mention-share",
+        type=float,
+        default=None,
+        help="share of @mentions that are a friend's real name from the profile's country "
+        "(default 0)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier corpus in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -54,11 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     from embedder.simulator import SimulatorConfig, write_corpus
 
-    overrides = {
-        k: v
-        for k, v in (("cue_free_share", args.cue_free_share), ("label_noise", args.label_noise))
-        if v is not None
-    }
+    settings = ("cue_free_share", "label_noise", "real_name_share", "name_mention_share")
+    overrides = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
     config = SimulatorConfig(**overrides)
     total = args.n + args.test_n
     with tqdm(total=total, unit="profile", disable=args.no_progress, file=sys.stderr) as bar:
