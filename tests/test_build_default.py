@@ -177,3 +177,58 @@ def test_recipe_simulator_settings_are_checked_and_get_their_own_corpus(tmp_path
         path.write_text(json.dumps({**head, "simulator": bad}))
         with pytest.raises(InvalidInputError, match=r"r.json: recipe: " + message):
             get_recipe(path)
+
+
+def test_recipe_changes_name_settings_not_prose():
+    from heads.training.recipes import get_recipe, recipe_changes
+
+    toy = get_recipe(TOY_RECIPE)
+    recorded = json.loads(json.dumps(toy.to_dict()))
+    assert recipe_changes(recorded, toy) == []
+    recorded["notes"] = "other words"
+    recorded["train"]["loop"]["lr"] = 0.5
+    recorded["refit_class_bias"] = False
+    del recorded["simulator"]  # a record from before the field: its default
+    assert recipe_changes(recorded, toy) == ["refit_class_bias", "train.loop.lr"]
+    assert recipe_changes({"name": "toy", "bogus": 1}, toy) is None
+    assert recipe_changes(None, toy) is None
+
+
+def test_if_missing_refits_heads_when_only_head_settings_changed(tiny_base_dir, home, capsys):
+    from heads.model import ProfileModel, head_versions
+    from heads.training.recipes import read_build
+    from server.cli import main
+
+    models = home / "models"
+    args = ["build-default", "--base", str(tiny_base_dir), "--models-root", str(models)]
+    args += ["--data-root", str(home / "data"), "--no-progress", "--if-missing"]
+    assert main([*args, "--recipe", TOY_RECIPE]) == 0
+    capsys.readouterr()
+    link = models / "default"
+    before = read_build(link)
+    encoder_files = {p.name: p.stat().st_mtime_ns for p in (link / "encoder").iterdir()}
+
+    # The recipe now leaves language evidence and class biases off: same encoder, new heads.
+    changed = json.loads(Path(TOY_RECIPE).read_text())
+    changed.update(refit_language_evidence=0.0, refit_class_bias=False, notes="changed")
+    path = home / "toy.json"
+    path.write_text(json.dumps(changed))
+    assert main([*args, "--recipe", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "refit_class_bias, refit_language_evidence" in err and "new versions" in err
+    assert head_versions(link, "geolocation") == [1, 2, 3]
+    model = ProfileModel.load(link)
+    geo = model.heads["geolocation"]
+    assert geo.head_version == 3 and geo.class_bias_ is None and geo.language_ is None
+    assert model.encoder.embedding_version == before["embedding_version"]
+    assert {p.name: p.stat().st_mtime_ns for p in (link / "encoder").iterdir()} == encoder_files
+    after = read_build(link)
+    assert after["recipe"]["refit_class_bias"] is False and after["metrics"] == before["metrics"]
+    (update,) = after["head_updates"]
+    assert update["changed"] == ["refit_class_bias", "refit_language_evidence"]
+    assert update["refit_heads"]["geolocation"]["head_version"] == 3
+
+    # Built with this recipe now: nothing more to do.
+    assert main([*args, "--recipe", str(path)]) == 0
+    assert "nothing to build" in capsys.readouterr().err
+    assert head_versions(link, "geolocation") == [1, 2, 3]

@@ -126,6 +126,12 @@ class Recipe:
         return _dataclass_from(cls, data, source, "")
 
 
+#: Recipe fields that shape only the heads re-fitted after fine-tuning: a recipe that changes
+#: nothing else builds the same encoder, so a built model gets new head versions instead.
+HEAD_FIELDS = ("refit_heads", "refit_language_evidence", "refit_class_bias")
+#: Words about a recipe, not settings.
+PROSE_FIELDS = ("description", "notes")
+
 #: The shipped recipes, one JSON file each (``default.json`` -> ``--recipe default``).
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "data" / "recipes"
 
@@ -328,9 +334,14 @@ def build_model(
     )
     final = models_root / f"{recipe.name}-{result.embedding_version.removeprefix('emb-')[:12]}"
     if final.exists():
-        # The same recipe on the same packages gives the same weights: keep the first copy.
+        # The same recipe on the same packages gives the same weights: keep the first copy,
+        # with new head versions where the recipe's head settings changed since it was built.
         logger.info("%s already exists (identical embedding_version); keeping it", final)
         _remove_tree(partial)
+        changed = recipe_changes(read_build(final).get("recipe"), recipe)
+        if changed and set(changed) <= set(HEAD_FIELDS):
+            logger.info("re-fitting its heads: the recipe changed %s", ", ".join(changed))
+            update_heads(final, recipe, data_root=data_root)
     else:
         refit = refit_heads(partial, corpus / "train.jsonl", val, recipe)
         logger.info("[4/5] checking which inference numerics keep the accuracy")
@@ -419,3 +430,53 @@ def read_build(model_dir: str | Path) -> dict[str, Any]:
     """The build record of a model folder made by :func:`build_model` (empty when absent)."""
     path = Path(model_dir) / BUILD_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def recipe_changes(recorded: Any, recipe: Recipe) -> list[str] | None:
+    """The settings in which ``recipe`` differs from the recipe a model was built with (its
+    ``build.json`` record), as dotted paths (``refit_class_bias``, ``train.loop.lr``);
+    ``description`` and ``notes`` do not count, and fields the record predates take their
+    defaults. None when the record is missing or no longer a valid recipe."""
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        old = Recipe.from_dict(recorded, source=BUILD_FILE).to_dict()
+    except InvalidInputError:
+        return None
+    new = json.loads(json.dumps(recipe.to_dict()))
+    old = json.loads(json.dumps(old))
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict) and where != "simulator.":
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{where}{key}.")
+        elif a != b:
+            changes.append(where.rstrip("."))
+
+    walk(old, new, "")
+    return [c for c in changes if c not in PROSE_FIELDS]
+
+
+def update_heads(model_dir: Path, recipe: Recipe, *, data_root: str | Path = "data") -> dict:
+    """Re-fit a built model's heads for a recipe that changed only in :data:`HEAD_FIELDS`: the
+    encoder stays, the heads are added as new versions (served from now on, the old ones kept),
+    and ``build.json`` records the new recipe and each update. The corpus is reused from
+    ``data_root`` or simulated again (the same bytes)."""
+    corpus = simulate_corpus(corpus_dir(Path(data_root), recipe), recipe, progress=False)
+    val = _head_rows(corpus / "val.jsonl", recipe.max_val)
+    start = time.perf_counter()
+    refit = refit_heads(model_dir, corpus / "train.jsonl", val, recipe)
+    record = read_build(model_dir)
+    record.setdefault("head_updates", []).append(
+        {
+            "changed": recipe_changes(record.get("recipe"), recipe),
+            "refit_heads": refit,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+    record["recipe"] = recipe.to_dict()
+    tmp = model_dir / (BUILD_FILE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, model_dir / BUILD_FILE)
+    return refit

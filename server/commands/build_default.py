@@ -40,7 +40,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--if-missing",
         action="store_true",
-        help="do nothing when MODELS_ROOT/LINK already points at a model",
+        help="do nothing when MODELS_ROOT/LINK already points at a model built with this "
+        "recipe; when only its re-fitted heads' settings changed, add new head versions to it "
+        "(minutes); when anything else changed, build the new model",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -48,16 +50,35 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the model and print a summary with the test metrics against the targets."""
-    link = Path(args.models_root) / args.link
-    if args.if_missing and (link / "model.json").is_file():
-        print(f"{link} exists ({link.resolve().name}); nothing to build", file=sys.stderr)
-        return 0
-    from heads.training.recipes import build_model, get_recipe
+    from heads.training.recipes import (
+        HEAD_FIELDS,
+        build_model,
+        get_recipe,
+        read_build,
+        recipe_changes,
+        update_heads,
+    )
 
+    link = Path(args.models_root) / args.link
+    recipe = get_recipe(args.recipe, base=args.base, device=args.device)
     logging.getLogger("heads.training.recipes").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
-    recipe = get_recipe(args.recipe, base=args.base, device=args.device)
+    if args.if_missing and (link / "model.json").is_file():
+        built = read_build(link).get("recipe")
+        same_name = isinstance(built, dict) and built.get("name") == recipe.name
+        changed = recipe_changes(built, recipe) if same_name else None
+        where = f"{link} ({link.resolve().name})"
+        if not changed:  # the same recipe, or a model this recipe did not build
+            print(f"{where} exists; nothing to build", file=sys.stderr)
+            return 0
+        what = f"recipe '{recipe.name}' changed since it was built ({', '.join(changed)})"
+        if set(changed) <= set(HEAD_FIELDS):
+            print(f"{where}: {what}; re-fitting its heads as new versions", file=sys.stderr)
+            refit = update_heads(link.resolve(), recipe, data_root=args.data_root)
+            print(json.dumps({"model": str(link.resolve()), "refit_heads": refit}, indent=1))
+            return 0
+        print(f"{where}: {what}; building the new model", file=sys.stderr)
     result = build_model(
         recipe,
         models_root=args.models_root,
