@@ -119,10 +119,10 @@ class Simulator:
         names = None
         if cfg.real_name_share > 0 or cfg.name_mention_share > 0:  # else: the old draws, exactly
             names = names_for(d.country.iso, rng)
-        real_name = names is not None and rng.random() < cfg.real_name_share
-        if real_name:
-            assert names is not None
-            seeds = handle_words(rng, names) or seeds
+        # the names this profile is itself named from (None: random words, as before)
+        own = names if names is not None and rng.random() < cfg.real_name_share else None
+        if own is not None:
+            seeds = handle_words(rng, own) or seeds
         handle = make_handle(rng, seeds)
         style = Style(vocab, persona, general, handle, latin, names, cfg.name_mention_share)
         cues = planter.plant(rng, planter.draw_types(rng), d.country, d.lang, handle)
@@ -138,7 +138,7 @@ class Simulator:
         captions = self._captions(rng, d, style, cap_cues)
         text = "\n".join((bio, *captions))
         planted = [c for c in cues if c.text in text]
-        full_name = display_name(rng, names) if real_name and names is not None else None
+        full_name = display_name(rng, own) if own is not None else None
         return self._labelled(
             rng, seed, stream, index, d, handle, bio, captions, planted, full_name
         )
@@ -177,6 +177,7 @@ class Simulator:
         named = not d.single_post or rng.random() < 0.5
         full_name = ""
         if named and rng.random() < 0.7:
+            # the words are drawn either way, so the draws after them do not depend on the names
             words = " ".join(w.capitalize() for w in _name_words(rng, d, 2))
             full_name = words if real_full_name is None else real_full_name
         extra = {

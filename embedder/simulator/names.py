@@ -39,8 +39,8 @@ BORROWED = {"AU": "GB", "UA": "RU"}
 
 @dataclass(frozen=True)
 class CountryNames:
-    """One country's names with cumulative Zipf weights; the ``ascii_*`` lists keep only names
-    with an ASCII spelling (for usernames and @mentions)."""
+    """One country's first and last names, each with cumulative Zipf weights (in the country's
+    own scripts: Arabic, Cyrillic, Hangul... beside Latin spellings)."""
 
     first: tuple[str, ...]
     first_cum: tuple[float, ...]
@@ -125,8 +125,9 @@ def display_name(rng: random.Random, names: CountryNames) -> str:
 
 
 def handle_words(rng: random.Random, names: CountryNames) -> list[str]:
-    """One or two name parts with an ASCII spelling, for a username or an @mention (a part in
-    another script is dropped; with none left the handle maker falls back to "user")."""
+    """One or two name parts with a Latin spelling, for a username or an @mention; a part in
+    another script is dropped, so the list can be empty (callers then build the handle from
+    words)."""
     parts = [names.first_name(rng), names.last_name(rng)]
     if rng.random() < 0.25:
         parts.reverse()
