@@ -322,17 +322,28 @@ def held_out_scores(
     fold = np.random.default_rng(seed).permutation(len(y)) % folds
     probs = np.zeros((len(y), len(head.labels)))
     assigned = np.zeros(len(y), dtype=bool)
-    for f in range(folds):
-        test = fold == f
-        fitted = copy.deepcopy(head)
-        fitted.calibrate(
-            x[~test], y[~test], target=target, missing_classes="abstain", class_bias=class_bias
-        )
-        p = fitted.predict_proba(x[test])
-        arg = p.argmax(axis=1)
-        ok = p[np.arange(len(p)), arg] >= fitted.thresholds_[arg]
-        ind = fitted.in_distribution(x[test])
-        probs[test], assigned[test] = p, ok if ind is None else ok & ind
+    logger.info(
+        "held-out estimate: %d copies, each calibrated on %d of %d folds", folds, folds - 1, folds
+    )
+    # The copies' own calibration lines (temperature, classes that cannot reach the target) are
+    # about fold heads nobody keeps; at INFO they read as contradicting the head that is written.
+    calibration_log = logging.getLogger("heads.calibration")
+    level = calibration_log.level
+    calibration_log.setLevel(max(level, logging.WARNING))
+    try:
+        for f in range(folds):
+            test = fold == f
+            fitted = copy.deepcopy(head)
+            fitted.calibrate(
+                x[~test], y[~test], target=target, missing_classes="abstain", class_bias=class_bias
+            )
+            p = fitted.predict_proba(x[test])
+            arg = p.argmax(axis=1)
+            ok = p[np.arange(len(p)), arg] >= fitted.thresholds_[arg]
+            ind = fitted.in_distribution(x[test])
+            probs[test], assigned[test] = p, ok if ind is None else ok & ind
+    finally:
+        calibration_log.setLevel(level)
     # per-fold thresholds: the rows each fold's head assigned go in as the accepted rows
     m = score_predictions(y, probs, in_distribution=assigned)
     return {
