@@ -147,6 +147,7 @@ def train_head(
     skip_invalid: bool = False,
     report: Callable[[str, Any], None] | None = None,
     label_field: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train, calibrate, evaluate and add one head to a model folder.
 
@@ -163,6 +164,7 @@ def train_head(
         report: called as ``report(path, load_result)`` after each file is read.
         label_field: the data field a new head learns (its labels are the distinct values found
             in the training file), e.g. ``"sentiment"``; None for the known heads.
+        progress: progress bars while embedding.
 
     Returns:
         A summary: head folder, head_version, embedding_version, metrics, cache stats, seconds.
@@ -196,7 +198,10 @@ def train_head(
     encoder = _load_encoder(model_dir)
     version = encoder.embedding_version
     (x_train, x_val), stats = cached_embeddings(
-        encoder, [[r.profile for r in train_rows], [r.profile for r in val_rows]], cache_path
+        encoder,
+        [[r.profile for r in train_rows], [r.profile for r in val_rows]],
+        cache_path,
+        show_progress=progress,
     )
     settings, fit_options = KIND_OPTIONS[cfg.kind]
     head = build_head(

@@ -202,8 +202,10 @@ class MultiTaskTrainer:
         checkpoint_dir: str | Path | None = None,
         run_info: Mapping[str, Any] | None = None,
         first_stage: np.ndarray | None = None,
+        progress: bool = True,
     ) -> None:
         self.cfg = config or LoopConfig()
+        self.progress = progress
         self.first_stage = None if first_stage is None else np.asarray(first_stage, dtype=bool)
         if self.first_stage is not None and len(self.first_stage) != len(train_profiles):
             raise ValueError(
@@ -281,7 +283,13 @@ class MultiTaskTrainer:
             batches = bucketed_batches(self.train_lengths, cfg.batch_size, rng)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not self.progress,
+        )
         start = time.perf_counter()
         running = None
         for idx in bar:

@@ -48,6 +48,7 @@ def write_model(
     val: tuple[Sequence[Any], np.ndarray],
     test: Sequence[Any] | None = None,
     training_file: str = "training.json",
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate on validation (and test) and write the model folder atomically.
 
@@ -69,7 +70,7 @@ def write_model(
     val_rows, val_emb = val
     evs = {"val": evaluations(heads, tasks, val_rows, val_emb, "val")}
     if test is not None:
-        test_emb = encoder.encode([r.profile for r in test], show_progress=True)
+        test_emb = encoder.encode([r.profile for r in test], show_progress=progress)
         evs["test"] = evaluations(heads, tasks, test, test_emb, "test")
     metrics = {
         split: {name: _core(ev.metrics) for name, ev in per_head.items()}

@@ -331,6 +331,7 @@ def build_model(
         recipe.train,
         test_path=corpus / "test.jsonl",
         checkpoint_dir=partial.with_name(partial.name + ".checkpoints"),
+        progress=progress,
     )
     final = models_root / f"{recipe.name}-{result.embedding_version.removeprefix('emb-')[:12]}"
     if final.exists():
@@ -341,9 +342,9 @@ def build_model(
         changed = recipe_changes(read_build(final).get("recipe"), recipe)
         if changed and set(changed) <= set(HEAD_FIELDS):
             logger.info("re-fitting its heads: the recipe changed %s", ", ".join(changed))
-            update_heads(final, recipe, data_root=data_root)
+            update_heads(final, recipe, data_root=data_root, progress=progress)
     else:
-        refit = refit_heads(partial, corpus / "train.jsonl", val, recipe)
+        refit = refit_heads(partial, corpus / "train.jsonl", val, recipe, progress=progress)
         logger.info("[4/5] checking which inference numerics keep the accuracy")
         numerics = check_numerics_accuracy(
             partial,
@@ -371,7 +372,7 @@ def build_model(
 
 
 def refit_heads(
-    model_dir: Path, train_path: Path, val_path: Path, recipe: Recipe
+    model_dir: Path, train_path: Path, val_path: Path, recipe: Recipe, *, progress: bool = True
 ) -> dict[str, Any]:
     """Re-fit ``recipe.refit_heads`` on the fine-tuned encoder's embeddings (see ``Recipe``).
 
@@ -413,6 +414,7 @@ def refit_heads(
                     language_evidence=alpha,
                     class_bias=geo and recipe.refit_class_bias,
                 ),
+                progress=progress,
             )
             out[name] = {k: summary[k] for k in ("head_version", "val", "seconds") if k in summary}
     finally:
@@ -458,7 +460,9 @@ def recipe_changes(recorded: Any, recipe: Recipe) -> list[str] | None:
     return [c for c in changes if c not in PROSE_FIELDS]
 
 
-def update_heads(model_dir: Path, recipe: Recipe, *, data_root: str | Path = "data") -> dict:
+def update_heads(
+    model_dir: Path, recipe: Recipe, *, data_root: str | Path = "data", progress: bool = True
+) -> dict:
     """Re-fit a built model's heads for a recipe that changed only in :data:`HEAD_FIELDS`: the
     encoder stays, the heads are added as new versions (served from now on, the old ones kept),
     and ``build.json`` records the new recipe and each update. The corpus is reused from
@@ -466,7 +470,7 @@ def update_heads(model_dir: Path, recipe: Recipe, *, data_root: str | Path = "da
     corpus = simulate_corpus(corpus_dir(Path(data_root), recipe), recipe, progress=False)
     val = _head_rows(corpus / "val.jsonl", recipe.max_val)
     start = time.perf_counter()
-    refit = refit_heads(model_dir, corpus / "train.jsonl", val, recipe)
+    refit = refit_heads(model_dir, corpus / "train.jsonl", val, recipe, progress=progress)
     record = read_build(model_dir)
     record.setdefault("head_updates", []).append(
         {

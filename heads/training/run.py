@@ -165,6 +165,7 @@ def train_model(
     checkpoint_dir: str | Path | None = None,
     skip_invalid: bool = False,
     report: Callable[[str, Any], None] | None = None,
+    progress: bool = True,
 ) -> TrainResult:
     """Fine-tune encoder + heads, calibrate, evaluate and write a new model folder.
 
@@ -180,6 +181,7 @@ def train_model(
             ``data.<split>.rows_invalid``) instead of raising on the first one.
         report: called as ``report(path, load_result)`` after each file is read (the CLI lists
             the skipped rows with it).
+        progress: progress bars (the epochs, embedding the test split).
 
     Returns:
         The model folder, its embedding_version and the recorded facts.
@@ -259,6 +261,7 @@ def train_model(
             if config.snippets_first and config.place_snippets
             else None
         ),
+        progress=progress,
     )
     if resume is not None:
         trainer.resume(resume)
@@ -317,6 +320,7 @@ def train_model(
         val=(val, val_emb),
         test=test,
         training_file=TRAINING_FILE,
+        progress=progress,
     )
     info["wall_seconds"] = round(time.perf_counter() - wall, 1)
     logger.info("model %s written to %s in %.0f s", version, out_dir, info["wall_seconds"])

@@ -64,6 +64,13 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("heads.training.recipes").setLevel(logging.INFO)
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
+    if args.no_progress:
+        # the libraries' own bars (loading and writing weights), which no argument reaches
+        import huggingface_hub.utils
+        import transformers.utils.logging
+
+        transformers.utils.logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
     if args.if_missing and (link / "model.json").is_file():
         built = read_build(link).get("recipe")
         same_name = isinstance(built, dict) and built.get("name") == recipe.name
@@ -75,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
         what = f"recipe '{recipe.name}' changed since it was built ({', '.join(changed)})"
         if set(changed) <= set(HEAD_FIELDS):
             print(f"{where}: {what}; re-fitting its heads as new versions", file=sys.stderr)
-            refit = update_heads(link.resolve(), recipe, data_root=args.data_root)
+            refit = update_heads(
+                link.resolve(), recipe, data_root=args.data_root, progress=not args.no_progress
+            )
             print(json.dumps({"model": str(link.resolve()), "refit_heads": refit}, indent=1))
             return 0
         print(f"{where}: {what}; building the new model", file=sys.stderr)
