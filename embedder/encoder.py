@@ -291,7 +291,9 @@ class ProfileEncoder:
         for name in sorted(state):
             tensor = state[name].detach().to("cpu").contiguous()
             h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode())
-            h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            # the array itself, not .tobytes(): hashlib reads the buffer in place (same digest,
+            # no 200 MB copy at every load)
+            h.update(tensor.view(torch.uint8).numpy() if tensor.numel() else b"")
         h.update(_tokenizer_json(self.tokenizer).encode("utf-8"))
         config = self.transformer.auto_model.config
         settings = {

@@ -10,6 +10,7 @@ name.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -33,6 +34,7 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "profile-embeddings" / "sim"
 
 
+@functools.cache
 def versions_key() -> str:
     """Return a short hash of the data packages' versions and the table schema."""
     parts = [f"schema={SCHEMA}"] + [f"{p}={metadata.version(p)}" for p in _PACKAGES]
