@@ -14,6 +14,8 @@ Scenarios, each on a fresh server (loopback only, every loop bounded):
   of accepted calls, and the longest forward pass (from the metrics endpoint).
 * ``cancel``: PredictStream calls cancelled mid-stream and Embed calls past their deadline; the
   codes the metrics endpoint counts for them.
+* ``idle``: 12 PredictStream calls held open without an item (each reserves a largest message in
+  the byte budget while it waits), then 5 ordinary Predict calls: they must be answered OK.
 
 Every scenario counts status codes; the run fails (exit 1) on any INTERNAL, a server that died or
 a missed target. Results go to ``--out`` as JSON. ``--only overload,flood`` runs some scenarios
@@ -41,6 +43,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +90,7 @@ print(json.dumps(lat))
 TARGETS = {"rss_peak_growth_mb": 400, "rss_after_growth_mb": 150, "shed_p99_ms": 20}
 #: The server's default --max-queue-delay-ms (the overload runs with the defaults).
 QUEUE_DELAY_S = 1.0
-FIRST_SERVER = ("intake", "garbage", "validation", "cancel")
+FIRST_SERVER = ("intake", "garbage", "validation", "cancel", "idle")
 SCENARIOS = (*FIRST_SERVER, "overload", "flood")
 
 
@@ -496,6 +499,54 @@ async def cancels(srv: Serve, streams: int) -> dict[str, Any]:
     }
 
 
+async def idle_streams(srv: Serve, streams: int = 12, calls: int = 5) -> dict[str, Any]:
+    """Hold ``streams`` PredictStream calls open without sending, then time ordinary Predicts.
+
+    Each stream waiting for an item holds a largest message's room in the byte budget (16 MiB of
+    the default 128 MiB): before idle reads gave their room up, 8 such streams refused every
+    other call after 1 s.
+    """
+    import grpc
+
+    md = (("authorization", f"Bearer {TOKEN}"),)
+    release = asyncio.Event()
+
+    async def nothing() -> AsyncIterator[Any]:
+        await release.wait()
+        return
+        yield  # pragma: no cover - an async generator that sends nothing
+
+    codes: Counter[str] = Counter()
+    latencies: list[float] = []
+    stream_codes: Counter[str] = Counter()
+    async with channel(srv.target) as ch:
+        stub = ch.stream_stream(
+            SERVICE + "PredictStream",
+            request_serializer=pb2.PredictStreamRequest.SerializeToString,
+            response_deserializer=pb2.PredictStreamResponse.FromString,
+        )
+        held = [stub(nothing(), timeout=60, metadata=md) for _ in range(streams)]
+        await asyncio.sleep(1.5)  # older than the server's idle limit
+        for payload in normal_requests(calls):
+            code, seconds = await call_raw(ch, "Predict", payload, TOKEN)
+            codes[code] += 1
+            latencies.append(1000 * seconds)
+        release.set()
+        for call in held:
+            try:
+                async for _ in call:
+                    pass
+                stream_codes["OK"] += 1
+            except grpc.aio.AioRpcError as err:
+                stream_codes[err.code().name] += 1
+    return {
+        "idle_streams": streams,
+        "predict_codes": dict(codes),
+        "predict_ms": [round(x, 1) for x in latencies],
+        "stream_codes": dict(stream_codes),
+    }
+
+
 # ---------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     """Run every scenario; print and write the results; exit 1 on a failure or missed target."""
@@ -546,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
                 result["validation"] = asyncio.run(validation(srv))
             if "cancel" in only:
                 result["cancel"] = asyncio.run(cancels(srv, 5))
+            if "idle" in only:
+                result["idle"] = asyncio.run(idle_streams(srv))
             refused = sum(
                 float(n)
                 for n in re.findall(
@@ -620,6 +673,11 @@ def check(result: dict[str, Any]) -> list[str]:
                 f"{phase}: accepted p99 {accepted[0]:.0f} ms over the bound "
                 f"{result[phase]['accepted_bound_s']} s (queue delay + one batch)"
             )
+    idle = result.get("idle")
+    if idle is not None:
+        codes += list(idle["predict_codes"]) + list(idle["stream_codes"])
+        if set(idle["predict_codes"]) != {"OK"}:
+            failures.append(f"idle streams locked callers out: {idle['predict_codes']}")
     if "INTERNAL" in codes or result["internal_in_server_logs"]:
         failures.append("INTERNAL answered to a client-caused error")
     if "validation" in result and result["validation"][-1]["profiles_embedded_by_these_calls"]:

@@ -11,6 +11,10 @@ same wire shape that reads the body itself, through :class:`Intake`:
 * a read starts only when ``held + reading x max_message_bytes + max_message_bytes`` fits in
   ``max_bytes`` (the worst case of every read in progress), else it waits up to ``wait_s`` and
   then gets RESOURCE_EXHAUSTED; its reservation shrinks to the body's real size once read;
+* a read still waiting for its message ``idle_s`` after it started gives its room up
+  (RESOURCE_EXHAUSTED) when another read needs that room: otherwise a few callers that open
+  calls and send nothing (a ``PredictStream`` waiting for its next item holds a largest
+  message's reservation; 8 of them filled the default budget) would lock everyone else out;
 * a unary body is held (counted) until its call ends; a stream item's read is released as soon
   as the item is read (the servicer bounds the items a stream keeps, see ``server.service``).
 
@@ -28,6 +32,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import grpc
@@ -39,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 #: Longest a read waits for room in the byte budget before RESOURCE_EXHAUSTED.
 WAIT_S = 1.0
+#: A read whose message has not arrived this long after it started is idle: it is the first to
+#: give its room up to a read that waits. A largest message takes milliseconds on a local
+#: network; a client that keeps a call open without sending is what this is for. Under WAIT_S,
+#: so a waiting read outlasts readers that started just before it sent nothing.
+IDLE_S = 0.5
+#: How often a waiting read looks again for idle reads to evict (they age while it waits).
+EVICT_CHECK_S = 0.1
 #: Release of this many bytes or more trims the heap (returns a burst's pages to the kernel) ...
 TRIM_BYTES = 1024 * 1024
 #: ... this long after the last such release: by then the handlers that parsed the bodies are
@@ -63,6 +75,14 @@ if TYPE_CHECKING:
     _Streaming: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
 
 
+@dataclass(eq=False)
+class _PendingRead:
+    """A read in progress: when it started, and the future that evicts it."""
+
+    started: float
+    evict: asyncio.Future[None]
+
+
 class Intake:
     """Counts calls and body bytes; see the module docstring.
 
@@ -71,10 +91,16 @@ class Intake:
         max_bytes: request-body bytes being read or held at once.
         max_message_bytes: the largest message grpc accepts (what one read may bring).
         wait_s: how long a read waits for room before RESOURCE_EXHAUSTED.
+        idle_s: how long a read may wait for its message before a waiting read may evict it.
     """
 
     def __init__(
-        self, max_calls: int, max_bytes: int, max_message_bytes: int, wait_s: float = WAIT_S
+        self,
+        max_calls: int,
+        max_bytes: int,
+        max_message_bytes: int,
+        wait_s: float = WAIT_S,
+        idle_s: float = IDLE_S,
     ) -> None:
         if max_bytes < max_message_bytes:
             raise ValueError(
@@ -85,10 +111,14 @@ class Intake:
         self.max_bytes = max_bytes
         self.max_message_bytes = max_message_bytes
         self.wait_s = wait_s
+        self.idle_s = idle_s
         self.calls = 0
         self.held = 0
         self.reading = 0
         self.peak_bytes = 0
+        self.evicted = 0
+        # Reads in progress, oldest first (a read appends itself when it starts).
+        self._pending: list[_PendingRead] = []
         self._room = asyncio.Condition()
         self._trim = Trimmer(interval_s=TRIM_DELAY_S)
         self._trim_timer: asyncio.TimerHandle | None = None
@@ -118,28 +148,51 @@ class Intake:
             The raw message, or ``grpc.aio.EOF``.
 
         Raises:
-            OverloadedError: no room in the budget within ``wait_s``.
+            OverloadedError: no room in the budget within ``wait_s``, or the message had not
+                arrived ``idle_s`` after the read started and a waiting read took its room.
         """
         await self._reserve(context)
-        size = 0
+        pending = _PendingRead(time.monotonic(), asyncio.get_running_loop().create_future())
+        self._pending.append(pending)
         try:
-            raw = await context.read()
+            raw = await self._read_unless_evicted(context, pending)
             if raw is not grpc.aio.EOF and hold:
-                size = len(raw)
-                self.held += size
+                self.held += len(raw)
                 self.peak_bytes = max(self.peak_bytes, self.committed)
             return raw
         finally:
+            self._pending.remove(pending)
             self.reading -= 1
             await self._notify(0)
+
+    async def _read_unless_evicted(self, context: Context, pending: _PendingRead) -> Any:
+        read = asyncio.ensure_future(context.read())
+        try:
+            await asyncio.wait((read, pending.evict), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Evicted, or this call's task cancelled (the client went away): the read is
+            # abandoned the way a cancelled call's read always was.
+            if not read.done():
+                read.cancel()
+        if not read.cancelled() and read.done():
+            return read.result()
+        self.evicted += 1
+        raise OverloadedError(
+            f"no request message arrived within {self.idle_s:.1f} s of the call's start while "
+            "other calls waited for the request byte budget (--max-inflight-bytes); send the "
+            "message when the call starts, and retry with backoff"
+        )
 
     async def release(self, size: int) -> None:
         """Give back ``size`` held bytes."""
         self.held -= size
         await self._notify(size)
 
+    def _fits(self) -> bool:
+        return self.committed + self.max_message_bytes <= self.max_bytes
+
     async def _reserve(self, context: Context) -> None:
-        if self.committed + self.max_message_bytes <= self.max_bytes:
+        if self._fits():
             self.reading += 1
             self.peak_bytes = max(self.peak_bytes, self.committed)
             return
@@ -147,21 +200,30 @@ class Intake:
         wait = self.wait_s if remaining is None else max(0.0, min(self.wait_s, remaining))
         start = time.monotonic()
         async with self._room:
-            try:
-                await asyncio.wait_for(
-                    self._room.wait_for(
-                        lambda: self.committed + self.max_message_bytes <= self.max_bytes
-                    ),
-                    wait,
-                )
-            except TimeoutError:
-                raise OverloadedError(
-                    f"request bytes in flight are at the limit ({self.committed:,} of "
-                    f"{self.max_bytes:,}, --max-inflight-bytes) after waiting "
-                    f"{time.monotonic() - start:.1f} s; retry with backoff"
-                ) from None
+            while not self._fits():
+                self._evict_idle()
+                left = start + wait - time.monotonic()
+                if left <= 0:
+                    raise OverloadedError(
+                        f"request bytes in flight are at the limit ({self.committed:,} of "
+                        f"{self.max_bytes:,}, --max-inflight-bytes) after waiting "
+                        f"{time.monotonic() - start:.1f} s; retry with backoff"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), min(left, EVICT_CHECK_S))
             self.reading += 1
             self.peak_bytes = max(self.peak_bytes, self.committed)
+
+    def _evict_idle(self) -> None:
+        """Evict idle reads, oldest first, until a largest message would fit once they go."""
+        missing = self.committed + self.max_message_bytes - self.max_bytes
+        now = time.monotonic()
+        for pending in self._pending:
+            if missing <= 0 or now - pending.started < self.idle_s:
+                return  # oldest first: the rest are younger still
+            if not pending.evict.done():
+                pending.evict.set_result(None)
+            missing -= self.max_message_bytes
 
     async def _notify(self, freed: int) -> None:
         if freed >= TRIM_BYTES:

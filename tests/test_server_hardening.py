@@ -91,6 +91,35 @@ def test_a_read_needs_room_for_a_largest_message_and_holds_only_the_real_size():
     asyncio.run(scenario())
 
 
+def test_a_read_idle_past_idle_s_gives_its_room_to_a_waiting_read_and_a_young_one_does_not():
+    async def scenario(idle_s: float):
+        intake = Intake(
+            max_calls=8, max_bytes=2 * MIB, max_message_bytes=MIB, wait_s=0.6, idle_s=idle_s
+        )
+        old, older, late = (_FakeContext(b"x" * n) for n in (100, 200, 300))
+        a = asyncio.ensure_future(intake.read(older, hold=True))
+        await until(lambda: intake.reading == 1, "the first read is in progress")
+        b = asyncio.ensure_future(intake.read(old, hold=True))
+        await until(lambda: intake.reading == 2, "both reads are in progress")
+        late.go.set()  # the third caller's message is there as soon as it may read
+        try:
+            return intake, a, b, await intake.read(late, hold=True)
+        except OverloadedError as err:
+            return intake, a, b, err
+
+    # Idle after 0.1 s: the waiting read evicts the oldest idle one only (one message's room).
+    intake, first, second, third = asyncio.run(scenario(0.1))
+    assert third == b"x" * 300 and intake.evicted == 1
+    assert isinstance(first.exception(), OverloadedError)
+    assert "no request message arrived within 0.1 s" in str(first.exception())
+    assert second.cancelled()  # still waiting when the loop ended: it was not evicted
+
+    # Idle only after 5 s: nobody is evicted, the waiting read is refused after wait_s.
+    intake, first, second, third = asyncio.run(scenario(5.0))
+    assert isinstance(third, OverloadedError) and "max-inflight-bytes" in str(third)
+    assert intake.evicted == 0
+
+
 def test_calls_beyond_the_cap_are_refused_and_a_budget_smaller_than_a_message_is_an_error():
     intake = Intake(max_calls=1, max_bytes=MIB, max_message_bytes=MIB)
     intake.enter_call("/s/Embed")
@@ -148,6 +177,44 @@ def test_calls_beyond_max_concurrent_calls_get_resource_exhausted_before_their_b
             release.set()
             assert [r.id for r in stream] == ["s0"]
             wait_for(lambda: c.embed([{"id": "after"}]).shape[0] == 1, "a call after the stream")
+    finally:
+        release.set()
+        srv.stop()
+
+
+def test_idle_streams_do_not_lock_other_callers_out_of_the_byte_budget(tiny_model):
+    # Each PredictStream waiting for its next item holds a largest message's room: with room
+    # for two, two idle streams took it all, and every other call was refused after 1 s.
+    config = ServerConfig(
+        port=0, metrics_port=None, max_message_bytes=MIB, max_inflight_bytes=2 * MIB
+    )
+    srv = ServerThread(config, tiny_model)
+    release = threading.Event()
+
+    def idle_items():
+        release.wait(30)
+        return
+        yield  # pragma: no cover - a generator that sends nothing
+
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            idle = [c.stub.PredictStream(idle_items(), timeout=60) for _ in range(2)]
+            wait_for(
+                lambda: srv.running.metrics.inflight_bytes.collect()[0].samples[0].value == 2 * MIB,
+                "both idle streams hold a reservation",
+            )
+            embedded = c.embed([{"id": "a", "biography": "paris"}])
+            assert embedded.shape[0] == 1
+            release.set()  # the stream not evicted ends normally, with no items
+            outcomes = []
+            for stream in idle:
+                try:
+                    outcomes.append(("OK", list(stream)))
+                except grpc.RpcError as err:
+                    outcomes.append((err.code().name, err.details()))
+            # One message's room was needed: only the oldest idle stream gave it up.
+            assert sorted(code for code, _ in outcomes) == ["OK", "RESOURCE_EXHAUSTED"]
+            assert "no request message arrived" in dict(outcomes)["RESOURCE_EXHAUSTED"]
     finally:
         release.set()
         srv.stop()
