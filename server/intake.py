@@ -174,13 +174,13 @@ class Intake:
             # abandoned the way a cancelled call's read always was.
             if not read.done():
                 read.cancel()
-        if not read.cancelled() and read.done():
+        if read.done():
             return read.result()
         self.evicted += 1
         raise OverloadedError(
-            f"no request message arrived within {self.idle_s:.1f} s of the call's start while "
-            "other calls waited for the request byte budget (--max-inflight-bytes); send the "
-            "message when the call starts, and retry with backoff"
+            f"no request message arrived within {self.idle_s:.1f} s of reading while other "
+            "calls waited for the request byte budget (--max-inflight-bytes); send messages "
+            "without pauses, and retry with backoff"
         )
 
     async def release(self, size: int) -> None:
