@@ -160,7 +160,10 @@ async def start_server(config: ServerConfig, *, load: bool = True) -> RunningSer
     metrics = ServerMetrics()
     servicer = ProfileEmbeddingServicer(RequestLimits.from_config(config), metrics)
     intake = Intake(
-        config.max_concurrent_calls, config.max_inflight_bytes, config.max_message_bytes
+        config.max_concurrent_calls,
+        config.max_inflight_bytes,
+        config.max_message_bytes,
+        on_evict=metrics.idle_reads_evicted.inc,
     )
     metrics.bind_intake(lambda: intake.calls, lambda: intake.committed)
     interceptors: list[grpc.aio.ServerInterceptor] = []

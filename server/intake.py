@@ -92,6 +92,7 @@ class Intake:
         max_message_bytes: the largest message grpc accepts (what one read may bring).
         wait_s: how long a read waits for room before RESOURCE_EXHAUSTED.
         idle_s: how long a read may wait for its message before a waiting read may evict it.
+        on_evict: called at each eviction (the server counts them as a metric).
     """
 
     def __init__(
@@ -101,6 +102,7 @@ class Intake:
         max_message_bytes: int,
         wait_s: float = WAIT_S,
         idle_s: float = IDLE_S,
+        on_evict: Callable[[], None] | None = None,
     ) -> None:
         if max_bytes < max_message_bytes:
             raise ValueError(
@@ -112,6 +114,7 @@ class Intake:
         self.max_message_bytes = max_message_bytes
         self.wait_s = wait_s
         self.idle_s = idle_s
+        self._on_evict = on_evict
         self.calls = 0
         self.held = 0
         self.reading = 0
@@ -177,6 +180,8 @@ class Intake:
         if read.done():
             return read.result()
         self.evicted += 1
+        if self._on_evict is not None:
+            self._on_evict()
         raise OverloadedError(
             f"no request message arrived within {self.idle_s:.1f} s of reading while other "
             "calls waited for the request byte budget (--max-inflight-bytes); send messages "

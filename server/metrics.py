@@ -110,6 +110,13 @@ class ServerMetrics:
             "Request-body bytes held, plus the worst case of every read in progress",
             registry=r,
         )
+        self.idle_reads_evicted = Counter(
+            "profile_embed_idle_reads_evicted",
+            "Reads whose message had not arrived within the idle limit, ended to give their "
+            "room in the request byte budget to a waiting read (also counted as "
+            "RESOURCE_EXHAUSTED under profile_embed_requests_total)",
+            registry=r,
+        )
         self.ready = Gauge(
             "profile_embed_ready", "1 when models are loaded and serving", registry=r
         )

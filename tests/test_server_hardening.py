@@ -215,6 +215,9 @@ def test_idle_streams_do_not_lock_other_callers_out_of_the_byte_budget(tiny_mode
             # One message's room was needed: only the oldest idle stream gave it up.
             assert sorted(code for code, _ in outcomes) == ["OK", "RESOURCE_EXHAUSTED"]
             assert "no request message arrived" in dict(outcomes)["RESOURCE_EXHAUSTED"]
+            # operators see evictions apart from other budget refusals
+            evicted = srv.running.metrics.idle_reads_evicted.collect()[0].samples[0]
+            assert evicted.name == "profile_embed_idle_reads_evicted_total" and evicted.value == 1
     finally:
         release.set()
         srv.stop()
