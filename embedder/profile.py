@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +25,12 @@ MAX_CAPTIONS = 5
 TEXT_FIELDS = ("username", "full_name", "biography", "captions")
 #: Upper bound on characters kept per field before tokenizing: a 1 MB bio costs nothing.
 _CHARS_PER_TOKEN_BOUND = 24
+#: A web address with its scheme: group 1 is scheme and host, the rest its path, query or fragment.
+_LINK = re.compile(r"(https?://[^/\s?#]+)\S*", re.IGNORECASE)
+#: An @handle in text (not an e-mail address: nothing of a word may come before the @).
+_MENTION = re.compile(r"(?<![\w@])@\w+(?:\.\w+)*")
+#: What ``mask_mentions`` writes instead of each handle.
+MENTION_MASK = "@user"
 
 
 @dataclass(frozen=True)
@@ -161,6 +168,16 @@ class AssemblyConfig:
         prefix: the base model's passage prefix (multilingual-e5 was trained with ``"passage: "``).
         bio_marker: marker before the bio.
         caption_marker: marker before each caption.
+        link_hosts_only: cut every ``http(s)://`` address to its scheme and host
+            (``http://t.co/8Bj6zaWx`` -> ``http://t.co``). What follows the host in a shared link
+            is mostly a shortener's code or a tracking id, random pieces that take a short post's
+            token budget and move its embedding away from anything seen in training; the host
+            (``loja.com.br``) keeps the country its domain names. Off in models saved before the
+            setting existed, which keep their ``embedding_version``.
+        mask_mentions: write every ``@handle`` in the bio and the captions as ``@user`` (the
+            profile's own username, in the header, is kept). A mentioned friend's handle is
+            mostly letters and digits the encoder reads as a foreign name; off in models saved
+            before the setting existed.
     """
 
     max_tokens: int = 192
@@ -168,6 +185,8 @@ class AssemblyConfig:
     prefix: str = "passage: "
     bio_marker: str = "bio:"
     caption_marker: str = "post:"
+    link_hosts_only: bool = False
+    mask_mentions: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
@@ -178,14 +197,20 @@ class AssemblyConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready settings."""
-        return {
+        """Return the JSON-ready settings (``link_hosts_only`` only when on, so the settings,
+        and with them the ``embedding_version``, of models saved before it are unchanged)."""
+        out: dict[str, Any] = {
             "max_tokens": self.max_tokens,
             "bio_tokens": self.bio_tokens,
             "prefix": self.prefix,
             "bio_marker": self.bio_marker,
             "caption_marker": self.caption_marker,
         }
+        if self.link_hosts_only:
+            out["link_hosts_only"] = True
+        if self.mask_mentions:
+            out["mask_mentions"] = True
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AssemblyConfig:
@@ -196,6 +221,24 @@ class AssemblyConfig:
     def marker_overhead(self) -> int:
         """A safe bound on tokens taken by prefix and markers (for the max sequence length)."""
         return 8 + 4 * (MAX_CAPTIONS + 1)
+
+
+def link_hosts(text: str) -> str:
+    """``text`` with every ``http(s)://`` address cut to its scheme and host."""
+    return _LINK.sub(r"\1", text) if "://" in text else text
+
+
+def mask_mentions(text: str) -> str:
+    """``text`` with every ``@handle`` written as ``@user``."""
+    return _MENTION.sub(MENTION_MASK, text) if "@" in text else text
+
+
+def _clean(text: str, config: AssemblyConfig) -> str:
+    if config.link_hosts_only:
+        text = link_hosts(text)
+    if config.mask_mentions:
+        text = mask_mentions(text)
+    return text
 
 
 def _header(profile: Profile) -> str:
@@ -231,11 +274,15 @@ def assemble_texts(
         One string per profile. An empty profile gives the bare prefix, which is a valid input.
     """
     char_cap = config.max_tokens * _CHARS_PER_TOKEN_BOUND
+    clean = config.link_hosts_only or config.mask_mentions
     fields: list[list[str]] = []
     for p in profiles:
         head = _header(p)
-        bio = f"{head}\n{p.biography}" if head else p.biography
-        fields.append([bio[:char_cap], *(c[:char_cap] for c in p.captions)])
+        bio, captions = p.biography[:char_cap], [c[:char_cap] for c in p.captions]
+        if clean:  # the text only: the header's @username is the profile's own
+            bio, captions = _clean(bio, config), [_clean(c, config) for c in captions]
+        bio = f"{head}\n{bio}" if head else bio
+        fields.append([bio[:char_cap], *captions])
     flat = [t for f in fields for t in f]
     encoded = tokenizer(flat, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets = encoded["offset_mapping"]

@@ -80,6 +80,8 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
 
     model = ProfileModel.load(link)
     assert model.encoder.numerics in check["accurate"]
+    # the recipe's text settings reach the encoder that serves (links cut to their host)
+    assert model.encoder.assembly.link_hosts_only is True
     # the geolocation head served is the one re-fitted on the fine-tuned embeddings (v2), OTHER
     # scored but never assigned; the jointly trained head stays as v1
     assert record["refit_heads"]["geolocation"]["head_version"] == 2

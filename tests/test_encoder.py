@@ -144,6 +144,10 @@ def test_version_tracks_weights_tokenizer_and_assembly(tiny_base_dir, tmp_path) 
         tiny_base_dir, num_layers=2, assembly=AssemblyConfig(max_tokens=128)
     )
     assert other.embedding_version != v0
+    links = ProfileEncoder.from_base(
+        tiny_base_dir, num_layers=2, assembly=AssemblyConfig(link_hosts_only=True)
+    )
+    assert links.embedding_version not in (v0, other.embedding_version)
     with torch.no_grad():
         enc.transformer.auto_model.encoder.layer[0].output.dense.bias.add_(0.01)
     assert enc.embedding_version == v0  # cached: changing weights requires refresh_version()

@@ -71,3 +71,47 @@ def test_huge_bio_is_cheap_and_truncated(tokenizer):
 
 def test_text_hash_is_sha256():
     assert len(text_hash("x")) == 32 and text_hash("x") != text_hash("y")
+
+
+def test_link_hosts_only_cuts_links_to_scheme_and_host(tokenizer):
+    profile = Profile(
+        id="l",
+        biography="shop: https://www.loja.com.br/produtos?id=7#top",
+        captions=(
+            "#fome (@ Picanha do Neto) http://t.co/8Bj6zaWx",
+            "HTTPS://Example.de?utm=x and http://bare.es",
+            "no link here, just t.co/abc",
+        ),
+    )
+    on = AssemblyConfig(link_hosts_only=True)
+    (text,) = assemble_texts([profile], tokenizer, on)
+    assert "bio: shop: https://www.loja.com.br\n" in text
+    assert "post: #fome (@ Picanha do Neto) http://t.co\n" in text
+    assert "post: HTTPS://Example.de and http://bare.es\n" in text
+    assert text.endswith("post: no link here, just t.co/abc")  # no scheme: not a link we cut
+    (plain,) = assemble_texts([profile], tokenizer, AssemblyConfig())
+    assert "http://t.co/8Bj6zaWx" in plain and "?id=7#top" in plain
+
+
+def test_link_hosts_only_is_recorded_only_when_on():
+    # Off is the old behaviour: models saved before the setting keep their settings and version.
+    assert "link_hosts_only" not in AssemblyConfig().to_dict()
+    on = AssemblyConfig(link_hosts_only=True)
+    assert on.to_dict()["link_hosts_only"] is True
+    assert AssemblyConfig.from_dict(on.to_dict()) == on
+    assert AssemblyConfig.from_dict(AssemblyConfig().to_dict()) == AssemblyConfig()
+
+
+def test_mask_mentions_writes_handles_as_user_and_keeps_the_own_username(tokenizer):
+    profile = Profile(
+        id="m",
+        username="camille.patisserie",
+        biography="collab @maison.dupont | contact: hello@camille.fr",
+        captions=("@Taybaybay_19 cool... (w/ @a_b, @c.d.) RT @NurinaOca: ok",),
+    )
+    (text,) = assemble_texts([profile], tokenizer, AssemblyConfig(mask_mentions=True))
+    assert text.startswith("passage: bio: @camille.patisserie\n")  # the profile's own handle
+    assert "collab @user | contact: hello@camille.fr" in text  # an e-mail is not a mention
+    assert "post: @user cool... (w/ @user, @user.) RT @user: ok" in text
+    assert AssemblyConfig(mask_mentions=True).to_dict()["mask_mentions"] is True
+    assert "mask_mentions" not in AssemblyConfig().to_dict()

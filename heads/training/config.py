@@ -80,6 +80,11 @@ class TrainConfig:
         layers: keep the first ``layers`` transformer layers.
         max_tokens: content tokens per profile (``AssemblyConfig.max_tokens``).
         bio_tokens: tokens the name + bio may take (default: a third of ``max_tokens``).
+        link_hosts_only: cut web addresses to scheme and host before tokenizing
+            (``embedder.profile.AssemblyConfig.link_hosts_only``): what follows a link's host is
+            mostly shortener codes and tracking ids.
+        mask_mentions: write @handles in bios and captions as ``@user`` before tokenizing
+            (``embedder.profile.AssemblyConfig.mask_mentions``).
         max_train: use at most this many training rows (a seeded sample).
         place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
             training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
@@ -102,6 +107,8 @@ class TrainConfig:
     layers: int = 3
     max_tokens: int = 192
     bio_tokens: int | None = None
+    link_hosts_only: bool = False
+    mask_mentions: bool = False
     max_train: int | None = None
     place_snippets: int = 0
     snippets_first: bool = False
@@ -118,7 +125,12 @@ class TrainConfig:
     def assembly(self) -> AssemblyConfig:
         """The text-assembly settings of the encoder this run builds."""
         bio = self.bio_tokens if self.bio_tokens is not None else max(8, self.max_tokens // 3)
-        return AssemblyConfig(max_tokens=self.max_tokens, bio_tokens=min(bio, self.max_tokens))
+        return AssemblyConfig(
+            max_tokens=self.max_tokens,
+            bio_tokens=min(bio, self.max_tokens),
+            link_hosts_only=self.link_hosts_only,
+            mask_mentions=self.mask_mentions,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready settings."""
