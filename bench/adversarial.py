@@ -519,6 +519,7 @@ async def idle_streams(srv: Serve, streams: int = 12, calls: int = 5) -> dict[st
     codes: Counter[str] = Counter()
     latencies: list[float] = []
     stream_codes: Counter[str] = Counter()
+    evicted_before = _counter(srv.metrics(), "profile_embed_idle_reads_evicted_total")
     async with channel(srv.target) as ch:
         stub = ch.stream_stream(
             SERVICE + "PredictStream",
@@ -544,6 +545,9 @@ async def idle_streams(srv: Serve, streams: int = 12, calls: int = 5) -> dict[st
         "predict_codes": dict(codes),
         "predict_ms": [round(x, 1) for x in latencies],
         "stream_codes": dict(stream_codes),
+        # the server's own count of reads it ended to give their room up
+        "evicted_metric": _counter(srv.metrics(), "profile_embed_idle_reads_evicted_total")
+        - evicted_before,
     }
 
 
