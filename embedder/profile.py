@@ -197,8 +197,9 @@ class AssemblyConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready settings (``link_hosts_only`` only when on, so the settings,
-        and with them the ``embedding_version``, of models saved before it are unchanged)."""
+        """Return the JSON-ready settings. ``link_hosts_only`` and ``mask_mentions`` appear only
+        when on, so the settings, and with them the ``embedding_version``, of models saved before
+        they existed are unchanged."""
         out: dict[str, Any] = {
             "max_tokens": self.max_tokens,
             "bio_tokens": self.bio_tokens,
