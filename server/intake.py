@@ -119,7 +119,6 @@ class Intake:
         self.held = 0
         self.reading = 0
         self.peak_bytes = 0
-        self.evicted = 0
         # Reads in progress, oldest first (a read appends itself when it starts).
         self._pending: list[_PendingRead] = []
         self._room = asyncio.Condition()
@@ -179,7 +178,6 @@ class Intake:
                 read.cancel()
         if read.done():
             return read.result()
-        self.evicted += 1
         if self._on_evict is not None:
             self._on_evict()
         raise OverloadedError(

@@ -93,8 +93,14 @@ def test_a_read_needs_room_for_a_largest_message_and_holds_only_the_real_size():
 
 def test_a_read_idle_past_idle_s_gives_its_room_to_a_waiting_read_and_a_young_one_does_not():
     async def scenario(idle_s: float):
+        evicted: list[None] = []
         intake = Intake(
-            max_calls=8, max_bytes=2 * MIB, max_message_bytes=MIB, wait_s=0.6, idle_s=idle_s
+            max_calls=8,
+            max_bytes=2 * MIB,
+            max_message_bytes=MIB,
+            wait_s=0.6,
+            idle_s=idle_s,
+            on_evict=lambda: evicted.append(None),
         )
         old, older, late = (_FakeContext(b"x" * n) for n in (100, 200, 300))
         a = asyncio.ensure_future(intake.read(older, hold=True))
@@ -103,21 +109,22 @@ def test_a_read_idle_past_idle_s_gives_its_room_to_a_waiting_read_and_a_young_on
         await until(lambda: intake.reading == 2, "both reads are in progress")
         late.go.set()  # the third caller's message is there as soon as it may read
         try:
-            return intake, a, b, await intake.read(late, hold=True)
+            return evicted, a, b, await intake.read(late, hold=True)
         except OverloadedError as err:
-            return intake, a, b, err
+            return evicted, a, b, err
 
     # Idle after 0.1 s: the waiting read evicts the oldest idle one only (one message's room).
-    intake, first, second, third = asyncio.run(scenario(0.1))
-    assert third == b"x" * 300 and intake.evicted == 1
+    evicted, first, second, third = asyncio.run(scenario(0.1))
+    # (counted once the loop has run the evicted read's task to its end)
+    assert third == b"x" * 300 and len(evicted) == 1
     assert isinstance(first.exception(), OverloadedError)
     assert "no request message arrived within 0.1 s" in str(first.exception())
     assert second.cancelled()  # still waiting when the loop ended: it was not evicted
 
     # Idle only after 5 s: nobody is evicted, the waiting read is refused after wait_s.
-    intake, first, second, third = asyncio.run(scenario(5.0))
+    evicted, first, second, third = asyncio.run(scenario(5.0))
     assert isinstance(third, OverloadedError) and "max-inflight-bytes" in str(third)
-    assert intake.evicted == 0
+    assert evicted == []
 
 
 def test_calls_beyond_the_cap_are_refused_and_a_budget_smaller_than_a_message_is_an_error():
