@@ -199,6 +199,19 @@ def test_recipe_changes_name_settings_not_prose():
     assert recipe_changes(None, toy) is None
 
 
+def test_a_model_built_before_link_cutting_is_rebuilt_by_the_default_recipe():
+    # A record that predates a setting reads as the setting's default, so a new setting's
+    # default must be the old behaviour: a model built before links were cut is a change.
+    from heads.training.recipes import get_recipe, recipe_changes
+
+    recipe = get_recipe("default")
+    assert recipe.train.link_hosts_only is True
+    recorded = json.loads(json.dumps(recipe.to_dict()))
+    del recorded["train"]["link_hosts_only"]
+    del recorded["train"]["mask_mentions"]
+    assert recipe_changes(recorded, recipe) == ["train.link_hosts_only"]
+
+
 def test_if_missing_refits_heads_when_only_head_settings_changed(tiny_base_dir, home, capsys):
     from heads.model import ProfileModel, head_versions
     from heads.training.recipes import read_build

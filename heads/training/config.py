@@ -82,7 +82,9 @@ class TrainConfig:
         bio_tokens: tokens the name + bio may take (default: a third of ``max_tokens``).
         link_hosts_only: cut web addresses to scheme and host before tokenizing
             (``embedder.profile.AssemblyConfig.link_hosts_only``): what follows a link's host is
-            mostly shortener codes and tracking ids.
+            mostly shortener codes and tracking ids. The shipped recipes turn it on; the default
+            stays off because a build record made before the setting existed reads as its
+            default, and such a model was built with links whole (``recipe_changes``).
         mask_mentions: write @handles in bios and captions as ``@user`` before tokenizing
             (``embedder.profile.AssemblyConfig.mask_mentions``).
         max_train: use at most this many training rows (a seeded sample).
