@@ -179,6 +179,17 @@ async def call_raw(
     return code, time.perf_counter() - start
 
 
+def predict_stream(channel: Any) -> Any:
+    """PredictStream on ``channel``, its calls carrying the suite's token."""
+    method = channel.stream_stream(
+        SERVICE + "PredictStream",
+        request_serializer=pb2.PredictStreamRequest.SerializeToString,
+        response_deserializer=pb2.PredictStreamResponse.FromString,
+    )
+    md = (("authorization", f"Bearer {TOKEN}"),)
+    return lambda requests, **kwargs: method(requests, metadata=md, **kwargs)
+
+
 def channel(target: str) -> Any:
     """An aio channel that may send anything (the server decides)."""
     import grpc
@@ -452,17 +463,12 @@ async def cancels(srv: Serve, streams: int) -> dict[str, Any]:
 
     msgs = [to_message(p) for p in bench_profiles(600, seed=9)]
     items = [pb2.PredictStreamRequest(profile=m, top_k=5, include_embedding=True) for m in msgs]
-    md = (("authorization", f"Bearer {TOKEN}"),)
     client_codes: Counter[str] = Counter()
     details: list[str] = []
     async with channel(srv.target) as ch:
-        stub = ch.stream_stream(
-            SERVICE + "PredictStream",
-            request_serializer=pb2.PredictStreamRequest.SerializeToString,
-            response_deserializer=pb2.PredictStreamResponse.FromString,
-        )
+        stub = predict_stream(ch)
         for _ in range(streams):
-            call = stub(iter(items), timeout=60, metadata=md)
+            call = stub(iter(items), timeout=60)
             got = 0
             try:
                 async for _resp in call:
@@ -508,7 +514,6 @@ async def idle_streams(srv: Serve, streams: int = 12, calls: int = 5) -> dict[st
     """
     import grpc
 
-    md = (("authorization", f"Bearer {TOKEN}"),)
     release = asyncio.Event()
 
     async def nothing() -> AsyncIterator[Any]:
@@ -521,12 +526,8 @@ async def idle_streams(srv: Serve, streams: int = 12, calls: int = 5) -> dict[st
     stream_codes: Counter[str] = Counter()
     evicted_before = _counter(srv.metrics(), "profile_embed_idle_reads_evicted_total")
     async with channel(srv.target) as ch:
-        stub = ch.stream_stream(
-            SERVICE + "PredictStream",
-            request_serializer=pb2.PredictStreamRequest.SerializeToString,
-            response_deserializer=pb2.PredictStreamResponse.FromString,
-        )
-        held = [stub(nothing(), timeout=60, metadata=md) for _ in range(streams)]
+        stub = predict_stream(ch)
+        held = [stub(nothing(), timeout=60) for _ in range(streams)]
         await asyncio.sleep(1.5)  # older than the server's idle limit
         for payload in normal_requests(calls):
             code, seconds = await call_raw(ch, "Predict", payload, TOKEN)
