@@ -382,3 +382,66 @@ def test_cli_train_errors_are_specific(tiny_base_dir, tmp_path, capsys):
     assert main([*common, "-o", str(tmp_path / "d")]) == 1
     assert "already exists" in capsys.readouterr().err
     assert not any((tmp_path / p).exists() for p in ("a", "b", "c"))
+
+
+# ---- linear probe before fine-tuning (LP-FT) ---------------------------------------------------
+def test_probe_fits_each_head_on_its_labelled_rows_with_the_loss_weights(tiny_base_dir):
+    from embedder.encoder import ProfileEncoder
+    from heads.registry import build_head
+    from heads.training.probe import probe_heads
+
+    encoder = ProfileEncoder.from_base(str(tiny_base_dir), num_layers=2)
+    rows = make_rows(40, 4, category_every=2)
+    tasks = resolve_tasks(["geolocation", "category"])
+    modules = {
+        t.name: build_head(
+            "softmax_abstain",
+            name=t.name,
+            labels=t.labels,
+            embedding_version="emb-test",
+            in_dim=encoder.dim,
+            seed=i,
+        ).logits_module()
+        for i, t in enumerate(tasks)
+    }
+    targets = {t.name: encode_targets(rows, t) for t in tasks}
+    weights = {t.name: class_weights(targets[t.name], len(t.labels)) for t in tasks}
+    x = torch.from_numpy(encoder.encode([r.profile for r in rows]))
+
+    def loss_and_accuracy(name: str) -> tuple[float, float]:
+        y = torch.from_numpy(targets[name])
+        rows_ = y != MISSING
+        with torch.no_grad():
+            z = modules[name](x)[rows_]
+        w = torch.from_numpy(weights[name]).float()
+        loss = torch.nn.functional.cross_entropy(z, y[rows_], weight=w)
+        return float(loss), float((z.argmax(1) == y[rows_]).float().mean())
+
+    before = {t.name: loss_and_accuracy(t.name) for t in tasks}
+    info = probe_heads(
+        encoder, modules, [r.profile for r in rows], targets, weights, progress=False
+    )
+    after = {t.name: loss_and_accuracy(t.name) for t in tasks}
+    assert info["rows"] == 40 and info["heads"]["geolocation"]["rows"] == 40
+    assert info["heads"]["category"]["rows"] == 20  # every other row has a category
+    for t in tasks:  # 40 rows in 32 dimensions: the probe separates what random weights do not
+        assert after[t.name][0] < 0.5 * before[t.name][0]
+        assert after[t.name][1] >= 0.9 > before[t.name][1]
+
+
+def test_probe_first_is_recorded_and_refuses_a_hidden_layer(tiny_base_dir, tmp_path):
+    import json
+
+    from heads.training.run import train_model
+
+    with pytest.raises(InvalidInputError, match="linear heads only"):
+        _tiny_config(tiny_base_dir, probe_first=10, hidden=8)
+    with pytest.raises(InvalidInputError, match="probe_first must be >= 0"):
+        _tiny_config(tiny_base_dir, probe_first=-1)
+    train = _write_split(tmp_path / "train.jsonl", make_rows(48, 1))
+    val = _write_split(tmp_path / "val.jsonl", make_rows(24, 2))
+    train_model(train, val, tmp_path / "m", _tiny_config(tiny_base_dir, probe_first=100))
+    info = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert info["probe"]["rows"] == 48  # capped at the training profiles
+    assert info["config"]["probe_first"] == 100
+    assert set(info["probe"]["heads"]) == {"geolocation", "category"}

@@ -94,6 +94,9 @@ class TrainConfig:
         snippets_first: train the snippets before the profiles in the first epoch instead of
             shuffled among them (for heads the snippets carry no label for, e.g. category).
         freeze_embeddings: keep the word-embedding matrix fixed.
+        probe_first: before fine-tuning, fit the (linear) heads as a probe on the untrained
+            encoder's embeddings of the first this many training profiles
+            (``heads.training.probe``, LP-FT); 0 = heads start random.
         hidden: hidden width of the heads (0 = linear).
         never_assign: labels the heads score but never assign (see
             ``heads.softmax.SoftmaxAbstainConfig``); those a head lacks are ignored.
@@ -115,6 +118,7 @@ class TrainConfig:
     place_snippets: int = 0
     snippets_first: bool = False
     freeze_embeddings: bool = False
+    probe_first: int = 0
     hidden: int = 0
     never_assign: tuple[str, ...] = ("OTHER",)
     target_precision: float = DEFAULT_TARGET_PRECISION
@@ -123,6 +127,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
+        if self.probe_first < 0:
+            raise InvalidInputError(
+                f"probe_first must be >= 0 (0 = none), got {self.probe_first}", field="probe_first"
+            )
+        if self.probe_first and self.hidden:
+            raise InvalidInputError(
+                f"probe_first fits linear heads only; hidden is {self.hidden}", field="probe_first"
+            )
 
     def assembly(self) -> AssemblyConfig:
         """The text-assembly settings of the encoder this run builds."""

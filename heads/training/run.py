@@ -239,6 +239,19 @@ def train_model(
         Path(checkpoint_dir) if checkpoint_dir else out_dir.with_name(out_dir.name + ".checkpoints")
     )
     weights = {t.name: class_weights(y_train[t.name], len(t.labels)) for t in tasks}
+    probe = None
+    if config.probe_first:
+        from heads.training.probe import probe_heads
+
+        n_probe = min(config.probe_first, n_profiles)
+        probe = probe_heads(
+            encoder,
+            {name: h.logits_module() for name, h in heads.items()},
+            [r.profile for r in train[:n_probe]],
+            {name: y[:n_probe] for name, y in y_train.items()},
+            weights,
+            progress=progress,
+        )
     trainer = MultiTaskTrainer(
         encoder.st_model,
         encoder.assemble,
@@ -295,6 +308,7 @@ def train_model(
         },
         "val_missing_classes": val_missing,
         "config": config.to_dict(),
+        "probe": probe,
         "history": history,
         "best_epoch": trainer.best_epoch,
         "calibration": calibration,
