@@ -142,7 +142,7 @@ class LanguageEvidence:
         Raises:
             InvalidInputError: ``alpha`` <= 0, or fewer than two languages with ``MIN_ROWS`` rows.
         """
-        from heads.softmax import _lbfgs_fit, _standardiser
+        from heads.softmax import fit_standardised_linear
 
         if not alpha > 0:
             raise InvalidInputError(f"language evidence alpha must be > 0, got {alpha}")
@@ -162,11 +162,9 @@ class LanguageEvidence:
         pos = {lang: i for i, lang in enumerate(kept)}
         y = np.array([pos.get(lang or "", -1) for lang in languages])
         rows = y >= 0
-        mean, scale = _standardiser(x[rows])
-        w, b = _lbfgs_fit((x[rows] - mean) / scale, y[rows], len(kept), np.ones(len(kept)), l2)
-        w_fold = w / scale[None, :]
+        w, b = fit_standardised_linear(x[rows], y[rows], len(kept), np.ones(len(kept)), l2)
         table, _ = label_given_language(kept, labels)
-        return cls(kept, w_fold, b - w_fold @ mean, table, float(alpha), int(rows.sum()))
+        return cls(kept, w, b, table, float(alpha), int(rows.sum()))
 
     def language_proba(self, embeddings: np.ndarray) -> np.ndarray:
         """``P(language | embedding)``, ``(n, len(languages))``."""

@@ -702,6 +702,20 @@ def _lbfgs_fit(
     return res.x[: k * d].reshape(k, d), res.x[k * d :]
 
 
+def fit_standardised_linear(
+    x: np.ndarray, y: np.ndarray, k: int, weights: np.ndarray, l2: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """``_lbfgs_fit`` on standardised ``x``, returned with the standardisation folded in.
+
+    Returns:
+        ``(w, b)`` for raw inputs: ``x @ w.T + b`` == ``(x - mean) / scale @ W.T + B``.
+    """
+    mean, scale = _standardiser(x)
+    w, b = _lbfgs_fit((x - mean) / scale, y, k, weights, l2)
+    w_fold = w / scale[None, :]
+    return w_fold, b - w_fold @ mean
+
+
 def _log_loss(wb: tuple[np.ndarray, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     z = x @ wb[0].T + wb[1]
     z = z - z.max(axis=1, keepdims=True)

@@ -57,7 +57,7 @@ def probe_heads(
     Raises:
         ValueError: a head is not a single linear layer (a hidden layer has no closed probe).
     """
-    from heads.softmax import _lbfgs_fit, _standardiser
+    from heads.softmax import fit_standardised_linear
 
     layers: dict[str, nn.Linear] = {}
     for name, module in modules.items():
@@ -75,12 +75,10 @@ def probe_heads(
         k = layer.out_features
         w_k = class_weights.get(name)
         weights = np.ones(k) if w_k is None else np.asarray(w_k, dtype=np.float64)
-        mean, scale = _standardiser(x[rows])
-        w, b = _lbfgs_fit((x[rows] - mean) / scale, y[rows], k, weights, PROBE_L2)
-        w_fold = w / scale[None, :]
+        w, b = fit_standardised_linear(x[rows], y[rows], k, weights, PROBE_L2)
         with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(w_fold).to(layer.weight.dtype))
-            layer.bias.copy_(torch.from_numpy(b - w_fold @ mean).to(layer.bias.dtype))
+            layer.weight.copy_(torch.from_numpy(w).to(layer.weight.dtype))
+            layer.bias.copy_(torch.from_numpy(b).to(layer.bias.dtype))
         info["heads"][name] = {"rows": int(rows.sum())}
         logger.info("probe: head %s fitted on %d embedded profiles", name, int(rows.sum()))
     info["seconds"] = round(time.perf_counter() - start, 1)
