@@ -95,7 +95,7 @@ class TrainConfig:
             shuffled among them (for heads the snippets carry no label for, e.g. category).
         freeze_embeddings: keep the word-embedding matrix fixed.
         probe_first: before fine-tuning, fit the (linear) heads as a probe on the untrained
-            encoder's embeddings of the first this many training profiles
+            encoder's embeddings of up to this many of the training profiles
             (``heads.training.probe``, LP-FT); 0 = heads start random.
         hidden: hidden width of the heads (0 = linear).
         never_assign: labels the heads score but never assign (see
