@@ -427,6 +427,21 @@ def test_probe_fits_each_head_on_its_labelled_rows_with_the_loss_weights(tiny_ba
     for t in tasks:  # 40 rows in 32 dimensions: the probe separates what random weights do not
         assert after[t.name][0] < 0.5 * before[t.name][0]
         assert after[t.name][1] >= 0.9 > before[t.name][1]
+    # The category head is the fit on its labelled rows under the loss's class weights, which
+    # give another fit than unweighted rows would.
+    from heads.softmax import fit_standardised_linear
+    from heads.training.probe import PROBE_L2
+
+    y, k = targets["category"], len(weights["category"])
+    labelled = y != MISSING
+    xs = x.numpy().astype(np.float64)[labelled]
+    w, b = fit_standardised_linear(xs, y[labelled], k, weights["category"], PROBE_L2)
+    layer = modules["category"][0]
+    tol = 1e-5 * float(np.abs(w).max())
+    np.testing.assert_allclose(layer.weight.detach().numpy(), w, rtol=1e-5, atol=tol)
+    np.testing.assert_allclose(layer.bias.detach().numpy(), b, rtol=1e-5, atol=tol)
+    unweighted, _ = fit_standardised_linear(xs, y[labelled], k, np.ones(k), PROBE_L2)
+    assert not np.allclose(unweighted, w, rtol=1e-3, atol=100 * tol)
 
 
 def test_probe_first_is_recorded_and_refuses_a_hidden_layer(tiny_base_dir, tmp_path):

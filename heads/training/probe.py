@@ -52,7 +52,7 @@ def probe_heads(
         progress: a progress bar while embedding.
 
     Returns:
-        What was done, for ``training.json``: rows embedded, seconds, each head's rows and loss.
+        What was done, for ``training.json``: rows embedded, seconds, each head's labelled rows.
 
     Raises:
         ValueError: a head is not a single linear layer (a hidden layer has no closed probe).
