@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch import nn
 
 from embedder.profile import Profile
 from heads.training.data import MISSING
+
+if TYPE_CHECKING:
+    from embedder.encoder import ProfileEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ PROBE_L2 = 1e-2
 
 
 def probe_heads(
-    encoder: Any,
+    encoder: ProfileEncoder,
     modules: Mapping[str, nn.Sequential],
     profiles: Sequence[Profile],
     targets: Mapping[str, np.ndarray],
