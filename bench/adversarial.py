@@ -349,7 +349,9 @@ async def overload(
 
     load_before = os.getloadavg()
     cpu_before = srv.cpu_s()
-    served_before = _buckets(srv.metrics(), "profile_embed_request_seconds", "OK", "Predict")
+    text_before = srv.metrics()
+    served_before = _buckets(text_before, "profile_embed_request_seconds", "OK", "Predict")
+    encoded_before = _counter(text_before, "profile_embed_batch_profiles_sum")
     probe_payload = Path(tempfile.mkdtemp()) / "probe.bin"
     probe_payload.write_bytes(payloads[0])
     probe_args = [srv.target, str(seconds - 4), str(probe_payload), TOKEN, SERVICE + "Predict"]
@@ -401,6 +403,10 @@ async def overload(
             _counter(text, "profile_embed_batch_seconds_sum")
             / max(_counter(text, "profile_embed_batch_seconds_count"), 1),
             3,
+        ),
+        # What the encoder got through in the phase: the other side of how much is shed.
+        "encoded_profiles": int(
+            _counter(text, "profile_embed_batch_profiles_sum") - encoded_before
         ),
         "call_encoder_s": round(per_call * per_profile, 2),
         "shared_pass_s": round(shared_s, 2),

@@ -93,6 +93,13 @@ class DynamicBatcher:
     EWMA_FULL_WEIGHT_TOKENS = 1024
     #: How much more a pass slower than the estimate weighs in it.
     SLOWER_WEIGHT = 2.5
+    #: Weight of the newest pass in the mean deviation of seconds per token (RFC 6298's beta).
+    DEV_ALPHA = 0.25
+    #: Admission and promises plan with the mean plus this many mean deviations (RFC 6298's
+    #: retransmission timer uses 4): after the passes' speed swings (a drained queue runs fast,
+    #: a flood of refused calls takes the cores) a burst of callers is not admitted on the
+    #: fastest speed lately seen.
+    DEV_K = 2.0
     #: A pass may always grow to this many tokens, promises or not: smaller passes waste the
     #: cores (the default model: 605 profiles/s in passes of 16, 864 in passes of 64) and, when
     #: estimates run late, would shrink to one text each. What sharing can add to a promise is
@@ -122,6 +129,7 @@ class DynamicBatcher:
         self._on_batch = on_batch
         self.max_queue_delay_s = max_queue_delay_s
         self.seconds_per_token: float | None = None
+        self.seconds_per_token_dev = 0.0
         self._queue: deque[_Item] = deque()
         self._live = 0
         self._live_tokens = 0
@@ -138,13 +146,22 @@ class DynamicBatcher:
         """Texts waiting for a forward pass (cancelled ones excluded)."""
         return self._live
 
+    @property
+    def planning_seconds_per_token(self) -> float | None:
+        """The speed admission and promises plan with: the measured mean plus ``DEV_K`` mean
+        deviations (None before any pass)."""
+        if self.seconds_per_token is None:
+            return None
+        return self.seconds_per_token + self.DEV_K * self.seconds_per_token_dev
+
     def estimated_delay(self) -> float:
         """Seconds a text queued now would wait: queued texts and passes in progress (counted
-        whole) at the measured speed; 0 before any pass."""
-        if self.seconds_per_token is None:
+        whole) at the planning speed; 0 before any pass."""
+        spt = self.planning_seconds_per_token
+        if spt is None:
             return 0.0
         ahead = self._live_tokens + self._running_tokens
-        return ahead * self.seconds_per_token / self.workers
+        return ahead * spt / self.workers
 
     def overloaded(self, extra_texts: int = 1) -> str | None:
         """Why ``extra_texts`` more texts would be refused now, or None when they fit."""
@@ -237,8 +254,9 @@ class DynamicBatcher:
             self._queue.append(_Item(job, pos, length))
             self._live_tokens += length
             job.tokens_in_queue += length
-        if self.max_queue_delay_s > 0 and self.seconds_per_token is not None:
-            own = job.tokens_in_queue * self.seconds_per_token / self.workers
+        spt = self.planning_seconds_per_token
+        if self.max_queue_delay_s > 0 and spt is not None:
+            own = job.tokens_in_queue * spt / self.workers
             job.due = time.monotonic() + ahead + own
         job.in_queue = len(texts)
         self._live += len(texts)
@@ -268,9 +286,10 @@ class DynamicBatcher:
 
     def pass_tokens(self) -> int:
         """Token budget of the next pass: ``max_batch_tokens``, cut so that one pass takes about
-        ``max_queue_delay_s`` at the measured speed (a caller waits the queue plus one pass)."""
-        if self.max_queue_delay_s > 0 and self.seconds_per_token:
-            fits = int(self.max_queue_delay_s / self.seconds_per_token)
+        ``max_queue_delay_s`` at the planning speed (a caller waits the queue plus one pass)."""
+        spt = self.planning_seconds_per_token
+        if self.max_queue_delay_s > 0 and spt:
+            fits = int(self.max_queue_delay_s / spt)
             return max(1, min(self.max_batch_tokens, fits))
         return self.max_batch_tokens
 
@@ -319,7 +338,7 @@ class DynamicBatcher:
         tokens = 0
         due = math.inf  # earliest promise among the callers in this pass
         start = time.monotonic()
-        spt = (self.seconds_per_token or 0.0) / self.workers
+        spt = (self.planning_seconds_per_token or 0.0) / self.workers
         while self._queue and len(batch) < self.max_batch_profiles:
             item = self._queue[0]
             if item.job.dead:
@@ -391,7 +410,12 @@ class DynamicBatcher:
         else:
             # Weighted by size: a pass of a few tokens is mostly fixed cost and says little
             # about the per-token cost of the big passes an overloaded queue makes.
-            a = self.EWMA_ALPHA * min(1.0, tokens / self.EWMA_FULL_WEIGHT_TOKENS)
+            weight = min(1.0, tokens / self.EWMA_FULL_WEIGHT_TOKENS)
+            b = self.DEV_ALPHA * weight
+            self.seconds_per_token_dev = (
+                b * abs(per_token - self.seconds_per_token) + (1 - b) * self.seconds_per_token_dev
+            )
+            a = self.EWMA_ALPHA * weight
             if per_token > self.seconds_per_token:
                 # Slower than believed: learn it faster. Too low an estimate breaks promises
                 # (callers admitted on it wait longer); too high one only refuses a little more.

@@ -236,3 +236,39 @@ def test_a_taken_pass_counts_as_work_ahead_before_its_task_first_runs():
 
     asyncio.run(main())
     assert seen == [pytest.approx(0.4)]
+
+
+def test_steady_passes_plan_at_their_speed_and_a_swing_keeps_admission_cautious():
+    """Admission plans with the mean seconds per token plus DEV_K mean deviations (RFC 6298's
+    retransmission timer): passes of one speed cost nothing, and after the speed swings (a
+    drained queue runs fast) a burst is not admitted on the fastest speed lately seen."""
+    b = DynamicBatcher(lambda texts: None, max_queue_delay_s=1.0, length_fn=len)
+    assert b.planning_seconds_per_token is None  # nothing measured yet
+    for _ in range(5):
+        b._learn_speed(seconds=0.1, tokens=1000)  # 0.1 ms per token
+    assert b.seconds_per_token_dev == 0.0
+    assert b.planning_seconds_per_token == pytest.approx(1e-4)
+    assert b.pass_tokens() == 10_000  # 1 s at 0.1 ms per token
+
+    b._learn_speed(seconds=0.025, tokens=1000)  # the queue drained: 4x faster
+    mean, planning = b.seconds_per_token, b.planning_seconds_per_token
+    assert mean < 1e-4  # the mean follows the fast pass ...
+    assert planning > 1e-4  # ... the planning speed stays at or over the steady one
+    assert planning == pytest.approx(mean + b.DEV_K * b.seconds_per_token_dev)
+    assert b.pass_tokens() == int(1.0 / planning)
+
+    for _ in range(40):  # fast for good: the caution fades and the fast speed is planned with
+        b._learn_speed(seconds=0.025, tokens=1000)
+    assert b.planning_seconds_per_token == pytest.approx(2.5e-5, rel=0.05)
+
+
+def test_a_small_pass_moves_the_deviation_as_little_as_the_mean():
+    """A pass of a few tokens is mostly fixed cost: it weighs in the deviation by its size."""
+    b = DynamicBatcher(lambda texts: None, max_queue_delay_s=1.0, length_fn=len)
+    b._learn_speed(seconds=0.1, tokens=1024)
+    b._learn_speed(seconds=0.01, tokens=8)  # 12x the per-token cost, 8 tokens
+    small = b.seconds_per_token_dev
+    b2 = DynamicBatcher(lambda texts: None, max_queue_delay_s=1.0, length_fn=len)
+    b2._learn_speed(seconds=0.1, tokens=1024)
+    b2._learn_speed(seconds=1.2, tokens=1024)  # the same per-token cost in a full pass
+    assert 0 < small < b2.seconds_per_token_dev / 100
