@@ -460,3 +460,54 @@ def test_probe_first_is_recorded_and_refuses_a_hidden_layer(tiny_base_dir, tmp_p
     assert info["probe"]["rows"] == 48  # capped at the training profiles
     assert info["config"]["probe_first"] == 100
     assert set(info["probe"]["heads"]) == {"geolocation", "category"}
+
+
+def test_mentions_masked_after_fine_tuning_keep_the_weights_and_change_what_is_read(
+    tiny_base_dir, tmp_path
+):
+    """``mask_mentions_after_fine_tuning``: fine-tuning reads the handles as written, so the
+    weights are those of a run without the setting; the saved encoder, calibration and the
+    test split read ``@user``."""
+    import json
+    from dataclasses import replace
+
+    from embedder.encoder import ProfileEncoder
+    from heads.training.run import train_model
+
+    rows = [
+        Row(
+            replace(
+                r.profile,
+                captions=tuple(f"@friend_{i}_{j} {c}" for j, c in enumerate(r.profile.captions)),
+            ),
+            r.labels,
+        )
+        for i, r in enumerate(make_rows(48, 1))
+    ]
+    train = _write_split(tmp_path / "train.jsonl", rows[:32])
+    val = _write_split(tmp_path / "val.jsonl", rows[32:])
+    plain = train_model(train, val, tmp_path / "plain", _tiny_config(tiny_base_dir))
+    masked = train_model(
+        train,
+        val,
+        tmp_path / "masked",
+        _tiny_config(tiny_base_dir, mask_mentions_after_fine_tuning=True),
+    )
+    a = ProfileEncoder.load(tmp_path / "plain" / "encoder")
+    b = ProfileEncoder.load(tmp_path / "masked" / "encoder")
+    wa, wb = a.st_model.state_dict(), b.st_model.state_dict()
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not a.assembly.mask_mentions and b.assembly.mask_mentions
+    assert masked.embedding_version == b.embedding_version != plain.embedding_version
+    (text,) = b.assemble([rows[0].profile])
+    assert "@user" in text and "@friend" not in text
+    assert "@friend" in a.assemble([rows[0].profile])[0]
+    info = {
+        name: json.loads((tmp_path / name / "training.json").read_text())
+        for name in ("plain", "masked")
+    }
+    assert info["masked"]["config"]["mask_mentions_after_fine_tuning"] is True
+    # Calibrated on the validation rows as the saved encoder reads them, not on the last
+    # validation pass of fine-tuning (which read the handles).
+    temps = [info[n]["calibration"]["geolocation"]["temperature"] for n in ("plain", "masked")]
+    assert temps[0] != pytest.approx(temps[1], rel=1e-6)

@@ -8,7 +8,7 @@ torch and ``profile-embed <cmd> --help`` must not.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from embedder.errors import InvalidInputError
@@ -87,6 +87,11 @@ class TrainConfig:
             default, and such a model was built with links whole (``recipe_changes``).
         mask_mentions: write @handles in bios and captions as ``@user`` before tokenizing
             (``embedder.profile.AssemblyConfig.mask_mentions``).
+        mask_mentions_after_fine_tuning: fine-tune on the handles as written, then save the
+            encoder masking them: the heads the build re-fits, calibration and serving read
+            ``@user``. The simulator's handles are random words, so fine-tuning learns nothing
+            from them either way and the weights are those of a run without the setting; real
+            handles are friends' names that the heads read as foreign words.
         max_train: use at most this many training rows (a seeded sample).
         place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
             training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
@@ -114,6 +119,7 @@ class TrainConfig:
     bio_tokens: int | None = None
     link_hosts_only: bool = False
     mask_mentions: bool = False
+    mask_mentions_after_fine_tuning: bool = False
     max_train: int | None = None
     place_snippets: int = 0
     snippets_first: bool = False
@@ -137,13 +143,20 @@ class TrainConfig:
             )
 
     def assembly(self) -> AssemblyConfig:
-        """The text-assembly settings of the encoder this run builds."""
+        """The text-assembly settings fine-tuning reads."""
         bio = self.bio_tokens if self.bio_tokens is not None else max(8, self.max_tokens // 3)
         return AssemblyConfig(
             max_tokens=self.max_tokens,
             bio_tokens=min(bio, self.max_tokens),
             link_hosts_only=self.link_hosts_only,
             mask_mentions=self.mask_mentions,
+        )
+
+    def saved_assembly(self) -> AssemblyConfig:
+        """The text-assembly settings of the encoder this run saves (and of what reads it)."""
+        return replace(
+            self.assembly(),
+            mask_mentions=self.mask_mentions or self.mask_mentions_after_fine_tuning,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -282,13 +282,21 @@ def train_model(
     trainer.net.to("cpu")
     trainer.device = torch.device("cpu")
     encoder.st_model.eval()
+    saved_assembly = config.saved_assembly()
+    reread = saved_assembly != encoder.assembly
+    if reread:
+        # From here on (calibration, the test split, the saved encoder) the text is read the
+        # way it will be served.
+        encoder.assembly = saved_assembly
     version = encoder.refresh_version()
     for name, head in heads.items():
         rebind_head(head, version)
         head.logits_module().eval()
         # The loss weighted classes to learn the small ones; the served posteriors must not be.
         head.undo_class_weights(weights[name])
-    if trainer.best_epoch == trainer.epoch and trainer.last_val_embeddings is not None:
+    if reread:
+        val_emb, _ = trainer.predict_logits(trainer.val_profiles)
+    elif trainer.best_epoch == trainer.epoch and trainer.last_val_embeddings is not None:
         val_emb = trainer.last_val_embeddings  # the final weights are the best: reuse
     else:
         val_emb, _ = trainer.predict_logits(trainer.val_profiles, trainer.val_lengths)
