@@ -312,7 +312,13 @@ def grpc_table(g: dict[str, Any]) -> str:
         ["in-process `ProfileEncoder.encode`", f"{fmt(g['in_process']['profiles_per_s'], 1)}/s"],
         [
             f"`Predict`, {c32['concurrency']} callers x {c32['per_request']} profiles, cache off",
-            f"{fmt(c32['profiles_per_s'], 1)}/s ({c32['ratio_to_in_process']:.2f}x)",
+            f"{fmt(c32['profiles_per_s'], 1)}/s ({c32['ratio_to_in_process']:.2f}x"
+            + (
+                f"; {c32['shed_and_retried']} calls shed and sent again"
+                if "shed_and_retried" in c32
+                else ""
+            )
+            + ")",
         ],
         ["single-profile `Predict`", f"p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms"],
         ["cache-hit `Embed`", f"{fmt(g['cache_hit']['profiles_per_s'])}/s"],

@@ -130,3 +130,46 @@ def test_adversarial_reads_the_served_calls_latency_from_the_histogram_by_code()
     assert adversarial._bucket_quantile(served, 0.99) == 2.0
     assert adversarial._bucket_quantile(served, 0.5) == 1.0
     assert adversarial._bucket_quantile({}, 0.5) is None
+
+
+def test_throughput_counts_only_answered_profiles_and_sends_shed_calls_again() -> None:
+    """``bench/grpc_throughput.py`` once counted a shed call's profiles as served (a 6.7x
+    "gRPC vs in-process" with 226 of 250 calls refused). Against a real gRPC server on
+    127.0.0.1:0 that sheds the first two calls and refuses one request outright."""
+    import asyncio
+
+    import grpc
+
+    gt = _bench("grpc_throughput")
+    pb2, pb2_grpc = gt.pb2, gt.pb2_grpc
+
+    class Flaky(pb2_grpc.ProfileEmbeddingServiceServicer):
+        calls = 0
+
+        async def Predict(self, request, context):
+            Flaky.calls += 1
+            if Flaky.calls <= 2:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full")
+            if request.profiles[0].id == "bad":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad profile")
+            return pb2.PredictResponse()
+
+    async def main():
+        server = grpc.aio.server()
+        pb2_grpc.add_ProfileEmbeddingServiceServicer_to_server(Flaky(), server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            reqs = [
+                pb2.PredictRequest(profiles=[pb2.Profile(id=f"{i}-{j}") for j in range(3)])
+                for i in range(4)
+            ]
+            reqs.append(pb2.PredictRequest(profiles=[pb2.Profile(id="bad")]))
+            return await gt.run_concurrent(f"127.0.0.1:{port}", reqs, "Predict", 1)
+        finally:
+            await server.stop(None)
+
+    sent = asyncio.run(main())
+    assert sent.shed == 2 and Flaky.calls == 7  # the shed call went again, twice
+    assert sent.profiles == 12  # 4 answered calls of 3; the refused one counts nothing
+    assert sent.errors == {"INVALID_ARGUMENT": 1} and len(sent.latencies) == 4
