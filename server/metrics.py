@@ -85,6 +85,12 @@ class ServerMetrics:
         self.queue_depth = Gauge(
             "profile_embed_queue_depth", "Profiles waiting for the encoder", registry=r
         )
+        self.queue_delay = Gauge(
+            "profile_embed_queue_delay_estimate_seconds",
+            "Estimated wait of a profile queued now: the work ahead at the speed admission "
+            "plans with (new calls are shed above --max-queue-delay-ms)",
+            registry=r,
+        )
         self.cache_hits = Counter(
             "profile_embed_cache_hits", "Embeddings served from the cache", registry=r
         )
@@ -126,9 +132,10 @@ class ServerMetrics:
         self._http: Any = None
         self.port: int | None = None
 
-    def bind_queue_depth(self, fn: Callable[[], float]) -> None:
-        """Read the queue depth from ``fn`` at scrape time."""
-        self.queue_depth.set_function(fn)
+    def bind_queue(self, depth: Callable[[], float], delay: Callable[[], float]) -> None:
+        """Read the queue's depth and estimated delay at scrape time."""
+        self.queue_depth.set_function(depth)
+        self.queue_delay.set_function(delay)
 
     def bind_intake(self, calls: Callable[[], float], inflight: Callable[[], float]) -> None:
         """Read calls in progress and in-flight request bytes at scrape time."""

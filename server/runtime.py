@@ -111,7 +111,7 @@ class Runtime:
             workers=config.workers,
             on_batch=self.metrics.observe_batch,
         )
-        self.metrics.bind_queue_depth(lambda: self.batcher.queue_depth)
+        self.metrics.bind_queue(lambda: self.batcher.queue_depth, self.batcher.estimated_delay)
 
     # ------------------------------------------------------------------ loading
     @classmethod

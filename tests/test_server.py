@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import threading
 import urllib.request
 
@@ -306,10 +307,14 @@ def test_metrics_endpoint_counts_requests_batches_cache_and_abstentions(server, 
         'profile_embed_requests_total{code="INVALID_ARGUMENT",rpc="Predict"}',
         "profile_embed_batch_profiles_count",
         "profile_embed_queue_depth",
+        "profile_embed_queue_delay_estimate_seconds",
         "profile_embed_cache_hit_ratio",
         "profile_embed_head_predictions_total{argmax=",
     ):
         assert name in text, name
+    # The queue is empty once the call is answered, so nothing is estimated to wait.
+    delay = re.search(r"^profile_embed_queue_delay_estimate_seconds (\S+)$", text, re.M)
+    assert delay is not None and float(delay.group(1)) == 0.0
 
 
 def _head_prediction_counts(port):
