@@ -284,13 +284,17 @@ class Head(ABC):
         train_labels: Labels | None,
         min_threshold: float,
         class_bias: bool = False,
+        keep_scale: bool = False,
     ) -> Any:
         """The calibration every probability head shares, on its calibration rows' logits.
 
         Refuses (or lets abstain) classes the rows lack, fits ``temperature_`` (and with
         ``class_bias`` the per-class ``class_bias_``, else resets it) and the per-class
         ``thresholds_``, and records ``calibration_`` (effective prior, confusion, per-class
-        report). Head-specific steps (a guard, labels never assigned) run around it.
+        report). Head-specific steps (a guard, labels never assigned) run around it. With
+        ``keep_scale`` the temperature and class biases already fitted stay as they are and only
+        the thresholds are selected (the logits changed after calibration, on purpose: language
+        evidence added after the biases, ``heads.softmax.SoftmaxAbstainHead.fit``).
 
         Returns:
             The ``heads.calibration.ThresholdSelection``.
@@ -319,7 +323,9 @@ class Head(ABC):
                 "cannot be verified for them (pass missing_classes='abstain' to make them assign "
                 "nothing)"
             )
-        if class_bias:
+        if keep_scale:
+            pass
+        elif class_bias:
             self.temperature_, self.class_bias_ = fit_temperature_and_bias(logits, vy)
         else:
             self.temperature_, self.class_bias_ = fit_temperature(logits, vy), None
@@ -338,7 +344,8 @@ class Head(ABC):
         self.calibration_ = {
             "effective_prior": {lab: float(p) for lab, p in zip(self.labels, prior, strict=True)},
             "confusion_counts": confusion_counts(vy, probs.argmax(axis=1), len(self.labels)),
-            "class_bias": class_bias,
+            "class_bias": self.class_bias_ is not None,
+            "scale": "kept" if keep_scale else "fitted",
             "target_precision": target,
             "confidence": confidence,
             "bound": method,

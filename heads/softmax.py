@@ -259,6 +259,7 @@ class SoftmaxAbstainHead(Head):
         l2: float | None = None,
         cross_fit: int = 0,
         class_bias: bool = False,
+        language_evidence_after_calibration: LanguageEvidence | None = None,
     ) -> SoftmaxAbstainHead:
         """Train on frozen embeddings, then calibrate on validation data.
 
@@ -298,6 +299,13 @@ class SoftmaxAbstainHead(Head):
             cross_fit: folds of out-of-fold calibration rows (0 = validation rows only).
             class_bias: calibrate with one additive bias per class as well as the temperature
                 (``calibrate(class_bias=True)``).
+            language_evidence_after_calibration: language evidence to add once the temperature
+                and class biases are fitted without it; the thresholds are then selected again
+                on the same rows with it. Evidence attached before ``fit`` is calibrated like
+                the module's logits, so biases fitted on simulated rows undo a language prior
+                that the simulator's text lacks and real text has (US for English: its bias went
+                from -0.09 to -1.34 at alpha 0.5; docs/TRAINING_EXPERIMENTS.md, "Seventeenth
+                session"); added afterwards it keeps its effect and the thresholds still hold.
 
         Returns:
             self.
@@ -323,6 +331,13 @@ class SoftmaxAbstainHead(Head):
             raise InvalidInputError("solver 'lbfgs' fits linear heads only (hidden=0)")
         if cross_fit == 1 or cross_fit < 0:
             raise InvalidInputError(f"cross_fit must be 0 or >= 2 folds, got {cross_fit}")
+        if language_evidence_after_calibration is not None and not (
+            calibrate and (val is not None or cross_fit)
+        ):
+            raise InvalidInputError(
+                "language_evidence_after_calibration needs a calibration (validation rows or "
+                "cross_fit >= 2)"
+            )
         weights = _class_weights(y, len(self.labels), class_weight)
         if solver == "lbfgs":
             self._train_lbfgs(x, y, val, weights=weights, l2=l2, seed=seed)
@@ -356,6 +371,20 @@ class SoftmaxAbstainHead(Head):
                 extra=(oof, y) if oof is not None else None,
                 class_bias=class_bias,
             )
+            evidence = language_evidence_after_calibration
+            if evidence is not None:
+                self.attach_language_evidence(evidence)
+                self.calibrate(
+                    cal_x,
+                    cal_y,
+                    target=target_precision,
+                    confidence=confidence,
+                    missing_classes=missing_classes,
+                    train_labels=y,
+                    # the out-of-fold logits lack the evidence; it reads embeddings only
+                    extra=(oof + evidence.log_evidence(x), y) if oof is not None else None,
+                    keep_scale=True,
+                )
             if oof is not None:  # the out-of-fold rows are calibration rows too
                 self.fit_ood(np.concatenate([cal_x, x]), np.concatenate([cal_y, y]))
         return self
@@ -501,6 +530,7 @@ class SoftmaxAbstainHead(Head):
         train_labels: Labels | None = None,
         extra: tuple[np.ndarray, np.ndarray] | None = None,
         class_bias: bool = False,
+        keep_scale: bool = False,
     ) -> ThresholdSelection:
         """Fit temperature and per-class thresholds on validation data (also after fine-tuning).
 
@@ -520,6 +550,7 @@ class SoftmaxAbstainHead(Head):
                 rows' label mix becomes the head's prior (``profile-embed calibrate`` on rows
                 like the profiles the head will score; the default build on its simulated
                 validation rows, the recipe's ``refit_class_bias``).
+            keep_scale: keep the fitted temperature and class biases; select thresholds only.
 
         Returns:
             The threshold selection (also stored in ``thresholds_`` and ``calibration_``).
@@ -541,6 +572,7 @@ class SoftmaxAbstainHead(Head):
             train_labels=train_labels,
             min_threshold=self.config.min_confidence,
             class_bias=class_bias,
+            keep_scale=keep_scale,
         )
         self.fit_ood(val_embeddings, vy[: len(vy) - (0 if extra is None else len(extra[1]))])
         for label in self.config.never_assign:

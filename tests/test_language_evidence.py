@@ -150,3 +150,126 @@ def test_train_head_fits_language_evidence_for_a_country_head_only(
     err = capsys.readouterr().err
     assert "bare.jsonl" in err and "'language' field" in err
     assert Path(writable_model_dir, "heads", "geolocation").is_dir()
+
+
+def test_evidence_for_some_languages_only_is_flat_for_the_others(tmp_path):
+    from heads.registry import load_head
+    from heads.softmax import SoftmaxAbstainHead
+
+    x, langs = _clusters(30)
+    full = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5)
+    ja = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, only=("ja",))
+    assert ja.only == ("ja",)
+    row = ja.languages.index("ja")
+    np.testing.assert_allclose(ja.table[row], full.table[row])  # Japanese keeps its countries
+    for i in range(len(ja.languages)):
+        if i != row:
+            np.testing.assert_allclose(ja.table[i], 1.0 / len(GEO_LABELS))
+    probe = np.zeros((2, 8), dtype=np.float32)
+    probe[0, 0], probe[1, 1] = 3.0, 3.0  # a Japanese post, a Portuguese one
+    log_ev = ja.log_evidence(probe)
+    assert GEO_LABELS[int(log_ev[0].argmax())] == "JP"
+    # Portuguese: nearly flat (what is left is the small chance the post is Japanese), where
+    # the full table sends it to Brazil.
+    assert np.ptp(log_ev[1]) < 0.05 < np.ptp(full.log_evidence(probe)[1])
+
+    head = SoftmaxAbstainHead.from_config(
+        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
+    )
+    head.attach_language_evidence(ja)
+    head.save(tmp_path / "h")
+    loaded = load_head(tmp_path / "h")
+    assert isinstance(loaded, SoftmaxAbstainHead) and loaded.language_ is not None
+    assert loaded.language_.only == ("ja",)
+    with pytest.raises(InvalidInputError, match=r"restricted to \['en'\].*\['de', 'ja', 'pt'\]"):
+        LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, only=("en",))
+
+
+def _country_data(seed: int) -> tuple[np.ndarray, list[str], list[str | None]]:
+    """Embeddings of three languages; the country is the language's, OTHER one time in four."""
+    x, langs = _clusters(60, seed)
+    rng = np.random.default_rng(seed)
+    country = {"ja": "JP", "pt": "BR", "de": "DE", None: OTHER}
+    y = [OTHER if rng.random() < 0.25 else country[lang] for lang in langs]
+    return x, y, langs
+
+
+def test_evidence_added_after_calibration_keeps_temperature_and_biases():
+    from heads.softmax import SoftmaxAbstainHead
+
+    x, y, langs = _country_data(0)
+    vx, vy, _ = _country_data(1)
+    ev = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=1.0, only=("pt",))
+
+    def fit(**kwargs):
+        head = SoftmaxAbstainHead.from_config(
+            {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
+        )
+        return head.fit(
+            x, y, val_embeddings=vx, val_labels=vy, class_bias=True, missing_classes="abstain",
+            l2=1e-2, **kwargs,
+        )  # fmt: skip
+
+    plain = fit()
+    after = fit(language_evidence_after_calibration=ev)
+    assert after.temperature_ == plain.temperature_
+    np.testing.assert_array_equal(after.class_bias_, plain.class_bias_)
+    assert after.calibration_ is not None and after.calibration_["scale"] == "kept"
+    assert plain.calibration_ is not None and plain.calibration_["scale"] == "fitted"
+    np.testing.assert_allclose(
+        after.logits(vx), plain.logits(vx) + ev.log_evidence(vx), rtol=1e-9, atol=1e-9
+    )
+    # The thresholds were selected again on the logits with the evidence (Brazil's scores moved).
+    br = GEO_LABELS.index("BR")
+    assert after.predict_proba(vx)[:, br].mean() > plain.predict_proba(vx)[:, br].mean()
+    assert after.calibration_["per_class"] != plain.calibration_["per_class"]
+    # Attached before the fit, the same evidence is calibrated with the logits: other biases.
+    before = SoftmaxAbstainHead.from_config(
+        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
+    )
+    before.attach_language_evidence(ev)
+    before.fit(x, y, val_embeddings=vx, val_labels=vy, class_bias=True,
+               missing_classes="abstain", l2=1e-2)  # fmt: skip
+    assert not np.allclose(before.class_bias_, plain.class_bias_)
+
+    head = SoftmaxAbstainHead.from_config(
+        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
+    )
+    with pytest.raises(InvalidInputError, match="needs a calibration"):
+        head.fit(x, y, calibrate=False, language_evidence_after_calibration=ev)
+
+
+def test_train_head_settings_of_the_evidence_need_the_evidence():
+    from heads.training.config import HeadTrainConfig
+
+    with pytest.raises(InvalidInputError, match="language_evidence_only applies"):
+        HeadTrainConfig(language_evidence_only=("en",))
+    with pytest.raises(InvalidInputError, match="language_evidence_after_calibration applies"):
+        HeadTrainConfig(language_evidence_after_calibration=True)
+    HeadTrainConfig(language_evidence=0.5, language_evidence_only=("en",))
+
+
+def test_train_head_adds_english_only_evidence_after_calibration(
+    writable_model_dir, tmp_path, capsys
+):
+    from heads.model import ProfileModel
+    from server.cli import main
+
+    write_profiles(tmp_path / "train.jsonl", _rows(90, 1))
+    write_profiles(tmp_path / "val.jsonl", _rows(60, 2))
+    base = ["train-head", "--model", str(writable_model_dir), "--train",
+            str(tmp_path / "train.jsonl"), "--val", str(tmp_path / "val.jsonl"), "--cache", "",
+            "--head", "geolocation", "--cross-fit", "0", "--class-bias"]  # fmt: skip
+    assert main(base) == 0
+    plain = ProfileModel.load(writable_model_dir).head("geolocation")
+    capsys.readouterr()
+    assert main([*base, "--language-evidence", "0.5", "--language-evidence-only", "pt",
+                 "--language-evidence-after-calibration"]) == 0  # fmt: skip
+    head = ProfileModel.load(writable_model_dir).head("geolocation")
+    assert head.head_version == plain.head_version + 1
+    assert head.language_ is not None and head.language_.only == ("pt",)
+    assert head.temperature_ == pytest.approx(plain.temperature_, rel=1e-9)
+    np.testing.assert_allclose(head.class_bias_, plain.class_bias_, rtol=1e-9)
+    capsys.readouterr()
+    assert main([*base, "--language-evidence-only", "pt"]) == 2
+    assert "language_evidence_only applies" in capsys.readouterr().err

@@ -196,6 +196,11 @@ class HeadTrainConfig:
         language_evidence: softmax_abstain geolocation only: weight ``alpha`` of the language
             evidence (``heads.language_evidence``: a language classifier fitted on the training
             rows' ``language`` field x CLDR's P(label | language)); 0 = none.
+        language_evidence_only: the languages the evidence speaks for (empty = all); posts in
+            other languages get none (``heads.language_evidence.LanguageEvidence.fit``'s ``only``).
+        language_evidence_after_calibration: add the evidence after the temperature and class
+            biases are fitted without it and select the thresholds again with it, so that
+            calibration on simulated rows does not take back a prior they lack.
         class_bias: softmax_abstain only: calibrate one additive bias per class with the
             temperature (as ``profile-embed calibrate`` does), so the validation rows' label mix
             becomes the head's prior.
@@ -214,6 +219,8 @@ class HeadTrainConfig:
     seed: int = 0
     never_assign: tuple[str, ...] = ()
     language_evidence: float = 0.0
+    language_evidence_only: tuple[str, ...] = ()
+    language_evidence_after_calibration: bool = False
     class_bias: bool = False
 
     def __post_init__(self) -> None:
@@ -223,6 +230,17 @@ class HeadTrainConfig:
                 f"language_evidence must be >= 0 (0 = none), got {self.language_evidence}",
                 field="language_evidence",
             )
+        uses = {
+            "language_evidence_only": bool(self.language_evidence_only),
+            "language_evidence_after_calibration": self.language_evidence_after_calibration,
+        }
+        for name, used in uses.items():
+            if used and self.language_evidence == 0:
+                raise InvalidInputError(
+                    f"{name} applies to language evidence, which is off (language_evidence 0); "
+                    "give language_evidence > 0 as well",
+                    field=name,
+                )
 
 
 @dataclass(frozen=True, kw_only=True)

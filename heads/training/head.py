@@ -60,7 +60,12 @@ def check_kind_options(kind: str, given: Sequence[str]) -> None:
         )
     allowed = {*KIND_OPTIONS[kind][0], *KIND_OPTIONS[kind][1], *SHARED_OPTIONS, "kind"}
     if kind == "softmax_abstain":
-        allowed.add("language_evidence")  # fitted by train_head itself, not by the head's fit
+        # fitted by train_head itself, not by the head's fit
+        allowed |= {
+            "language_evidence",
+            "language_evidence_only",
+            "language_evidence_after_calibration",
+        }
     extra = sorted(set(given) - allowed)
     if extra:
         raise InvalidInputError(
@@ -213,8 +218,11 @@ def train_head(
         label_field=task.field,
         **{f: getattr(cfg, f) for f in settings},
     )
+    after: dict[str, Any] = {}
     if cfg.language_evidence > 0:
-        _attach_language_evidence(head, cfg, x_train, train_rows, str(train_path))
+        evidence = _fit_language_evidence(head, cfg, x_train, train_rows, str(train_path))
+        if cfg.language_evidence_after_calibration:
+            after["language_evidence_after_calibration"] = evidence
     head.fit(
         x_train,
         [task.labels[i] for i in y_train],
@@ -225,6 +233,7 @@ def train_head(
         target_precision=cfg.target_precision,
         missing_classes="abstain",
         **{f: getattr(cfg, f) for f in fit_options},
+        **after,
     )
     head.fit_info_.update(
         {
@@ -261,11 +270,12 @@ def train_head(
     }
 
 
-def _attach_language_evidence(
+def _fit_language_evidence(
     head: Any, cfg: HeadTrainConfig, x_train: np.ndarray, rows: list[Any], source: str
-) -> None:
-    """Fit ``heads.language_evidence`` on the training rows' languages; attach it to ``head``
-    before its fit, whose calibration then sees the combined logits."""
+) -> Any:
+    """Fit ``heads.language_evidence`` on the training rows' languages for ``head``: attached
+    now, before its fit, whose calibration then sees the combined logits, or, with
+    ``language_evidence_after_calibration``, returned for the fit to add after calibration."""
     from embedder.errors import InvalidInputError
     from embedder.labels import OTHER
     from heads.language_evidence import LANGUAGE_FIELD, LanguageEvidence
@@ -279,18 +289,26 @@ def _attach_language_evidence(
     languages = [r.profile.extra.get(LANGUAGE_FIELD) for r in rows]
     try:
         evidence = LanguageEvidence.fit(
-            x_train, languages, head.labels, alpha=cfg.language_evidence
+            x_train,
+            languages,
+            head.labels,
+            alpha=cfg.language_evidence,
+            only=cfg.language_evidence_only,
         )
     except InvalidInputError as err:
         raise InvalidInputError(f"{source}: {err}", field=LANGUAGE_FIELD) from err
-    head.attach_language_evidence(evidence)
     logger.info(
-        "head %s: language evidence over %d languages (alpha %.2f, %d rows)",
+        "head %s: language evidence over %d languages (alpha %.2f, %d rows%s%s)",
         head.name,
         len(evidence.languages),
         evidence.alpha,
         evidence.n,
+        f", for {','.join(evidence.only)} only" if evidence.only else "",
+        ", added after calibration" if cfg.language_evidence_after_calibration else "",
     )
+    if not cfg.language_evidence_after_calibration:
+        head.attach_language_evidence(evidence)
+    return evidence
 
 
 #: Folds of the held-out estimate ``calibrate`` reports.

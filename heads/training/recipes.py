@@ -61,8 +61,14 @@ class Recipe:
         refit_language_evidence: ``alpha`` of the re-fitted geolocation head's language evidence
             (``heads.language_evidence``; 0 = none). Alone it moved real accuracy +5.3 / -2.4 /
             0.0 points on multilang / nadi / tass at 0.5 (docs/TRAINING_EXPERIMENTS.md,
-            "Language evidence"); the shipped recipes leave it off (with class biases at 0.25 it
-            raised France's threshold above an obvious Lyon bio).
+            "Language evidence"); with class biases fitted after it, at 0.25 it raised France's
+            threshold above an obvious Lyon bio. The default recipe: 0.5, English only, after
+            calibration (the two settings below; "Seventeenth session").
+        refit_language_evidence_only: the languages that evidence speaks for (empty = all;
+            ``HeadTrainConfig.language_evidence_only``).
+        refit_language_evidence_after_calibration: add that evidence after the temperature and
+            class biases are fitted, then select the thresholds again
+            (``HeadTrainConfig.language_evidence_after_calibration``).
         refit_class_bias: calibrate the re-fitted geolocation head with one bias per class as
             well as its temperature (``HeadTrainConfig.class_bias``) on the validation rows (the
             default recipe's choice: real accuracy +0.1 / +3.0 / +0.9 points on multilang / nadi /
@@ -85,6 +91,8 @@ class Recipe:
     numerics_tolerance: float = 0.005
     refit_heads: tuple[str, ...] = ("geolocation",)
     refit_language_evidence: float = 0.0
+    refit_language_evidence_only: tuple[str, ...] = ()
+    refit_language_evidence_after_calibration: bool = False
     refit_class_bias: bool = False
     description: str = ""
     notes: str = ""
@@ -128,7 +136,13 @@ class Recipe:
 
 #: Recipe fields that shape only the heads re-fitted after fine-tuning: a recipe that changes
 #: nothing else builds the same encoder, so a built model gets new head versions instead.
-HEAD_FIELDS = ("refit_heads", "refit_language_evidence", "refit_class_bias")
+HEAD_FIELDS = (
+    "refit_heads",
+    "refit_language_evidence",
+    "refit_language_evidence_only",
+    "refit_language_evidence_after_calibration",
+    "refit_class_bias",
+)
 #: Words about a recipe, not settings.
 PROSE_FIELDS = ("description", "notes")
 
@@ -412,6 +426,10 @@ def refit_heads(
                     cross_fit=0,
                     never_assign=never,
                     language_evidence=alpha,
+                    language_evidence_only=recipe.refit_language_evidence_only if alpha else (),
+                    language_evidence_after_calibration=bool(
+                        alpha and recipe.refit_language_evidence_after_calibration
+                    ),
                     class_bias=geo and recipe.refit_class_bias,
                 ),
                 progress=progress,
