@@ -323,12 +323,11 @@ class Head(ABC):
                 "cannot be verified for them (pass missing_classes='abstain' to make them assign "
                 "nothing)"
             )
-        if keep_scale:
-            pass
-        elif class_bias:
-            self.temperature_, self.class_bias_ = fit_temperature_and_bias(logits, vy)
-        else:
-            self.temperature_, self.class_bias_ = fit_temperature(logits, vy), None
+        if not keep_scale:
+            if class_bias:
+                self.temperature_, self.class_bias_ = fit_temperature_and_bias(logits, vy)
+            else:
+                self.temperature_, self.class_bias_ = fit_temperature(logits, vy), None
         probs = self.calibrated_proba(logits)
         sel = select_thresholds(
             probs,

@@ -232,6 +232,12 @@ def test_evidence_added_after_calibration_keeps_temperature_and_biases():
                missing_classes="abstain", l2=1e-2)  # fmt: skip
     assert not np.allclose(before.class_bias_, plain.class_bias_)
 
+    # With out-of-fold calibration rows: the scale is kept and they are counted.
+    folds = fit(cross_fit=3, language_evidence_after_calibration=ev)
+    plain_folds = fit(cross_fit=3)
+    assert folds.temperature_ == plain_folds.temperature_
+    assert folds.calibration_ is not None and folds.calibration_["n_val"] == len(vy) + len(y)
+
     head = SoftmaxAbstainHead.from_config(
         {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
     )
