@@ -8,6 +8,7 @@ thresholds are fitted afterwards on validation data by ``calibrate``.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -361,30 +362,22 @@ class SoftmaxAbstainHead(Head):
             if cross_fit:
                 oof = self._out_of_fold_logits(x, y, cross_fit, weights=weights, seed=seed)
                 self.fit_info_["cross_fit"] = {"folds": cross_fit, "rows": len(y)}
-            self.calibrate(
+            calibrate_on_rows = functools.partial(
+                self.calibrate,
                 cal_x,
                 cal_y,
                 target=target_precision,
                 confidence=confidence,
                 missing_classes=missing_classes,
                 train_labels=y,
-                extra=(oof, y) if oof is not None else None,
-                class_bias=class_bias,
             )
+            calibrate_on_rows(extra=(oof, y) if oof is not None else None, class_bias=class_bias)
             evidence = language_evidence_after_calibration
             if evidence is not None:
                 self.attach_language_evidence(evidence)
-                self.calibrate(
-                    cal_x,
-                    cal_y,
-                    target=target_precision,
-                    confidence=confidence,
-                    missing_classes=missing_classes,
-                    train_labels=y,
-                    # the out-of-fold logits lack the evidence; it reads embeddings only
-                    extra=(oof + evidence.log_evidence(x), y) if oof is not None else None,
-                    keep_scale=True,
-                )
+                # the out-of-fold logits lack the evidence; it reads embeddings only
+                with_evidence = None if oof is None else (oof + evidence.log_evidence(x), y)
+                calibrate_on_rows(extra=with_evidence, keep_scale=True)
             if oof is not None:  # the out-of-fold rows are calibration rows too
                 self.fit_ood(np.concatenate([cal_x, x]), np.concatenate([cal_y, y]))
         return self
