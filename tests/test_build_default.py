@@ -184,6 +184,23 @@ def test_recipe_simulator_settings_are_checked_and_get_their_own_corpus(tmp_path
             get_recipe(path)
 
 
+def test_recipe_refuses_language_evidence_settings_without_the_evidence(tmp_path):
+    from embedder.errors import InvalidInputError
+    from heads.training.recipes import get_recipe
+
+    head = {"name": "x", "simulate_n": 10, "test_n": 5, "train": {}}
+    path = tmp_path / "r.json"
+    for field_name, value in [
+        ("refit_language_evidence_only", ["en"]),
+        ("refit_language_evidence_after_calibration", True),
+    ]:
+        path.write_text(json.dumps({**head, field_name: value}))
+        with pytest.raises(InvalidInputError, match=rf"r.json: recipe: {field_name} applies"):
+            get_recipe(path)
+        path.write_text(json.dumps({**head, field_name: value, "refit_language_evidence": 0.5}))
+        assert getattr(get_recipe(path), field_name)
+
+
 def test_recipe_changes_name_settings_not_prose():
     from heads.training.recipes import get_recipe, recipe_changes
 

@@ -99,6 +99,16 @@ class Recipe:
 
     def __post_init__(self) -> None:
         self.simulator_config()  # refuses an unknown setting or a bad value now, not mid-build
+        if self.refit_language_evidence == 0:  # else the build would silently ignore them
+            for name in (
+                "refit_language_evidence_only",
+                "refit_language_evidence_after_calibration",
+            ):
+                if getattr(self, name):
+                    raise ValueError(
+                        f"{name} applies to language evidence, which is off "
+                        "(refit_language_evidence 0); set refit_language_evidence > 0 as well"
+                    )
 
     def simulator_config(self) -> SimulatorConfig:
         """The simulator settings of this recipe's corpus."""
