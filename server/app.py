@@ -21,9 +21,10 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from embedder.errors import ArtifactError
+from server._proto.profile_embedding.v1 import profile_embedding_pb2 as pb2
 from server.auth import BearerTokenInterceptor, read_tokens
 from server.config import ServerConfig
 from server.errors import RequestLimits
@@ -150,6 +151,16 @@ def _serve_metrics(config: ServerConfig, metrics: ServerMetrics, tokens: tuple[b
     )
 
 
+def _method_paths() -> list[str]:
+    """The full path of every method this server registers (the metrics' known ``rpc`` labels)."""
+    services = (
+        pb2.DESCRIPTOR.services_by_name["ProfileEmbeddingService"],
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    )
+    return [f"/{svc.full_name}/{m.name}" for svc in services for m in svc.methods]
+
+
 async def start_server(config: ServerConfig, *, load: bool = True) -> RunningServer:
     """Create, bind and start the server; with ``load`` also load the models (else call ``load()``).
 
@@ -157,7 +168,7 @@ async def start_server(config: ServerConfig, *, load: bool = True) -> RunningSer
         ArtifactError: unreadable TLS or token files, or the port cannot be bound.
         EmbedderError: a load failure (the server is stopped first).
     """
-    metrics = ServerMetrics()
+    metrics = ServerMetrics(_method_paths())
     servicer = ProfileEmbeddingServicer(RequestLimits.from_config(config), metrics)
     intake = Intake(
         config.max_concurrent_calls,

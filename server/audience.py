@@ -134,6 +134,29 @@ def response_fields(est: AudienceEstimate) -> dict[str, Any]:
     }
 
 
+def _check_followers_distinct(request: pb2.EstimateAudienceRequest) -> None:
+    """Refuse a follower given twice (by id, across both fields): it would count twice."""
+    seen: dict[str, str] = {}
+    given = (
+        ("follower_ids", list(request.follower_ids)),
+        ("followers", [f.id for f in request.followers]),
+    )
+    for field, ids in given:
+        for i, follower_id in enumerate(ids):
+            where = f"{field}[{i}]"
+            if not follower_id:
+                if field == "followers":
+                    continue  # a profile without an id is refused with the profile's checks
+                raise InvalidInputError("must be a non-empty indexed id, got ''", field=where)
+            first = seen.setdefault(follower_id, where)
+            if first != where:
+                raise InvalidInputError(
+                    f"follower {follower_id[:100]!r} is given twice ({first} and {where}); "
+                    "each follower must appear once",
+                    field=where,
+                )
+
+
 async def estimate(
     servicer: ProfileEmbeddingServicer, rt: Runtime, request: pb2.EstimateAudienceRequest
 ) -> pb2.EstimateAudienceResponse:
@@ -155,6 +178,7 @@ async def estimate(
         raise InvalidInputError(
             f"is {n_bootstrap}; the most allowed is {MAX_BOOTSTRAP}", field="n_bootstrap"
         )
+    _check_followers_distinct(request)
     parts = []
     if request.follower_ids:
         index = rt.require_index()

@@ -61,6 +61,9 @@ TRIM_DELAY_S = 0.25
 #: Methods outside the call count: health checks need no token, so callers holding Watch
 #: streams open must not be able to take every call slot (their reads are still budgeted).
 UNCOUNTED_PREFIXES = ("/grpc.health.v1.Health/",)
+#: A call that ends this close to its deadline is counted DEADLINE_EXCEEDED: grpc cancels the
+#: handler when the deadline passes, and the server's clock can still read a few ms left then.
+DEADLINE_SLACK_S = 0.05
 #: ``hook(method) -> reason or None``, asked before a body is read (fast load shedding).
 ShedHook = Callable[[str], "str | None"]
 
@@ -156,16 +159,24 @@ class Intake:
         await self._reserve(context)
         pending = _PendingRead(time.monotonic(), asyncio.get_running_loop().create_future())
         self._pending.append(pending)
+        added = 0
         try:
             raw = await self._read_unless_evicted(context, pending)
             if raw is not grpc.aio.EOF and hold:
-                self.held += len(raw)
+                added = len(raw)
+                self.held += added
                 self.peak_bytes = max(self.peak_bytes, self.committed)
             return raw
         finally:
             self._pending.remove(pending)
             self.reading -= 1
-            await self._notify(0)
+            try:
+                await self._notify(0)
+            except BaseException:
+                # Cancelled while waiting for the lock: the caller never gets the message,
+                # so it cannot release what was added for it.
+                self.held -= added
+                raise
 
     async def _read_unless_evicted(self, context: Context, pending: _PendingRead) -> Any:
         read = asyncio.ensure_future(context.read())
@@ -411,7 +422,7 @@ async def _read_one(gate: IntakeInterceptor, method: str, context: Context) -> b
     if raw is grpc.aio.EOF:
         # The client went away (cancel, deadline) or half-closed without a message.
         remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
+        if remaining is not None and remaining <= DEADLINE_SLACK_S:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
         elif context.cancelled():
             code = grpc.StatusCode.CANCELLED

@@ -36,6 +36,12 @@ _LATENCY_BUCKETS = (
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 
 
+#: Seconds a metrics connection may take for its TLS handshake, and may sit idle.
+HANDSHAKE_TIMEOUT_S = 10.0
+#: The ``rpc`` label of a refused call to a method the server does not have.
+UNKNOWN_RPC = "unknown"
+
+
 class ServerMetrics:
     """Every metric the server records, on one registry.
 
@@ -43,7 +49,10 @@ class ServerMetrics:
         registry: the registry the HTTP endpoint serves.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, methods: Iterable[str] = ()) -> None:
+        # The full paths of the methods the server has: a refused call to any other path is
+        # counted as rpc="unknown", so made-up method names cannot grow the label set.
+        self.methods = frozenset(methods)
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -144,7 +153,8 @@ class ServerMetrics:
 
     def refused(self, method: str, code: str) -> None:
         """Count a call refused before its handler ran (auth, intake), by method and code."""
-        self.requests.labels(method.rsplit("/", 1)[-1], code).inc()
+        rpc = method.rsplit("/", 1)[-1] if method in self.methods else UNKNOWN_RPC
+        self.requests.labels(rpc, code).inc()
 
     def observe_batch(self, n: int, padded_tokens: int, seconds: float) -> None:
         """Record one forward pass (the batcher's ``on_batch`` callback)."""
@@ -224,7 +234,11 @@ class ServerMetrics:
         accepted = tuple(tokens)
         if accepted:
             app = _bearer_only(app, accepted)
-        server_cls = _ThreadingServerV6 if ":" in host.strip("[]") else _ThreadingServer
+        server_cls: type[_ThreadingServer] = (
+            _ThreadingServerV6 if ":" in host.strip("[]") else _ThreadingServer
+        )
+        if certfile is not None:
+            server_cls = type(f"_TLS{server_cls.__name__}", (_HandshakeInThread, server_cls), {})
         server = make_server(host.strip("[]"), port, app, server_cls, handler_class=_QuietHandler)
         if certfile is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -232,7 +246,11 @@ class ServerMetrics:
             if client_cafile is not None:
                 ctx.load_verify_locations(client_cafile)
                 ctx.verify_mode = ssl.CERT_REQUIRED
-            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+            # The handshake runs in the connection's own thread (_HandshakeInThread), not in
+            # accept(): there one silent client would hold up every scrape.
+            server.socket = ctx.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
         threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
         self._http = server
         self.port = int(server.server_address[1])
@@ -261,7 +279,26 @@ class _ThreadingServerV6(_ThreadingServer):
     address_family = socket.AF_INET6
 
 
+class _HandshakeInThread:
+    """TLS handshake in the connection's thread, bounded by ``HANDSHAKE_TIMEOUT_S``.
+
+    A failed or timed-out handshake (a plain-HTTP client, a bad certificate, a silent peer)
+    ends that connection quietly; the server keeps accepting.
+    """
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(HANDSHAKE_TIMEOUT_S)
+            request.do_handshake()
+        except (OSError, ValueError):  # ssl.SSLError and socket timeouts are OSErrors
+            return
+        super().finish_request(request, client_address)  # type: ignore[misc]
+
+
 class _QuietHandler(WSGIRequestHandler):
+    # A connection that sends nothing frees its thread after this long.
+    timeout = HANDSHAKE_TIMEOUT_S
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not logged (one line per scrape would flood the log)."""
 

@@ -23,6 +23,7 @@ from embedder.profile import Profile
 from server import errors
 from server._proto.profile_embedding.v1 import profile_embedding_pb2 as pb2
 from server.errors import RequestLimits
+from server.intake import DEADLINE_SLACK_S
 from server.metrics import ServerMetrics
 from server.runtime import Embedded, Runtime
 
@@ -38,6 +39,10 @@ SERVER_VERSION = "0.1.0"
 #: Stream items processed together (one embed + heads call) and chunks in flight per stream.
 STREAM_CHUNK = 128
 STREAM_CHUNKS_IN_FLIGHT = 4
+#: A partial chunk goes to the encoder when no further item arrives within this many seconds,
+#: so a client that sends one item and waits for its answer gets it (the batcher still
+#: gathers work across calls for its own ``max_wait_ms``).
+STREAM_FLUSH_S = 0.005
 #: Methods that queue encoder work: refused before their body is read when the queue is full.
 SHED_METHODS = frozenset(
     f"/{SERVICE_NAME}/{name}"
@@ -189,8 +194,24 @@ class ProfileEmbeddingServicer:
         chunk_bytes = 0
         index = 0
         cancelled = False
+        items = aiter(request_iterator)
+        # The read of the next item: a task, so that waiting for it can time out (and the
+        # partial chunk go) without cancelling the read itself.
+        reading: asyncio.Future[bytes | None] | None = None
         try:
-            async for raw in request_iterator:
+            while True:
+                if reading is None:
+                    reading = asyncio.ensure_future(_next_item(items))
+                if chunk:
+                    done, _ = await asyncio.wait((reading,), timeout=STREAM_FLUSH_S)
+                    if not done:
+                        await self._dispatch(rt, chunk, out, slots, tasks, submitted)
+                        chunk, chunk_bytes = [], 0
+                        continue
+                raw = await reading
+                reading = None
+                if raw is None:
+                    break
                 chunk.append((index, raw))
                 chunk_bytes += len(raw)
                 index += 1
@@ -206,6 +227,8 @@ class ProfileEmbeddingServicer:
             cancelled = True
             raise
         finally:
+            if reading is not None:
+                reading.cancel()
             for t in tasks:
                 t.cancel()
             # After a cancel nobody reads ``out`` any more: waiting for room there (the queue
@@ -261,12 +284,11 @@ class ProfileEmbeddingServicer:
                 valid.append((index, req, profile, heads))
             except Exception as err:
                 responses[index] = _item_error(index, req, err)
-        self.metrics.profiles.labels("PredictStream").inc(len(chunk))
+        self.metrics.profiles.labels("PredictStream").inc(len(valid))
         if valid:
             try:
                 emb = await _embed_paced(rt, [v[2] for v in valid], earlier, submitted)
-                all_heads = sorted({h for v in valid for h in v[3]})
-                preds = await rt.predict(emb.vectors, all_heads)
+                preds = await _predict_asked(rt, emb.vectors, [v[3] for v in valid])
             except Exception as err:
                 for index, req, _, _ in valid:
                     responses[index] = _item_error(index, req, err)
@@ -292,6 +314,8 @@ class ProfileEmbeddingServicer:
             all_ids, all_scores = await rt.run_cpu(index.search, emb.vectors, k)
             ids, scores = all_ids[0], all_scores[0]
         elif which == "id":
+            if not request.id:
+                raise InvalidInputError("must be a non-empty indexed id, got ''", field="id")
             ids, scores = await rt.run_cpu(_search_by_id, index, request.id, k)
         else:
             raise InvalidInputError("set either 'profile' or 'id'", field="query")
@@ -330,6 +354,33 @@ class ProfileEmbeddingServicer:
         from server.audience import estimate
 
         return await estimate(self, self._rt(), request)
+
+
+async def _next_item(items: AsyncIterator[bytes]) -> bytes | None:
+    """The stream's next raw item, or None at its end."""
+    try:
+        return await anext(items)
+    except StopAsyncIteration:
+        return None
+
+
+async def _predict_asked(
+    rt: Runtime, vectors: np.ndarray, asked: list[list[str]]
+) -> dict[str, dict[int, Prediction]]:
+    """Each head's predictions for the rows that asked for it: ``{head: {row: prediction}}``.
+
+    Rows are grouped by the heads they name (one call per group; one in the usual stream), so a
+    head runs, and is counted in the metrics, only for the items that asked for it.
+    """
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for row, heads in enumerate(asked):
+        groups.setdefault(tuple(sorted(heads)), []).append(row)
+    preds: dict[str, dict[int, Prediction]] = {}
+    for names, rows in groups.items():
+        got = await rt.predict(vectors[rows], names)
+        for head, head_preds in got.items():
+            preds.setdefault(head, {}).update(zip(rows, head_preds, strict=True))
+    return preds
 
 
 async def _embed_paced(
@@ -477,7 +528,7 @@ def _stream_ok(
     profile: Profile,
     heads: list[str],
     emb: Embedded,
-    preds: dict[str, list[Prediction]],
+    preds: dict[str, dict[int, Prediction]],
 ) -> pb2.PredictStreamResponse:
     mine = {h: [preds[h][row]] for h in heads}
     one = type(emb)(emb.vectors[row : row + 1], emb.cache_hits[row : row + 1])
@@ -511,7 +562,7 @@ def _final_code(code: str, context: Context) -> str:
     if code not in ("OK", "CANCELLED"):
         return code
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
         return "DEADLINE_EXCEEDED"
     if code == "CANCELLED" or context.cancelled():
         return "CANCELLED"
@@ -559,14 +610,16 @@ def _bidi(
         request_iterator: AsyncIterator[bytes], context: Context
     ) -> AsyncIterator[Message]:
         start = time.perf_counter()
-        code = "OK"
+        code: str | None = "OK"
         try:
             try:
                 async for response in impl(request_iterator, context):
                     yield response
                 return
             except grpc.aio.AbortError:
-                code = "ABORTED_BY_HANDLER"
+                # Only the intake aborts inside a stream (its request iterator refused a read),
+                # and it has counted the call under the status it sent.
+                code = None
                 raise
             except (asyncio.CancelledError, GeneratorExit):
                 # GeneratorExit: grpc closed the stream (client gone) while it waited at a yield.
@@ -577,7 +630,10 @@ def _bidi(
             code = status.name
             await context.abort(status, message)
         finally:
-            metrics.observe_request(name, _final_code(code, context), time.perf_counter() - start)
+            if code is not None:
+                metrics.observe_request(
+                    name, _final_code(code, context), time.perf_counter() - start
+                )
 
     return handler
 

@@ -52,6 +52,32 @@ def test_estimate_audience_refuses_an_unknown_method_number(client):
     assert "method" in err.value.details() and "99" in err.value.details()
 
 
+def test_estimate_audience_refuses_a_follower_given_twice(client):
+    # Counted twice, one follower would weigh double and narrow the intervals it gets.
+    twice = pb2.EstimateAudienceRequest(
+        followers=[pb2.Profile(id="f1", biography="hola"), pb2.Profile(id="f1", biography="hi")],
+        n_bootstrap=2,
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.EstimateAudience(twice)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'f1' is given twice (followers[0] and followers[1])" in err.value.details()
+    across = pb2.EstimateAudienceRequest(
+        follower_ids=["f1"], followers=[pb2.Profile(id="f1", biography="hola")], n_bootstrap=2
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.EstimateAudience(across)
+    assert "(follower_ids[0] and followers[0])" in err.value.details()
+    empty = pb2.EstimateAudienceRequest(follower_ids=[""], n_bootstrap=2)
+    with pytest.raises(grpc.RpcError) as err:
+        client.stub.EstimateAudience(empty)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "follower_ids[0]" in err.value.details() and "non-empty" in err.value.details()
+    # the server goes on serving
+    once = client.audience(synthetic_profiles(3, seed=5)[0], method="average", n_bootstrap=2)
+    assert once["n"] == 3
+
+
 def test_batch_group_rows_carry_used_flags_and_interval(tiny_model):
     from heads.audience import head_audience_inputs
     from server.batch.audience_job import _estimate_group, _method_inputs

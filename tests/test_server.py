@@ -181,6 +181,9 @@ def test_upsert_and_search_by_profile_and_by_id(client):
     assert len(by_id) == 5 and profiles[0].id not in [i for i, _ in by_id]
     code, details = _code(lambda: client.search(id="no-such-id", k=3))
     assert code == grpc.StatusCode.NOT_FOUND and "no-such-id" in details
+    # an empty id is a malformed request, not an id the index lacks
+    code, details = _code(lambda: client.stub.SearchSimilar(pb2.SearchSimilarRequest(id="", k=3)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "'id'" in details
     code, _ = _code(lambda: client.search(id=profiles[0].id, k=10**6))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import threading
 import urllib.error
@@ -87,6 +88,26 @@ def test_a_read_needs_room_for_a_largest_message_and_holds_only_the_real_size():
         for size in (100, 200, 300):
             await intake.release(size)
         assert intake.committed == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_read_cancelled_after_its_message_came_holds_nothing():
+    # The read has its message, then waits for the budget's lock to wake waiters; cancelled
+    # there, its caller never gets the message to release, so the read itself must not hold it.
+    async def scenario():
+        intake = Intake(max_calls=8, max_bytes=2 * MIB, max_message_bytes=MIB)
+        ctx = _FakeContext(b"x" * 1000)
+        ctx.go.set()
+        await intake._room.acquire()  # another read re-taking the lock right then
+        read = asyncio.ensure_future(intake.read(ctx, hold=True))
+        await until(lambda: intake.held == 1000, "the message has come and the read is ending")
+        assert intake.reading == 0  # it waits for the lock to wake other readers
+        read.cancel()
+        intake._room.release()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        assert intake.held == 0 and intake.committed == 0
 
     asyncio.run(scenario())
 
@@ -225,6 +246,13 @@ def test_idle_streams_do_not_lock_other_callers_out_of_the_byte_budget(tiny_mode
             # operators see evictions apart from other budget refusals
             evicted = srv.running.metrics.idle_reads_evicted.collect()[0].samples[0]
             assert evicted.name == "profile_embed_idle_reads_evicted_total" and evicted.value == 1
+            # and the evicted call is counted once, under the code it got
+            stream_codes = {
+                sample.labels["code"]: sample.value
+                for sample in srv.running.metrics.requests.collect()[0].samples
+                if sample.name.endswith("_total") and sample.labels["rpc"] == "PredictStream"
+            }
+            assert stream_codes == {"RESOURCE_EXHAUSTED": 1.0, "OK": 1.0}
     finally:
         release.set()
         srv.stop()
@@ -250,6 +278,14 @@ def test_unauthenticated_calls_are_refused_unread_counted_and_logged_once_per_in
         )
         ok = pb2.EmbedRequest(profiles=[pb2.Profile(id="a", biography="paris")])
         assert _unary(srv.target, "Embed", ok.SerializeToString(), token=TOKEN)[0] == "OK"
+        # Made-up methods share one label: a caller without a token cannot grow the series.
+        with grpc.insecure_channel(srv.target) as ch:
+            for i in range(5):
+                with pytest.raises(grpc.RpcError):
+                    ch.unary_unary(f"/made.Up/M{i}")(b"", timeout=10)
+        text = _metrics(srv)
+        assert 'profile_embed_requests_total{code="UNAUTHENTICATED",rpc="unknown"} 5.0' in text
+        assert "M0" not in text
     finally:
         srv.stop()
 
@@ -364,6 +400,74 @@ def test_cancelled_streams_and_passed_deadlines_are_not_counted_ok(tiny_model):
         srv.stop()
 
 
+def test_a_call_ended_at_its_deadline_counts_as_deadline_exceeded():
+    from server.service import _final_code
+
+    class Ended:
+        """What grpc's context says when it cancels a handler at the deadline."""
+
+        def __init__(self, remaining):
+            self.remaining = remaining
+
+        def time_remaining(self):
+            return self.remaining
+
+        def cancelled(self):
+            return False
+
+    # grpc cancels the handler when the deadline passes; the server's clock may read ~7 ms left
+    assert _final_code("CANCELLED", Ended(0.007)) == "DEADLINE_EXCEEDED"
+    assert _final_code("CANCELLED", Ended(2.0)) == "CANCELLED"
+    assert _final_code("CANCELLED", Ended(None)) == "CANCELLED"
+    assert _final_code("OK", Ended(2.0)) == "OK"
+    assert _final_code("INVALID_ARGUMENT", Ended(0.0)) == "INVALID_ARGUMENT"
+
+
+def test_a_stream_answers_each_item_before_the_client_half_closes(tiny_model):
+    # A client that sends one item and waits for its answer must get it: items used to wait
+    # for 128 more, or for the end of the stream.
+    import queue
+
+    config = ServerConfig(port=0, metrics_port=None)
+    srv = ServerThread(config, tiny_model)
+    sent: queue.Queue = queue.Queue()
+
+    def items():
+        while (item := sent.get()) is not None:
+            yield item
+
+    def ask(i: int, heads: list[str]):
+        profile = pb2.Profile(id=f"s{i}", biography="paris")
+        return pb2.PredictStreamRequest(profile=profile, heads=heads)
+
+    try:
+        with ProfileEmbeddingClient(srv.target) as c:
+            stream = c.stub.PredictStream(items(), timeout=30)
+            sent.put(ask(0, ["geolocation"]))
+            assert next(stream).id == "s0"  # answered with the stream still open
+            sent.put(ask(1, ["category"]))
+            answer = next(stream)
+            assert answer.id == "s1" and [p.head for p in answer.result.predictions] == ["category"]
+            for i in range(2, 6):
+                sent.put(ask(i, ["geolocation"]))
+            sent.put(None)
+            assert sorted(r.id for r in stream) == [f"s{i}" for i in range(2, 6)]
+        # Each head ran, and is counted, for the items that asked for it only.
+        counted = {
+            head: sum(
+                sample.value
+                for sample in srv.running.metrics.head_predictions.collect()[0].samples
+                if sample.name.endswith("_total") and sample.labels["head"] == head
+            )
+            for head in ("geolocation", "category")
+        }
+        assert srv.running.metrics.profiles.labels("PredictStream")._value.get() == 6
+        assert counted == {"geolocation": 5.0, "category": 1.0}
+    finally:
+        sent.put(None)
+        srv.stop()
+
+
 def test_stream_reader_ends_after_a_cancel_even_with_a_full_output_queue():
     from server.errors import RequestLimits
     from server.metrics import ServerMetrics
@@ -427,6 +531,10 @@ def test_metrics_endpoint_is_loopback_by_default_and_can_need_a_token_and_tls(ti
         assert "profile_embed_ready 1.0" in body
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        # A connection that never starts its handshake does not hold up other scrapes.
+        with socket.create_connection(("127.0.0.1", port)):
+            body = urllib.request.urlopen(request, context=ctx, timeout=5).read().decode()
+            assert "profile_embed_ready 1.0" in body
     finally:
         srv.stop()
     with pytest.raises(ValueError, match="metrics_auth needs auth_token_file"):
