@@ -308,42 +308,59 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
 def _csv_records(path: Path) -> Iterator[tuple[int, Any]]:
     source = str(path)
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, strict=True)  # a stray quote must not swallow rows
-            header = next(reader, None)
-            if header is None:
+    # Undecodable bytes become lone surrogates (surrogateescape), so a bad byte costs its row,
+    # named by line, not the whole file.
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+        reader = csv.reader(f, strict=True)  # a stray quote must not swallow rows
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip() for h in header]
+        if (bad := _undecodable(header)) is not None:
+            raise InvalidInputError(f"{bad} in the header", source=source, line=1)
+        caption_cols = _check_header(header, source)
+        prev = reader.line_num
+        while True:
+            start = prev + 1
+            try:
+                cells = next(reader)
+            except StopIteration:
                 return
-            header = [h.strip() for h in header]
-            caption_cols = _check_header(header, source)
-            prev = reader.line_num
-            while True:
-                start = prev + 1
-                try:
-                    cells = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as err:
-                    prev = reader.line_num
-                    yield (
-                        start,
-                        InvalidInputError(
-                            f"malformed CSV ({err}); a field with commas, quotes or line breaks "
-                            'must be in double quotes, with inner quotes doubled ("")',
-                            source=source,
-                            line=start,
-                        ),
-                    )
-                    continue
+            except csv.Error as err:
                 prev = reader.line_num
-                if cells:
-                    yield start, _csv_record(header, caption_cols, cells, source, start)
-    except UnicodeDecodeError as err:
-        raise InvalidInputError(
-            f"not valid UTF-8 text ({err.reason} at byte {err.start} of a read block); "
-            "save the file as UTF-8",
-            source=source,
-        ) from None
+                yield (
+                    start,
+                    InvalidInputError(
+                        f"malformed CSV ({err}); a field with commas, quotes or line breaks "
+                        'must be in double quotes, with inner quotes doubled ("")',
+                        source=source,
+                        line=start,
+                    ),
+                )
+                continue
+            prev = reader.line_num
+            if not cells:
+                continue
+            if (bad := _undecodable(cells)) is not None:
+                yield start, InvalidInputError(bad, source=source, line=start)
+                continue
+            yield start, _csv_record(header, caption_cols, cells, source, start)
+
+
+def _undecodable(cells: list[str]) -> str | None:
+    """What is wrong when a cell holds bytes that were not UTF-8 (surrogateescape), else None."""
+    for column, cell in enumerate(cells, 1):
+        if cell.isascii():
+            continue
+        try:
+            cell.encode("utf-8")
+        except UnicodeEncodeError as err:
+            byte = ord(cell[err.start]) - 0xDC00
+            return (
+                f"not valid UTF-8 text (byte 0x{byte:02x} in column {column}); "
+                "save the file as UTF-8"
+            )
+    return None
 
 
 def _check_header(header: list[str], source: str) -> list[tuple[int, int]]:
@@ -438,9 +455,25 @@ def _parquet_records(path: Path) -> Iterator[tuple[int, Any]]:
     names = [n.strip() for n in pfile.schema_arrow.names]
     caption_cols = _check_header(names, source)
     meta = pfile.schema_arrow.metadata or {}
-    json_cols = set(json.loads(meta.get(_PARQUET_JSON_KEY, b"[]")))
+    try:
+        json_cols = set(json.loads(meta.get(_PARQUET_JSON_KEY, b"[]")))
+    except (ValueError, TypeError) as err:
+        raise InvalidInputError(
+            f"the schema metadata {_PARQUET_JSON_KEY.decode()!r} is not a JSON list of column "
+            f"names ({err}); rewrite the file without it",
+            source=source,
+        ) from None
     row_no = 0
-    for batch in pfile.iter_batches(batch_size=8192):
+    batches = pfile.iter_batches(batch_size=8192)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (pa.ArrowException, OSError) as err:
+            raise InvalidInputError(
+                f"unreadable Parquet data after row {row_no}: {err}", source=source
+            ) from None
+        if batch is None:
+            return
         for raw in batch.to_pylist():
             row_no += 1
             yield row_no, _parquet_record(raw, caption_cols, names, json_cols, source, row_no)

@@ -102,7 +102,10 @@ class Profile:
                     line=line,
                     field=name,
                 )
+            _check_text(value, name, source, line)
             texts[name] = value
+        if isinstance(raw_id, str):
+            _check_text(raw_id, "id", source, line)
         captions, dropped = _validate_captions(record.get("captions"), source=source, line=line)
         skip = {"id", *TEXT_FIELDS, *extra_exclude}
         extra = {k: v for k, v in record.items() if k not in skip}
@@ -124,6 +127,23 @@ class Profile:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_text(value: str, field: str, source: str | None, line: int | None) -> None:
+    """Refuse a string that is not text: a lone surrogate (JSON's ``"\\ud800"`` escape, which
+    Python's json accepts) that no tokenizer, file or gRPC message can carry."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(
+            f"holds the lone surrogate {value[err.start]!r} at character {err.start}, which is "
+            "not text; a character outside the BMP must be escaped as a surrogate pair",
+            source=source,
+            line=line,
+            field=field,
+        ) from None
 
 
 def _validate_captions(
@@ -149,6 +169,7 @@ def _validate_captions(
                 line=line,
                 field=f"captions[{i}]",
             )
+        _check_text(caption, f"captions[{i}]", source, line)
         captions.append(caption)
     dropped = max(0, len(captions) - MAX_CAPTIONS)
     return tuple(captions[:MAX_CAPTIONS]), dropped

@@ -708,7 +708,12 @@ def read_audience_truth(path: str | Path) -> dict[str, dict[str, float]]:
     """
     import json
 
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidInputError(
+            f"not valid UTF-8 text (byte {err.start}); save the file as UTF-8", source=str(path)
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -34,6 +34,10 @@ def read_tokens(path: Path) -> tuple[bytes, ...]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise ArtifactError(f"cannot read --auth-token-file {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise ArtifactError(
+            f"--auth-token-file {path} is not UTF-8 text (byte {err.start}); one token per line"
+        ) from None
     tokens = tuple(t.strip().encode() for t in lines if t.strip() and not t.startswith("#"))
     if not tokens:
         raise ArtifactError(f"--auth-token-file {path} holds no token (one per line expected)")

@@ -16,6 +16,7 @@ unreadable input file); 130 interrupted. Errors are one line on stderr, never a 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -60,6 +61,20 @@ BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     NotADirectoryError,
     PermissionError,
+)
+#: OSError numbers that mean "this path you gave cannot be used" (exit 2).
+_PATH_ERRNOS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.EROFS,
+        errno.ELOOP,
+        errno.EEXIST,
+    }
 )
 
 
@@ -152,7 +167,14 @@ def _configure_logging(verbosity: int) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("urllib3", "filelock", "httpx", "transformers", "sentence_transformers"):
+    for noisy in (
+        "urllib3",
+        "filelock",
+        "httpx",
+        "transformers",
+        "sentence_transformers",
+        "faiss.loader",  # one INFO line per CPU build it could not load
+    ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
@@ -177,6 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmbedderError as err:
         print(f"profile-embed {args.command}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except OSError as err:
+        # A path the user gave that the system refuses (too long, read-only, a loop ...):
+        # one line naming it. Other system errors (a full disk) mean the work failed.
+        where = f": {err.filename}" if err.filename else ""
+        print(f"profile-embed {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_BAD_INPUT if err.errno in _PATH_ERRNOS else EXIT_FAILED
     except KeyboardInterrupt:
         print(f"profile-embed {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -71,6 +71,34 @@ def test_sample_to_npy_and_parquet_uses_cache(encoder_dir, tmp_path, capsys) -> 
     np.testing.assert_allclose(np.array([r["embedding"] for r in table]), vectors, atol=1e-6)
 
 
+def test_npy_output_is_written_under_the_name_given(encoder_dir, tmp_path, capsys) -> None:
+    # np.save given a name adds ".npy" unless it ends in lower-case ".npy"
+    out = tmp_path / "VECTORS.NPY"
+    args = ["embed", str(SAMPLE), "-o", str(out), "--model", str(encoder_dir), "--no-cache"]
+    assert main([*args, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VECTORS.NPY", "VECTORS.NPY.ids.json"]
+    assert np.load(out).shape == (12, 32)
+
+
+def test_outputs_appear_whole_or_not_at_all(tmp_path) -> None:
+    from server.commands.outputs import atomic_text
+
+    out = tmp_path / "rows.jsonl"
+    out.write_text("previous\n", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt), atomic_text(out) as f:
+        f.write("half of the new rows\n")
+        raise KeyboardInterrupt  # Ctrl-C in the middle of a run
+    assert out.read_text(encoding="utf-8") == "previous\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]  # no temporary left behind
+    with atomic_text(out) as f:
+        f.write("new\n")
+    assert out.read_text(encoding="utf-8") == "new\n"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would have made it
+
+
 def test_bad_lines_reported_with_file_and_line(encoder_dir, tmp_path, capsys) -> None:
     lines = SAMPLE.read_text(encoding="utf-8").splitlines()[:4]
     many = json.dumps({"id": "many", "captions": [f"c{i}" for i in range(8)]})

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 SCRIPT = Path(sys.executable).parent / "profile-embed"
@@ -100,6 +102,12 @@ def _in_process_cases(tmp: Path, model: Path) -> dict[str, list[str]]:
     empty.write_text("\n", encoding="utf-8")
     out, m, s = str(tmp / "out"), str(model), str(SAMPLE)
     fit = ["--train", s, "--val", s]
+    latin1 = tmp / "latin1"
+    latin1.write_bytes('{"caf\xe9": {}}'.encode("latin-1"))
+    own = tmp / "own.jsonl"  # a copy: were the check to fail, the sample would be overwritten
+    own.write_bytes(SAMPLE.read_bytes())
+    rows = tmp / "rows.parquet"
+    pq.write_table(pa.table({"id": ["a"], "biography": ["paris"]}), rows)
     return {
         "embed": ["embed", s, "-o", str(tmp / "v.txt")],
         "batch": ["batch", "--input", s, "--output", out, "--batch-size", "0"],
@@ -141,7 +149,64 @@ def _in_process_cases(tmp: Path, model: Path) -> dict[str, list[str]]:
         "serve, settings": ["serve", "--model", m, "--tls-cert", s],
         "client": ["client", "info", "--target", "127.0.0.1:1", "--timeout", "-1"],
         "client, token": ["client", "info", "--target", "127.0.0.1:1", "--token-file", str(empty)],
+        "client, token not UTF-8": [
+            "client",
+            "info",
+            "--target",
+            "127.0.0.1:1",
+            "--token-file",
+            str(latin1),
+        ],
+        "predict, output is the input": ["predict", str(own), "-o", str(own), "--model", m],
+        "predict, output format": ["predict", s, "-o", str(tmp / "p.parquet"), "--model", m],
+        "predict, no head": ["predict", s, "-o", out, "--model", m, "--heads", ","],
+        "predict, chunk": ["predict", s, "-o", out, "--model", m, "--chunk", "0"],
+        "embed, output is the input": ["embed", str(rows), "-o", str(rows), "--model", m],
+        "audience, truth not UTF-8": ["audience", s, "--model", m, "--truth", str(latin1)],
+        "train-head, lr": [
+            "train-head",
+            "--model",
+            m,
+            "--head",
+            "geolocation",
+            *fit,
+            "--lr",
+            "nan",
+        ],
+        "index build, nlist": [
+            "index",
+            "build",
+            "--embeddings",
+            str(tmp / "none"),
+            "-o",
+            out,
+            "--nlist",
+            "-3",
+        ],
+        "a path too long": [
+            "predict",
+            str(tmp / ("a" * 300 + ".jsonl")),
+            "-o",
+            str(tmp / "o.jsonl"),
+            "--model",
+            m,
+        ],
     }
+
+
+#: What the one error line must say, where a case checks a particular refusal.
+_SAYS = {
+    "client, token not UTF-8": "not valid UTF-8",
+    "predict, output is the input": "is the input file",
+    "predict, output format": "allowed: .jsonl",
+    "predict, no head": "names no head",
+    "predict, chunk": "--chunk",
+    "embed, output is the input": "is the input file",
+    "audience, truth not UTF-8": "not valid UTF-8",
+    "train-head, lr": "field '--lr'",
+    "index build, nlist": "field 'nlist'",
+    "a path too long": "File name too long",
+}
 
 
 _IN_PROCESS = [
@@ -150,6 +215,7 @@ _IN_PROCESS = [
     "numerics choose", "evaluate", "predict", "audience", "simulate", "serve", "serve, settings",
     "client",
     "client, token",
+    *_SAYS,
 ]  # fmt: skip
 
 
@@ -169,3 +235,4 @@ def test_each_command_refuses_a_bad_value_with_exit_2_and_one_line(
     assert code == 2, err
     assert "Traceback" not in err
     assert len(errors) == 1 and errors[0].startswith(f"profile-embed {argv[0]}"), err
+    assert _SAYS.get(case, "") in errors[0], err

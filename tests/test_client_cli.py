@@ -67,6 +67,9 @@ def test_client_predict_prints_the_json_of_predict(model_dir, target, tmp_path, 
     assert main(["predict", str(path), "-o", str(out), "--model", str(model_dir)]) == 0
     local = _lines(out.read_text())
     capsys.readouterr()
+    # "-o -" (and /dev/stdout, a README command) write the same lines to standard output
+    assert main(["predict", str(path), "-o", "-", "--model", str(model_dir)]) == 0
+    assert _lines(capsys.readouterr().out) == local
     assert main(["client", "predict", "--target", target, str(path)]) == 0
     remote = _lines(capsys.readouterr().out)
     assert len(remote) == len(local) > 0

@@ -279,6 +279,10 @@ JSONL_ERRORS = [
     ({"id": "a", "country": 33}, "country", ["must be a string", "int 33"]),
     ({"id": "a", "category": "cooking"}, "category", ["'cooking'", ", ".join(CATEGORIES)]),
     ({"id": "a", "category": 3}, "category", ["int 3", "fashion"]),
+    # Python's json reads "\ud800" as a lone surrogate: not text, no tokenizer takes it
+    (json.dumps({"id": "a", "biography": "x\ud800"}), "biography", ["lone surrogate", "char"]),
+    (json.dumps({"id": "a", "captions": ["ok", "\udc80"]}), "captions[1]", ["lone surrogate"]),
+    (json.dumps({"id": "\ud800"}), "id", ["lone surrogate"]),
 ]
 
 
@@ -412,9 +416,17 @@ def test_csv_header_errors(tmp_path, header, needle):
 
 def test_csv_not_utf8(tmp_path):
     path = tmp_path / "rows.csv"
-    path.write_bytes("id,biography\na,café\n".encode("latin-1"))
-    with pytest.raises(InvalidInputError, match="not valid UTF-8"):
+    path.write_bytes("id,biography\na,café\nb,ok\n".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match="not valid UTF-8") as info:
         read_profiles(path)
+    # one bad byte costs its row, named by line and column, not the whole file
+    assert info.value.line == 2 and "byte 0xe9 in column 2" in str(info.value)
+    result = read_profiles(path, skip_invalid=True)
+    assert [r.profile.id for r in result.rows] == ["b"] and result.n_invalid == 1
+    header = tmp_path / "header.csv"
+    header.write_bytes("id,biograf\xeda\na,x\n".encode("latin-1"))
+    with pytest.raises(InvalidInputError, match="in the header"):
+        read_profiles(header, skip_invalid=True)
 
 
 def test_csv_empty_file_has_no_rows(tmp_path):
@@ -457,6 +469,25 @@ def test_parquet_corrupt_and_missing_id(tmp_path):
     pq.write_table(pa.table({"username": ["x"]}), no_id)
     with pytest.raises(InvalidInputError, match="no 'id' column"):
         read_profiles(no_id)
+    # a readable footer over damaged pages: the damage is found while reading rows
+    damaged = tmp_path / "damaged.parquet"
+    table = pa.table({"id": [f"r{i}" for i in range(2000)], "biography": ["x" * 50] * 2000})
+    pq.write_table(table, damaged, compression="snappy", row_group_size=500)
+    data = bytearray(damaged.read_bytes())
+    for i in range(2000, 6000):
+        data[i] ^= 0x5A
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(InvalidInputError, match="unreadable Parquet data after row"):
+        read_profiles(damaged, skip_invalid=True)
+    bad_meta = tmp_path / "meta.parquet"
+    pq.write_table(
+        pa.table({"id": ["a"]}).replace_schema_metadata(
+            {"profile_embeddings.json_columns": "not json"}
+        ),
+        bad_meta,
+    )
+    with pytest.raises(InvalidInputError, match="json_columns"):
+        read_profiles(bad_meta)
 
 
 def test_unknown_suffix_and_missing_file(tmp_path):

@@ -225,6 +225,30 @@ class HeadTrainConfig:
 
     def __post_init__(self) -> None:
         check_target_precision(self.target_precision)
+        # Checked here, before any profile is embedded; NaN fails every comparison.
+        if not (0 < self.lr < float("inf")):
+            raise InvalidInputError(f"lr must be a number > 0, got {self.lr}", field="lr")
+        if self.l2 is not None and not (0 <= self.l2 < float("inf")):
+            raise InvalidInputError(
+                f"l2 must be a number >= 0 (or none: chosen on validation), got {self.l2}",
+                field="l2",
+            )
+        for name in ("k", "epochs"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(
+                    f"{name} must be >= 1, got {getattr(self, name)}", field=name
+                )
+        if self.hidden < 0:
+            raise InvalidInputError(f"hidden must be >= 0, got {self.hidden}", field="hidden")
+        if self.cross_fit == 1 or self.cross_fit < 0:
+            raise InvalidInputError(
+                f"cross_fit must be 0 or >= 2 folds, got {self.cross_fit}", field="cross_fit"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InvalidInputError(
+                f"batch_size must be >= 1 (or none: full batch), got {self.batch_size}",
+                field="batch_size",
+            )
         if not self.language_evidence >= 0:
             raise InvalidInputError(
                 f"language_evidence must be >= 0 (0 = none), got {self.language_evidence}",

@@ -86,13 +86,21 @@ class IndexBuildConfig:
                 raise InvalidInputError(
                     f"{name} must be >= 1, got {getattr(self, name)}", field=name
                 )
+        for name in ("nlist", "pq_m", "train_size", "available_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidInputError(
+                    f"{name} must be >= 1 (or none: chosen from the data), got {value}", field=name
+                )
+        if not 0 < self.ram_fraction <= 1:  # NaN fails too
+            raise InvalidInputError(
+                f"ram_fraction must be in (0, 1], got {self.ram_fraction}", field="ram_fraction"
+            )
 
 
 def embedding_files(spec: str) -> list[Path]:
     """Parquet files with an ``embedding`` column: batch output folder, folder or glob."""
     import glob
-
-    import pyarrow.parquet as pq
 
     root = Path(spec)
     if (root / "results").is_dir():
@@ -101,7 +109,7 @@ def embedding_files(spec: str) -> list[Path]:
         paths = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith((".", "_")))
     else:
         paths = sorted(Path(p) for p in glob.glob(spec, recursive=True))
-    out = [p for p in paths if "embedding" in pq.read_schema(p).names]
+    out = [p for p in paths if p.suffix.lower() == ".parquet" and _has_embeddings(p)]
     if not out:
         raise InvalidInputError(
             f"no Parquet files with an 'embedding' column under {spec!r}; run profile-embed batch "
@@ -109,6 +117,23 @@ def embedding_files(spec: str) -> list[Path]:
             field="embeddings",
         )
     return out
+
+
+def _has_embeddings(path: Path) -> bool:
+    """Whether ``path`` is a Parquet file with an ``embedding`` column.
+
+    Raises:
+        InvalidInputError: naming a ``.parquet`` file that cannot be read as Parquet.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return "embedding" in pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as err:
+        raise InvalidInputError(
+            f"not a readable Parquet file: {err}", source=str(path), field="embeddings"
+        ) from None
 
 
 def _scan(paths: list[Path]) -> tuple[int, int, str]:

@@ -14,19 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from server.commands.invalid_rows import add_skip_invalid
-
-
-def _positive(convert: Any) -> Any:
-    """An argparse type: ``convert``'s value, refused unless > 0 (a 0 timeout fails every call)."""
-
-    def check(raw: str) -> Any:
-        value = convert(raw)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"got {raw!r}; allowed: a number > 0")
-        return value
-
-    check.__name__ = convert.__name__
-    return check
+from server.commands.outputs import positive
 
 
 def register(subparsers: Any) -> None:
@@ -48,12 +36,12 @@ def register(subparsers: Any) -> None:
     connection.add_argument("--cert", type=Path, default=None, help="PEM client cert (mTLS)")
     connection.add_argument("--key", type=Path, default=None, help="PEM client key (mTLS)")
     connection.add_argument(
-        "--timeout", type=_positive(float), default=60.0, help="seconds per call"
+        "--timeout", type=positive(float), default=60.0, help="seconds per call"
     )
     profiles = argparse.ArgumentParser(add_help=False)
     profiles.add_argument("input", nargs="?", default="-", help="JSON lines ('-' = stdin)")
     profiles.add_argument(
-        "--batch-size", type=_positive(int), default=256, help="profiles per request"
+        "--batch-size", type=positive(int), default=256, help="profiles per request"
     )
     add_skip_invalid(profiles)
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -198,7 +186,12 @@ def _read_token(path: Path) -> str:
     """The first token of ``--token-file``; an empty file is the user's mistake (exit 2)."""
     from embedder.errors import InvalidInputError
 
-    words = path.read_text(encoding="utf-8").split()
+    try:
+        words = path.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError as err:
+        raise InvalidInputError(
+            f"not valid UTF-8 text (byte {err.start}); allowed: a bearer token", source=str(path)
+        ) from None
     if not words:
         raise InvalidInputError("got an empty file; allowed: a bearer token", source=str(path))
     return words[0]

@@ -17,6 +17,7 @@ from typing import Any
 from embedder.numerics import NUMERICS_OPTIONS
 from server.commands.config_flags import device_flag
 from server.commands.invalid_rows import add_skip_invalid, load_profiles
+from server.commands.outputs import atomic_path, atomic_text, check_output
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +87,7 @@ def _check_suffixes(args: argparse.Namespace) -> None:
             f"unsupported input suffix {args.input.suffix!r} for {args.input}; "
             f"allowed: {', '.join(INPUT_SUFFIXES)}"
         )
-    if args.output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise InvalidInputError(
-            f"unsupported output suffix {args.output.suffix!r} for {args.output}; "
-            f"allowed: {', '.join(OUTPUT_SUFFIXES)}"
-        )
+    check_output(args.output, inputs=(args.input,), suffixes=OUTPUT_SUFFIXES)
     if args.batch_size < 1 or args.layers < 1:
         raise InvalidInputError(
             f"--batch-size and --layers must be >= 1, got {args.batch_size} and {args.layers}"
@@ -132,18 +129,19 @@ def _load_encoder(args: argparse.Namespace) -> Any:
 def _write(path: Path, ids: list[str], vectors: Any, version: str) -> None:
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".npy":
-        np.save(path, vectors.astype(np.float32), allow_pickle=False)
-        sidecar = Path(str(path) + ".ids.json")
-        sidecar.write_text(
-            json.dumps(
-                {"embedding_version": version, "dim": int(vectors.shape[1]), "ids": ids},
-                ensure_ascii=False,
+        # Through a file object: np.save given a name adds ".npy" unless the name ends in
+        # lower-case ".npy", so "X.NPY" became "X.NPY.npy" beside an "X.NPY.ids.json".
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, vectors.astype(np.float32), allow_pickle=False)
+        with atomic_text(Path(str(path) + ".ids.json")) as sidecar:
+            sidecar.write(
+                json.dumps(
+                    {"embedding_version": version, "dim": int(vectors.shape[1]), "ids": ids},
+                    ensure_ascii=False,
+                )
+                + "\n"
             )
-            + "\n",
-            encoding="utf-8",
-        )
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -155,7 +153,8 @@ def _write(path: Path, ids: list[str], vectors: Any, version: str) -> None:
             "embedding_version": pa.array([version] * len(ids), type=pa.string()),
         }
     )
-    pq.write_table(table, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from embedder.errors import InvalidInputError
 from server.commands.invalid_rows import add_skip_invalid
+from server.commands.outputs import atomic_text, check_output, positive
 
 if TYPE_CHECKING:
     from heads.base import Prediction
@@ -32,11 +34,19 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("input", help="profiles file")
-    p.add_argument("-o", "--output", required=True, help="output .jsonl")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output .jsonl, or - for standard output (Parquet columns per head: `profile-embed "
+        "batch`)",
+    )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL})")
     p.add_argument("--heads", default=None, help="comma-separated head names (default: all)")
-    p.add_argument("--batch-size", type=int, default=64, help="profiles per encoder batch")
-    p.add_argument("--chunk", type=int, default=1024, help="profiles per write chunk")
+    p.add_argument(
+        "--batch-size", type=positive(int), default=64, help="profiles per encoder batch"
+    )
+    p.add_argument("--chunk", type=positive(int), default=1024, help="profiles per write chunk")
     add_skip_invalid(p)
     p.set_defaults(func=run)
 
@@ -63,10 +73,20 @@ def prediction_record(
 
 
 def parse_heads(text: str | None) -> list[str] | None:
-    """Split ``--heads a,b`` into names (None when not given)."""
-    if not text:
+    """Split ``--heads a,b`` into names (None when not given).
+
+    Raises:
+        InvalidInputError: the flag was given but names no head (``--heads ,``).
+    """
+    if text is None:
         return None
-    return [h.strip() for h in text.split(",") if h.strip()]
+    names = [h.strip() for h in text.split(",") if h.strip()]
+    if not names:
+        raise InvalidInputError(
+            f"--heads {text!r} names no head; give comma-separated head names, or leave the flag "
+            "out for every head"
+        )
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,12 +97,13 @@ def run(args: argparse.Namespace) -> int:
     from server.commands.invalid_rows import load_profiles
 
     names = parse_heads(args.heads)
+    check_output(args.output, inputs=(args.input,), suffixes=(".jsonl", ".ndjson"))
     loaded = load_profiles(args.input, skip_invalid=args.skip_invalid)
     model = ProfileModel.load(args.model, heads=names)
     names = names or model.head_names
     profiles = [r.profile for r in loaded.rows]
     with (
-        open(args.output, "w", encoding="utf-8") as out,
+        atomic_text(args.output) as out,
         tqdm(total=len(profiles), desc="predict", unit="profile", file=sys.stderr) as bar,
     ):
         for start in range(0, len(profiles), args.chunk):
