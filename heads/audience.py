@@ -184,6 +184,10 @@ class AudienceEstimate:
         }
 
 
+#: How far a follower's probabilities may sum from 1 (float32 softmax rows are ~1e-7 off).
+PROB_SUM_TOLERANCE = 1e-3
+
+
 def _check(
     probs: np.ndarray, labels: Sequence[str], method: str, given: Mapping[str, Any]
 ) -> np.ndarray:
@@ -206,6 +210,22 @@ def _check(
         value = given[name]
         if value is not None and np.shape(value) != shape:
             raise InvalidInputError(f"{name} must have shape {shape}, got {np.shape(value)}")
+    # Every estimator assumes probability rows; anything else gave NaN or shares not summing
+    # to 1, silently.
+    bad = ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1)
+    bad |= np.abs(probs.sum(axis=1) - 1.0) > PROB_SUM_TOLERANCE
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise InvalidInputError(
+            f"probs row {row} is not a probability distribution (sum {probs[row].sum():.6g}, "
+            f"min {probs[row].min():.6g}); each follower's row must be finite, >= 0 and sum to 1 "
+            f"({int(bad.sum())} such rows)"
+        )
+    prior = given["prior"]
+    if prior is not None:
+        p = np.asarray(prior, dtype=np.float64)
+        if not (np.isfinite(p).all() and (p >= 0).all() and p.sum() > 0):
+            raise InvalidInputError(f"prior must be finite, >= 0 and not all 0, got {p.tolist()}")
     return probs
 
 
@@ -490,8 +510,8 @@ def estimate_audience(
         The ``AudienceEstimate``.
 
     Raises:
-        InvalidInputError: no followers, a bad shape, an unknown method, a missing input or a bad
-            ``model_error``.
+        InvalidInputError: no followers, a bad shape, rows that are not probabilities, an
+            unknown method, a missing input or a bad ``model_error`` or ``confidence``.
     """
     given = {"prior": prior, "confusion": confusion, "thresholds": thresholds}
     if method is None:
@@ -500,6 +520,8 @@ def estimate_audience(
     model_error = MODEL_ERROR if model_error is None else float(model_error)
     if not 0.0 <= model_error <= 2.0:
         raise InvalidInputError(f"model_error must be in [0, 2], got {model_error}")
+    if not 0.0 < confidence < 1.0:
+        raise InvalidInputError(f"confidence must be in (0, 1), got {confidence}")
     conf = None if confusion is None else np.asarray(confusion, dtype=np.float64)
     pri = None if prior is None else np.asarray(prior, dtype=np.float64)
     thr = None if thresholds is None else np.asarray(thresholds, dtype=np.float64)
@@ -669,18 +691,28 @@ def head_audience_inputs(head: Any) -> dict[str, Any]:
     n_val = cal.get("n_val")
     rows = [per_class.get(lab) for lab in head.labels]
     complete = all(isinstance(r, Mapping) for r in rows) and rows
+    thresholds = getattr(head, "thresholds_", None)
+    # A label whose threshold is closed assigns nothing, whatever its record says: heads saved
+    # before the record followed ``never_assign`` still show the rows it would have assigned.
+    closed = (
+        ~np.isfinite(np.asarray(thresholds, dtype=np.float64))
+        if thresholds is not None
+        else np.zeros(k, dtype=bool)
+    )
     share = recall = None
     if complete:
         assigned = [r.get("assigned") for r in rows]  # type: ignore[union-attr]
         if n_val and all(isinstance(a, int | float) for a in assigned):
-            share = float(sum(assigned)) / float(n_val)
+            share = float(sum(a for a, shut in zip(assigned, closed, strict=True) if not shut))
+            share /= float(n_val)
         counts = [(r.get("correct"), r.get("support")) for r in rows]  # type: ignore[union-attr]
         if all(isinstance(c, int | float) and isinstance(t, int | float) for c, t in counts):
             recall = np.asarray(counts, dtype=np.float64)
+            recall[closed, 0] = 0.0
     return {
         "prior": prior,
         "confusion": np.asarray(conf, dtype=np.float64) if conf is not None else None,
-        "thresholds": getattr(head, "thresholds_", None),
+        "thresholds": thresholds,
         "val_assigned_share": share,
         "recall_counts": recall,
     }

@@ -385,6 +385,37 @@ class Head(ABC):
             )
         self.class_bias_ = arr
 
+    def load_scale_and_thresholds(self, config: Mapping[str, Any], source: str) -> None:
+        """Set ``temperature_``, ``class_bias_`` and ``thresholds_`` from head_config.json.
+
+        Raises:
+            ArtifactError: a temperature that is not a finite number > 0 (0 predicted NaN, a
+                negative one reversed the ranking), or thresholds that are not a mapping of
+                label -> number or null.
+        """
+        raw = config.get("temperature", 1.0)
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw < np.inf:
+            raise ArtifactError(f"{source}: temperature must be a number > 0, got {raw!r}")
+        self.temperature_ = float(raw)
+        self.load_class_bias(config.get("class_bias"), source)
+        thr = config.get("thresholds")
+        if thr is None:
+            return
+        if not isinstance(thr, Mapping):
+            raise ArtifactError(
+                f"{source}: thresholds must map each label to a number or null, got "
+                f"{type(thr).__name__}"
+            )
+        values = []
+        for lab in self.labels:
+            t = thr.get(lab)
+            if t is not None and (isinstance(t, bool) or not isinstance(t, int | float) or t != t):
+                raise ArtifactError(
+                    f"{source}: thresholds[{lab!r}] must be a number or null, got {t!r}"
+                )
+            values.append(np.inf if t is None else float(t))
+        self.thresholds_ = np.array(values)
+
     def thresholds_config(self) -> dict[str, float | None] | None:
         """``thresholds_`` as head_config.json stores them: per label, None where ``inf``."""
         if self.thresholds_ is None:

@@ -222,6 +222,10 @@ def precision_lower_bound(
     return np.where(n > 0, np.clip(lb, 0.0, 1.0), 0.0)
 
 
+#: How far under the lowest kept validation score a threshold sits (see ``_class_threshold``).
+THRESHOLD_MARGIN = 1e-6
+
+
 @dataclass(frozen=True)
 class ClassThreshold:
     """Validation report for one class's threshold.
@@ -404,8 +408,13 @@ def _class_threshold(
     if len(good) == 0:
         return math.inf, empty
     i = int(good[-1])  # largest prefix == lowest threshold
-    return float(s[i]), {
-        "threshold": float(s[i]),
+    # A hair under the lowest kept score, never down to the next lower one: float32 arithmetic
+    # scores a row a few 1e-8 apart in another batch (or after a save and load), and the row
+    # that set the threshold must not fall out of it there.
+    below = float(s[i + 1]) if i + 1 < n_pred else -math.inf
+    threshold = max(float(s[i]) - THRESHOLD_MARGIN, (float(s[i]) + below) / 2, min_threshold)
+    return threshold, {
+        "threshold": threshold,
         "precision": float(tp[i] / n[i]),
         "precision_lower": float(lb[i]),
         "assigned": int(n[i]),
@@ -447,7 +456,9 @@ def effective_prior(
     Returns:
         ``(k,)`` prior, positive, summing to 1.
     """
-    probs = np.asarray(probs, dtype=np.float64)
+    # Floored: a class that softmax underflowed to exactly 0 on every row made a row sum 0 once
+    # the other classes' weights shrank, and the whole prior NaN.
+    probs = np.maximum(np.asarray(probs, dtype=np.float64), 1e-300)
     k = probs.shape[1]
     y = _check_targets(y, len(probs), k)
     pi_val = np.bincount(y, minlength=k) + smoothing

@@ -14,7 +14,6 @@ Saved arrays: ``embeddings`` (n, in_dim, L2-normalised float32) and ``targets`` 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -230,6 +229,8 @@ class KnnHead(Head):
         if cross_fit:
             extra = (self._out_of_fold(x, y, cross_fit, seed), y)
             self.fit_info_["cross_fit"] = {"folds": cross_fit, "rows": len(y)}
+        if val_labels is not None and val_embeddings is None:
+            raise InvalidInputError("val_labels given without val_embeddings")
         if val_embeddings is None and extra is None:
             return self
         vy: Labels
@@ -367,13 +368,7 @@ class KnnHead(Head):
                 f"labels.json has {len(head.labels)} labels but targets reach {int(ref_y.max())}"
             )
         head.embeddings_, head.targets_ = ref.astype(np.float32), ref_y.astype(np.int64)
-        head.temperature_ = float(config.get("temperature", 1.0))
-        head.load_class_bias(config.get("class_bias"), "head_config.json")
-        thr = config.get("thresholds")
-        if thr is not None:
-            head.thresholds_ = np.array(
-                [math.inf if thr.get(lab) is None else float(thr[lab]) for lab in head.labels]
-            )
+        head.load_scale_and_thresholds(config, "head_config.json")
         cutoff = config.get("ood_cutoff")
         head.ood_cutoff_ = None if cutoff is None else float(cutoff)
         head.calibration_ = config.get("calibration")

@@ -208,10 +208,12 @@ class LanguageEvidence:
         }
 
     def to_tensors(self) -> dict[str, np.ndarray]:
+        # float64, as computed: rounded to float32 on disk, a row scored exactly at a
+        # threshold or cutoff came back on the other side of it after loading.
         return {
-            "language.weight": self.weight.astype(np.float32),
-            "language.bias": self.bias.astype(np.float32),
-            "language.table": self.table.astype(np.float32),
+            "language.weight": self.weight.astype(np.float64),
+            "language.bias": self.bias.astype(np.float64),
+            "language.table": self.table.astype(np.float64),
         }
 
     @classmethod

@@ -107,9 +107,11 @@ class MahalanobisGuard:
         }
 
     def to_tensors(self) -> dict[str, np.ndarray]:
+        # float64, as computed: rounded to float32 on disk, a row scored exactly at a
+        # threshold or cutoff came back on the other side of it after loading.
         return {
-            "ood.means_w": self.means_w.astype(np.float32),
-            "ood.whiten": self.whiten.astype(np.float32),
+            "ood.means_w": self.means_w.astype(np.float64),
+            "ood.whiten": self.whiten.astype(np.float64),
         }
 
     @classmethod
@@ -117,10 +119,16 @@ class MahalanobisGuard:
         try:
             means = np.asarray(tensors["ood.means_w"], dtype=np.float64)
             whiten = np.asarray(tensors["ood.whiten"], dtype=np.float64)
-            return cls(
+            guard = cls(
                 means, whiten, float(config["cutoff"]), float(config["quantile"]), int(config["n"])
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ArtifactError(
                 f"the head's out-of-distribution guard is incomplete: {err}"
             ) from err
+        if whiten.ndim != 2 or means.ndim != 2 or means.shape[1] != whiten.shape[1]:
+            raise ArtifactError(
+                "the head's out-of-distribution guard has arrays that do not fit together: "
+                f"ood.whiten {whiten.shape}, ood.means_w {means.shape}"
+            )
+        return guard

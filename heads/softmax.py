@@ -12,7 +12,7 @@ import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -315,6 +315,8 @@ class SoftmaxAbstainHead(Head):
             InvalidInputError: empty or one-class training data, unknown labels, shape mismatches.
         """
         x, y = self.training_arrays(embeddings, labels)
+        if val_labels is not None and val_embeddings is None:
+            raise InvalidInputError("val_labels given without val_embeddings")
         val = None
         if val_embeddings is not None:
             if val_labels is None:
@@ -343,18 +345,22 @@ class SoftmaxAbstainHead(Head):
         if solver == "lbfgs":
             self._train_lbfgs(x, y, val, weights=weights, l2=l2, seed=seed)
         else:
-            self._train(
-                x,
-                y,
-                val,
-                epochs=epochs,
-                lr=lr,
-                weight_decay=weight_decay,
-                batch_size=batch_size,
-                class_weight=class_weight,
-                patience=patience,
-                seed=seed,
-            )
+            # Dropout draws from torch's global generator: seeded here, and given back after,
+            # so that one seed gives one head (and the caller's random state is left alone).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self._train(
+                    x,
+                    y,
+                    val,
+                    epochs=epochs,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    batch_size=batch_size,
+                    class_weight=class_weight,
+                    patience=patience,
+                    seed=seed,
+                )
         self.fit_info_["class_weight"] = class_weight
         if calibrate and (val is not None or cross_fit):
             cal_x, cal_y = (val[0], val[1]) if val is not None else (x[:0], y[:0])
@@ -568,15 +574,44 @@ class SoftmaxAbstainHead(Head):
             keep_scale=keep_scale,
         )
         self.fit_ood(val_embeddings, vy[: len(vy) - (0 if extra is None else len(extra[1]))])
-        for label in self.config.never_assign:
-            sel.thresholds[self.labels.index(label)] = math.inf  # the array in thresholds_
         assert self.calibration_ is not None  # fit_thresholds wrote it
+        sel = self._never_assign(sel)
         self.calibration_.update(
             rule="lowest threshold with label lower bound and mean calibrated probability "
             ">= target",
             never_assign=list(self.config.never_assign),
         )
         return sel
+
+    def _never_assign(self, sel: ThresholdSelection) -> ThresholdSelection:
+        """Close the ``never_assign`` labels, in the thresholds and in the calibration record.
+
+        The record is what the audience estimators read as the head's validation behaviour
+        (``heads.audience.head_audience_inputs``): a closed label that still showed its
+        threshold's assigned rows made a follower population like the validation data look
+        unlike it.
+        """
+        closed = {self.labels.index(label) for label in self.config.never_assign}
+        if not closed:
+            return sel
+        report = list(sel.report)
+        for c in closed:
+            sel.thresholds[c] = math.inf  # the array in thresholds_
+            report[c] = replace(
+                report[c],
+                threshold=math.inf,
+                precision=None,
+                precision_lower=0.0,
+                assigned=0,
+                correct=0,
+                recall=0.0,
+                coverage=0.0,
+            )
+        unreachable = tuple(r.label for r in report if math.isinf(r.threshold))
+        assert self.calibration_ is not None
+        self.calibration_["per_class"] = {r.label: r.to_dict() for r in report}
+        self.calibration_["unreachable"] = list(unreachable)
+        return replace(sel, report=tuple(report), unreachable=unreachable)
 
     # ----------------------------------------------------------------- persistence
     def to_config(self) -> dict[str, Any]:
@@ -639,17 +674,16 @@ class SoftmaxAbstainHead(Head):
         )
         module.eval()
         head.module_ = module
-        head.temperature_ = float(config.get("temperature", 1.0))
-        head.load_class_bias(config.get("class_bias"), "head_config.json")
-        thr = config.get("thresholds")
-        if thr is not None:
-            head.thresholds_ = np.array(
-                [math.inf if thr.get(lab) is None else float(thr[lab]) for lab in head.labels]
-            )
+        head.load_scale_and_thresholds(config, "head_config.json")
         head.calibration_ = config.get("calibration")
         head.fit_info_ = dict(config.get("fit") or {})
         if config.get("ood"):
             head.ood_ = MahalanobisGuard.from_saved(config["ood"], dict(tensors))
+            if head.ood_.whiten.shape[0] != head.in_dim:
+                raise ArtifactError(
+                    f"in_dim {head.in_dim} in head_config.json but the out-of-distribution "
+                    f"guard's ood.whiten has {head.ood_.whiten.shape[0]} rows"
+                )
         if config.get("language_evidence"):
             evidence = LanguageEvidence.from_saved(config["language_evidence"], tensors)
             try:

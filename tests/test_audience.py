@@ -91,6 +91,14 @@ def test_effective_prior_recovers_the_prior_the_posteriors_assume():
     np.testing.assert_allclose(effective_prior(probs, y), TRAIN_PRIOR, atol=0.02)
 
 
+def test_effective_prior_survives_a_class_underflowed_to_zero():
+    probs, y = _followers(TRAIN_PRIOR, 2000, seed=7)
+    probs[:, -1] = 0.0  # softmax underflow: the class is exactly 0 on every row
+    probs /= probs.sum(axis=1, keepdims=True)
+    prior = effective_prior(probs, y)
+    assert np.isfinite(prior).all() and prior.sum() == pytest.approx(1.0)
+
+
 def test_bootstrap_intervals_cover_truth_and_plot(tmp_path):
     truth = _mixture(3)
     probs, _ = _followers(truth, 1000, seed=3)
@@ -126,6 +134,23 @@ def test_estimate_audience_input_errors():
         estimate_audience(np.full((2, K), 1 / K), labels=LABELS, method="magic")
     with pytest.raises(InvalidInputError, match=r"shape \(n, 12\)"):
         estimate_audience(np.full((2, 3), 1 / 3), labels=LABELS, method="average")
+    # rows that are not probabilities gave NaN shares, or shares summing to 2, silently
+    flat = np.full((3, K), 1 / K)
+    for row, needle in (
+        (np.full(K, 2 / K), "sum 2"),
+        (np.r_[np.nan, np.full(K - 1, 1 / (K - 1))], "row 1 is not a probability"),
+        (np.zeros(K), "sum 0"),
+        (np.r_[-0.5, 1.5, np.zeros(K - 2)], "min -0.5"),
+    ):
+        probs = flat.copy()
+        probs[1] = row
+        with pytest.raises(InvalidInputError, match=needle):
+            estimate_audience(probs, labels=LABELS, method="average")
+    with pytest.raises(InvalidInputError, match="prior must be finite"):
+        estimate_audience(flat, labels=LABELS, method="em", prior=np.full(K, np.nan))
+    for confidence in (1.0, 1.5, 0.0):  # NaN intervals, or numpy's own error
+        with pytest.raises(InvalidInputError, match="confidence must be in"):
+            estimate_audience(flat, labels=LABELS, method="average", confidence=confidence)
 
 
 def test_default_method_is_the_ensemble_where_the_head_can_run_it():

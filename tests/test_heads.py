@@ -192,6 +192,100 @@ def test_minibatch_fit_is_deterministic():
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+def test_hidden_heads_with_dropout_fit_the_same_for_one_seed():
+    # dropout draws from torch's global generator, which the head's seed did not set
+    x, y = _blobs(200, 3, seed=5)
+    state = torch.random.get_rng_state()
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(len(outs))  # another caller's state each time
+        h = build_head(
+            "softmax_abstain",
+            name="g",
+            labels=("a", "b", "c"),
+            embedding_version=EMB,
+            in_dim=DIM,
+            hidden=8,
+            dropout=0.3,
+            seed=3,
+        )
+        h.fit(x, y, val_embeddings=x[:60], val_labels=y[:60], epochs=10)
+        outs.append(h.predict_proba(x))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    torch.random.set_rng_state(state)
+
+
+def test_never_assigned_labels_assign_nothing_in_the_record_too():
+    # The audience estimators read the record as the head's behaviour on validation rows.
+    from heads.audience import head_audience_inputs
+
+    labels = ("FR", "DE", "OTHER")
+    x, y = _blobs(600, 3, seed=0)
+    vx, vy = _blobs(600, 3, seed=1)
+    head = build_head(
+        "softmax_abstain",
+        name="geo",
+        labels=labels,
+        embedding_version=EMB,
+        in_dim=DIM,
+        never_assign=("OTHER",),
+        ood_quantile=None,  # the record is the thresholds' (the guard refuses a few rows more)
+    )
+    head.fit(x, [labels[i] for i in y], val_embeddings=vx, val_labels=[labels[i] for i in vy])
+    row = head.calibration_["per_class"]["OTHER"]
+    assert np.isinf(head.thresholds_[2]) and row["threshold"] is None
+    assert (row["assigned"], row["correct"], row["recall"]) == (0, 0, 0.0)
+    assert "OTHER" in head.calibration_["unreachable"]
+    assert head.calibration_["per_class"]["FR"]["assigned"] > 0
+    inputs = head_audience_inputs(head)
+    really = np.mean([p.label is not None for p in head.predict(vx)])
+    assert inputs["val_assigned_share"] == pytest.approx(really)
+    assert inputs["recall_counts"][2, 0] == 0
+    # a head saved before the record followed never_assign: the closed threshold decides
+    head.calibration_["per_class"]["OTHER"].update(assigned=150, correct=140)
+    stale = head_audience_inputs(head)
+    assert stale["val_assigned_share"] == pytest.approx(really)
+    assert stale["recall_counts"][2, 0] == 0
+
+
+def test_a_head_with_evidence_and_a_guard_predicts_the_same_after_loading(tmp_path):
+    # Saved as float32, the evidence and the guard moved rows scored at a threshold or at the
+    # cutoff to the other side of it after loading.
+    from heads.language_evidence import LanguageEvidence
+
+    labels = ("US", "GB", "FR", "OTHER")
+    x, y = _blobs(1500, 4, seed=0)
+    vx, vy = _blobs(1000, 4, seed=1)
+    languages = np.array(["en", "fr"])[(y == 2).astype(int)]
+    evidence = LanguageEvidence.fit(x, list(languages), labels, alpha=0.5)
+    head = build_head(
+        "softmax_abstain", name="geo", labels=labels, embedding_version=EMB, in_dim=DIM
+    )
+    head.fit(
+        x,
+        [labels[i] for i in y],
+        val_embeddings=vx,
+        val_labels=[labels[i] for i in vy],
+        language_evidence_after_calibration=evidence,
+    )
+    assert head.ood_ is not None and head.language_ is not None
+    loaded = load_head(head.save(tmp_path / "h"))
+    np.testing.assert_array_equal(loaded.predict_proba(vx), head.predict_proba(vx))
+    np.testing.assert_array_equal(loaded.ood_.distance(vx), head.ood_.distance(vx))
+    assert [(p.label, p.reason) for p in loaded.predict(vx)] == [
+        (p.label, p.reason) for p in head.predict(vx)
+    ]
+
+
+def test_val_labels_without_val_embeddings_are_refused():
+    x, y = _blobs(100, 3, seed=5)
+    h = build_head(
+        "softmax_abstain", name="g", labels=("a", "b", "c"), embedding_version=EMB, in_dim=DIM
+    )
+    with pytest.raises(InvalidInputError, match="val_labels given without val_embeddings"):
+        h.fit(x, y, val_labels=y[:10])
+
+
 def test_save_load_round_trip(fitted, tmp_path):
     path = fitted.save(tmp_path / "geo" / "v1")
     assert sorted(p.name for p in path.iterdir()) == [
@@ -259,6 +353,20 @@ def test_load_refuses_version_and_shape_mismatches(fitted, tmp_path):
 
     with pytest.raises(ArtifactError, match=r"has no head_config\.json"):
         load_head(tmp_path / "nowhere")
+
+    # settings that used to load and then predict NaN, a reversed ranking or a raw error
+    for name, patch, needle in (
+        ("zero_temperature", {"temperature": 0}, "temperature must be a number > 0"),
+        ("negative_temperature", {"temperature": -1.0}, "temperature must be a number > 0"),
+        ("null_temperature", {"temperature": None}, "temperature must be a number > 0"),
+        ("text_threshold", {"thresholds": {"FR": "high"}}, r"thresholds\['FR'\] must be a number"),
+        ("list_thresholds", {"thresholds": [0.5, 0.5]}, "thresholds must map each label"),
+    ):
+        broken = tmp_path / name
+        fitted.save(broken)
+        (broken / "head_config.json").write_text(json.dumps({**cfg, **patch}))
+        with pytest.raises(ArtifactError, match=needle):
+            load_head(broken)
 
 
 def test_out_of_distribution_rows_abstain_whatever_their_score(fitted, monkeypatch):

@@ -53,3 +53,26 @@ def test_head_calibration_fits_the_guard_saves_it_and_abstains_with_the_reason(t
     )  # fmt: skip
     off.fit(x[:1000], y[:1000], val_embeddings=x[1000:], val_labels=y[1000:])
     assert off.ood_ is None and off.in_distribution(shifted) is None
+
+
+def test_a_saved_guard_whose_arrays_do_not_fit_is_refused_at_load(tmp_path):
+    import json
+
+    import pytest
+    from safetensors.numpy import load_file, save_file
+
+    from embedder.errors import ArtifactError
+
+    x, y = _data(1500)
+    head = build_head(
+        "softmax_abstain", name="t", labels=("a", "b", "c"), embedding_version="emb-t", in_dim=8
+    )
+    head.fit(x[:1000], y[:1000], val_embeddings=x[1000:], val_labels=y[1000:])
+    path = head.save(tmp_path / "t")
+    tensors = load_file(str(path / "model.safetensors"))
+    assert tensors["ood.whiten"].dtype == np.float64  # as computed: see the round trip above
+    tensors["ood.whiten"] = tensors["ood.whiten"][:, :5].copy()  # loaded, then failed at predict
+    save_file(tensors, str(path / "model.safetensors"))
+    with pytest.raises(ArtifactError, match="do not fit together"):
+        load_head(path)
+    assert json.loads((path / "head_config.json").read_text())["ood"]["n"] == 500
