@@ -67,6 +67,10 @@ def test_client_predict_prints_the_json_of_predict(model_dir, target, tmp_path, 
     assert main(["predict", str(path), "-o", str(out), "--model", str(model_dir)]) == 0
     local = _lines(out.read_text())
     capsys.readouterr()
+    bom = tmp_path / "bom.jsonl"  # as a Windows editor saves it
+    bom.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert main(["client", "predict", "--target", target, str(bom)]) == 0
+    assert len(_lines(capsys.readouterr().out)) == len(local)
     # "-o -" (and /dev/stdout, a README command) write the same lines to standard output
     assert main(["predict", str(path), "-o", "-", "--model", str(model_dir)]) == 0
     assert _lines(capsys.readouterr().out) == local

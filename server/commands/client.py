@@ -90,7 +90,9 @@ class _Reader:
     def __iter__(self) -> Any:
         from embedder.errors import InvalidInputError
 
-        stream = sys.stdin if self.path == "-" else open(self.path, encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Windows editors write one) is read as nothing, as
+        # `profile-embed predict` and `embed` read it
+        stream = sys.stdin if self.path == "-" else open(self.path, encoding="utf-8-sig")
         seen: dict[str, int] = {}
         with stream:
             try:
