@@ -15,10 +15,11 @@ A retrained encoder has a new ``embedding_version``, so it can never read vector
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -88,6 +89,19 @@ class EmbeddingCache:
             raise ArtifactError(f"the embedding cache {self.path} is closed")
         return self._conn
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock; a damaged file (pages past its header, which open
+        fine) becomes an ArtifactError naming it, not a raw sqlite3 error with no path."""
+        with self._lock:
+            try:
+                yield self._connection()
+            except sqlite3.DatabaseError as err:
+                raise ArtifactError(
+                    f"the embedding cache {self.path} cannot be used ({err}); delete the file "
+                    "(it is rebuilt as profiles are embedded) or start without --cache"
+                ) from None
+
     def get_many(self, hashes: Sequence[bytes]) -> list[np.ndarray | None]:
         """Look up vectors by text hash.
 
@@ -100,8 +114,7 @@ class EmbeddingCache:
         keys = [bytes(h) for h in hashes]
         found: dict[bytes, np.ndarray] = {}
         unique = list(dict.fromkeys(keys))
-        with self._lock:
-            conn = self._connection()
+        with self._reading() as conn:
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -138,8 +151,7 @@ class EmbeddingCache:
         rows = [(self.embedding_version, bytes(h), arr[i].tobytes()) for i, h in enumerate(hashes)]
         if not rows:
             return
-        with self._lock:
-            conn = self._connection()
+        with self._reading() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(
@@ -148,20 +160,17 @@ class EmbeddingCache:
                     rows,
                 )
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
 
     def __len__(self) -> int:
-        with self._lock:
-            row = (
-                self._connection()
-                .execute(
-                    "SELECT COUNT(*) FROM embeddings WHERE embedding_version = ?",
-                    (self.embedding_version,),
-                )
-                .fetchone()
-            )
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE embedding_version = ?",
+                (self.embedding_version,),
+            ).fetchone()
         return int(row[0])
 
     def stats(self) -> dict[str, Any]:

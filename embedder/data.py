@@ -602,7 +602,9 @@ def _write_parquet(path: Path, rows: Iterable[LabelledProfile]) -> int:
             arrays.append(pa.array(values, type=pa.list_(pa.string())))
             continue
         types = {type(v) for v in values if v is not None}
-        if len(types) <= 1 and types <= set(_SCALARS):
+        # ints beyond int64 (JSON has no limit) go the JSON way, like mixed columns
+        wide = types == {int} and any(not -(2**63) <= v < 2**63 for v in values if v is not None)
+        if len(types) <= 1 and types <= set(_SCALARS) and not wide:
             arrays.append(pa.array(values, type=None if types else pa.string()))
         elif types == {list} and all(isinstance(x, str) for v in values if v for x in v):
             arrays.append(pa.array(values, type=pa.list_(pa.string())))  # e.g. simulator "cues"

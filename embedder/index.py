@@ -83,7 +83,7 @@ class SimilarityIndex:
         return len(self._label_of)
 
     def __contains__(self, profile_id: object) -> bool:
-        return profile_id in self._label_of
+        return str(profile_id) in self._label_of  # ids are stored as strings (upsert str()s them)
 
     def ids(self) -> list[str]:
         """Stored ids, in insertion order of their current vectors."""
@@ -124,7 +124,9 @@ class SimilarityIndex:
 
     def _check(self, vectors: Any) -> np.ndarray:
         arr = np.array(vectors, dtype=np.float32, copy=True)
-        if arr.ndim == 1:
+        if arr.size == 0:
+            arr = arr.reshape(0, self.dim)  # an empty batch, as [] or any empty shape
+        elif arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] != self.dim:
             raise InvalidInputError(
@@ -311,6 +313,11 @@ class SimilarityIndex:
 
         path = Path(path)
         meta = _read_meta(path / META_FILE)
+        if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{path}: index format_version {meta.get('format_version')!r}; this version "
+                f"reads format {FORMAT_VERSION} (rebuild it with `profile-embed index build`)"
+            )
         stored = meta.get("embedding_version")
         if embedding_version is not None and stored != embedding_version:
             raise VersionMismatchError(

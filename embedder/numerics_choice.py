@@ -235,7 +235,8 @@ def choose_numerics(
     with _locked(path):
         entries = _read_cache(path)  # read once: the lock keeps other probers out meanwhile
         cached = entries.get(key)
-        if cached is not None and cached.get("chosen") in usable:
+        # an entry edited by hand or by another version may not be a record: probe again
+        if isinstance(cached, dict) and cached.get("chosen") in usable:
             return _switch(encoder, {**cached, "how": "cached"})
         record, built = _probe(encoder, usable, threads)
         record.update(cpu=hw.model, threads=threads, measured_at=time.strftime("%Y-%m-%d"))

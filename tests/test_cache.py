@@ -203,3 +203,18 @@ def test_profile_model_embeds_through_its_cache(tmp_path) -> None:
     ) as other:
         with pytest.raises(VersionMismatchError):
             ProfileModel(enc, {}, cache=other)
+
+
+def test_a_cache_damaged_past_its_header_is_an_artifact_error_naming_it(tmp_path) -> None:
+    # The file opens (the header is fine); its pages are not: a raw sqlite3 error named no path
+    # and reached the CLI as a traceback.
+    path = tmp_path / "cache.sqlite"
+    hashes = _hashes(2000)
+    with EmbeddingCache(path, embedding_version="emb-aaaaaaaaaaaa", dim=DIM) as cache:
+        cache.put_many(hashes, np.random.default_rng(0).random((2000, DIM)))
+    data = bytearray(path.read_bytes())
+    data[8192:16384] = b"\xff" * 8192
+    path.write_bytes(bytes(data))
+    with EmbeddingCache(path, embedding_version="emb-aaaaaaaaaaaa", dim=DIM) as damaged:
+        with pytest.raises(ArtifactError, match=f"{path}.*delete the file"):
+            damaged.get_many(hashes)

@@ -613,6 +613,17 @@ def test_split_counts_groups_unlabelled_rows():
     }
 
 
+def test_ints_beyond_int64_round_trip_through_parquet(tmp_path):
+    rows = [
+        LabelledProfile(Profile(id="a", extra={"big": 2**63, "small": 1})),
+        LabelledProfile(Profile(id="b", extra={"big": 3, "small": 2})),
+    ]
+    path = tmp_path / "rows.parquet"
+    write_profiles(path, rows)  # OverflowError from pyarrow before
+    back = [dict(r.profile.extra) for r in read_profiles(path).rows]
+    assert back == [{"big": 2**63, "small": 1}, {"big": 3, "small": 2}]
+
+
 def test_parquet_column_types(tmp_path):
     path = tmp_path / "rows.parquet"
     write_profiles(path, RICH_ROWS)

@@ -62,6 +62,11 @@ def test_wrong_dim_and_duplicates_refused() -> None:
     with pytest.raises(InvalidInputError):
         index.search(np.ones(8), k=1)
     assert index.search(np.ones(DIM), k=3) == ([[]], [[]])
+    index.upsert([], [])  # an empty batch, however it is spelled
+    index.upsert([], np.zeros((0, DIM)))
+    assert len(index) == 0
+    index.upsert([5], np.ones((1, DIM)))  # ids are strings, whatever was given
+    assert 5 in index and "5" in index
 
 
 def test_save_load_round_trip_and_version_refusal(tmp_path) -> None:
@@ -95,6 +100,10 @@ def test_save_load_round_trip_and_version_refusal(tmp_path) -> None:
         SimilarityIndex("emb-bbbbbbbbbbbb", DIM).save(tmp_path / "idx")
     with pytest.raises(ArtifactError, match="missing"):
         SimilarityIndex.load(tmp_path / "nothing", embedding_version=None)
+    meta["format_version"] = 99  # written by a later version: refused, not misread
+    (tmp_path / "idx" / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="format_version 99"):
+        SimilarityIndex.load(tmp_path / "idx", embedding_version=None)
 
 
 def test_switches_to_ivf_with_sane_recall(tmp_path) -> None:

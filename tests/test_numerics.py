@@ -127,6 +127,10 @@ def test_auto_probes_once_per_machine_and_caches(tiny_base_dir, tmp_path, monkey
     assert load_encoder(path, threads=2).numerics_choice["how"] == "probe"
     assert load_encoder(path, "fp32").numerics_choice == {"chosen": "fp32", "how": "fixed"}
     assert load_encoder(path, "auto", threads=1).numerics_choice["how"] == "cached"
+    # an entry that is not a record (edited by hand) is probed again, not a crash
+    probe_file = tmp_path / "home" / "numerics-probe.json"
+    probe_file.write_text(json.dumps({key: "garbage" for key in cache}))
+    assert load_encoder(path, threads=1).numerics_choice["how"] == "probe"
     from embedder.profile import Profile
 
     vectors = model.encoder.encode([Profile(id="a", biography="📍 Lyon")])
