@@ -392,3 +392,72 @@ def test_batch_audience_from_raw_follower_files(model_dir, inputs, tmp_path):
         )
     )
     assert again["batch"]["files_already_done"] == 1
+
+
+def test_reruns_keep_one_current_row_per_follower_and_influencer(model_dir, inputs, tmp_path):
+    """Three ways a reused output folder went wrong: a follower of a second influencer was
+    skipped as done, a changed input file kept its old rows beside the new ones, and a run of
+    another head version was read by the audience job as more followers."""
+    import os
+
+    from server.batch.audience_job import AudienceJobConfig, run_audience_job
+    from server.batch.pipeline import run_batch
+
+    _, _, _, profiles = inputs
+    rows = list(profiles.values())[:40]
+    followers = tmp_path / "followers"
+    followers.mkdir()
+
+    def write(name, recs):
+        path = followers / name
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+        return path
+
+    def audience():
+        out = tmp_path / "aud"
+        run_audience_job(
+            AudienceJobConfig(
+                model_dir=model_dir,
+                followers=str(followers),
+                output=out,
+                n_bootstrap=0,
+                num_actors=1,
+                show_progress=False,
+            )
+        )
+        lines = [json.loads(x) for x in (out / "audience.jsonl").read_text().splitlines()]
+        return {x["influencer_id"]: x["n"] for x in lines}
+
+    write("a.jsonl", [{**r, "influencer_id": "A"} for r in rows[:20]])
+    assert audience() == {"A": 20}
+    # 1. the same 10 followers follow B too, in a file added later
+    write("b.jsonl", [{**r, "influencer_id": "B"} for r in rows[:10]])
+    assert audience() == {"A": 20, "B": 10}
+    # 2. a.jsonl rewritten: one follower gone, one bio changed
+    changed = [{**r, "influencer_id": "A"} for r in rows[:19]]
+    changed[0]["biography"] = "moved to Lima 🇵🇪"
+    path = write("a.jsonl", changed)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert audience() == {"A": 19, "B": 10}
+    predictions = _results(tmp_path / "aud" / "predictions").to_pylist()
+    a_rows = [r for r in predictions if r["influencer_id"] == "A"]
+    assert sorted(r["id"] for r in a_rows) == sorted(r["id"] for r in changed)  # one row each
+    # 3. a batch run of other settings into the same folder is not read as more followers
+    run_batch(
+        _config(
+            model_dir,
+            followers,
+            tmp_path / "aud" / "predictions",
+            with_probabilities=True,
+            keep_fields=("influencer_id",),
+        )
+    )  # every head (the audience job ran geolocation alone): another spec, all rows again
+    assert audience() == {"A": 19, "B": 10}
+
+
+def test_a_kept_field_may_not_take_a_result_column_name(model_dir, inputs, tmp_path):
+    from embedder.errors import InvalidInputError
+
+    for name in ("id", "row_key", "geolocation_probs"):
+        with pytest.raises(InvalidInputError, match="is a column of the results"):
+            _config(model_dir, inputs[0], tmp_path / "out", keep_fields=(name,))

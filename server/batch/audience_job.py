@@ -26,7 +26,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embedder.errors import InvalidInputError
-from server.batch.incremental import RESULTS_DIR, atomic_write_bytes, atomic_write_json
+from server.batch.incremental import (
+    RESULTS_DIR,
+    JobSpec,
+    OutputStore,
+    atomic_write_bytes,
+    atomic_write_json,
+)
 from server.batch.pipeline import BatchConfig, run_batch
 from server.batch.predictor import load_model
 from server.batch.runtime import ensure_ray, quiet_ray_data
@@ -73,13 +79,49 @@ class AudienceJobConfig:
     show_progress: bool = True
 
 
-def _result_files(folder: Path, head: str) -> list[str]:
-    import pyarrow.parquet as pq
+def _result_files(folder: Path, head: str, embedding_version: str, head_version: int) -> list[str]:
+    """The result files computed with this encoder and this version of ``head``.
 
-    files = sorted((folder / RESULTS_DIR).glob("*.parquet"))
-    need = {GROUP_FIELD, f"{head}_probs"}
-    usable = [str(p) for p in files if need <= set(pq.read_schema(p).names)]
-    return usable
+    Results of other runs in the folder (another head version, another encoder) hold the same
+    followers again: read too, they counted each follower twice and mixed the versions.
+    """
+    spec = JobSpec(
+        embedding_version=embedding_version,
+        heads={head: head_version},
+        with_probabilities=True,
+        keep_fields=(GROUP_FIELD,),
+    )
+    return [str(p) for p in OutputStore(folder).result_paths(spec)]
+
+
+def _read_results(files: list[str], columns: list[str]) -> Any:
+    """A Ray dataset of ``columns`` of the result files, each row once, read by Ray tasks.
+
+    Each row (``row_key``: id, text and influencer) is taken from the first file that holds
+    it: runs of other settings that satisfy the job (more heads, embeddings) hold the same
+    followers again. Not ``ray.data.read_parquet``: with more than one file its threaded path
+    listing imports fsspec's HTTP filesystem, which fails where fsspec lacks aiohttp.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    keys = [
+        np.asarray(pq.read_table(f, columns=["row_key"])["row_key"].to_pylist(), dtype="S16")
+        for f in files
+    ]
+    first = np.zeros(sum(len(k) for k in keys), dtype=bool)
+    if len(first):
+        first[np.unique(np.concatenate(keys), return_index=True)[1]] = True
+    bounds = np.cumsum([0, *(len(k) for k in keys)])
+    masks = [first[bounds[i] : bounds[i + 1]] for i in range(len(files))]
+
+    def read_one(path: str, keep: np.ndarray) -> Any:
+        return pq.read_table(path, columns=columns).filter(pa.array(keep))
+
+    # Any: Ray's stubs type a remote function's refs apart from the refs from_arrow_refs takes
+    read: Any = ray.remote(read_one).options(num_cpus=0.25)
+    return ray.data.from_arrow_refs([read.remote(f, m) for f, m in zip(files, masks, strict=True)])
 
 
 def _estimate_group(
@@ -172,7 +214,6 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import ray
 
     from heads.audience import METHODS, default_method, head_audience_inputs
 
@@ -201,18 +242,21 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
             )
         )
         followers = cfg.output / "predictions"
-    files = _result_files(followers, cfg.head)
-    if not files:
-        raise InvalidInputError(
-            f"no batch results with columns '{GROUP_FIELD}' and '{cfg.head}_probs' under "
-            f"{followers / RESULTS_DIR}; run profile-embed batch with --with-probabilities "
-            f"--keep-fields {GROUP_FIELD}, or pass raw follower files",
-            field="followers",
-        )
     ensure_ray(cfg.num_cpus)
     quiet_ray_data(cfg.show_progress)
     model = load_model(cfg.model_dir, [cfg.head], None, threads=None)
     head = model.heads[cfg.head]
+    files = _result_files(
+        followers, cfg.head, model.encoder.embedding_version, int(head.head_version)
+    )
+    if not files:
+        raise InvalidInputError(
+            f"no batch results of {model.encoder.embedding_version} and {cfg.head} "
+            f"v{head.head_version} with columns '{GROUP_FIELD}' and '{cfg.head}_probs' under "
+            f"{followers / RESULTS_DIR}; run profile-embed batch with this model, "
+            f"--with-probabilities and --keep-fields {GROUP_FIELD}, or pass raw follower files",
+            field="followers",
+        )
     labels = list(head.labels)
     recorded = head_audience_inputs(head)
     method = cfg.method or default_method(
@@ -224,7 +268,7 @@ def run_audience_job(cfg: AudienceJobConfig) -> dict[str, Any]:
     # Any: Ray's stubs do not accept a function with keyword arguments (fn_kwargs) for map_groups
     # select_columns: read_parquet's columns= is deprecated; Ray pushes the projection down into
     # the Parquet read all the same.
-    ds: Any = ray.data.read_parquet(files).select_columns([GROUP_FIELD, probs_col])
+    ds: Any = _read_results(files, [GROUP_FIELD, probs_col])
     n_rows = ds.count()
     from ray.data.expressions import col
 

@@ -15,8 +15,10 @@ manifest entry lost in a crash between the two writes is rebuilt from it. A run 
 leaves
 finished files complete and nothing else visible; the next run deletes ``_tmp`` and redoes the
 unfinished
-files only. Row-level skip: a row whose ``row_key`` (id + assembled-text hash) already appears in a
-compatible result file is not encoded again and not written again.
+files only. Row-level skip: a row whose ``row_key`` (id + assembled-text hash, + the kept fields'
+values) already appears in a compatible result file is not encoded again and not written again.
+An input file that changed is run again whole, and the results of its earlier versions are retired
+once its new result is written (``OutputStore.superseded``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ SUMMARY_FILE = "summary.json"
 META_KEY = b"profile_embed"
 FORMAT_VERSION = 1
 ROW_KEY_BYTES = 16
+#: The spec mark of results whose row keys hold the kept fields' values (see ``row_key``).
+KEPT_ROW_KEY = "id+text+kept"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +80,8 @@ class JobSpec:
         out = asdict(self)
         out["heads"] = dict(sorted(self.heads.items()))
         out["keep_fields"] = list(self.keep_fields)
+        if self.keep_fields:
+            out["row_key"] = KEPT_ROW_KEY  # keys of such results hold the kept values
         return out
 
     def satisfied_by(self, other: Mapping[str, Any]) -> bool:
@@ -89,12 +95,21 @@ class JobSpec:
             return False
         if self.with_probabilities and not other.get("with_probabilities"):
             return False
+        if self.keep_fields and other.get("row_key") != KEPT_ROW_KEY:
+            return False  # written before keys held the kept values: not a skip source
         return set(self.keep_fields) <= set(other.get("keep_fields", ()))
 
 
-def row_key(profile_id: str, text_hash: bytes) -> bytes:
-    """The skip key of one row: 16 bytes of sha256(id NUL sha256(assembled text))."""
-    return hashlib.sha256(profile_id.encode("utf-8") + b"\0" + text_hash).digest()[:ROW_KEY_BYTES]
+def row_key(profile_id: str, text_hash: bytes, kept: Sequence[Any] = ()) -> bytes:
+    """The skip key of one row: 16 bytes of sha256(id NUL sha256(assembled text) [NUL kept]).
+
+    ``kept`` are the row's kept fields' values: the same follower under another influencer
+    is another output row, which a key of id and text alone skipped as done.
+    """
+    data = profile_id.encode("utf-8") + b"\0" + text_hash
+    if kept:
+        data += b"\0" + json.dumps(list(kept), ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(data).digest()[:ROW_KEY_BYTES]
 
 
 def contains(done: np.ndarray, keys: Sequence[bytes]) -> np.ndarray:
@@ -184,12 +199,43 @@ class OutputStore:
             if spec.satisfied_by(e["spec"])
         }
 
-    def done_keys(self, spec: JobSpec) -> np.ndarray:
-        """Sorted unique ``row_key`` values (dtype ``S16``) of every compatible result file."""
+    def superseded(self, spec: JobSpec, current: Mapping[str, str]) -> dict[str, list[str]]:
+        """Result files of ``spec`` made from an earlier version of a current input file.
+
+        Args:
+            spec: the run's spec.
+            current: input path -> its fingerprint now.
+
+        Returns:
+            input path -> the file keys of its results from another fingerprint. They are not
+            skip sources (the file's new result holds all its rows) and are retired once it is
+            written (:meth:`retire`): read, they kept a changed row's old prediction beside its
+            new one and a removed row for good.
+        """
+        out: dict[str, list[str]] = {}
+        for key, entry in self.entries().items():
+            path, fingerprint = entry["input"]["path"], entry["input"]["fingerprint"]
+            changed = path in current and fingerprint != current[path]
+            if changed and spec.satisfied_by(entry["spec"]):
+                out.setdefault(path, []).append(key)
+        return out
+
+    def retire(self, keys: Sequence[str]) -> None:
+        """Delete result files and their manifest entries (superseded ones)."""
+        for key in keys:
+            (self.results / f"{key}.parquet").unlink(missing_ok=True)
+            (self.manifest / f"{key}.json").unlink(missing_ok=True)
+            logger.info("retired %s: its input file has changed since", key)
+
+    def done_keys(self, spec: JobSpec, exclude: Sequence[str] = ()) -> np.ndarray:
+        """Sorted unique ``row_key`` values (dtype ``S16``) of every compatible result file
+        (but the file keys in ``exclude``)."""
         import pyarrow.parquet as pq
 
         chunks = []
         for key, entry in self.entries().items():
+            if key in exclude:
+                continue
             if spec.satisfied_by(entry["spec"]) and entry.get("n_written", 0):
                 col = pq.read_table(self.results / f"{key}.parquet", columns=["row_key"])["row_key"]
                 chunks.append(np.asarray(col.to_pylist(), dtype=f"S{ROW_KEY_BYTES}"))

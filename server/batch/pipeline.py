@@ -102,6 +102,21 @@ class BatchConfig:
             raise InvalidInputError(
                 f"num_actors must be >= 1, got {self.num_actors}", field="num_actors"
             )
+        for name in self.keep_fields:
+            # a kept field becomes an output column: one of the result's own names would be a
+            # second column of that name (a Ray traceback mid-run, no result written)
+            if name in RESERVED_COLUMNS or name.endswith(HEAD_COLUMN_SUFFIXES):
+                raise InvalidInputError(
+                    f"{name!r} is a column of the results; kept fields may not be named "
+                    f"{', '.join(RESERVED_COLUMNS)} or end in {', '.join(HEAD_COLUMN_SUFFIXES)}",
+                    field="keep_fields",
+                )
+
+
+#: Result columns a kept input field may not be named (``predictor.result_schema``).
+RESERVED_COLUMNS = ("id", "source_row", "embedding_version", "text_hash", "row_key", "embedding")
+#: Suffixes of each head's result columns.
+HEAD_COLUMN_SUFFIXES = ("_label", "_argmax", "_score", "_reason", "_probs")
 
 
 @dataclass
@@ -244,9 +259,10 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
             len(pending),
         )
         progress = {f.key(spec.salt()): _FileProgress(input=f) for f in pending}
+        stale = store.superseded(spec, {f.path: f.fingerprint for f in pending})
         n_actors = 0
         if pending:
-            done = store.done_keys(spec)
+            done = store.done_keys(spec, exclude=[k for keys in stale.values() for k in keys])
             logger.info("%d result rows of earlier runs can be skipped", len(done))
             plan = plan_actors(cfg, res.resources or {"CPU": res.cpus})
             n_actors = plan.actors
@@ -289,6 +305,9 @@ def run_batch(cfg: BatchConfig) -> dict[str, Any]:
                 plan.device,
             )
             _drive(ds, progress, store, spec, run_id, str(tmp_dir), schema.serialize().to_pybytes())
+            for fp in progress.values():
+                if fp.submitted:  # its new result is written: the old version's can go
+                    store.retire(stale.get(fp.input.path, []))
         summary = _summary(
             cfg, spec, run_id, inputs, progress, res.address, n_actors, time.perf_counter() - t0
         )

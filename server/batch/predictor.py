@@ -228,7 +228,8 @@ class BatchPredictor:
         ]
         texts = self.model.encoder.assemble(profiles)
         hashes = [text_hash(t) for t in texts]
-        keys = [row_key(p.id, h) for p, h in zip(profiles, hashes, strict=True)]
+        kept = [self._kept(cols["keep"][i]) for i in good]
+        keys = [row_key(p.id, h, k) for p, h, k in zip(profiles, hashes, kept, strict=True)]
         skip = contains(self.done, keys)
         todo = [j for j in range(len(good)) if not skip[j]]
         for j in np.flatnonzero(skip):
@@ -250,8 +251,8 @@ class BatchPredictor:
         }
         if self.spec.with_embeddings:
             columns["embedding"] = list(emb)
-        for name in self.spec.keep_fields:
-            columns[name] = [json.loads(cols["keep"][good[j]] or "{}").get(name) for j in todo]
+        for n, name in enumerate(self.spec.keep_fields):
+            columns[name] = [kept[j][n] for j in todo]
         for head in self.spec.heads:
             ps = preds[head]
             columns[f"{head}_label"] = [p.label for p in ps]
@@ -261,6 +262,11 @@ class BatchPredictor:
             if self.spec.with_probabilities:
                 columns[f"{head}_probs"] = [np.asarray(p.probabilities, np.float32) for p in ps]
         self._write_by_file(columns, [cols["file_key"][good[j]] for j in todo], stats)
+
+    def _kept(self, raw: str | None) -> tuple[Any, ...]:
+        """The kept fields' values of one row, in ``keep_fields`` order."""
+        values = json.loads(raw or "{}")
+        return tuple(values.get(name) for name in self.spec.keep_fields)
 
     def _write_by_file(
         self, columns: dict[str, list[Any]], file_keys: list[str], stats: dict[str, dict[str, Any]]
