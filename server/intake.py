@@ -414,6 +414,17 @@ def _gated(handler: Handler, method: str, gate: IntakeInterceptor) -> Handler:
     return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
 
 
+def client_end(context: Context) -> str | None:
+    """``"DEADLINE_EXCEEDED"`` or ``"CANCELLED"`` when the call's deadline passed or its client
+    cancelled it (the status to count it under), else None."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
+        return "DEADLINE_EXCEEDED"
+    if context.cancelled():
+        return "CANCELLED"
+    return None
+
+
 async def _read_one(gate: IntakeInterceptor, method: str, context: Context) -> bytes:
     try:
         raw = await gate.intake.read(context, hold=True)
@@ -421,13 +432,7 @@ async def _read_one(gate: IntakeInterceptor, method: str, context: Context) -> b
         await gate.refuse(method, context, err)
     if raw is grpc.aio.EOF:
         # The client went away (cancel, deadline) or half-closed without a message.
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= DEADLINE_SLACK_S:
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
-        elif context.cancelled():
-            code = grpc.StatusCode.CANCELLED
-        else:
-            code = grpc.StatusCode.INVALID_ARGUMENT
+        code = getattr(grpc.StatusCode, client_end(context) or "INVALID_ARGUMENT")
         if gate.on_reject is not None:
             gate.on_reject(method, code.name)
         await context.abort(code, f"{method}: the call ended before its request message")

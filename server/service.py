@@ -23,7 +23,7 @@ from embedder.profile import Profile
 from server import errors
 from server._proto.profile_embedding.v1 import profile_embedding_pb2 as pb2
 from server.errors import RequestLimits
-from server.intake import DEADLINE_SLACK_S
+from server.intake import client_end
 from server.metrics import ServerMetrics
 from server.runtime import Embedded, Runtime
 
@@ -561,12 +561,7 @@ def _final_code(code: str, context: Context) -> str:
     """The code to count: a call the client cancelled or whose deadline passed is not OK."""
     if code not in ("OK", "CANCELLED"):
         return code
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= DEADLINE_SLACK_S:
-        return "DEADLINE_EXCEEDED"
-    if code == "CANCELLED" or context.cancelled():
-        return "CANCELLED"
-    return code
+    return client_end(context) or code
 
 
 def _unary(
