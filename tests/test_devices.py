@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,53 @@ def test_cli_embed_cuda_without_gpu_exits_2(tiny_base_dir, tmp_path, capsys) -> 
     assert "auto, cpu, cuda, cuda:N" in capsys.readouterr().err
     assert main([*argv, "--device", "cpu", "--no-progress"]) == 0
     assert np.load(out).shape[1] == 32
+
+
+#: Every command that runs the encoder, with arguments that would run it (``{m}``: the model
+#: folder, ``{d}``: a missing input, ``{t}``: a scratch folder). ``embed`` is tested above.
+EMBEDDING_COMMANDS = {
+    "predict": ["predict", "{d}", "-o", "{t}/p.jsonl", "--model", "{m}"],
+    "evaluate": ["evaluate", "--model", "{m}", "--data", "{d}", "--report", "{t}/r"],
+    "audience": ["audience", "{d}", "--model", "{m}", "--head", "geolocation", "--out", "{t}/a"],
+    "train-head": ["train-head", "--model", "{m}", "--head", "category", "--train", "{d}",
+                   "--val", "{d}"],
+    "calibrate": ["calibrate", "--model", "{m}", "--data", "{d}"],
+}  # fmt: skip
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the refusal on a machine without a GPU")
+@pytest.mark.parametrize("command", sorted(EMBEDDING_COMMANDS))
+def test_every_embedding_command_takes_device_and_refuses_a_missing_gpu_first(
+    command, tiny_model_dir, tmp_path, capsys
+) -> None:
+    from server.cli import main
+
+    fill = {"m": str(tiny_model_dir), "d": str(tmp_path / "missing.jsonl"), "t": str(tmp_path)}
+    argv = [a.format(**fill) for a in EMBEDDING_COMMANDS[command]]
+    assert main([*argv, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    # The device is resolved before the input is read: the refusal names the GPU, not the file.
+    assert "--device 'cuda' asks for a GPU but torch sees no CUDA device" in err
+    assert "missing.jsonl" not in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    assert main([*argv, "--device", "gpu0"]) == 2
+    assert "auto, cpu, cuda, cuda:N" in capsys.readouterr().err
+
+
+def test_predict_on_cpu_as_asked_matches_auto_here(tiny_model_dir, tmp_path) -> None:
+    from server.cli import main
+
+    argv = ["predict", str(SAMPLE), "--model", str(tiny_model_dir)]
+    assert main([*argv, "-o", str(tmp_path / "cpu.jsonl"), "--device", "cpu"]) == 0
+    assert main([*argv, "-o", str(tmp_path / "auto.jsonl")]) == 0
+    cpu = (tmp_path / "cpu.jsonl").read_text().splitlines()
+    auto = [json.loads(line) for line in (tmp_path / "auto.jsonl").read_text().splitlines()]
+    assert len(cpu) == len(auto) == len(SAMPLE.read_text().splitlines())
+    for a, b in zip(map(json.loads, cpu), auto, strict=True):
+        assert a["id"] == b["id"] and a["geolocation"]["argmax"] == b["geolocation"]["argmax"]
+        # Identical on a CPU machine (auto is cpu); within GPU rounding where auto is a GPU.
+        for label, prob in a["geolocation"]["probabilities"].items():
+            assert b["geolocation"]["probabilities"][label] == pytest.approx(prob, abs=1e-4)
 
 
 def _cfg(**kwargs) -> BatchConfig:

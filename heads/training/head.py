@@ -125,13 +125,19 @@ def cached_embeddings(
     return out, stats
 
 
-def _load_encoder(model_dir: Path) -> Any:
-    """The model's encoder, refusing a folder whose records disagree with it."""
+def _load_encoder(model_dir: Path, device: str = "cpu") -> Any:
+    """The model's encoder in fp32 on ``device``, refusing a folder whose records disagree with it.
+
+    fp32 on any device: the vectors go to the embedding cache that later runs (and other heads)
+    read, and fp32 on a GPU gives the CPU's vectors to within ~1e-7 (``bench/gpu_check.py``).
+    """
     from embedder.encoder import ProfileEncoder
     from heads.model import read_model_meta
 
     meta = read_model_meta(model_dir)
     encoder = ProfileEncoder.load(model_dir / "encoder")
+    if device != "cpu":
+        encoder.to(device)
     version = encoder.embedding_version
     if meta.get("embedding_version") != version:
         raise VersionMismatchError(
@@ -153,6 +159,7 @@ def train_head(
     report: Callable[[str, Any], None] | None = None,
     label_field: str | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train, calibrate, evaluate and add one head to a model folder.
 
@@ -170,6 +177,8 @@ def train_head(
         label_field: the data field a new head learns (its labels are the distinct values found
             in the training file), e.g. ``"sentiment"``; None for the known heads.
         progress: progress bars while embedding.
+        device: where the encoder runs (``cpu``, ``cuda``, ``cuda:N``; resolved by the caller,
+            ``embedder.devices.choose_device``); fp32 everywhere.
 
     Returns:
         A summary: head folder, head_version, embedding_version, metrics, cache stats, seconds.
@@ -200,7 +209,7 @@ def train_head(
     all_val, val_bad = read_split(val_path, "validation", **opts)
     val_rows, y_val = _with_targets(all_val, task, val_path)
     missing = check_val_targets(y_val, y_train, task, source=str(val_path))
-    encoder = _load_encoder(model_dir)
+    encoder = _load_encoder(model_dir, device)
     version = encoder.embedding_version
     (x_train, x_val), stats = cached_embeddings(
         encoder,
@@ -391,6 +400,7 @@ def calibrate_head(
     cache_path: str | Path | None = None,
     skip_invalid: bool = False,
     report: Callable[[str, Any], None] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Re-fit a head's temperature, class biases and thresholds on the user's labelled profiles.
 
@@ -410,6 +420,7 @@ def calibrate_head(
         cache_path: the embedding cache (None = the shared one; ``""`` = none).
         skip_invalid: skip invalid rows instead of raising on the first one.
         report: called as ``report(path, load_result)`` after the file is read.
+        device: where the encoder runs, as in :func:`train_head`.
 
     Returns:
         A summary: head folder, versions, own-label precision and coverage before and after on the
@@ -429,7 +440,7 @@ def calibrate_head(
 
     start = time.perf_counter()
     model_dir = Path(model_dir)
-    encoder = _load_encoder(model_dir)
+    encoder = _load_encoder(model_dir, device)
     head = load_heads(model_dir, [head_name], embedding_version=encoder.embedding_version)[
         head_name
     ]

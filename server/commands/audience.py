@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from server.commands.config_flags import add_device_flag
 from server.commands.invalid_rows import add_skip_invalid
 
 #: ``heads.audience.METHODS``, spelled out: importing ``heads`` here would load torch for every
@@ -53,6 +54,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--truth", default=None, help="JSON {influencer_id: {label: share}}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    add_device_flag(p)
     add_skip_invalid(p)
     p.set_defaults(func=run)
 
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     """
     import numpy as np
 
+    from embedder.devices import choose_device
     from embedder.errors import InvalidInputError
     from heads.audience import (
         audience_groups,
@@ -77,10 +80,11 @@ def run(args: argparse.Namespace) -> int:
     from server.commands.invalid_rows import load_profiles
 
     truth = read_audience_truth(args.truth) if args.truth else {}  # refused before any work
+    device = choose_device(args.device, field="--device")
     loaded = load_profiles(args.followers, skip_invalid=args.skip_invalid)
     if not loaded.rows:
         raise InvalidInputError(f"{args.followers} holds no valid follower profiles")
-    model = ProfileModel.load(args.model, heads=[args.head])
+    model = ProfileModel.load(args.model, heads=[args.head], device=device)
     head = model.head(args.head)
     emb = model.embed(
         [r.profile for r in loaded.rows], batch_size=args.batch_size, show_progress=True

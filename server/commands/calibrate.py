@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from heads.training.config import CalibrateConfig
-from server.commands.config_flags import add_config_flags, config_from_args
+from server.commands.config_flags import add_config_flags, add_device_flag, config_from_args
 from server.commands.invalid_rows import add_skip_invalid
 
 
@@ -39,16 +39,19 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--cache", default=None, help="embedding cache file (default: the shared one); '' = none"
     )
+    add_device_flag(p)
     add_skip_invalid(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Re-calibrate and print a one-line JSON summary (before/after on the calibration rows)."""
+    from embedder.devices import choose_device
     from heads.training.head import calibrate_head
     from server.commands.invalid_rows import LoadReporter
 
     config = config_from_args(CalibrateConfig, args)
+    device = choose_device(args.device, field="--device")
     reporter = LoadReporter(skip_invalid=args.skip_invalid)
     summary = calibrate_head(
         args.model,
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         cache_path=args.cache,
         skip_invalid=args.skip_invalid,
         report=reporter,
+        device=device,
     )
     print(json.dumps(summary))
     return 1 if reporter.n_invalid else 0

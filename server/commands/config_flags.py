@@ -217,6 +217,22 @@ def _tuple_of(
     return convert
 
 
+def add_device_flag(p: argparse.ArgumentParser) -> None:
+    """Add ``--device`` (default ``auto``: a GPU when torch sees one) to a command that embeds.
+
+    Every command that runs the encoder takes it, so a GPU machine uses its GPU whichever
+    command embeds; the value is resolved (``embedder.devices.choose_device``) before any input
+    is read, so a GPU asked for where there is none costs nothing.
+    """
+    p.add_argument(
+        "--device",
+        type=device_flag,
+        default="auto",
+        help="where the encoder runs: auto (a GPU when torch sees one, default), cpu, cuda or "
+        "cuda:N; on a GPU only fp32 and bf16 numerics run",
+    )
+
+
 def device_flag(value: str) -> str:
     """argparse type of a ``--device`` flag: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 

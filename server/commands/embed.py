@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from embedder.numerics import NUMERICS_OPTIONS
-from server.commands.config_flags import device_flag
+from server.commands.config_flags import add_device_flag
 from server.commands.invalid_rows import add_skip_invalid, load_profiles
 from server.commands.outputs import atomic_path, atomic_text, check_output
 
@@ -67,13 +67,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="encoder numerics (default: auto, as the server; fp32 with --base)",
     )
-    p.add_argument(
-        "--device",
-        type=device_flag,
-        default="auto",
-        help="auto (a GPU when torch sees one, default), cpu, cuda or cuda:N; "
-        "on a GPU only fp32 and bf16 numerics run",
-    )
+    add_device_flag(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     add_skip_invalid(p)
     p.set_defaults(func=run)

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from server.commands.config_flags import add_device_flag
 from server.commands.invalid_rows import add_skip_invalid
 
 
@@ -28,6 +29,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--report", required=True, help="output folder for the report")
     p.add_argument("--heads", default=None, help="comma-separated head names (default: all)")
     p.add_argument("--batch-size", type=int, default=64)
+    add_device_flag(p)
     add_skip_invalid(p)
     p.set_defaults(func=run)
 
@@ -37,14 +39,16 @@ def run(args: argparse.Namespace) -> int:
 
     Returns 1 when rows were skipped (``--skip-invalid``), else 0.
     """
+    from embedder.devices import choose_device
     from heads.evaluation.metrics import evaluate_model
     from heads.evaluation.report import write_report
     from heads.model import ProfileModel
     from server.commands.invalid_rows import load_profiles
     from server.commands.predict import parse_heads
 
+    device = choose_device(args.device, field="--device")
     loaded = load_profiles(args.data, skip_invalid=args.skip_invalid)
-    model = ProfileModel.load(args.model, heads=parse_heads(args.heads))
+    model = ProfileModel.load(args.model, heads=parse_heads(args.heads), device=device)
     evaluations = evaluate_model(
         model,
         loaded.rows,

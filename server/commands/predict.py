@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from embedder.errors import InvalidInputError
+from server.commands.config_flags import add_device_flag
 from server.commands.invalid_rows import add_skip_invalid
 from server.commands.outputs import atomic_text, check_output, positive
 
@@ -47,6 +48,7 @@ def register(subparsers: Any) -> None:
         "--batch-size", type=positive(int), default=64, help="profiles per encoder batch"
     )
     p.add_argument("--chunk", type=positive(int), default=1024, help="profiles per write chunk")
+    add_device_flag(p)
     add_skip_invalid(p)
     p.set_defaults(func=run)
 
@@ -93,13 +95,15 @@ def run(args: argparse.Namespace) -> int:
     """Run ``predict``; return 1 when input rows were skipped (``--skip-invalid``)."""
     from tqdm import tqdm
 
+    from embedder.devices import choose_device
     from heads.model import ProfileModel
     from server.commands.invalid_rows import load_profiles
 
     names = parse_heads(args.heads)
     check_output(args.output, inputs=(args.input,), suffixes=(".jsonl", ".ndjson"))
+    device = choose_device(args.device, field="--device")
     loaded = load_profiles(args.input, skip_invalid=args.skip_invalid)
-    model = ProfileModel.load(args.model, heads=names)
+    model = ProfileModel.load(args.model, heads=names, device=device)
     names = names or model.head_names
     profiles = [r.profile for r in loaded.rows]
     with (

@@ -8,7 +8,12 @@ from typing import Any
 
 from heads.registry import BUILTIN_HEADS
 from heads.training.config import HeadTrainConfig
-from server.commands.config_flags import add_config_flags, config_from_args, given_fields
+from server.commands.config_flags import (
+    add_config_flags,
+    add_device_flag,
+    config_from_args,
+    given_fields,
+)
 from server.commands.invalid_rows import add_skip_invalid
 
 #: Help where the command line says more than ``HeadTrainConfig``'s docstring (the rest is that).
@@ -58,6 +63,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--cache", default=None, help="embedding cache file (default: the shared one); '' = none"
     )
+    add_device_flag(p)
     add_skip_invalid(p)
     p.set_defaults(func=run)
 
@@ -67,11 +73,13 @@ def run(args: argparse.Namespace) -> int:
 
     Returns 1 when rows were skipped (``--skip-invalid``; the head is still added), else 0.
     """
+    from embedder.devices import choose_device
     from heads.training.head import check_kind_options, train_head
     from server.commands.invalid_rows import LoadReporter
 
     config = config_from_args(HeadTrainConfig, args)
     check_kind_options(config.kind, given_fields(HeadTrainConfig, args))
+    device = choose_device(args.device, field="--device")
     reporter = LoadReporter(skip_invalid=args.skip_invalid)
     summary = train_head(
         args.model,
@@ -83,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         skip_invalid=args.skip_invalid,
         report=reporter,
         label_field=args.label_field,
+        device=device,
     )
     print(json.dumps(summary))
     return 1 if reporter.n_invalid else 0
