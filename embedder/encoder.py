@@ -63,6 +63,32 @@ _CONFIG_KEYS = (
 )
 
 
+def token_ids(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    """Each text's token ids with the special tokens, cut to ``max_length`` (no padding).
+
+    The Rust tokenizer directly where the tokenizer is a fast one, as
+    ``embedder.profile.token_offsets`` does and for the same reason (the wrapper's per-text
+    conversion); the ids are the wrapper's (``tests/test_profile.py``). Callers hold the
+    encoder's tokenizer lock.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return list(
+            tokenizer(
+                texts,
+                truncation=True,
+                max_length=max_length,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                verbose=False,
+            )["input_ids"]
+        )
+    backend.no_padding()
+    backend.enable_truncation(max_length=max_length)
+    return [e.ids for e in backend.encode_batch(texts)]
+
+
 class ProfileEncoder:
     """Profiles -> L2-normalised float32 vectors, shared by every task head.
 
@@ -428,15 +454,7 @@ class ProfileEncoder:
         if not texts:
             return out
         with self._tok_lock:
-            ids = self.tokenizer(
-                list(texts),
-                truncation=True,
-                max_length=self.max_seq_length,
-                padding=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-                verbose=False,
-            )["input_ids"]
+            ids = token_ids(self.tokenizer, list(texts), self.max_seq_length)
         self._apply_threads()
         model = self._inference_model()
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0

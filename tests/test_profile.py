@@ -115,3 +115,55 @@ def test_mask_mentions_writes_handles_as_user_and_keeps_the_own_username(tokeniz
     assert "post: @user cool... (w/ @user, @user.) RT @user: ok" in text
     assert AssemblyConfig(mask_mentions=True).to_dict()["mask_mentions"] is True
     assert "mask_mentions" not in AssemblyConfig().to_dict()
+
+
+class _WrapperOnly:
+    """The Hugging Face tokenizer without its Rust tokenizer: the wrapper path of the helpers."""
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return self._tok(*args, **kwargs)
+
+
+VARIED = [
+    Profile(id="a", full_name="Camille Martin", username="camille.cuisine",
+            biography="Cheffe 👩‍🍳 | 📍 Lyon 🇫🇷 | https://t.co/AbC?x=1 (voir)",
+            captions=("Quenelles #lyon @ami 😋", "", "paris " * 300, "tokyo\nlove")),
+    Profile(id="b", biography="\u200d  \t", captions=("x",) * MAX_CAPTIONS),
+    Profile(id="c", full_name="São Paulo 🇧🇷", captions=("RIO!!! www.example.com/a/b/c",)),
+    Profile(id="d"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config",
+    [AssemblyConfig(), AssemblyConfig(max_tokens=24, bio_tokens=6, link_hosts_only=True)],
+)
+def test_assembly_through_the_rust_tokenizer_equals_the_wrapper(tokenizer, config):
+    from embedder.profile import token_offsets
+
+    texts = [t for p in VARIED for t in (p.biography, *p.captions)]
+    fast = token_offsets(tokenizer, texts)
+    slow = token_offsets(_WrapperOnly(tokenizer), texts)
+    assert [list(map(tuple, s)) for s in slow] == [list(map(tuple, f)) for f in fast]
+    assert any(len(f) > 100 for f in fast)  # not truncated
+    assert assemble_texts(VARIED, tokenizer, config) == assemble_texts(
+        VARIED, _WrapperOnly(tokenizer), config
+    )
+
+
+def test_the_wrapper_still_truncates_as_asked_after_the_rust_path(tokenizer):
+    from embedder.encoder import token_ids
+    from embedder.profile import token_offsets
+
+    long_text = "paris " * 300
+    short = token_ids(tokenizer, [long_text], 16)  # leaves truncation on in the Rust tokenizer
+    assert len(short[0]) == 16
+    assert short == token_ids(_WrapperOnly(tokenizer), [long_text], 16)
+    # the wrapper sets its own truncation state on each call, whatever was left
+    assert len(tokenizer(long_text)["input_ids"]) > 300
+    assert len(token_offsets(tokenizer, [long_text])[0]) > 300
+    texts = [t for p in VARIED for t in (p.biography, *p.captions)]
+    assert token_ids(tokenizer, texts, 40) == token_ids(_WrapperOnly(tokenizer), texts, 40)
