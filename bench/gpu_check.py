@@ -144,72 +144,31 @@ train(
 MODEL = WORK / "mA"
 n_train = rows(TRAIN)
 RESULTS["n_embed_rows"] = n_train
-for numerics, bs in (("fp32", 64), ("fp32", 512), ("bf16", 64), ("bf16", 512), ("auto", 256)):
-    wall = run(
-        f"embed_{numerics}_bs{bs}",
-        [
-            *CLI,
-            "embed",
-            str(TRAIN),
-            "-o",
-            str(WORK / f"e_{numerics}_{bs}.npy"),
-            "--model",
-            str(MODEL),
-            "--no-cache",
-            "--no-progress",
-            "--device",
-            DEV,
-            "--numerics",
-            numerics,
-            "--batch-size",
-            str(bs),
-        ],
+
+
+def embed(name: str, src: Path, out: Path, device: str, numerics: str, *extra: str) -> float | None:
+    """``profile-embed embed`` (no cache, no bar) of ``src`` into ``out``; its wall time."""
+    return run(
+        name,
+        [*CLI, "embed", str(src), "-o", str(out), "--model", str(MODEL), "--no-cache",
+         "--no-progress", "--device", device, "--numerics", numerics, *extra],
         timeout=300,
+    )  # fmt: skip
+
+
+for numerics, bs in (("fp32", 64), ("fp32", 512), ("bf16", 64), ("bf16", 512), ("auto", 256)):
+    name = f"embed_{numerics}_bs{bs}"
+    wall = embed(
+        name, TRAIN, WORK / f"e_{numerics}_{bs}.npy", DEV, numerics, "--batch-size", str(bs)
     )
     if wall:
-        RESULTS[f"embed_{numerics}_bs{bs}"]["rows_per_s_incl_start"] = round(n_train / wall, 1)
+        RESULTS[name]["rows_per_s_incl_start"] = round(n_train / wall, 1)
 # Each embed run above includes start-up (imports, loading the model): a 200-row run gives it.
 head = WORK / "head200.jsonl"
 head.write_text("".join(open(TRAIN).readlines()[:200]))
 for numerics in ("fp32", "bf16"):
-    run(
-        f"embed_{numerics}_200rows",
-        [
-            *CLI,
-            "embed",
-            str(head),
-            "-o",
-            str(WORK / f"s_{numerics}.npy"),
-            "--model",
-            str(MODEL),
-            "--no-cache",
-            "--no-progress",
-            "--device",
-            DEV,
-            "--numerics",
-            numerics,
-        ],
-        timeout=200,
-    )
-run(
-    "embed_cpu_fp32_200rows",
-    [
-        *CLI,
-        "embed",
-        str(head),
-        "-o",
-        str(WORK / "s_cpu.npy"),
-        "--model",
-        str(MODEL),
-        "--no-cache",
-        "--no-progress",
-        "--device",
-        "cpu",
-        "--numerics",
-        "fp32",
-    ],
-    timeout=300,
-)
+    embed(f"embed_{numerics}_200rows", head, WORK / f"s_{numerics}.npy", DEV, numerics)
+embed("embed_cpu_fp32_200rows", head, WORK / "s_cpu.npy", "cpu", "fp32")
 
 
 @step("agreement")
