@@ -61,6 +61,28 @@ def test_flat_ivf_recall_is_exact_when_probing_every_list(tmp_path):
     assert all(len(row) == 3 for row in ids)
 
 
+def test_ids_twice_in_the_folder_count_once_and_held_out_queries_stay_out(tmp_path):
+    """Two batch runs in one folder (two specs) hold every id twice: the index holds each id
+    once, and a held-out query's twin must not be in the index (its recall would be free)."""
+    from embedder.index import SimilarityIndex
+    from server.batch.index_build import IndexBuildConfig, build_index
+
+    x = _write_embeddings(tmp_path / "emb", n=2000, files=2)
+    results = tmp_path / "emb" / "results"
+    for part in sorted(results.glob("*.parquet")):
+        (results / f"again-{part.name}").write_bytes(part.read_bytes())
+    facts = build_index(
+        IndexBuildConfig(
+            embeddings=str(tmp_path / "emb"), output=tmp_path / "idx", nlist=16, n_queries=100
+        )
+    )
+    assert facts["duplicate_ids_skipped"] == len(x)
+    assert facts["n_queries_held_out"] == 100
+    assert facts["n_vectors"] + facts["n_queries_held_out"] == len(x)
+    index = SimilarityIndex.load(tmp_path / "idx", embedding_version=VERSION, dim=DIM)
+    assert len(index) == len(x) - 100
+
+
 def test_pq_is_chosen_when_vectors_exceed_memory_and_reports_recall(tmp_path):
     from server.batch.index_build import IndexBuildConfig, build_index
 

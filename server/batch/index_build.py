@@ -136,15 +136,29 @@ def _has_embeddings(path: Path) -> bool:
         ) from None
 
 
-def _scan(paths: list[Path]) -> tuple[int, int, str]:
-    """Return (rows, dim, embedding_version) read from the Parquet metadata and columns."""
+def _scan(paths: list[Path]) -> tuple[np.ndarray, int, str]:
+    """Return (first, dim, embedding_version) read from the Parquet metadata and columns.
+
+    ``first[r]`` is True where row ``r`` (in the order ``_batches`` reads) is its id's first
+    occurrence: a folder of two batch runs (two specs) holds some ids twice, and every later step
+    (the index's size, the training sample, the held-out queries) counts each id once.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     n, dim, versions = 0, None, set()
+    seen: set[str] = set()
+    first: list[np.ndarray] = []
     for p in paths:
         pf = pq.ParquetFile(p)
         n += pf.metadata.num_rows
+        ids = pq.read_table(p, columns=["id"])["id"].to_pylist()
+        mask = np.zeros(len(ids), bool)
+        for j, i in enumerate(ids):
+            if i not in seen:
+                seen.add(i)
+                mask[j] = True
+        first.append(mask)
         t = pf.schema_arrow.field("embedding").type
         if not pa.types.is_fixed_size_list(t):
             raise ArtifactError(f"{p}: 'embedding' must be a fixed-size list of float32, got {t}")
@@ -160,7 +174,11 @@ def _scan(paths: list[Path]) -> tuple[int, int, str]:
         raise ArtifactError(
             f"embeddings of several versions {sorted(versions)} in one folder; an index holds one"
         )
-    return n, int(dim or 0), versions.pop() if versions else "unknown"
+    return (
+        np.concatenate(first) if first else np.zeros(0, bool),
+        int(dim or 0),
+        versions.pop() if versions else "unknown",
+    )
 
 
 def _batches(paths: list[Path], read_batch: int) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -229,7 +247,9 @@ def build_index(cfg: IndexBuildConfig) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     paths = embedding_files(cfg.embeddings)
-    n, dim, version = _scan(paths)
+    first, dim, version = _scan(paths)
+    unique_rows = np.flatnonzero(first)
+    n = len(unique_rows)
     n_q = min(cfg.n_queries, max(1, n // 10))
     n_base = n - n_q
     nlist = cfg.nlist or max(1, min(int(4 * math.sqrt(n_base)), n_base // 39))
@@ -244,7 +264,7 @@ def build_index(cfg: IndexBuildConfig) -> dict[str, Any]:
     if pq_m is not None and dim % pq_m:
         raise InvalidInputError(f"pq_m must divide dim {dim}, got {pq_m}", field="pq_m")
     rng = np.random.default_rng(cfg.seed)
-    perm = rng.permutation(n)
+    perm = unique_rows[rng.permutation(n)]
     query_rows = np.sort(perm[:n_q])
     train_n = cfg.train_size or min(n_base, max(64 * nlist, 10_000))
     train_rows = np.sort(perm[n_q : n_q + min(train_n, n_base)])
@@ -287,19 +307,11 @@ def build_index(cfg: IndexBuildConfig) -> dict[str, Any]:
     best_s = np.full((n_q, k), -np.inf, np.float32)
     best_i = np.full((n_q, k), -1, np.int64)
     ids: list[str] = []
-    seen: set[str] = set()
-    duplicates = 0
     start = 0
     for batch_ids, vecs in _batches(paths, cfg.read_batch):
         rows = np.arange(start, start + len(vecs))
         start += len(vecs)
-        keep = ~np.isin(rows, query_rows)
-        for j in np.flatnonzero(keep):
-            if batch_ids[j] in seen:
-                keep[j] = False
-                duplicates += 1
-            else:
-                seen.add(batch_ids[j])
+        keep = first[rows] & ~np.isin(rows, query_rows)
         if not keep.any():
             continue
         vecs = np.ascontiguousarray(vecs[keep])
@@ -328,7 +340,7 @@ def build_index(cfg: IndexBuildConfig) -> dict[str, Any]:
         "files": len(paths),
         "n_vectors": len(ids),
         "n_queries_held_out": n_q,
-        "duplicate_ids_skipped": duplicates,
+        "duplicate_ids_skipped": len(first) - n,
         "dim": dim,
         "compression": compression,
         "estimated_flat_bytes": flat_bytes,
