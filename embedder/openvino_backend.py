@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embedder.encoder import token_ids
 from embedder.errors import ArtifactError
 from embedder.numerics import OPENVINO_NUMERICS
 from embedder.onnx_backend import INPUTS, ensure_onnx, onnx_cache_dir, pool_tokens
@@ -185,9 +186,7 @@ def build_openvino_model(
 def _model_inputs(encoder: Any, texts: Sequence[str]) -> list[dict[str, np.ndarray]]:
     """Each text as the model's int64 inputs (batch of one), truncated as the encoder truncates."""
     with encoder._tok_lock:  # the encoder's tokenizer is shared and not safe to call concurrently
-        ids = encoder.tokenizer(
-            list(texts), truncation=True, max_length=encoder.max_seq_length, padding=False
-        )["input_ids"]
+        ids = token_ids(encoder.tokenizer, list(texts), encoder.max_seq_length)
     return [
         {
             "input_ids": np.asarray([row], dtype=np.int64),
