@@ -119,17 +119,16 @@ def measure(
 def _measure(encoder: Any, model_dir: Path, n: int, repeat: int) -> dict[str, Any]:
     import torch
 
-    from embedder.encoder import _buckets
+    from embedder.encoder import _buckets, token_ids
     from embedder.simulator.core import simulate_profiles
 
     profiles = [r.profile for r in simulate_profiles(n, seed=0, stream="bench")]
     texts = encoder.assemble(profiles)
     encoder.encode_texts(texts[:64])  # warm-up (bf16 copy, ONNX session, oneDNN kernels)
 
-    def tokenize() -> list[list[int]]:
-        return encoder.tokenizer(
-            texts, truncation=True, max_length=encoder.max_seq_length, verbose=False
-        )["input_ids"]
+    def tokenize() -> list[list[int]]:  # as encode_texts tokenizes
+        with encoder._tok_lock:
+            return token_ids(encoder.tokenizer, texts, encoder.max_seq_length)
 
     lengths = [len(x) for x in tokenize()]
     wall = {
