@@ -16,6 +16,7 @@ if TYPE_CHECKING:
         ArtifactError,
         EmbedderError,
         InvalidInputError,
+        NotConfiguredError,
         NotReadyError,
         OverloadedError,
         UnknownHeadError,
@@ -41,6 +42,7 @@ _EXPORTS = {
     "UnknownHeadError": "embedder.errors",
     "UnknownIdError": "embedder.errors",
     "OverloadedError": "embedder.errors",
+    "NotConfiguredError": "embedder.errors",
     "NotReadyError": "embedder.errors",
 }
 
@@ -51,6 +53,7 @@ __all__ = [
     "EmbedderError",
     "EmbeddingCache",
     "InvalidInputError",
+    "NotConfiguredError",
     "NotReadyError",
     "OverloadedError",
     "Profile",

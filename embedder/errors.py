@@ -86,3 +86,11 @@ class OverloadedError(EmbedderError):
 
 class NotReadyError(EmbedderError):
     """Raised when a model or service is asked for work before it has loaded."""
+
+
+class NotConfiguredError(EmbedderError):
+    """Raised when a call needs a part this server was not started with (a similarity index).
+
+    Unlike :class:`NotReadyError` a retry cannot succeed, so gRPC gets ``FAILED_PRECONDITION``,
+    which clients' retry policies leave alone, not ``UNAVAILABLE``, which they retry.
+    """

@@ -11,6 +11,7 @@ UnknownHeadError            NOT_FOUND              ITEM_STATUS_NOT_FOUND
 UnknownIdError              NOT_FOUND              ITEM_STATUS_NOT_FOUND
 OverloadedError             RESOURCE_EXHAUSTED     ITEM_STATUS_RESOURCE_EXHAUSTED
 NotReadyError               UNAVAILABLE            ITEM_STATUS_UNAVAILABLE
+NotConfiguredError          FAILED_PRECONDITION    ITEM_STATUS_FAILED_PRECONDITION
 anything else               INTERNAL               ITEM_STATUS_INTERNAL
 ==========================  =====================  ==========================
 
@@ -30,6 +31,7 @@ import grpc
 
 from embedder.errors import (
     InvalidInputError,
+    NotConfiguredError,
     NotReadyError,
     OverloadedError,
     UnknownHeadError,
@@ -49,6 +51,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (UnknownIdError, grpc.StatusCode.NOT_FOUND, "NOT_FOUND"),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED"),
     (NotReadyError, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE"),
+    (NotConfiguredError, grpc.StatusCode.FAILED_PRECONDITION, "FAILED_PRECONDITION"),
 )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import numpy as np
 
-from embedder.errors import ArtifactError, NotReadyError
+from embedder.errors import ArtifactError, NotConfiguredError
 from embedder.profile import Profile
 from server.allocator import Trimmer
 from server.batcher import DynamicBatcher
@@ -251,9 +251,11 @@ class Runtime:
 
     # ------------------------------------------------------------------ index
     def require_index(self) -> SimilarityIndex:
-        """Return the index, or raise NotReadyError when the server runs without one."""
+        """Return the index, or raise NotConfiguredError when the server runs without one."""
         if self.index is None:
-            raise NotReadyError("this server has no similarity index (start it with --index DIR)")
+            raise NotConfiguredError(
+                "this server has no similarity index (start it with --index DIR)"
+            )
         return self.index
 
     def upsert(self, ids: Sequence[str], vectors: np.ndarray) -> int:

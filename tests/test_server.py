@@ -512,12 +512,15 @@ def test_full_queue_is_resource_exhausted(tiny_model):
         srv.stop()
 
 
-def test_without_index_search_is_unavailable(tiny_model):
+def test_without_index_search_is_failed_precondition_not_a_retry(tiny_model):
+    # UNAVAILABLE would send clients' retry policies into retrying a call that cannot succeed.
     srv = ServerThread(ServerConfig(port=0, metrics_port=None), tiny_model)
     try:
         with ProfileEmbeddingClient(srv.target) as c:
             code, details = _code(lambda: c.search(id="x"))
-            assert code == grpc.StatusCode.UNAVAILABLE and "--index" in details
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and "--index" in details
+            code, details = _code(lambda: c.upsert([{"id": "a", "biography": "paris"}]))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and "--index" in details
     finally:
         srv.stop()
 
