@@ -192,6 +192,7 @@ def test_recipe_refuses_language_evidence_settings_without_the_evidence(tmp_path
     path = tmp_path / "r.json"
     for field_name, value in [
         ("refit_language_evidence_only", ["en"]),
+        ("refit_language_evidence_power", 2.0),
         ("refit_language_evidence_after_calibration", True),
     ]:
         path.write_text(json.dumps({**head, field_name: value}))

@@ -185,6 +185,56 @@ def test_evidence_for_some_languages_only_is_flat_for_the_others(tmp_path):
         LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, only=("en",))
 
 
+def test_a_power_weighs_a_language_by_how_sure_the_classifier_is(tmp_path):
+    from heads.registry import load_head
+    from heads.softmax import SoftmaxAbstainHead
+
+    x, langs = _clusters(30)
+    plain = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, only=("ja",))
+    sharp = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, only=("ja",), power=2.0)
+    k = len(GEO_LABELS)
+    probe = np.zeros((3, 8), dtype=np.float32)
+    probe[0, 0] = 3.0  # clearly Japanese
+    probe[1, 0], probe[1, 1] = 1.0, 1.0  # half Japanese, half Portuguese
+    p = plain.language_proba(probe)
+    row = plain.languages.index("ja")
+    jp = GEO_LABELS.index("JP")
+    # power 1 is the plain mixture: P(ja) * P(JP | ja) + (1 - P(ja)) / K
+    expected = 0.5 * np.log(p[:, row] * plain.table[row, jp] + (1 - p[:, row]) / k)
+    np.testing.assert_allclose(plain.log_evidence(probe)[:, jp], expected)
+    # power 2: P(ja)**2 counts for Japanese, the rest of the mass is flat
+    q = p[:, row] ** 2
+    others = np.delete(p, row, axis=1) ** 2
+    flat = 1 - q - others.sum(axis=1)
+    want = 0.5 * np.log(q * plain.table[row, jp] + (others.sum(axis=1) + flat) / k)
+    np.testing.assert_allclose(sharp.log_evidence(probe)[:, jp], want)
+    # a clear post moves nearly as much; an unclear one much less
+    lift = lambda ev: np.ptp(ev.log_evidence(probe), axis=1)  # noqa: E731
+    assert lift(sharp)[0] > 0.8 * lift(plain)[0]
+    assert lift(sharp)[1] < 0.7 * lift(plain)[1]
+    with pytest.raises(InvalidInputError, match=r"power must be a number >= 1, got 0\.5"):
+        LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, power=0.5)
+
+    head = SoftmaxAbstainHead.from_config(
+        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
+    )
+    head.attach_language_evidence(sharp)
+    head.save(tmp_path / "h")
+    loaded = load_head(tmp_path / "h")
+    assert isinstance(loaded, SoftmaxAbstainHead) and loaded.language_ is not None
+    assert loaded.language_.power == 2.0
+    np.testing.assert_array_equal(loaded.logits(probe), head.logits(probe))
+    # a head saved before the setting existed reads as power 1
+    config = json.loads((tmp_path / "h" / "head_config.json").read_text())
+    del config["language_evidence"]["power"]
+    (tmp_path / "h" / "head_config.json").write_text(json.dumps(config))
+    assert load_head(tmp_path / "h").language_.power == 1.0
+    config["language_evidence"]["power"] = 0.0
+    (tmp_path / "h" / "head_config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtifactError, match="power must be a number >= 1"):
+        load_head(tmp_path / "h")
+
+
 def _country_data(seed: int) -> tuple[np.ndarray, list[str], list[str | None]]:
     """Embeddings of three languages; the country is the language's, OTHER one time in four."""
     x, langs = _clusters(60, seed)
@@ -252,6 +302,11 @@ def test_train_head_settings_of_the_evidence_need_the_evidence():
         HeadTrainConfig(language_evidence_only=("en",))
     with pytest.raises(InvalidInputError, match="language_evidence_after_calibration applies"):
         HeadTrainConfig(language_evidence_after_calibration=True)
+    with pytest.raises(InvalidInputError, match="language_evidence_power applies"):
+        HeadTrainConfig(language_evidence_power=2.0)
+    with pytest.raises(InvalidInputError, match="power must be a number >= 1"):
+        HeadTrainConfig(language_evidence=0.5, language_evidence_power=float("nan"))
+    HeadTrainConfig(language_evidence=0.5, language_evidence_power=2.0)
     HeadTrainConfig(language_evidence=0.5, language_evidence_only=("en",))
 
 

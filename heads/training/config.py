@@ -198,6 +198,9 @@ class HeadTrainConfig:
             rows' ``language`` field x CLDR's P(label | language)); 0 = none.
         language_evidence_only: the languages the evidence speaks for (empty = all); posts in
             other languages get none (``heads.language_evidence.LanguageEvidence.fit``'s ``only``).
+        language_evidence_power: each language counts with ``P(language | embedding) ** power``
+            (>= 1; 1 = the plain mixture): at 2 only clearly recognised posts move
+            (``heads.language_evidence.LanguageEvidence``).
         language_evidence_after_calibration: add the evidence after the temperature and class
             biases are fitted without it and select the thresholds again with it, so that
             calibration on simulated rows does not take back a prior they lack.
@@ -220,6 +223,7 @@ class HeadTrainConfig:
     never_assign: tuple[str, ...] = ()
     language_evidence: float = 0.0
     language_evidence_only: tuple[str, ...] = ()
+    language_evidence_power: float = 1.0
     language_evidence_after_calibration: bool = False
     class_bias: bool = False
 
@@ -254,8 +258,12 @@ class HeadTrainConfig:
                 f"language_evidence must be >= 0 (0 = none), got {self.language_evidence}",
                 field="language_evidence",
             )
+        from heads.language_evidence import check_power
+
+        check_power(self.language_evidence_power)
         uses = {
             "language_evidence_only": bool(self.language_evidence_only),
+            "language_evidence_power": self.language_evidence_power != 1.0,
             "language_evidence_after_calibration": self.language_evidence_after_calibration,
         }
         for name, used in uses.items():

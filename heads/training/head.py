@@ -64,6 +64,7 @@ def check_kind_options(kind: str, given: Sequence[str]) -> None:
         allowed |= {
             "language_evidence",
             "language_evidence_only",
+            "language_evidence_power",
             "language_evidence_after_calibration",
         }
     extra = sorted(set(given) - allowed)
@@ -303,6 +304,7 @@ def _fit_language_evidence(
             head.labels,
             alpha=cfg.language_evidence,
             only=cfg.language_evidence_only,
+            power=cfg.language_evidence_power,
         )
     except InvalidInputError as err:
         raise InvalidInputError(f"{source}: {err}", field=LANGUAGE_FIELD) from err

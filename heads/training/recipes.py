@@ -62,10 +62,15 @@ class Recipe:
             (``heads.language_evidence``; 0 = none). Alone it moved real accuracy +5.3 / -2.4 /
             0.0 points on multilang / nadi / tass at 0.5 (docs/TRAINING_EXPERIMENTS.md,
             "Language evidence"); with class biases fitted after it, at 0.25 it raised France's
-            threshold above an obvious Lyon bio. The default recipe: 0.5, English only, after
-            calibration (the two settings below; "Seventeenth session").
+            threshold above an obvious Lyon bio. The default recipe: 0.5, English only, weighted
+            by P(en | x) squared, after calibration (the settings below; "Seventeenth session",
+            "Nineteenth session").
         refit_language_evidence_only: the languages that evidence speaks for (empty = all;
             ``HeadTrainConfig.language_evidence_only``).
+        refit_language_evidence_power: how sharply a post's language must be recognised for
+            the evidence to count (``HeadTrainConfig.language_evidence_power``; the default
+            recipe: 2, which gave tass back most of what English evidence cost it,
+            docs/TRAINING_EXPERIMENTS.md, "Nineteenth session").
         refit_language_evidence_after_calibration: add that evidence after the temperature and
             class biases are fitted, then select the thresholds again
             (``HeadTrainConfig.language_evidence_after_calibration``).
@@ -92,6 +97,7 @@ class Recipe:
     refit_heads: tuple[str, ...] = ("geolocation",)
     refit_language_evidence: float = 0.0
     refit_language_evidence_only: tuple[str, ...] = ()
+    refit_language_evidence_power: float = 1.0
     refit_language_evidence_after_calibration: bool = False
     refit_class_bias: bool = False
     description: str = ""
@@ -99,12 +105,21 @@ class Recipe:
 
     def __post_init__(self) -> None:
         self.simulator_config()  # refuses an unknown setting or a bad value now, not mid-build
+        if not (1.0 <= self.refit_language_evidence_power < float("inf")):
+            raise ValueError(
+                "refit_language_evidence_power must be a number >= 1, got "
+                f"{self.refit_language_evidence_power}"
+            )
         if self.refit_language_evidence == 0:  # else the build would silently ignore them
-            for name in (
-                "refit_language_evidence_only",
-                "refit_language_evidence_after_calibration",
-            ):
-                if getattr(self, name):
+            uses = {
+                "refit_language_evidence_only": bool(self.refit_language_evidence_only),
+                "refit_language_evidence_power": self.refit_language_evidence_power != 1.0,
+                "refit_language_evidence_after_calibration": (
+                    self.refit_language_evidence_after_calibration
+                ),
+            }
+            for name, used in uses.items():
+                if used:
                     raise ValueError(
                         f"{name} applies to language evidence, which is off "
                         "(refit_language_evidence 0); set refit_language_evidence > 0 as well"
@@ -150,6 +165,7 @@ HEAD_FIELDS = (
     "refit_heads",
     "refit_language_evidence",
     "refit_language_evidence_only",
+    "refit_language_evidence_power",
     "refit_language_evidence_after_calibration",
     "refit_class_bias",
 )
@@ -437,6 +453,7 @@ def refit_heads(
                     never_assign=never,
                     language_evidence=alpha,
                     language_evidence_only=recipe.refit_language_evidence_only if alpha else (),
+                    language_evidence_power=recipe.refit_language_evidence_power if alpha else 1.0,
                     language_evidence_after_calibration=bool(
                         alpha and recipe.refit_language_evidence_after_calibration
                     ),
