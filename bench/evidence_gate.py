@@ -2,9 +2,10 @@
 
     python bench/evidence_gate.py --model models/default --data <real folder> [--cache FILE]
 
-The shipped head adds ``alpha * log(P(en | x) P(label | en) + (1 - P(en | x)) / K)`` to its
-logits (``heads.language_evidence``, English only). A Spanish post the language classifier gives a
-few percent of English still moves toward US. This scores, per real set, the argmax accuracy and
+The head adds ``alpha * log(w P(label | en) + (1 - w) / K)`` to its logits, with
+``w = P(en | x) ** power`` (``heads.language_evidence``, English only; power 1 until the nineteenth
+session, 2 since). At power 1 a Spanish post the language classifier gives a few percent of English
+still moved toward US. This scores, per real set, the argmax accuracy and
 macro-F1 (over the labels present) of the head with the evidence as shipped, without it, and with
 ``P(en | x)`` sharpened (``p**g``) or cut (``p`` where ``p > t``, else 0); the temperature, class
 biases and thresholds stay those of the shipped head, so only argmax figures are reported. One line
