@@ -152,9 +152,22 @@ def test_train_head_fits_language_evidence_for_a_country_head_only(
     assert Path(writable_model_dir, "heads", "geolocation").is_dir()
 
 
-def test_evidence_for_some_languages_only_is_flat_for_the_others(tmp_path):
+def _saved_and_loaded(evidence: LanguageEvidence, path: Path):
+    """A geolocation head with ``evidence``, and that head saved to ``path`` and loaded again."""
     from heads.registry import load_head
     from heads.softmax import SoftmaxAbstainHead
+
+    head = SoftmaxAbstainHead.from_config(
+        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
+    )
+    head.attach_language_evidence(evidence)
+    head.save(path)
+    loaded = load_head(path)
+    assert isinstance(loaded, SoftmaxAbstainHead) and loaded.language_ is not None
+    return head, loaded
+
+
+def test_evidence_for_some_languages_only_is_flat_for_the_others(tmp_path):
 
     x, langs = _clusters(30)
     full = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5)
@@ -173,13 +186,7 @@ def test_evidence_for_some_languages_only_is_flat_for_the_others(tmp_path):
     # the full table sends it to Brazil.
     assert np.ptp(log_ev[1]) < 0.05 < np.ptp(full.log_evidence(probe)[1])
 
-    head = SoftmaxAbstainHead.from_config(
-        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
-    )
-    head.attach_language_evidence(ja)
-    head.save(tmp_path / "h")
-    loaded = load_head(tmp_path / "h")
-    assert isinstance(loaded, SoftmaxAbstainHead) and loaded.language_ is not None
+    _, loaded = _saved_and_loaded(ja, tmp_path / "h")
     assert loaded.language_.only == ("ja",)
     with pytest.raises(InvalidInputError, match=r"restricted to \['en'\].*\['de', 'ja', 'pt'\]"):
         LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, only=("en",))
@@ -187,7 +194,6 @@ def test_evidence_for_some_languages_only_is_flat_for_the_others(tmp_path):
 
 def test_a_power_weighs_a_language_by_how_sure_the_classifier_is(tmp_path):
     from heads.registry import load_head
-    from heads.softmax import SoftmaxAbstainHead
 
     x, langs = _clusters(30)
     plain = LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, only=("ja",))
@@ -215,13 +221,7 @@ def test_a_power_weighs_a_language_by_how_sure_the_classifier_is(tmp_path):
     with pytest.raises(InvalidInputError, match=r"power must be a number >= 1, got 0\.5"):
         LanguageEvidence.fit(x, langs, GEO_LABELS, alpha=0.5, power=0.5)
 
-    head = SoftmaxAbstainHead.from_config(
-        {"name": "geolocation", "embedding_version": "emb-test", "in_dim": 8}, GEO_LABELS
-    )
-    head.attach_language_evidence(sharp)
-    head.save(tmp_path / "h")
-    loaded = load_head(tmp_path / "h")
-    assert isinstance(loaded, SoftmaxAbstainHead) and loaded.language_ is not None
+    head, loaded = _saved_and_loaded(sharp, tmp_path / "h")
     assert loaded.language_.power == 2.0
     np.testing.assert_array_equal(loaded.logits(probe), head.logits(probe))
     # a head saved before the setting existed reads as power 1
