@@ -152,13 +152,14 @@ def _scan(paths: list[Path]) -> tuple[np.ndarray, int, str]:
     for p in paths:
         pf = pq.ParquetFile(p)
         n += pf.metadata.num_rows
-        ids = pq.read_table(p, columns=["id"])["id"].to_pylist()
-        mask = np.zeros(len(ids), bool)
-        for j, i in enumerate(ids):
-            if i not in seen:
-                seen.add(i)
-                mask[j] = True
-        first.append(mask)
+        for batch in pf.iter_batches(batch_size=65_536, columns=["id"]):  # memory: the set only
+            ids = batch.column("id").to_pylist()
+            mask = np.zeros(len(ids), bool)
+            for j, i in enumerate(ids):
+                if i not in seen:
+                    seen.add(i)
+                    mask[j] = True
+            first.append(mask)
         t = pf.schema_arrow.field("embedding").type
         if not pa.types.is_fixed_size_list(t):
             raise ArtifactError(f"{p}: 'embedding' must be a fixed-size list of float32, got {t}")
