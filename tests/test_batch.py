@@ -331,10 +331,24 @@ def test_cli_batch_prints_summary_and_bad_rows(model_dir, inputs, tmp_path, caps
     assert "geolocation_label" in cols and "category_label" not in cols and "embedding" not in cols
 
 
-def test_batch_audience_from_raw_follower_files(model_dir, inputs, tmp_path):
-    """Raw follower files with influencer_id -> predictions -> groupby + map_groups estimates."""
+def _audience_job(model_dir, followers, out, n_bootstrap=20):
+    """``run_audience_job`` on one local actor, no progress bars; its summary."""
     from server.batch.audience_job import AudienceJobConfig, run_audience_job
 
+    return run_audience_job(
+        AudienceJobConfig(
+            model_dir=model_dir,
+            followers=str(followers),
+            output=out,
+            n_bootstrap=n_bootstrap,
+            num_actors=1,
+            show_progress=False,
+        )
+    )
+
+
+def test_batch_audience_from_raw_follower_files(model_dir, inputs, tmp_path):
+    """Raw follower files with influencer_id -> predictions -> groupby + map_groups estimates."""
     _, _, _, profiles = inputs
     followers = tmp_path / "followers"
     followers.mkdir()
@@ -344,16 +358,7 @@ def test_batch_audience_from_raw_follower_files(model_dir, inputs, tmp_path):
             rec = {**r, "influencer_id": f"inf-{i % 3}" if i < 297 else None}
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     out = tmp_path / "aud"
-    summary = run_audience_job(
-        AudienceJobConfig(
-            model_dir=model_dir,
-            followers=str(followers),
-            output=out,
-            n_bootstrap=20,
-            num_actors=1,
-            show_progress=False,
-        )
-    )
+    summary = _audience_job(model_dir, followers, out)
     assert summary["influencers"] == 3
     assert summary["followers_used"] == 297 and summary["rows_without_influencer"] == 3
     lines = [json.loads(x) for x in (out / "audience.jsonl").read_text().splitlines()]
@@ -381,16 +386,7 @@ def test_batch_audience_from_raw_follower_files(model_dir, inputs, tmp_path):
     table = pq.read_table(out / "audience.parquet")
     assert table.num_rows == 3 and set(table.column_names) >= {"shares", "lower", "upper", "n"}
     # The predictions folder is a normal batch output: a second audience run reuses it.
-    again = run_audience_job(
-        AudienceJobConfig(
-            model_dir=model_dir,
-            followers=str(followers),
-            output=out,
-            n_bootstrap=20,
-            num_actors=1,
-            show_progress=False,
-        )
-    )
+    again = _audience_job(model_dir, followers, out)
     assert again["batch"]["files_already_done"] == 1
 
 
@@ -400,7 +396,6 @@ def test_reruns_keep_one_current_row_per_follower_and_influencer(model_dir, inpu
     another head version was read by the audience job as more followers."""
     import os
 
-    from server.batch.audience_job import AudienceJobConfig, run_audience_job
     from server.batch.pipeline import run_batch
 
     _, _, _, profiles = inputs
@@ -415,16 +410,7 @@ def test_reruns_keep_one_current_row_per_follower_and_influencer(model_dir, inpu
 
     def audience():
         out = tmp_path / "aud"
-        run_audience_job(
-            AudienceJobConfig(
-                model_dir=model_dir,
-                followers=str(followers),
-                output=out,
-                n_bootstrap=0,
-                num_actors=1,
-                show_progress=False,
-            )
-        )
+        _audience_job(model_dir, followers, out, n_bootstrap=0)
         lines = [json.loads(x) for x in (out / "audience.jsonl").read_text().splitlines()]
         return {x["influencer_id"]: x["n"] for x in lines}
 

@@ -32,24 +32,30 @@ def _blobs(n: int, k: int, *, seed: int, spread: float = 2.0, dim: int = DIM):
     return (centres[y] + rng.normal(size=(n, dim))).astype(np.float32), y
 
 
-@pytest.fixture(scope="module")
-def fitted() -> SoftmaxAbstainHead:
-    labels = ("FR", "DE", "BR", "OTHER")
-    x, y = _blobs(600, 4, seed=0)
-    vx, vy = _blobs(600, 4, seed=1)
+def _fit_on_blobs(
+    labels: tuple[str, ...], fit_options: dict | None = None, **settings
+) -> SoftmaxAbstainHead:
+    """A ``geo`` head with ``settings``, fitted on 600 blobs and validated on 600 others."""
+    x, y = _blobs(600, len(labels), seed=0)
+    vx, vy = _blobs(600, len(labels), seed=1)
     head = build_head(
-        "softmax_abstain",
-        name="geo",
-        labels=labels,
-        embedding_version=EMB,
-        in_dim=DIM,
-        hidden=8,
-        label_field="country",
+        "softmax_abstain", name="geo", labels=labels, embedding_version=EMB, in_dim=DIM, **settings
     )
     head.fit(
-        x, [labels[i] for i in y], val_embeddings=vx, val_labels=[labels[i] for i in vy], epochs=150
+        x,
+        [labels[i] for i in y],
+        val_embeddings=vx,
+        val_labels=[labels[i] for i in vy],
+        **(fit_options or {}),
     )
     return head
+
+
+@pytest.fixture(scope="module")
+def fitted() -> SoftmaxAbstainHead:
+    return _fit_on_blobs(
+        ("FR", "DE", "BR", "OTHER"), {"epochs": 150}, hidden=8, label_field="country"
+    )
 
 
 def test_registry_is_closed_dict_with_builtin_kind():
@@ -219,19 +225,12 @@ def test_never_assigned_labels_assign_nothing_in_the_record_too():
     # The audience estimators read the record as the head's behaviour on validation rows.
     from heads.audience import head_audience_inputs
 
-    labels = ("FR", "DE", "OTHER")
-    x, y = _blobs(600, 3, seed=0)
-    vx, vy = _blobs(600, 3, seed=1)
-    head = build_head(
-        "softmax_abstain",
-        name="geo",
-        labels=labels,
-        embedding_version=EMB,
-        in_dim=DIM,
+    head = _fit_on_blobs(
+        ("FR", "DE", "OTHER"),
         never_assign=("OTHER",),
         ood_quantile=None,  # the record is the thresholds' (the guard refuses a few rows more)
     )
-    head.fit(x, [labels[i] for i in y], val_embeddings=vx, val_labels=[labels[i] for i in vy])
+    vx, _ = _blobs(600, 3, seed=1)  # its validation rows
     row = head.calibration_["per_class"]["OTHER"]
     assert np.isinf(head.thresholds_[2]) and row["threshold"] is None
     assert (row["assigned"], row["correct"], row["recall"]) == (0, 0, 0.0)
