@@ -29,7 +29,11 @@ WORK.mkdir(exist_ok=True)
 CLI = [sys.executable, "-m", "server.cli"]
 DEV = os.environ.get("DEV", "cuda")  # "cpu" for a dry run here
 SMALL = int(os.environ.get("SMALL", "0"))  # rows per file for a dry run; 0 = all
-RESULTS: dict = {}
+#: Steps to run, comma-separated (default: all). ``base`` and ``train_default_loop`` make the model
+#: every later step uses. Second check (2026-12-04): without ``train_full_loop``.
+ALL_STEPS = "base,train_default_loop,embed,agreement,predict,serve,train_full_loop"
+STEPS = set(os.environ.get("STEPS", ALL_STEPS).split(","))
+RESULTS: dict = {"steps": sorted(STEPS)}
 
 
 def save() -> None:
@@ -55,6 +59,8 @@ def run(name: str, argv: list[str], timeout: float, **kw) -> float | None:
 
 def step(name):
     def deco(fn):
+        if name not in STEPS:
+            return fn
         t0 = time.perf_counter()
         try:
             fn()
@@ -134,12 +140,13 @@ def train(name: str, out: Path, flags: str, keep: tuple[str, ...]) -> None:
 
 
 # The default recipe's loop (80 tokens, batch 32, frozen word embeddings, 8,000 rows, 1 epoch).
-train(
-    "train_default_loop",
-    WORK / "mA",
-    "--max-tokens 80 --max-train 8000 --freeze-embeddings --epochs 1 --batch-size 32 --lr 2e-4",
-    ("throughput", "metrics"),
-)
+if "train_default_loop" in STEPS:
+    train(
+        "train_default_loop",
+        WORK / "mA",
+        "--max-tokens 80 --max-train 8000 --freeze-embeddings --epochs 1 --batch-size 32 --lr 2e-4",
+        ("throughput", "metrics"),
+    )
 
 MODEL = WORK / "mA"
 n_train = rows(TRAIN)
@@ -156,19 +163,22 @@ def embed(name: str, src: Path, out: Path, device: str, numerics: str, *extra: s
     )  # fmt: skip
 
 
-for numerics, bs in (("fp32", 64), ("fp32", 512), ("bf16", 64), ("bf16", 512), ("auto", 256)):
-    name = f"embed_{numerics}_bs{bs}"
-    wall = embed(
-        name, TRAIN, WORK / f"e_{numerics}_{bs}.npy", DEV, numerics, "--batch-size", str(bs)
-    )
-    if wall:
-        RESULTS[name]["rows_per_s_incl_start"] = round(n_train / wall, 1)
-# Each embed run above includes start-up (imports, loading the model): a 200-row run gives it.
-head = WORK / "head200.jsonl"
-head.write_text("".join(open(TRAIN).readlines()[:200]))
-for numerics in ("fp32", "bf16"):
-    embed(f"embed_{numerics}_200rows", head, WORK / f"s_{numerics}.npy", DEV, numerics)
-embed("embed_cpu_fp32_200rows", head, WORK / "s_cpu.npy", "cpu", "fp32")
+#: numerics:batch-size pairs of the 24,000-row embed runs.
+EMBED_RUNS = os.environ.get("EMBED_RUNS", "fp32:64,fp32:512,bf16:64,bf16:512,auto:256")
+if "embed" in STEPS:
+    for numerics, bs in (pair.split(":") for pair in EMBED_RUNS.split(",")):
+        name = f"embed_{numerics}_bs{bs}"
+        wall = embed(
+            name, TRAIN, WORK / f"e_{numerics}_{bs}.npy", DEV, numerics, "--batch-size", bs
+        )
+        if wall:
+            RESULTS[name]["rows_per_s_incl_start"] = round(n_train / wall, 1)
+    # Each embed run above includes start-up (imports, loading the model): a 200-row run gives it.
+    head = WORK / "head200.jsonl"
+    head.write_text("".join(open(TRAIN).readlines()[:200]))
+    for numerics in ("fp32", "bf16"):
+        embed(f"embed_{numerics}_200rows", head, WORK / f"s_{numerics}.npy", DEV, numerics)
+    embed("embed_cpu_fp32_200rows", head, WORK / "s_cpu.npy", "cpu", "fp32")
 
 
 @step("agreement")
@@ -188,11 +198,34 @@ def _agree() -> None:
     RESULTS["agreement"] = out
 
 
-run(
-    "predict_auto",
-    [*CLI, "predict", str(VAL), "-o", str(WORK / "pred.jsonl"), "--model", str(MODEL)],
-    timeout=300,
-)
+def argmax_agreement(a_path: Path, b_path: Path) -> dict:
+    """How many rows two prediction files give the same geolocation argmax."""
+    a = [json.loads(line) for line in open(a_path)]
+    b = [json.loads(line) for line in open(b_path)]
+    same = sum(
+        x["geolocation"]["argmax"] == y["geolocation"]["argmax"] for x, y in zip(a, b, strict=False)
+    )
+    return {"n_a": len(a), "n_b": len(b), "argmax_same": same}
+
+
+if "predict" in STEPS:
+    # --device auto takes the GPU; the same command on the CPU gives the labels to agree with.
+    for name, device in (("predict_auto", "auto"), ("predict_cpu", "cpu")):
+        wall = run(
+            name,
+            [*CLI, "predict", str(VAL), "-o", str(WORK / f"{name}.jsonl"), "--model", str(MODEL),
+             "--device", device],
+            timeout=300,
+        )  # fmt: skip
+        if wall:
+            RESULTS[name]["rows_per_s_incl_start"] = round(rows(VAL) / wall, 1)
+    try:
+        RESULTS["predict_agreement"] = argmax_agreement(
+            WORK / "predict_auto.jsonl", WORK / "predict_cpu.jsonl"
+        )
+    except (OSError, KeyError, ValueError) as exc:
+        RESULTS["predict_agreement"] = {"error": repr(exc)}
+    save()
 RESULTS["n_val_rows"] = rows(VAL)
 
 
@@ -265,13 +298,9 @@ def _serve() -> None:
             }
         )
         # The served labels vs the CLI's on the same GPU model.
-        a = [json.loads(line) for line in open(WORK / "pred.jsonl")]
-        b = [json.loads(line) for line in open(WORK / "served.jsonl")]
-        same = sum(
-            x["geolocation"]["argmax"] == y["geolocation"]["argmax"]
-            for x, y in zip(a, b, strict=False)
+        RESULTS["serve"].update(
+            argmax_agreement(WORK / "predict_auto.jsonl", WORK / "served.jsonl")
         )
-        RESULTS["serve"].update({"n_served": len(b), "argmax_same_as_predict": same})
     proc.send_signal(signal.SIGTERM)
     try:
         RESULTS.setdefault("serve", {})["exit"] = proc.wait(timeout=60)
@@ -281,12 +310,13 @@ def _serve() -> None:
 
 
 # The full recipe's loop (192 tokens, batch 64, embeddings trained), 1 epoch over every row here.
-train(
-    "train_full_loop",
-    WORK / "mB",
-    "--max-tokens 192 --epochs 1 --batch-size 64 --lr 5e-5",
-    ("throughput",),
-)
+if "train_full_loop" in STEPS:
+    train(
+        "train_full_loop",
+        WORK / "mB",
+        "--max-tokens 192 --epochs 1 --batch-size 64 --lr 5e-5",
+        ("throughput",),
+    )
 
 RESULTS["done"] = True
 save()

