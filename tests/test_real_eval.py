@@ -199,3 +199,20 @@ def test_prior_sweep_reweights_by_the_target_prior(geo_model, capsys):
     for rs, cell in zip(real_eval.load_sets(FIXTURE), cells, strict=True):
         probs = head.predict_proba(model.encoder.encode([r.profile for r in rs.rows]))
         assert cell.split(" / ")[0] == f"{(probs.argmax(1) == rs.y).mean():.3f}"
+
+
+def test_audience_after_calibrate_scores_every_population(geo_model, capsys):
+    bench = _bench("audience_after_calibrate")
+    # the simplex solve: an identity confusion returns the target; a label left out gets 0
+    target = np.array([0.5, 0.3, 0.2])
+    np.testing.assert_allclose(bench._simplex_nnls(np.eye(3), target, np.ones(3, bool)), target)
+    out = bench._simplex_nnls(np.eye(3), target, np.array([True, True, False]))
+    assert out[2] == 0 and out.sum() == pytest.approx(1.0)
+
+    assert bench.main(["--model", str(geo_model), "--data", str(FIXTURE), "--min-rows", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    sets = _bench("real_eval").load_sets(FIXTURE)
+    assert len(lines) == 4 * len(sets) + 1  # four populations per set, then the means
+    means = dict(cell.rsplit(" ", 1) for cell in lines[-1].split(": ", 1)[1].split(", "))
+    assert set(means) == {"average", "acc", "em", "acc>=1", "pacc>=1", "em>=1"}
+    assert all(0.0 <= float(v) <= 1.0 for v in means.values())
