@@ -25,8 +25,14 @@ MAX_CAPTIONS = 5
 TEXT_FIELDS = ("username", "full_name", "biography", "captions")
 #: Upper bound on characters kept per field before tokenizing: a 1 MB bio costs nothing.
 _CHARS_PER_TOKEN_BOUND = 24
-#: A web address with its scheme: group 1 is scheme and host, the rest its path, query or fragment.
-_LINK = re.compile(r"(https?://[^/\s?#]+)\S*", re.IGNORECASE)
+#: A web address with its scheme: group 1 is scheme, host and port, the rest its path, query or
+#: fragment. The path takes only characters a URL may hold (RFC 3986's, ASCII) and never ends in
+#: punctuation, so what is glued after a link stays: "https://x.co/a).", "...x.co/a📍Lyon".
+_LINK = re.compile(
+    r"(https?://[\w-]+(?:\.[\w-]+)*(?::\d+)?)"
+    r"(?:[/?#][A-Za-z0-9\-._~%!$&'()*+,;=:@/?#\[\]]*[A-Za-z0-9\-_~%$&*+=@/#])?",
+    re.IGNORECASE,
+)
 #: An @handle in text (not an e-mail address: nothing of a word may come before the @).
 _MENTION = re.compile(r"(?<![\w@])@\w+(?:\.\w+)*")
 #: What ``mask_mentions`` writes instead of each handle.

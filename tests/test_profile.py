@@ -4,7 +4,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from embedder.errors import InvalidInputError
-from embedder.profile import MAX_CAPTIONS, AssemblyConfig, Profile, assemble_texts, text_hash
+from embedder.profile import (
+    MAX_CAPTIONS,
+    AssemblyConfig,
+    Profile,
+    assemble_texts,
+    link_hosts,
+    text_hash,
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +98,22 @@ def test_link_hosts_only_cuts_links_to_scheme_and_host(tokenizer):
     assert text.endswith("post: no link here, just t.co/abc")  # no scheme: not a link we cut
     (plain,) = assemble_texts([profile], tokenizer, AssemblyConfig())
     assert "http://t.co/8Bj6zaWx" in plain and "?id=7#top" in plain
+
+
+@pytest.mark.parametrize(
+    ("text", "cut"),
+    [
+        ("see https://x.co/a/b).", "see https://x.co)."),
+        ("(https://x.co/a?b=1, today)", "(https://x.co, today)"),
+        ("https://x.co/a📍Lyon 🇫🇷", "https://x.co📍Lyon 🇫🇷"),
+        ('"@ana: lindo http://t.co/8Bj6zaWx"', '"@ana: lindo http://t.co"'),
+        ("http://bare.es. Next", "http://bare.es. Next"),
+        ("https://example.com:8080/x/y#z!", "https://example.com:8080!"),
+        ("https://t.co/abc…", "https://t.co…"),
+    ],
+)
+def test_link_hosts_keeps_what_is_glued_after_a_link(text, cut):
+    assert link_hosts(text) == cut
 
 
 def test_link_hosts_only_is_recorded_only_when_on():
