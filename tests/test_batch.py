@@ -447,3 +447,22 @@ def test_a_kept_field_may_not_take_a_result_column_name(model_dir, inputs, tmp_p
     for name in ("id", "row_key", "geolocation_probs"):
         with pytest.raises(InvalidInputError, match="is a column of the results"):
             _config(model_dir, inputs[0], tmp_path / "out", keep_fields=(name,))
+
+
+def test_read_row_keys_gives_the_column_in_file_order(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from server.batch.incremental import read_row_keys, row_key
+
+    keys = [row_key(f"id{i}", bytes([i % 256]) * 32) for i in range(5000)]
+    keys[7] = keys[7][:15] + b"\x00"  # a trailing zero byte is part of the key
+    fixed = pa.array(keys, type=pa.binary(16))
+    # two row groups, so the column arrives in chunks
+    pq.write_table(pa.table({"row_key": fixed}), tmp_path / "f.parquet", row_group_size=1500)
+    pq.write_table(pa.table({"row_key": pa.array(keys, type=pa.binary())}), tmp_path / "v.parquet")
+    expected = np.asarray(keys, dtype="S16")
+    for name in ("f.parquet", "v.parquet"):  # fixed-size buffers, and the plain-binary fallback
+        got = read_row_keys(tmp_path / name)
+        assert got.dtype == np.dtype("S16") and len(got) == len(keys)
+        assert np.array_equal(got, expected) and got.tobytes() == expected.tobytes()

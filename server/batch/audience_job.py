@@ -32,6 +32,7 @@ from server.batch.incremental import (
     OutputStore,
     atomic_write_bytes,
     atomic_write_json,
+    read_row_keys,
 )
 from server.batch.pipeline import BatchConfig, run_batch
 from server.batch.predictor import load_model
@@ -106,10 +107,7 @@ def _read_results(files: list[str], columns: list[str]) -> Any:
     import pyarrow.parquet as pq
     import ray
 
-    keys = [
-        np.asarray(pq.read_table(f, columns=["row_key"])["row_key"].to_pylist(), dtype="S16")
-        for f in files
-    ]
+    keys = [read_row_keys(f) for f in files]
     first = np.zeros(sum(len(k) for k in keys), dtype=bool)
     if len(first):
         first[np.unique(np.concatenate(keys), return_index=True)[1]] = True

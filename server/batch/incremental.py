@@ -230,15 +230,13 @@ class OutputStore:
     def done_keys(self, spec: JobSpec, exclude: Sequence[str] = ()) -> np.ndarray:
         """Sorted unique ``row_key`` values (dtype ``S16``) of every compatible result file
         (but the file keys in ``exclude``)."""
-        import pyarrow.parquet as pq
 
         chunks = []
         for key, entry in self.entries().items():
             if key in exclude:
                 continue
             if spec.satisfied_by(entry["spec"]) and entry.get("n_written", 0):
-                col = pq.read_table(self.results / f"{key}.parquet", columns=["row_key"])["row_key"]
-                chunks.append(np.asarray(col.to_pylist(), dtype=f"S{ROW_KEY_BYTES}"))
+                chunks.append(read_row_keys(self.results / f"{key}.parquet"))
         if not chunks:
             return np.empty(0, dtype=f"S{ROW_KEY_BYTES}")
         return np.unique(np.concatenate(chunks))
@@ -250,6 +248,29 @@ class OutputStore:
             for key, e in self.entries().items()
             if spec is None or spec.satisfied_by(e["spec"])
         ]
+
+
+def read_row_keys(path: str | Path) -> np.ndarray:
+    """The ``row_key`` column of a result file as an ``S16`` array, in file order.
+
+    Read from the fixed-size binary column's data buffer: ``to_pylist`` made one Python bytes
+    object per row, 1.3 s per 2 million keys against 0.07 s (a re-run reads every finished
+    file's keys).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    col = pq.read_table(path, columns=["row_key"])["row_key"].combine_chunks()
+    width = ROW_KEY_BYTES
+    if (
+        pa.types.is_fixed_size_binary(col.type)
+        and col.type.byte_width == width
+        and not col.null_count
+    ):
+        return np.frombuffer(
+            col.buffers()[1], dtype=f"S{width}", count=len(col), offset=col.offset * width
+        )
+    return np.asarray(col.to_pylist(), dtype=f"S{width}")
 
 
 def finalize_file(
