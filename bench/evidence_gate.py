@@ -8,7 +8,10 @@ session, 2 since). At power 1 a Spanish post the language classifier gives a few
 still moved toward US. This scores, per real set, the argmax accuracy and
 macro-F1 (over the labels present) of the head with the evidence as shipped, without it, and with
 ``P(en | x)`` sharpened (``p**g``) or cut (``p`` where ``p > t``, else 0); the temperature, class
-biases and thresholds stay those of the shipped head, so only argmax figures are reported. One line
+biases and thresholds stay those of the shipped head, so only argmax figures are reported. With
+``--concentrated c,...`` it also scores the evidence widened from English to every language whose
+CLDR row puts >= ``c`` of its speakers in one target country (Indonesian, Thai, Japanese, ...:
+languages whose evidence cannot move a post between neighbours), at the shipped power. One line
 per set on stdout. A head without language evidence is refused.
 """
 
@@ -33,11 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=None, help="embedding cache file (default: the shared one)")
     p.add_argument("--powers", default="2,4", help="comma-separated g of p**g")
     p.add_argument("--cuts", default="0.5,0.8", help="comma-separated t of p > t")
+    p.add_argument(
+        "--concentrated",
+        default="",
+        help="comma-separated c: also English + every language with >= c in one country",
+    )
     args = p.parse_args(argv)
 
     from real_eval import load_sets
     from sklearn.metrics import f1_score
 
+    from heads.language_evidence import label_given_language
     from heads.model import ProfileModel
     from heads.training.head import cached_embeddings
 
@@ -49,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     lang = evidence.languages.index(evidence.only[0])
     table = evidence.table[lang]
     k = evidence.table.shape[1]
+    full, _ = label_given_language(evidence.languages, head.labels)
+    countries = np.array([lab != "OTHER" for lab in head.labels])
+    widened = {}
+    for c in (float(v) for v in args.concentrated.split(",") if v):
+        wide = evidence.table.copy()
+        for i, code in enumerate(evidence.languages):
+            if code != evidence.only[0] and full[i][countries].max() >= c:
+                wide[i] = full[i]
+        widened[f"conc>={c:g}"] = wide
 
     def score(probs: np.ndarray, y: np.ndarray) -> str:
         pred = probs.argmax(1)
@@ -73,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             variants[f"p**{g:g}"] = gated(p_lang**g)
         for t in (float(v) for v in args.cuts.split(",") if v):
             variants[f"p>{t:g}"] = gated(np.where(p_lang > t, p_lang, 0.0))
+        q = evidence.language_proba(x) ** evidence.power
+        for name, wide in widened.items():
+            mix = q @ wide + (1.0 - q.sum(axis=1, keepdims=True)) / k
+            variants[name] = head.calibrated_proba(
+                base + evidence.alpha * np.log(np.maximum(mix, 1e-12))
+            )
         cells = "  ".join(f"{name} {score(v, rs.y)}" for name, v in variants.items())
         print(f"{rs.name} (n {len(rs.y)}, mean P({evidence.only[0]}) {p_lang.mean():.2f}): {cells}")
     return 0
