@@ -8,10 +8,18 @@ re-calibrated (class biases on) on half A of each real set, and populations of 1
 drawn from half B at known shares. Half A and half B are the same source, so the populations
 differ from the calibration rows by their label mix only (pure label shift), the case where
 adjusted classify-and-count (ACC), its probabilistic form (PACC: mean posteriors per true class
-instead of argmax counts) and EM are consistent. Each runs over all labels and restricted to the
-labels with at least ``m`` calibration rows (the others get share 0), beside the probability
-average. One line per population, then the mean total variation of each estimator over all of
-them. Not an estimator of ``heads.audience``: the figures that decided against adding one.
+instead of argmax counts) and EM are consistent. ``raw-em`` re-weights every label (the ``em`` of
+``heads.audience`` before labels without calibration rows were held, ``calibrated_labels``);
+``acc>=m``, ``pacc>=m`` and ``em>=m`` are restricted to the labels with at least ``m``
+calibration rows (the others get share 0). Beside them, ``heads.audience``'s own estimators (point
+estimates, the head's calibration record as inputs). One line per set (its half-B accuracy) and
+per population, then the mean total variation of each estimator over all of them.
+
+``--head new`` replaces the re-calibrated shipped head by a new linear head on the same frozen
+embeddings fitted on half A as ``profile-embed train-head --cross-fit 5 --class-bias`` fits it (no
+class weighting; temperature, biases and thresholds on its out-of-fold rows): what a user with real
+labels can train, and how far the estimators get when the head separates the countries better.
+Its out-of-fold rows are not exposed, so only ``heads.audience``'s estimators run for it.
 """
 
 from __future__ import annotations
@@ -58,12 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="folder of labelled real sets (.jsonl)")
     p.add_argument("--cache", default=None, help="embedding cache file (default: none)")
     p.add_argument("--min-rows", default="1,10,30", help="comma-separated m (calibration rows)")
+    p.add_argument(
+        "--head",
+        choices=("calibrated", "new"),
+        default="calibrated",
+        help="the shipped head re-calibrated on half A, or a new head fitted on half A",
+    )
     args = p.parse_args(argv)
+    min_rows = [int(v) for v in args.min_rows.split(",")]
 
     from real_eval import halves, load_sets, populations
 
+    from heads.audience import estimate_audience, head_audience_inputs
     from heads.audience_estimators import (
-        adjusted_classify_and_count,
         argmax_shares,
         confusion_rates,
         em_prior_shift,
@@ -72,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from heads.calibration import effective_prior
     from heads.model import ProfileModel
+    from heads.softmax import SoftmaxAbstainHead
     from heads.training.head import cached_embeddings
 
     model = ProfileModel.load(Path(args.model), heads=["geolocation"])
@@ -81,9 +97,21 @@ def main(argv: list[str] | None = None) -> int:
     for rs in load_sets(Path(args.data)):
         (x,), _ = cached_embeddings(model.encoder, [[r.profile for r in rs.rows]], args.cache)
         a = halves(rs)
-        recal = copy.deepcopy(head)
-        recal.calibrate(x[a], rs.y[a], missing_classes="abstain", class_bias=True)
-        pa, pb, ya, yb = recal.predict_proba(x[a]), recal.predict_proba(x[~a]), rs.y[a], rs.y[~a]
+        if args.head == "calibrated":
+            scored = copy.deepcopy(head)
+            scored.calibrate(x[a], rs.y[a], missing_classes="abstain", class_bias=True)
+        else:
+            scored = SoftmaxAbstainHead.from_config(
+                {"name": "geolocation", "embedding_version": "new", "in_dim": x.shape[1]},
+                list(head.labels),
+            )
+            scored.fit(
+                x[a], rs.y[a], class_weight=None, cross_fit=5, class_bias=True,
+                missing_classes="abstain",
+            )  # fmt: skip
+        inputs = head_audience_inputs(scored)
+        pa, pb = scored.predict_proba(x[a]), scored.predict_proba(x[~a])
+        ya, yb = rs.y[a], rs.y[~a]
         support = np.bincount(ya, minlength=k)
         confusion = np.zeros((k, k))
         np.add.at(confusion, (ya, pa.argmax(axis=1)), 1)
@@ -91,21 +119,26 @@ def main(argv: list[str] | None = None) -> int:
             [pa[ya == c].mean(axis=0) if support[c] else np.eye(k)[c] for c in range(k)]
         )
         prior = effective_prior(pa, ya)
+        print(f"{rs.name}: half-B accuracy {(pb.argmax(axis=1) == yb).mean():.3f}", flush=True)
         for pop, idx in populations(yb, seed=0).items():
             truth = np.bincount(yb[idx], minlength=k) / len(idx)
             probs = pb[idx]
             est = {
-                "average": probability_average(probs),
-                "acc": adjusted_classify_and_count(probs, confusion),
-                "em": em_prior_shift(probs, prior)[0],
+                method: estimate_audience(
+                    probs, labels=list(scored.labels), method=method, n_bootstrap=0, **inputs
+                ).shares
+                for method in ("average", "acc", "em", "guarded", "ensemble")
             }
-            for m in (int(v) for v in args.min_rows.split(",")):
+            # A new head's calibration rows are out-of-fold predictions, not at hand here.
+            for m in min_rows if args.head == "calibrated" else ():
                 keep = support >= m
                 est[f"acc>={m}"] = _simplex_nnls(
                     confusion_rates(confusion), argmax_shares(probs), keep
                 )
                 est[f"pacc>={m}"] = _simplex_nnls(soft, probability_average(probs), keep)
                 est[f"em>={m}"] = _em_on(probs, prior, keep)
+            if args.head == "calibrated":
+                est["raw-em"] = em_prior_shift(probs, prior)[0]
             cells = []
             for name, shares in est.items():
                 tv = total_variation(shares, truth)

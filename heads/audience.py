@@ -47,6 +47,7 @@ import numpy as np
 from embedder.errors import InvalidInputError
 from heads.audience_estimators import (
     adjusted_classify_and_count,
+    calibrated_labels,
     classify_and_count,
     confusion_rates,
     cue_check,
@@ -235,8 +236,9 @@ def _estimator(
     """``(probs, weights, confusion, init) -> shares`` for one concrete method."""
 
     def run(p: np.ndarray, w: np.ndarray | None, conf: Any, init: np.ndarray | None) -> np.ndarray:
+        rw = calibrated_labels(conf)
         if method == "em":
-            return em_prior_shift(p, prior, weights=w, init=init)[0]
+            return em_prior_shift(p, prior, weights=w, init=init, reweight=rw)[0]
         if method == "guarded":
             return guarded_em(
                 p,
@@ -248,14 +250,14 @@ def _estimator(
                 recall_counts=recall_counts,
             )[0]
         if method == "map":
-            return map_em(p, prior, strength=MAP_STRENGTH, weights=w, init=init)
+            return map_em(p, prior, strength=MAP_STRENGTH, weights=w, init=init, reweight=rw)
         if method == "average":
             return probability_average(p, w)
         if method == "acc":
             return adjusted_classify_and_count(p, conf, w)
         if method == "ensemble":
             members = [
-                em_prior_shift(p, prior, weights=w)[0],
+                em_prior_shift(p, prior, weights=w, reweight=rw)[0],
                 probability_average(p, w),
                 adjusted_classify_and_count(p, conf, w),
             ]
@@ -336,7 +338,7 @@ def _point(
         unlike = misfit["p_value"] < MISFIT_P and misfit["misfit"] > MISFIT_TV
         if thresholds is not None and recall_counts is not None:
             cands = [
-                em_prior_shift(probs, prior)[0],
+                em_prior_shift(probs, prior, reweight=calibrated_labels(confusion))[0],
                 adjusted_classify_and_count(probs, confusion),
                 probability_average(probs),
             ]

@@ -66,6 +66,7 @@ def em_prior_shift(
     init: np.ndarray | None = None,
     caps: np.ndarray | None = None,
     dirichlet: np.ndarray | None = None,
+    reweight: np.ndarray | None = None,
     max_iter: int = 1000,
     tol: float = 1e-5,
 ) -> tuple[np.ndarray, int]:
@@ -79,6 +80,9 @@ def em_prior_shift(
         caps: ``(k,)`` upper bounds on the shares (the guard), applied as a constrained M-step.
         dirichlet: ``(k,)`` pseudo-counts ``alpha - 1`` of a Dirichlet prior on the shares
             (MAP-EM): the M-step becomes ``(sum_i w_i r_ik + alpha_k - 1) / (n + sum(alpha - 1))``.
+        reweight: ``(k,)`` bool, the labels EM may re-weight (default all; see
+            ``calibrated_labels``). The others keep the ratio 1 to their prior, so their shares
+            stay their (re-normalised) average probability.
         max_iter: iteration cap.
         tol: stop when no share moves more than this in one step. Shares are read to a tenth
             of a percent and the bootstrap runs EM hundreds of times, so 1e-5 (not 1e-7, which
@@ -95,7 +99,10 @@ def em_prior_shift(
     total = float(len(probs) if weights is None else np.sum(weights))
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007
-        adj = probs * (pi / prior)
+        ratio = pi / prior
+        if reweight is not None:
+            ratio = np.where(reweight, ratio, 1.0)
+        adj = probs * ratio
         adj /= np.maximum(adj.sum(axis=1, keepdims=True), 1e-300)
         new = np.average(adj, axis=0, weights=weights)
         if dirichlet is not None:
@@ -107,6 +114,21 @@ def em_prior_shift(
         if done:
             break
     return pi, it
+
+
+def calibrated_labels(confusion: np.ndarray | None) -> np.ndarray | None:
+    """Labels with calibration rows (a non-empty confusion row); None when all have them.
+
+    EM re-weights a label by ``share / prior``. A label the calibration rows never held has a
+    prior fitted to nothing (1e-8 where a head was calibrated on four labels), and its tiny
+    posteriors on followers need only be a little above it for EM to multiply them, step after
+    step, into a share no follower supports: a head fitted and calibrated on nadi's four labels
+    put 1.00 of each nadi population on the other 33 labels. Such labels are not re-weighted.
+    """
+    if confusion is None:
+        return None
+    seen = np.asarray(confusion, dtype=np.float64).sum(axis=1) > 0
+    return None if seen.all() else seen
 
 
 def classify_and_count(probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
@@ -236,7 +258,8 @@ def guarded_em(
     thresholds: np.ndarray | None = None,
     recall_counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """EM with each label's share capped at ``guard_caps``.
+    """EM with each label's share capped at ``guard_caps`` (labels without calibration rows are
+    not re-weighted, ``calibrated_labels``).
 
     The argmax counts (and, with ``thresholds`` and ``recall_counts``, the confident labels) must
     be able to carry a share above the probability average under the validation rates. On
@@ -248,7 +271,10 @@ def guarded_em(
         The shares and the caps used.
     """
     caps = guard_caps(probs, confusion, weights, thresholds=thresholds, recall_counts=recall_counts)
-    return em_prior_shift(probs, prior, weights=weights, init=init, caps=caps)[0], caps
+    shares = em_prior_shift(
+        probs, prior, weights=weights, init=init, caps=caps, reweight=calibrated_labels(confusion)
+    )[0]
+    return shares, caps
 
 
 def em_refuted(
@@ -288,6 +314,7 @@ def map_em(
     strength: float,
     weights: np.ndarray | None = None,
     init: np.ndarray | None = None,
+    reweight: np.ndarray | None = None,
 ) -> np.ndarray:
     """MAP-EM with a Dirichlet prior centred on the probability average.
 
@@ -298,7 +325,9 @@ def map_em(
     avg = probability_average(probs, weights)
     total = float(len(probs) if weights is None else np.sum(weights))
     alpha = strength * total * avg
-    return em_prior_shift(probs, prior, weights=weights, init=init, dirichlet=alpha)[0]
+    return em_prior_shift(
+        probs, prior, weights=weights, init=init, dirichlet=alpha, reweight=reweight
+    )[0]
 
 
 def label_shift_misfit(

@@ -321,3 +321,38 @@ def test_interval_is_never_narrower_than_the_binomial_sampling_interval():
     z2 = 1.959963984540054**2
     assert est.lower[1] == 0.0 and est.upper[1] == pytest.approx(z2 / (200 + z2))
     assert est.upper[0] == 1.0 and est.lower[0] == pytest.approx(200 / (200 + z2))
+
+
+def test_labels_without_calibration_rows_are_not_reweighted_by_em():
+    # A head calibrated on labels 0-2 only: labels 3 and 4 have empty confusion rows and a prior
+    # fitted to nothing (1e-8), and their posteriors sit a little above it on every follower.
+    from heads.audience_estimators import calibrated_labels
+
+    rng = np.random.default_rng(0)
+    k, n = 5, 1000
+    y = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+    probs = np.full((n, k), 1.5e-8)
+    probs[np.arange(n), y] = 0.8
+    for c in range(3):
+        probs[y != c, c] = 0.1
+    probs /= probs.sum(axis=1, keepdims=True)
+    prior = np.array([0.5, 0.3, 0.2, 1e-8, 1e-8])
+    prior /= prior.sum()
+    confusion = np.zeros((k, k))
+    confusion[:3, :3] = np.diag([50.0, 30.0, 20.0]) + 2.0
+    assert calibrated_labels(confusion).tolist() == [True, True, True, False, False]
+    # What EM gives on the three calibrated labels alone (the unseen ones dropped).
+    seen = probs[:, :3] / probs[:, :3].sum(axis=1, keepdims=True)
+    alone, _ = em_prior_shift(seen, prior[:3] / prior[:3].sum())
+
+    # Re-weighted like the others, the two unseen labels grow by ~1.5x a step into most of it.
+    drifted, _ = em_prior_shift(probs, prior)
+    assert drifted[3:].sum() > 0.5
+    for method in ("em", "map", "ensemble", "guarded"):
+        est = estimate_audience(
+            probs, labels=LABELS[:k], method=method, prior=prior, confusion=confusion,
+            n_bootstrap=0,
+        )  # fmt: skip
+        assert est.shares[3:].sum() < 1e-6, method
+        if method == "em":
+            np.testing.assert_allclose(est.shares[:3], alone, atol=1e-4)

@@ -209,10 +209,18 @@ def test_audience_after_calibrate_scores_every_population(geo_model, capsys):
     out = bench._simplex_nnls(np.eye(3), target, np.array([True, True, False]))
     assert out[2] == 0 and out.sum() == pytest.approx(1.0)
 
-    assert bench.main(["--model", str(geo_model), "--data", str(FIXTURE), "--min-rows", "1"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
     sets = _bench("real_eval").load_sets(FIXTURE)
-    assert len(lines) == 4 * len(sets) + 1  # four populations per set, then the means
-    means = dict(cell.rsplit(" ", 1) for cell in lines[-1].split(": ", 1)[1].split(", "))
-    assert set(means) == {"average", "acc", "em", "acc>=1", "pacc>=1", "em>=1"}
-    assert all(0.0 <= float(v) <= 1.0 for v in means.values())
+    project = {"average", "acc", "em", "guarded", "ensemble"}
+    for head, names in (
+        ("calibrated", project | {"acc>=1", "pacc>=1", "em>=1", "raw-em"}),
+        ("new", project),
+    ):
+        argv = ["--model", str(geo_model), "--data", str(FIXTURE), "--min-rows", "1"]
+        assert bench.main([*argv, "--head", head]) == 0
+        out = capsys.readouterr().out.strip().splitlines()
+        assert sum("half-B accuracy" in line for line in out) == len(sets)
+        lines = [line for line in out if "half-B accuracy" not in line]
+        assert len(lines) == 4 * len(sets) + 1  # four populations per set, then the means
+        means = dict(cell.rsplit(" ", 1) for cell in lines[-1].split(": ", 1)[1].split(", "))
+        assert set(means) == names
+        assert all(0.0 <= float(v) <= 1.0 for v in means.values())
