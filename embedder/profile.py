@@ -25,12 +25,14 @@ MAX_CAPTIONS = 5
 TEXT_FIELDS = ("username", "full_name", "biography", "captions")
 #: Upper bound on characters kept per field before tokenizing: a 1 MB bio costs nothing.
 _CHARS_PER_TOKEN_BOUND = 24
-#: A web address with its scheme: group 1 is scheme, host and port, the rest its path, query or
+#: A web address with its scheme: group 1 is scheme, host and port, group 2 its path, query or
 #: fragment. The path takes only characters a URL may hold (RFC 3986's, ASCII) and never ends in
-#: punctuation, so what is glued after a link stays: "https://x.co/a).", "...x.co/a📍Lyon".
+#: other punctuation than ")", so what is glued after a link stays: "https://x.co/a.",
+#: "...x.co/a📍Lyon". A closing bracket is the link's only while the path opened it
+#: (``_cut_link``): "(see https://x.co/a)" keeps its ")", ".../wiki/Lyon_(ville)" does not.
 _LINK = re.compile(
     r"(https?://[\w-]+(?:\.[\w-]+)*(?::\d+)?)"
-    r"(?:[/?#][A-Za-z0-9\-._~%!$&'()*+,;=:@/?#\[\]]*[A-Za-z0-9\-_~%$&*+=@/#])?",
+    r"([/?#][A-Za-z0-9\-._~%!$&'()*+,;=:@/?#\[\]]*[A-Za-z0-9\-_~%$&*+=@/#)])?",
     re.IGNORECASE,
 )
 #: An @handle in text (not an e-mail address: nothing of a word may come before the @).
@@ -251,9 +253,17 @@ class AssemblyConfig:
         return 8 + 4 * (MAX_CAPTIONS + 1)
 
 
+def _cut_link(match: re.Match[str]) -> str:
+    path = match.group(2) or ""
+    unopened = 0  # closing brackets at the path's end that nothing in it opened: the text's
+    while path.endswith(")") and path.count(")") > path.count("("):
+        path, unopened = path[:-1], unopened + 1
+    return match.group(1) + ")" * unopened
+
+
 def link_hosts(text: str) -> str:
     """``text`` with every ``http(s)://`` address cut to its scheme and host."""
-    return _LINK.sub(r"\1", text) if "://" in text else text
+    return _LINK.sub(_cut_link, text) if "://" in text else text
 
 
 def mask_mentions(text: str) -> str:

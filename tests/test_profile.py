@@ -110,6 +110,9 @@ def test_link_hosts_only_cuts_links_to_scheme_and_host(tokenizer):
         ("http://bare.es. Next", "http://bare.es. Next"),
         ("https://example.com:8080/x/y#z!", "https://example.com:8080!"),
         ("https://t.co/abc…", "https://t.co…"),
+        ("https://fr.wikipedia.org/wiki/Lyon_(ville) !", "https://fr.wikipedia.org !"),
+        ("(voir https://fr.wikipedia.org/wiki/Lyon_(ville))", "(voir https://fr.wikipedia.org)"),
+        ("((https://x.co/a))", "((https://x.co))"),
     ],
 )
 def test_link_hosts_keeps_what_is_glued_after_a_link(text, cut):
