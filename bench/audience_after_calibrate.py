@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         probability_average,
         total_variation,
     )
-    from heads.calibration import effective_prior
     from heads.model import ProfileModel
     from heads.softmax import SoftmaxAbstainHead
     from heads.training.head import cached_embeddings
@@ -110,15 +109,17 @@ def main(argv: list[str] | None = None) -> int:
                 missing_classes="abstain",
             )  # fmt: skip
         inputs = head_audience_inputs(scored)
-        pa, pb = scored.predict_proba(x[a]), scored.predict_proba(x[~a])
-        ya, yb = rs.y[a], rs.y[~a]
-        support = np.bincount(ya, minlength=k)
-        confusion = np.zeros((k, k))
-        np.add.at(confusion, (ya, pa.argmax(axis=1)), 1)
-        soft = np.array(
-            [pa[ya == c].mean(axis=0) if support[c] else np.eye(k)[c] for c in range(k)]
-        )
-        prior = effective_prior(pa, ya)
+        pb, yb = scored.predict_proba(x[~a]), rs.y[~a]
+        # The consistent estimators' inputs, from the calibration record (confusion and prior of
+        # half A) and half A's mean posteriors per true label. A new head's calibration rows are
+        # out-of-fold predictions, not at hand here: only heads.audience's estimators run for it.
+        if args.head == "calibrated":
+            confusion, prior = inputs["confusion"], inputs["prior"]
+            support = confusion.sum(axis=1)
+            pa, ya = scored.predict_proba(x[a]), rs.y[a]
+            soft = np.array(
+                [pa[ya == c].mean(axis=0) if support[c] else np.eye(k)[c] for c in range(k)]
+            )
         print(f"{rs.name}: half-B accuracy {(pb.argmax(axis=1) == yb).mean():.3f}", flush=True)
         for pop, idx in populations(yb, seed=0).items():
             truth = np.bincount(yb[idx], minlength=k) / len(idx)
@@ -129,15 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                 ).shares
                 for method in ("average", "acc", "em", "guarded", "ensemble")
             }
-            # A new head's calibration rows are out-of-fold predictions, not at hand here.
-            for m in min_rows if args.head == "calibrated" else ():
-                keep = support >= m
-                est[f"acc>={m}"] = _simplex_nnls(
-                    confusion_rates(confusion), argmax_shares(probs), keep
-                )
-                est[f"pacc>={m}"] = _simplex_nnls(soft, probability_average(probs), keep)
-                est[f"em>={m}"] = _em_on(probs, prior, keep)
             if args.head == "calibrated":
+                for m in min_rows:
+                    keep = support >= m
+                    est[f"acc>={m}"] = _simplex_nnls(
+                        confusion_rates(confusion), argmax_shares(probs), keep
+                    )
+                    est[f"pacc>={m}"] = _simplex_nnls(soft, probability_average(probs), keep)
+                    est[f"em>={m}"] = _em_on(probs, prior, keep)
                 est["raw-em"] = em_prior_shift(probs, prior)[0]
             cells = []
             for name, shares in est.items():
