@@ -229,6 +229,10 @@ def summarise(
         "macro_f1_present": float(np.mean(f1_present)),
         "coverage": m["coverage"] if thresholds is not None else None,
         "own_label_precision": m["selective_accuracy"] if thresholds is not None else None,
+        # 95% bootstrap interval (heads.evaluation.intervals); None without assigned labels
+        "own_label_precision_interval": (m.get("intervals") or {}).get("selective_accuracy")
+        if thresholds is not None
+        else None,
         "correct_assigned_share": m["correct_assigned_share"] if thresholds is not None else None,
         "ece": m["ece"],
         "out_of_distribution": m.get("out_of_distribution"),
@@ -388,6 +392,7 @@ def evaluate_sets(
                     )
         if anchors and langid is not None:
             res.update(_anchors(rs, x, langid, model.embedding_version, anchor_cache))
+            res["versus"] = versus_anchors(probs.argmax(1), rs.y, res)
         res["audience"] = audience_errors(probs, rs.y, head, n_bootstrap=n_bootstrap)
         res["seconds"] = round(time.perf_counter() - t0, 1)
         logger.info("%s: %d profiles in %.0f s", rs.name, len(rs.rows), res["seconds"])
@@ -414,19 +419,46 @@ def _anchors(
         digest.update(f"{r.profile.id}\t{r.labels['country']}\t{text}\n".encode())
     path = None
     if cache is not None:
-        path = cache / f"anchors-{rs.name}-{digest.hexdigest()[:16]}-{version}.json"
+        # v2: with each anchor's per-row argmax (``pred``), for the paired differences
+        path = cache / f"anchors-v2-{rs.name}-{digest.hexdigest()[:16]}-{version}.json"
         if path.is_file():
             logger.info("%s: anchors read from %s", rs.name, path)
             return json.loads(path.read_text())
-    out = {
-        "langid": summarise(langid.predict_proba(rs.texts), rs.y, None),
-        "tfidf_lr": summarise(tfidf_lr_oof(rs.texts, rs.y), rs.y, None),
-        "frozen_head": summarise(frozen_head_oof(x, rs.y), rs.y, None),
+    probs = {
+        "langid": langid.predict_proba(rs.texts),
+        "tfidf_lr": tfidf_lr_oof(rs.texts, rs.y),
+        "frozen_head": frozen_head_oof(x, rs.y),
     }
-    out = {k: {n: v for n, v in d.items() if not n.startswith("_")} for k, d in out.items()}
+    out = {}
+    for name, p in probs.items():
+        summary = summarise(p, rs.y, None)
+        out[name] = {k: v for k, v in summary.items() if not k.startswith("_")}
+        out[name]["pred"] = p.argmax(1).tolist()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_json_ready(out)))
+    return out
+
+
+#: The anchors the model is compared with, in the tables' order.
+ANCHORS = ("langid", "tfidf_lr", "frozen_head")
+
+
+def versus_anchors(pred: np.ndarray, y: np.ndarray, res: dict[str, Any]) -> dict[str, Any]:
+    """The model's 95% intervals, and its differences to each anchor with paired intervals.
+
+    Macro-F1 is over the labels present in the set, as in the tables; each bootstrap replicate
+    draws the same profiles for the model and the anchor.
+    """
+    from heads.evaluation.intervals import figure_intervals, paired_differences
+
+    present = np.unique(y)
+    k = len(GEO_LABELS)
+    out: dict[str, Any] = {"model": figure_intervals(y, pred, k=k, classes=present)}
+    for name in ANCHORS:
+        other = (res.get(name) or {}).get("pred")
+        if other is not None:
+            out[name] = paired_differences(y, pred, np.asarray(other), k=k, classes=present)
     return out
 
 
@@ -463,7 +495,7 @@ def render_summary(report: dict[str, Any], command: str) -> str:
     ]
     for name, r in sets.items():
         m = r["model"]
-        anchor = [r.get(k) for k in ("langid", "tfidf_lr", "frozen_head")]
+        anchor = [r.get(k) for k in ANCHORS]
         cells = [
             "-" if a is None else f"{_p(a['accuracy'])} / {_p(a['macro_f1_present'])}"
             for a in anchor
@@ -477,6 +509,9 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         "",
         "Anchor cells are accuracy / macro-F1; macro-F1 is over the labels present in the set.",
         "",
+    ]
+    lines += _versus_table(sets)
+    lines += [
         "**The model's own labels** (the promise: every assigned label >= 90% precise). Shipped "
         "thresholds on the whole set; then on half B of each set, the shipped head beside the same "
         "head re-calibrated on half A (`profile-embed calibrate`'s code path, with its default "
@@ -544,6 +579,45 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         "biases come from real labels). Cells as above:",
     )
     return "\n".join(lines)
+
+
+def _points(d: dict[str, Any] | None) -> str:
+    """A difference and its interval in points: ``+14.8 (+13.1 to +16.5)``."""
+    if not d or d.get("interval") is None:
+        return "-"
+    lo, hi = d["interval"]
+    return f"{100 * d['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+
+
+def _versus_table(sets: dict[str, Any]) -> list[str]:
+    """How sure the accuracy table is: intervals, and paired differences to the anchors."""
+    rows = {name: r["versus"] for name, r in sets.items() if r.get("versus")}
+    if not rows:
+        return []
+    first = next(iter(rows.values()))["model"]
+    level = f"{100 * first['confidence']:.0f}%"
+    lines = [
+        f"**How sure**: {level} bootstrap intervals ({first['n_bootstrap']} replicates of the "
+        "profiles) of the model's figures, and the model minus each anchor in points, the same "
+        "profiles drawn for both (paired). An interval that holds 0 is a tie on this set:",
+        "",
+        "| set | accuracy | macro-F1 | own-label precision | accuracy - language-id anchor "
+        "| accuracy - char TF-IDF LR | accuracy - frozen head | macro-F1 - language-id anchor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, v in rows.items():
+        acc, mf1 = v["model"]["accuracy"], v["model"]["macro_f1"]
+        own = sets[name]["model"].get("own_label_precision_interval")
+        anchor = {a: v.get(a) or {} for a in ANCHORS}
+        lines.append(
+            f"| {name} | {_p(acc[0])}-{_p(acc[1])} | {_p(mf1[0])}-{_p(mf1[1])} | "
+            f"{'-' if not own else f'{_p(own[0])}-{_p(own[1])}'} | "
+            f"{_points(anchor['langid'].get('accuracy'))} | "
+            f"{_points(anchor['tfidf_lr'].get('accuracy'))} | "
+            f"{_points(anchor['frozen_head'].get('accuracy'))} | "
+            f"{_points(anchor['langid'].get('macro_f1'))} |"
+        )
+    return [*lines, ""]
 
 
 def _audience_table(sets: dict[str, Any], key: str, title: str) -> list[str]:

@@ -91,6 +91,22 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     for anchor in ("langid", "tfidf_lr", "frozen_head"):
         assert 0.0 <= posts[anchor]["accuracy"] <= 1.0
     assert posts["langid"]["accuracy"] >= 0.5  # French, Portuguese, Japanese, German, Polish...
+    # how sure: the model's interval holds its accuracy; differences are paired on the same rows
+    versus = posts["versus"]
+    own = posts["model"]["own_label_precision_interval"]
+    assert own is None or own[0] <= posts["model"]["own_label_precision"] <= own[1]
+    lo, hi = versus["model"]["accuracy"]
+    assert lo <= posts["model"]["accuracy"] <= hi
+    assert versus["model"]["macro_f1"][0] <= posts["model"]["macro_f1_present"]
+    for anchor in ("langid", "tfidf_lr", "frozen_head"):
+        diff = versus[anchor]["accuracy"]
+        assert diff["difference"] == pytest.approx(
+            posts["model"]["accuracy"] - posts[anchor]["accuracy"]
+        )
+        assert diff["interval"][0] <= diff["difference"] <= diff["interval"][1]
+        assert versus[anchor]["macro_f1"]["difference"] == pytest.approx(
+            posts["model"]["macro_f1_present"] - posts[anchor]["macro_f1_present"]
+        )
     assert {"natural", "top-heavy", "dirichlet", "pair"} == set(posts["audience"])
     assert 0.0 <= posts["audience"]["natural"]["average"]["tv"] <= 1.0
     # the default estimator's low-evidence flags are recorded per population and shown
@@ -112,6 +128,7 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     assert "\nold\n" not in text and "| posts | 24 |" in text and "bench/real_eval.py" in text
     assert "**Re-calibrated on real labels**" in text and "after `profile-embed calibrate`" in text
     assert "| flags (ensemble) |" in text and " flagged |" in text
+    assert "**How sure**" in text and "| accuracy - char TF-IDF LR |" in text
     # a second run replaces the block instead of appending another
     assert real_eval.main([*argv, "--no-anchors"]) == 0
     assert docs.read_text().count("<!-- real-eval:begin -->") == 1

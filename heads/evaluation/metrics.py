@@ -23,6 +23,7 @@ import numpy as np
 
 from embedder.errors import InvalidInputError
 from heads.calibration import DEFAULT_TARGET_PRECISION
+from heads.evaluation.intervals import N_BOOTSTRAP, figure_intervals
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +108,7 @@ def _score(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     k = probs.shape[1]
     arg = probs.argmax(1)
-    score = probs[np.arange(len(y)), arg]
-    assigned = np.ones(len(y), bool) if thresholds is None else score >= thresholds[arg]
-    if in_distribution is not None:  # as heads.base.predictions_from_proba decides
-        assigned &= in_distribution
+    assigned = _assigned(probs, thresholds, in_distribution)
     pred_abs = np.where(assigned, arg, -1)
     s_all, s_abs = _per_class(y, arg, k), _per_class(y, pred_abs, k)
     n_assigned = int(assigned.sum())
@@ -127,6 +125,18 @@ def _score(
         s_all,
         s_abs,
     )
+
+
+def _assigned(
+    probs: np.ndarray, thresholds: np.ndarray | None, in_distribution: np.ndarray | None
+) -> np.ndarray:
+    """The rows given a label: top score at its class's threshold, and in distribution."""
+    arg = probs.argmax(1)
+    score = probs[np.arange(len(probs)), arg]
+    assigned = np.ones(len(probs), bool) if thresholds is None else score >= thresholds[arg]
+    if in_distribution is not None:  # as heads.base.predictions_from_proba decides
+        assigned &= in_distribution
+    return assigned
 
 
 def _calibration_stats(y: np.ndarray, probs: np.ndarray, bins: int = 15) -> dict[str, Any]:
@@ -179,6 +189,7 @@ def evaluate(
     target: float = DEFAULT_TARGET_PRECISION,
     info: Mapping[str, Any] | None = None,
     in_distribution: np.ndarray | None = None,
+    n_bootstrap: int = N_BOOTSTRAP,
 ) -> HeadEvaluation:
     """Compute every metric of one head on one labelled set.
 
@@ -193,12 +204,16 @@ def evaluate(
         info: facts shown at the top of the report.
         in_distribution: the head's out-of-distribution mask (``Head.in_distribution``); a row
             marked False is not assigned, whatever its score. None: no check.
+        n_bootstrap: replicates of the bootstrap intervals (``heads.evaluation.intervals``);
+            0: no intervals.
 
     Returns:
         A ``HeadEvaluation`` whose ``metrics`` hold: n, accuracy, macro_f1, coverage,
         selective_accuracy, correct_assigned_share, macro_f1_with_abstention, ece, nll,
         per_class (support, precision, recall, f1 with and without abstention, threshold),
-        classes_meeting_target, classes_assigning_nothing, precision_coverage, reliability, slices.
+        classes_meeting_target, classes_assigning_nothing, precision_coverage, reliability, slices,
+        and ``intervals`` (95% bootstrap intervals of accuracy, macro-F1 and the precision of the
+        assigned labels; absent with ``n_bootstrap=0``).
 
     Raises:
         InvalidInputError: on empty input, shape mismatches, unknown labels or bad slice masks.
@@ -248,6 +263,10 @@ def evaluate(
         "reliability": _calibration_stats(yi, probs)["bins"],
         "slices": {},
     }
+    if n_bootstrap > 0:
+        metrics["intervals"] = figure_intervals(
+            yi, probs.argmax(1), k=k, assigned=_assigned(probs, thr, ind), n_bootstrap=n_bootstrap
+        )
     for sname, mask in (slices or {}).items():
         m = np.asarray(mask, dtype=bool)
         if m.shape != (len(yi),):

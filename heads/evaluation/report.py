@@ -123,6 +123,19 @@ def write_plots(ev: HeadEvaluation, directory: Path, *, prefix: str = "") -> dic
 
 
 # ------------------------------------------------------------------------------------ markdown
+def _interval_text(intervals: Mapping[str, Any] | None) -> Any:
+    """``ci(figure, fmt)`` -> `` (95% CI lo-hi)``, or ``""`` without an interval for it."""
+
+    def ci(figure: str, fmt: Any) -> str:
+        span = (intervals or {}).get(figure)
+        if not span:
+            return ""
+        level = f"{100 * intervals['confidence']:.0f}%"  # type: ignore[index]
+        return f" ({level} CI {fmt(span[0])}-{fmt(span[1])})"
+
+    return ci
+
+
 def render_markdown(ev: HeadEvaluation, images: Mapping[str, str], *, level: int = 2) -> str:
     """Markdown section for one head: summary, per-class table, slices, embedded plots.
 
@@ -138,13 +151,15 @@ def render_markdown(ev: HeadEvaluation, images: Mapping[str, str], *, level: int
     out = [f"{h} Head `{ev.name}`", ""]
     out += [f"- {k}: `{v}`" for k, v in ev.info.items()]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    ci = _interval_text(m.get("intervals"))
     out += ["", "| metric | value |", "|---|---|"]
     out += [
         f"| profiles | {m['n']} |",
-        f"| accuracy (argmax) | {pct(m['accuracy'])} |",
-        f"| macro-F1 (argmax) | {m['macro_f1']:.3f} |",
+        f"| accuracy (argmax) | {pct(m['accuracy'])}{ci('accuracy', pct)} |",
+        f"| macro-F1 (argmax) | {m['macro_f1']:.3f}{ci('macro_f1', lambda x: f'{x:.3f}')} |",
         f"| coverage (assigned, not UNCERTAIN) | {pct(m['coverage'])} |",
-        f"| precision of assigned | {pct(m['selective_accuracy'])} |",
+        f"| precision of assigned | {pct(m['selective_accuracy'])}"
+        f"{ci('selective_accuracy', pct)} |",
         f"| share of all profiles assigned their correct label | "
         f"{pct(m['correct_assigned_share'])} |",
         f"| macro-F1 with abstention | {m['macro_f1_with_abstention']:.3f} |",

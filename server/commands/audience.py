@@ -26,11 +26,13 @@ def register(subparsers: Any) -> None:
     """Add the ``audience`` subcommand."""
     p = subparsers.add_parser(
         "audience",
-        help="estimate the follower label distribution of each influencer (prior-shift EM)",
+        help="estimate the follower label distribution of each influencer (with intervals)",
         description=(
             "Embed every follower, take the head's calibrated probabilities and estimate the "
-            "audience's label shares (EM prior-shift correction by default; 'guarded' holds EM "
-            "to what the followers' hard labels support), with bootstrap 95%% intervals over the "
+            "audience's label shares (by default 'ensemble': the per-label median of EM "
+            "prior-shift correction, probability averaging and adjusted classify-and-count; "
+            "'guarded' holds EM to what the followers' hard labels support), with bootstrap 95% "
+            "intervals over the "
             "followers and the head's calibration error. Followers are grouped by the "
             "'influencer_id' field when present. Low-evidence results are flagged (few "
             "followers, few assigned, unlike the training data, estimators disagreeing). With "
