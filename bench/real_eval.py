@@ -74,6 +74,14 @@ class RealSet:
         """What a reader sees of each profile (the anchors' input)."""
         return [profile_text(r.profile) for r in self.rows]
 
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the rows (ids, labels, text): two runs scored the same profiles iff equal."""
+        h = hashlib.sha256()
+        for r, text in zip(self.rows, self.texts, strict=True):
+            h.update(f"{r.profile.id}\t{r.labels['country']}\t{text}\n".encode())
+        return h.hexdigest()
+
 
 def _key(text: str, salt: str = "") -> int:
     return int.from_bytes(hashlib.sha256((salt + text).encode()).digest()[:8], "big")
@@ -341,6 +349,7 @@ def evaluate_sets(
     anchor_cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Everything of the module docstring, per set, as a JSON-ready dict (+ private evaluations)."""
+    from heads.evaluation.metrics import assigned_rows
     from heads.model import ProfileModel
     from heads.training.head import cached_embeddings
 
@@ -359,6 +368,11 @@ def evaluate_sets(
             "n": len(rs.rows),
             "countries": _label_mix(rs.y),
             "model": summarise(probs, rs.y, head.thresholds_, ind),
+            # per row, for paired comparisons of two runs (bench/real_compare.py)
+            "rows_digest": rs.digest,
+            "y": rs.y.tolist(),
+            "pred": probs.argmax(1).tolist(),
+            "assigned": [int(v) for v in assigned_rows(probs, head.thresholds_, ind)],
         }
         # calibrate on half A (profile-embed calibrate's code path), score on half B
         a = halves(rs)
@@ -414,13 +428,10 @@ def _anchors(
     The key covers the rows (ids, labels and text) and, for the frozen head, the encoder version:
     the anchors are deterministic, and recomputing the 5-fold TF-IDF models takes minutes.
     """
-    digest = hashlib.sha256()
-    for r, text in zip(rs.rows, rs.texts, strict=True):
-        digest.update(f"{r.profile.id}\t{r.labels['country']}\t{text}\n".encode())
     path = None
     if cache is not None:
         # v2: with each anchor's per-row argmax (``pred``), for the paired differences
-        path = cache / f"anchors-v2-{rs.name}-{digest.hexdigest()[:16]}-{version}.json"
+        path = cache / f"anchors-v2-{rs.name}-{rs.digest[:16]}-{version}.json"
         if path.is_file():
             logger.info("%s: anchors read from %s", rs.name, path)
             return json.loads(path.read_text())

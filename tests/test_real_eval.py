@@ -92,6 +92,12 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
         assert 0.0 <= posts[anchor]["accuracy"] <= 1.0
     assert posts["langid"]["accuracy"] >= 0.5  # French, Portuguese, Japanese, German, Polish...
     # how sure: the model's interval holds its accuracy; differences are paired on the same rows
+    # per row, for bench/real_compare.py
+    assert len(posts["pred"]) == len(posts["y"]) == len(posts["assigned"]) == 24
+    assert np.mean(np.array(posts["pred"]) == np.array(posts["y"])) == pytest.approx(
+        posts["model"]["accuracy"]
+    )
+    assert np.mean(posts["assigned"]) == pytest.approx(posts["model"]["coverage"])
     versus = posts["versus"]
     own = posts["model"]["own_label_precision_interval"]
     assert own is None or own[0] <= posts["model"]["own_label_precision"] <= own[1]

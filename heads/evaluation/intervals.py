@@ -17,6 +17,7 @@ the set).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -59,16 +60,20 @@ def _replicates(
     *,
     k: int,
     classes: np.ndarray | None,
-    assigned: np.ndarray | None,
+    assigned: list[np.ndarray] | None,
     n_bootstrap: int,
     seed: int,
 ) -> dict[str, np.ndarray]:
-    """Accuracy and macro-F1 of every predictor on the same resampled rows: ``(p, n_bootstrap)``."""
+    """Each predictor's figures on the same resampled rows: ``(p, n_bootstrap)`` arrays.
+
+    ``selective_accuracy`` (NaN where a replicate assigned nothing) only with ``assigned``, one
+    mask per predictor.
+    """
     rng = np.random.default_rng(seed)
     n = len(y)
     acc = np.empty((len(preds), n_bootstrap))
     mf1 = np.empty((len(preds), n_bootstrap))
-    sel = np.full(n_bootstrap, np.nan)
+    sel = np.full((len(preds), n_bootstrap), np.nan)
     for start in range(0, n_bootstrap, CHUNK):
         idx = rng.integers(0, n, size=(min(CHUNK, n_bootstrap - start), n))
         span = slice(start, start + len(idx))
@@ -76,13 +81,20 @@ def _replicates(
             support, predicted, tp = _replicate_counts(y, pred, idx, k)
             acc[j, span] = tp.sum(axis=1) / n
             mf1[j, span] = _macro_f1(support, predicted, tp, classes)
-        if assigned is not None:
-            hit = (preds[0] == y)[idx]
-            given = assigned[idx]
-            count = given.sum(axis=1)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                sel[span] = np.where(count > 0, (hit & given).sum(axis=1) / count, np.nan)
+            if assigned is not None:
+                given = assigned[j][idx]
+                count = given.sum(axis=1)
+                right = ((pred == y)[idx] & given).sum(axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    sel[j, span] = np.where(count > 0, right / count, np.nan)
     return {"accuracy": acc, "macro_f1": mf1, "selective_accuracy": sel}
+
+
+def _mask(assigned: np.ndarray, y: np.ndarray) -> np.ndarray:
+    given = np.asarray(assigned, dtype=bool)
+    if given.shape != y.shape:
+        raise InvalidInputError(f"assigned has shape {given.shape}, labels {y.shape}")
+    return given
 
 
 def _check(y: np.ndarray, preds: list[np.ndarray], k: int) -> None:
@@ -134,15 +146,13 @@ def figure_intervals(
     """
     y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
     _check(y, [pred], k)
-    given = None if assigned is None else np.asarray(assigned, dtype=bool)
-    if given is not None and given.shape != y.shape:
-        raise InvalidInputError(f"assigned has shape {given.shape}, labels {y.shape}")
+    given = None if assigned is None else _mask(assigned, y)
     reps = _replicates(
         y,
         [pred],
         k=k,
         classes=None if classes is None else np.asarray(classes, dtype=np.int64),
-        assigned=given,
+        assigned=None if given is None else [given],
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
@@ -153,7 +163,7 @@ def figure_intervals(
         "macro_f1": _interval(reps["macro_f1"][0], confidence),
     }
     if given is not None:
-        out["selective_accuracy"] = _interval(reps["selective_accuracy"], confidence)
+        out["selective_accuracy"] = _interval(reps["selective_accuracy"][0], confidence)
     return out
 
 
@@ -164,22 +174,29 @@ def paired_differences(
     *,
     k: int,
     classes: np.ndarray | None = None,
+    assigned: tuple[np.ndarray, np.ndarray] | None = None,
     n_bootstrap: int = N_BOOTSTRAP,
     confidence: float = CONFIDENCE,
     seed: int = 0,
 ) -> dict[str, Any]:
     """``pred`` minus ``other`` in accuracy and macro-F1, with paired bootstrap intervals.
 
+    Args:
+        assigned: the rows each predictor gives a label (``pred``'s, ``other``'s); adds the
+            difference in ``selective_accuracy`` (precision of the assigned labels).
+
     Returns:
         ``{"confidence", "n_bootstrap", "accuracy": {"difference", "interval"}, "macro_f1":
-        {...}}``; ``difference`` is measured on the whole set, ``interval`` is ``[lo, hi]``.
+        {...}}``; ``difference`` is measured on the whole set, ``interval`` is ``[lo, hi]``
+        (None for ``selective_accuracy`` when a predictor assigns nothing).
     """
     y = np.asarray(y, dtype=np.int64)
     pred, other = np.asarray(pred, dtype=np.int64), np.asarray(other, dtype=np.int64)
     _check(y, [pred, other], k)
     cls = None if classes is None else np.asarray(classes, dtype=np.int64)
+    masks = None if assigned is None else [_mask(assigned[0], y), _mask(assigned[1], y)]
     reps = _replicates(
-        y, [pred, other], k=k, classes=cls, assigned=None, n_bootstrap=n_bootstrap, seed=seed
+        y, [pred, other], k=k, classes=cls, assigned=masks, n_bootstrap=n_bootstrap, seed=seed
     )
     whole = np.arange(len(y))[None, :]
     out: dict[str, Any] = {"confidence": confidence, "n_bootstrap": n_bootstrap}
@@ -195,5 +212,17 @@ def paired_differences(
         out[name] = {
             "difference": float(figures[0] - figures[1]),
             "interval": _interval(reps[name][0] - reps[name][1], confidence),
+        }
+    if masks is not None:
+        precision = [
+            float((p == y)[m].mean()) if m.any() else math.nan
+            for p, m in zip((pred, other), masks, strict=True)
+        ]
+        both = reps["selective_accuracy"][0] - reps["selective_accuracy"][1]
+        gap = precision[0] - precision[1]
+        known = not math.isnan(gap)  # NaN: a predictor assigns nothing
+        out["selective_accuracy"] = {
+            "difference": gap if known else None,
+            "interval": _interval(both, confidence) if known else None,
         }
     return out

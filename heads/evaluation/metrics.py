@@ -108,7 +108,7 @@ def _score(
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
     k = probs.shape[1]
     arg = probs.argmax(1)
-    assigned = _assigned(probs, thresholds, in_distribution)
+    assigned = assigned_rows(probs, thresholds, in_distribution)
     pred_abs = np.where(assigned, arg, -1)
     s_all, s_abs = _per_class(y, arg, k), _per_class(y, pred_abs, k)
     n_assigned = int(assigned.sum())
@@ -127,7 +127,7 @@ def _score(
     )
 
 
-def _assigned(
+def assigned_rows(
     probs: np.ndarray, thresholds: np.ndarray | None, in_distribution: np.ndarray | None
 ) -> np.ndarray:
     """The rows given a label: top score at its class's threshold, and in distribution."""
@@ -265,7 +265,7 @@ def evaluate(
     }
     if n_bootstrap > 0:
         metrics["intervals"] = figure_intervals(
-            yi, probs.argmax(1), k=k, assigned=_assigned(probs, thr, ind), n_bootstrap=n_bootstrap
+            yi, probs.argmax(1), k=k, assigned=assigned_rows(probs, thr, ind), n_bootstrap=n_bootstrap
         )
     for sname, mask in (slices or {}).items():
         m = np.asarray(mask, dtype=bool)
