@@ -265,7 +265,11 @@ def evaluate(
     }
     if n_bootstrap > 0:
         metrics["intervals"] = figure_intervals(
-            yi, probs.argmax(1), k=k, assigned=assigned_rows(probs, thr, ind), n_bootstrap=n_bootstrap
+            yi,
+            probs.argmax(1),
+            k=k,
+            assigned=assigned_rows(probs, thr, ind),
+            n_bootstrap=n_bootstrap,
         )
     for sname, mask in (slices or {}).items():
         m = np.asarray(mask, dtype=bool)
