@@ -229,8 +229,20 @@ class CachedEncoder:
                 f"cache {cache.path} is opened for {cache.embedding_version} (dim {cache.dim}) "
                 f"but the encoder is {encoder.embedding_version} (dim {encoder.dim})"
             )
-        self.encoder = encoder
-        self.cache = cache
+        self._encoder = encoder
+        self._cache = cache
+
+    # Read-only: the pair was checked above, and a swapped half would serve another version's
+    # vectors under this one's keys.
+    @property
+    def encoder(self) -> Any:
+        """The encoder the misses go to (fixed at construction)."""
+        return self._encoder
+
+    @property
+    def cache(self) -> EmbeddingCache | None:
+        """The cache of the encoder's version, or None (fixed at construction)."""
+        return self._cache
 
     @property
     def embedding_version(self) -> str:

@@ -161,6 +161,12 @@ def test_cached_encoder_encodes_only_unique_misses(tmp_path) -> None:
     ) as other:
         with pytest.raises(VersionMismatchError, match="emb-bbbbbbbbbbbb"):
             CachedEncoder(enc, other)
+        # the pair is checked once, at construction, so neither half can be swapped afterwards
+        checked = CachedEncoder(enc, None)
+        with pytest.raises(AttributeError):
+            checked.cache = other  # type: ignore[misc]
+        with pytest.raises(AttributeError):
+            checked.encoder = _CountingEncoder()  # type: ignore[misc]
     assert CachedEncoder(enc, None).encode(profiles[:2]).shape == (2, DIM)
 
 
