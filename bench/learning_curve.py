@@ -15,7 +15,9 @@ data's ``sentiment`` field), 30% of the rows (by id hash) are held out and heads
   least as good;
 - a character n-gram TF-IDF + logistic regression on the texts: the in-domain anchor.
 
-Accuracy and macro-F1 on the held-out rows; the table goes between markers into the docs.
+Accuracy and macro-F1 on the held-out rows, with the most accurate method at each size and those
+that tie with it (95% paired bootstrap interval of the difference) in bold; the table goes between
+markers into the docs.
 """
 
 from __future__ import annotations
@@ -64,6 +66,29 @@ def _scores(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
         "accuracy": float((pred == y).mean()),
         "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)),
     }
+
+
+def score_row(preds: dict[str, np.ndarray], y: np.ndarray, k: int) -> dict[str, Any]:
+    """Each method's held-out scores, and its accuracy minus the best method's (paired interval).
+
+    ``versus_best`` is ``heads.evaluation.intervals.paired_differences``' accuracy entry against
+    the most accurate method at that size (absent for that method); an interval that reaches 0
+    is a tie with the best on these held-out rows.
+    """
+    from heads.evaluation.intervals import paired_differences
+
+    row = {name: _scores(pred, y) for name, pred in preds.items()}
+    best = max(row, key=lambda name: row[name]["accuracy"])
+    for name, pred in preds.items():
+        if name != best:
+            diff = paired_differences(y, pred, preds[best], k=k)
+            row[name]["versus_best"] = diff["accuracy"]
+    return row
+
+
+def _ties_best(score: dict[str, Any]) -> bool:
+    d = score.get("versus_best")
+    return d is None or (d["interval"] is not None and d["interval"][1] >= 0)
 
 
 def train_head_predict(x: np.ndarray, y: np.ndarray, xt: np.ndarray, k: int) -> np.ndarray:
@@ -164,28 +189,23 @@ def curve(
             if len(np.unique(y[idx])) < 2:
                 continue
             t0 = time.perf_counter()
-            row: dict[str, Any] = {}
+            preds: dict[str, np.ndarray] = {}
             for name, x in emb.items():
-                row[f"train-head/{name}"] = _scores(
-                    train_head_predict(x[idx], y[idx], x[test], len(labels)), y[test]
+                preds[f"train-head/{name}"] = train_head_predict(
+                    x[idx], y[idx], x[test], len(labels)
                 )
             if shipped is not None and set(labels) <= set(shipped.labels):
                 xm = emb["model"]
-                pred = calibrate_predict(shipped, xm[idx], y[idx], labels, xm[test])
-                row["calibrate/model"] = _scores(pred, y[test])
+                preds["calibrate/model"] = calibrate_predict(
+                    shipped, xm[idx], y[idx], labels, xm[test]
+                )
             if "model" in emb:
                 x = emb["model"]
-                row["sklearn-lr/model"] = _scores(
-                    sklearn_lr_predict(x[idx], y[idx], x[test]), y[test]
-                )
-            row["char-tfidf-lr"] = _scores(
-                tfidf_predict(
-                    [texts[i] for i in idx],
-                    y[idx],
-                    [t for t, m in zip(texts, test, strict=True) if m],
-                ),
-                y[test],
+                preds["sklearn-lr/model"] = sklearn_lr_predict(x[idx], y[idx], x[test])
+            preds["char-tfidf-lr"] = tfidf_predict(
+                [texts[i] for i in idx], y[idx], [t for t, m in zip(texts, test, strict=True) if m]
             )
+            row = score_row(preds, y[test], len(labels))
             per["sizes"][str(n)] = row
             logger.info("%s/%s n=%d: %.0f s %s", rs.name, task, n, time.perf_counter() - t0, row)
         out[rs.name] = per
@@ -209,7 +229,10 @@ def render(results: dict[str, dict[str, Any]], command: str, versions: str) -> s
         "frozen embeddings of X: `model` = the default model's fine-tuned 3-layer encoder, "
         "`base-3` = multilingual-e5-small cut to 3 layers untuned, `base-12` = the full 12-layer "
         "base; `calibrate/model` keeps the model's shipped geolocation head and re-fits only its "
-        "temperature and class biases on the labels (`profile-embed calibrate`).",
+        "temperature and class biases on the labels (`profile-embed calibrate`). **Bold**: the "
+        "most accurate method at that size, and every method whose accuracy ties with it (the 95% "
+        "paired bootstrap interval of the difference, the same held-out rows drawn for both, "
+        "reaches 0).",
         "",
     ]
     for task, sets in results.items():
@@ -223,7 +246,14 @@ def render(results: dict[str, dict[str, Any]], command: str, versions: str) -> s
             ]
             for n, row in per["sizes"].items():
                 cells = [
-                    f"{row[m]['accuracy']:.3f} / {row[m]['macro_f1']:.3f}" if m in row else "-"
+                    "-"
+                    if m not in row
+                    else (
+                        f"**{row[m]['accuracy']:.3f}**"
+                        if _ties_best(row[m])
+                        else f"{row[m]['accuracy']:.3f}"
+                    )
+                    + f" / {row[m]['macro_f1']:.3f}"
                     for m in methods
                 ]
                 lines.append(f"| {n} | " + " | ".join(cells) + " |")

@@ -184,6 +184,14 @@ def test_learning_curve_compares_heads_and_anchors(geo_model, tmp_path):
     # the shipped head was fitted on these rows: re-calibrating it keeps it far above chance
     assert posts["12"]["calibrate/model"]["accuracy"] > 0.5
     assert "calibrate/model" not in results["sentiment"]["posts"]["sizes"]["12"]
+    # every method but the most accurate is compared with it on the same held-out rows
+    row = posts["12"]
+    best = max(row, key=lambda m: row[m]["accuracy"])
+    assert "versus_best" not in row[best]
+    for m in set(row) - {best}:
+        d = row[m]["versus_best"]
+        assert d["difference"] == pytest.approx(row[m]["accuracy"] - row[best]["accuracy"])
+        assert d["difference"] <= 0 and d["interval"][0] <= d["difference"] <= d["interval"][1]
     # the second task is read from the data's sentiment field (posts only carry it)
     assert set(results["sentiment"]) == {"posts"}
     text = docs.read_text()
