@@ -27,8 +27,9 @@ from embedder.errors import InvalidInputError
 #: Bootstrap replicates and interval level of the reports.
 N_BOOTSTRAP = 1000
 CONFIDENCE = 0.95
-#: Replicates scored at once (memory: CHUNK x n row indices).
-CHUNK = 100
+#: Row indices drawn at once (replicates x rows): a few arrays of this many int64 (~40 MB each),
+#: whatever the set's size.
+CHUNK_ELEMENTS = 5_000_000
 
 
 def _replicate_counts(
@@ -74,8 +75,9 @@ def _replicates(
     acc = np.empty((len(preds), n_bootstrap))
     mf1 = np.empty((len(preds), n_bootstrap))
     sel = np.full((len(preds), n_bootstrap), np.nan)
-    for start in range(0, n_bootstrap, CHUNK):
-        idx = rng.integers(0, n, size=(min(CHUNK, n_bootstrap - start), n))
+    chunk = max(1, min(100, CHUNK_ELEMENTS // n))
+    for start in range(0, n_bootstrap, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_bootstrap - start), n))
         span = slice(start, start + len(idx))
         for j, pred in enumerate(preds):
             support, predicted, tp = _replicate_counts(y, pred, idx, k)
