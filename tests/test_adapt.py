@@ -248,6 +248,14 @@ def test_calibrate_fits_class_biases_to_the_data_label_mix(model_dir, tmp_path, 
     assert acc_after > acc_before + 0.1
     on_rows = summary["on_calibration_rows"]
     assert on_rows["after"]["accuracy"] > on_rows["before"]["accuracy"]
+    for side in ("before", "after"):  # the own labels' precision comes with its 95% interval
+        own, span = (
+            on_rows[side]["own_label_precision"],
+            on_rows[side]["own_label_precision_interval"],
+        )
+        assert (own is None) == (span is None)
+        assert own is None or span[0] <= own <= span[1]
+        assert side == "before" or own is not None  # the re-calibrated head assigns labels
     # the 5-fold estimate: rows scored by calibrations that did not see them
     held = summary["held_out"]
     assert held["folds"] == 5 and held["accuracy"] > on_rows["before"]["accuracy"] + 0.1

@@ -493,11 +493,14 @@ def calibrate_head(
 
     def own(ev: Any) -> dict[str, Any]:
         m = ev.metrics
+        # how far the figure could move on another sample like these rows (95% bootstrap)
+        span = (m.get("intervals") or {}).get("selective_accuracy")
         return {
             "coverage": round(m["coverage"], 4),
             "own_label_precision": None
             if m["selective_accuracy"] is None
             else round(m["selective_accuracy"], 4),
+            "own_label_precision_interval": None if span is None else [round(v, 4) for v in span],
             "accuracy": round(m["accuracy"], 4),
         }
 
