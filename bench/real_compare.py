@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.real_eval import num, points, write_docs  # noqa: E402
 from embedder.labels import GEO_LABELS  # noqa: E402
 from heads.evaluation.intervals import N_BOOTSTRAP, paired_differences  # noqa: E402
 
@@ -116,17 +117,6 @@ def _figures(y: np.ndarray, pred: np.ndarray, given: np.ndarray) -> dict[str, An
     }
 
 
-def _points(d: dict[str, Any]) -> str:
-    if d.get("difference") is None or d.get("interval") is None:
-        return "-"
-    lo, hi = d["interval"]
-    return f"{100 * d['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
-
-
-def _f(x: float | None) -> str:
-    return "-" if x is None else f"{x:.3f}"
-
-
 def render(result: dict[str, Any], names: tuple[str, str], command: str) -> str:
     """A Markdown table: each set's figures for A and B, and B - A in points with intervals."""
     a, b = names
@@ -142,12 +132,12 @@ def render(result: dict[str, Any], names: tuple[str, str], command: str) -> str:
     ]
     for name, r in result["sets"].items():
         fa, fb, d = r["a"], r["b"], r["b_minus_a"]
-        own = [f"{_f(f['own_label_precision'])} ({100 * f['coverage']:.1f}%)" for f in (fa, fb)]
+        own = [f"{num(f['own_label_precision'])} ({100 * f['coverage']:.1f}%)" for f in (fa, fb)]
         lines.append(
             f"| {name} | {r['n']} | {100 * r['agree']:.1f}% | "
-            f"{_f(fa['accuracy'])} / {_f(fb['accuracy'])} | {_points(d['accuracy'])} | "
-            f"{_f(fa['macro_f1'])} / {_f(fb['macro_f1'])} | {_points(d['macro_f1'])} | "
-            f"{own[0]} / {own[1]} | {_points(d['selective_accuracy'])} |"
+            f"{num(fa['accuracy'])} / {num(fb['accuracy'])} | {points(d['accuracy'])} | "
+            f"{num(fa['macro_f1'])} / {num(fb['macro_f1'])} | {points(d['macro_f1'])} | "
+            f"{own[0]} / {own[1]} | {points(d['selective_accuracy'])} |"
         )
     for side, key in ((a, "only_in_a"), (b, "only_in_b")):
         if result[key]:
@@ -178,8 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     text = render(result, names, command)  # type: ignore[arg-type]
     if args.docs is not None:
-        from bench.real_eval import write_docs
-
         write_docs(args.docs, text, marker=args.marker)
     print(text)
     return 0

@@ -482,7 +482,7 @@ def _label_mix(y: np.ndarray, k: int = 5) -> str:
 
 
 # ----------------------------------------------------------------------------------- rendering
-def _p(x: float | None, digits: int = 3) -> str:
+def num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
@@ -508,11 +508,11 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         m = r["model"]
         anchor = [r.get(k) for k in ANCHORS]
         cells = [
-            "-" if a is None else f"{_p(a['accuracy'])} / {_p(a['macro_f1_present'])}"
+            "-" if a is None else f"{num(a['accuracy'])} / {num(a['macro_f1_present'])}"
             for a in anchor
         ]
         lines.append(
-            f"| {name} | {r['n']} | {_p(m['accuracy'])} | {_p(m['macro_f1_present'])} | "
+            f"| {name} | {r['n']} | {num(m['accuracy'])} | {num(m['macro_f1_present'])} | "
             + " | ".join(cells)
             + " |"
         )
@@ -540,11 +540,11 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         def cell(b: dict[str, Any] | None) -> str:
             if b is None:
                 return "-"
-            return f"{_pct(b['coverage'])} / {_p(b['own_label_precision'])}"
+            return f"{_pct(b['coverage'])} / {num(b['own_label_precision'])}"
 
         lines.append(
             f"| {name} | {_pct(m['out_of_distribution'])} | {_pct(m['coverage'])} | "
-            f"{_p(m['own_label_precision'])} | "
+            f"{num(m['own_label_precision'])} | "
             f"{_pct(m['correct_assigned_share'])} | {m['assigning_classes']} | {cell(b0)} | "
             f"{cell(b1)} |"
         )
@@ -567,8 +567,8 @@ def render_summary(report: dict[str, Any], command: str) -> str:
         cells = [
             "-"
             if b is None
-            else f"{_p(b['accuracy'])} / {_p(b['macro_f1_present'])} / {_pct(b['coverage'])} / "
-            f"{_p(b['own_label_precision'])}"
+            else f"{num(b['accuracy'])} / {num(b['macro_f1_present'])} / {_pct(b['coverage'])} / "
+            f"{num(b['own_label_precision'])}"
             for b in [*(r.get(k) for k in keys), r.get("half_b_calibrated_few")]
         ]
         n_a = r["n"] - r["half_b_shipped"]["n"]
@@ -592,7 +592,7 @@ def render_summary(report: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def _points(d: dict[str, Any] | None) -> str:
+def points(d: dict[str, Any] | None) -> str:
     """A difference and its interval in points: ``+14.8 (+13.1 to +16.5)``."""
     if not d or d.get("interval") is None:
         return "-"
@@ -621,12 +621,12 @@ def _versus_table(sets: dict[str, Any]) -> list[str]:
         own = sets[name]["model"].get("own_label_precision_interval")
         anchor = {a: v.get(a) or {} for a in ANCHORS}
         lines.append(
-            f"| {name} | {_p(acc[0])}-{_p(acc[1])} | {_p(mf1[0])}-{_p(mf1[1])} | "
-            f"{'-' if not own else f'{_p(own[0])}-{_p(own[1])}'} | "
-            f"{_points(anchor['langid'].get('accuracy'))} | "
-            f"{_points(anchor['tfidf_lr'].get('accuracy'))} | "
-            f"{_points(anchor['frozen_head'].get('accuracy'))} | "
-            f"{_points(anchor['langid'].get('macro_f1'))} |"
+            f"| {name} | {num(acc[0])}-{num(acc[1])} | {num(mf1[0])}-{num(mf1[1])} | "
+            f"{'-' if not own else f'{num(own[0])}-{num(own[1])}'} | "
+            f"{points(anchor['langid'].get('accuracy'))} | "
+            f"{points(anchor['tfidf_lr'].get('accuracy'))} | "
+            f"{points(anchor['frozen_head'].get('accuracy'))} | "
+            f"{points(anchor['langid'].get('macro_f1'))} |"
         )
     return [*lines, ""]
 
@@ -661,7 +661,7 @@ def _audience_table(sets: dict[str, Any], key: str, title: str) -> list[str]:
                 if e is None or "error" in e:
                     cells.append("n/a")
                 else:
-                    cells.append(f"{_p(e['tv'], 2)} / {_pct(e['coverage'])}")
+                    cells.append(f"{num(e['tv'], 2)} / {_pct(e['coverage'])}")
             lines.append(f"| {name} | {pop} | {row['true_top']} | " + " | ".join(cells) + " |")
     mean_tv = {
         meth: np.mean(
@@ -678,7 +678,7 @@ def _audience_table(sets: dict[str, Any], key: str, title: str) -> list[str]:
     flagged = sum(bool(row.get("flags")) for row in rows)
     lines += [
         f"| **mean** | | | {flagged} of {len(rows)} flagged | "
-        + " | ".join(f"**{_p(float(v), 2)}**" for v in mean_tv.values())
+        + " | ".join(f"**{num(float(v), 2)}**" for v in mean_tv.values())
         + " |",
         "",
     ]
@@ -715,8 +715,8 @@ def render_report(report: dict[str, Any], out: Path, command: str) -> Path:
             if not c["support"] and not c["assigned"]:
                 continue
             parts.append(
-                f"| {lab} | {c['support']} | {_p(c['precision'])} | {_p(c['recall'])} | "
-                f"{c['assigned']} | {_p(c['precision_with_abstention'])} | {_p(c['threshold'])} |"
+                f"| {lab} | {c['support']} | {num(c['precision'])} | {num(c['recall'])} | "
+                f"{c['assigned']} | {num(c['precision_with_abstention'])} | {num(c['threshold'])} |"
             )
         parts.append("")
     path = out / "REPORT.md"
