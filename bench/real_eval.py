@@ -483,6 +483,7 @@ def _label_mix(y: np.ndarray, k: int = 5) -> str:
 
 # ----------------------------------------------------------------------------------- rendering
 def num(x: float | None, digits: int = 3) -> str:
+    """A figure with ``digits`` decimals; ``-`` for a missing one (None or NaN)."""
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
