@@ -159,7 +159,10 @@ def test_cli_predict_evaluate_audience(built, tmp_path, capsys):
         main(["evaluate", "--model", str(path), "--data", str(data), "--report", str(report)]) == 0
     )
     summary = json.loads(capsys.readouterr().out)
-    assert summary["heads"]["geolocation"]["n"] == len(val)
+    geo = summary["heads"]["geolocation"]
+    assert geo["n"] == len(val)
+    lo, hi = geo["intervals"]["accuracy"]  # how far the figure could move on another sample
+    assert lo <= geo["accuracy"] <= hi and geo["intervals"]["confidence"] == 0.95
     assert {"REPORT.md", "metrics.json", "geolocation_confusion.png"} <= {
         p.name for p in report.iterdir()
     }

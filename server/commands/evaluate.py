@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         "correct_assigned_share",
         "ece",
     )
-    summary = {ev.name: {k: ev.metrics[k] for k in keys} for ev in evaluations}
+    summary = {
+        ev.name: {**{k: ev.metrics[k] for k in keys}, "intervals": ev.metrics.get("intervals")}
+        for ev in evaluations
+    }
     print(json.dumps({"report": str(args.report), "heads": summary}, indent=2))
     return 1 if loaded.errors else 0
