@@ -14,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock protos test test-slow check-docs lint serve bench train-full build-default real-eval learning-curve clean
+.PHONY: install lock protos test test-slow check-docs lint serve bench train-full build-default real-eval real-compare learning-curve clean
 
 # requirements.lock pins the exact version of every package (constraints: it never adds one), so two
 # fresh clones install the same versions; `make lock` rewrites it from the venv.
@@ -91,6 +91,12 @@ real-eval: build-default
 	@test -n "$(REAL)" || { echo "usage: make real-eval REAL=<folder of labelled .jsonl>" >&2; exit 2; }
 	$(PY) bench/real_eval.py --model models/default --data $(REAL) --out runs/real-eval \
 		--docs docs/REAL_DATA.md $(REAL_EVAL_ARGS)
+
+# Two real-eval runs on the same rows, B minus A with 95% paired intervals (e.g. before and after
+# `profile-embed calibrate`, or two models): A and B are their metrics.json files.
+real-compare: install
+	@test -n "$(A)" -a -n "$(B)" || { echo "usage: make real-compare A=<metrics.json> B=<metrics.json>" >&2; exit 2; }
+	$(PY) bench/real_compare.py $(A) $(B)
 
 # Learning curves on the real sets: train-head on 100..3,000 labels vs char n-gram LR, and the same
 # head on the untuned base (3 and 12 layers). Table in docs/REAL_DATA.md.
