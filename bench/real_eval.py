@@ -595,8 +595,10 @@ def render_summary(report: dict[str, Any], command: str) -> str:
 
 def points(d: dict[str, Any] | None) -> str:
     """A difference and its interval in points: ``+14.8 (+13.1 to +16.5)``."""
-    if not d or d.get("interval") is None:
+    if not d or d.get("difference") is None:
         return "-"
+    if d.get("interval") is None:  # too few rows for one (heads.evaluation.intervals)
+        return f"{100 * d['difference']:+.1f} (no interval)"
     lo, hi = d["interval"]
     return f"{100 * d['difference']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embedder.errors import InvalidInputError
-from heads.evaluation.intervals import figure_intervals, paired_differences
+from heads.evaluation.intervals import figure_intervals, paired_differences, wilson_interval
 from heads.evaluation.metrics import evaluate, score_predictions
 from heads.evaluation.report import render_markdown
 
@@ -74,8 +74,10 @@ def test_macro_f1_over_fixed_classes_and_selective_accuracy() -> None:
     pred = np.array([0, 1, 1, 1, 2, 0] * 50)
     assigned = np.array([True, False, True, True, False, False] * 50)
     out = figure_intervals(y, pred, k=4, classes=np.array([0, 1, 2]), assigned=assigned)
-    # assigned rows are all correct in every replicate
-    assert out["selective_accuracy"] == [1.0, 1.0]
+    # the 150 assigned rows are all right: Wilson's interval, not a point
+    z2 = 1.959964**2
+    assert out["selective_accuracy"][0] == pytest.approx(150 / (150 + z2), abs=1e-5)
+    assert out["selective_accuracy"][1] == 1.0
     whole = paired_differences(y, pred, y, k=4, classes=np.array([0, 1, 2]))
     f1 = np.array([2 * 50 / 200, 2 * 100 / 250, 2 * 50 / 150])  # per class on the whole set
     assert whole["macro_f1"]["difference"] == pytest.approx(f1.mean() - 1.0)
@@ -110,3 +112,19 @@ def test_evaluate_reports_the_intervals() -> None:
     lo, hi = iv["accuracy"]
     assert f"(95% CI {100 * lo:.1f}%-{100 * hi:.1f}%)" in text
     assert "intervals" not in evaluate(probs, y, ("a", "b", "c"), n_bootstrap=0).metrics
+
+
+def test_wilson_interval_of_a_few_assigned_rows_is_wide_not_a_point() -> None:
+    lo, hi = wilson_interval(0, 2)
+    assert lo == 0.0 and hi == pytest.approx(0.6576, abs=1e-3)
+    lo, hi = wilson_interval(923, 1000)
+    assert lo == pytest.approx(0.9053, abs=1e-3) and hi == pytest.approx(0.9375, abs=1e-3)
+    assert wilson_interval(0, 0) is None
+    # paired: with fewer than MIN_ASSIGNED assigned rows on a side there is no interval to give
+    y = np.zeros(200, dtype=int)
+    few = np.zeros(200, bool)
+    few[:5] = True
+    out = paired_differences(y, y, y, k=2, assigned=(few, np.ones(200, bool)))
+    assert out["selective_accuracy"] == {"difference": 0.0, "interval": None}
+    none = paired_differences(y, y, y, k=2, assigned=(np.zeros(200, bool), few))
+    assert none["selective_accuracy"] == {"difference": None, "interval": None}
