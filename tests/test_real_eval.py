@@ -135,6 +135,7 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     assert "**Re-calibrated on real labels**" in text and "after `profile-embed calibrate`" in text
     assert "| flags (ensemble) |" in text and " flagged |" in text
     assert "**How sure**" in text and "| accuracy - char TF-IDF LR |" in text
+    assert "| **minus ensemble** (95%, populations resampled) |" in text
     # a second run replaces the block instead of appending another
     assert real_eval.main([*argv, "--no-anchors"]) == 0
     assert docs.read_text().count("<!-- real-eval:begin -->") == 1
@@ -255,3 +256,14 @@ def test_audience_after_calibrate_scores_every_population(geo_model, capsys):
         means = dict(cell.rsplit(" ", 1) for cell in lines[-1].split(": ", 1)[1].split(", "))
         assert set(means) == names
         assert all(0.0 <= float(v) <= 1.0 for v in means.values())
+
+
+def test_mean_tv_differences_are_paired_over_populations(real_eval):
+    rows = [{"a": {"tv": 0.1 * i + 0.1}, "b": {"tv": 0.1 * i}, "c": {"tv": 0.3}} for i in range(6)]
+    rows.append({"a": {"error": "no confusion"}, "b": {"tv": 0.5}})
+    out = real_eval.mean_tv_differences(rows, ["a", "b", "c"], "b")
+    assert "b" not in out
+    # a is 0.1 worse on every population it scored: a point interval, however wide the spread
+    assert out["a"] == "+0.10 (+0.10 to +0.10)"
+    mean_gap = np.mean([0.3 - 0.1 * i for i in range(6)])
+    assert out["c"].startswith(f"{mean_gap:+.2f} (")
