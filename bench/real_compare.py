@@ -30,7 +30,11 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from bench.real_eval import num, points, write_docs  # noqa: E402
 from embedder.labels import GEO_LABELS  # noqa: E402
-from heads.evaluation.intervals import N_BOOTSTRAP, paired_differences  # noqa: E402
+from heads.evaluation.intervals import (  # noqa: E402
+    N_BOOTSTRAP,
+    paired_differences,
+    whole_set_figures,
+)
 
 #: What a run must hold per set to be compared row by row.
 ROW_FIELDS = ("rows_digest", "y", "pred", "assigned")
@@ -104,14 +108,10 @@ def compare_runs(
 
 
 def _figures(y: np.ndarray, pred: np.ndarray, given: np.ndarray) -> dict[str, Any]:
-    present = np.unique(y)
-    f1 = []
-    for c in present:
-        tp = int(((pred == c) & (y == c)).sum())
-        f1.append(2 * tp / max(int((pred == c).sum()) + int((y == c).sum()), 1))
+    """Accuracy and macro-F1 (over the labels present), coverage and own-label precision."""
+    figures = whole_set_figures(y, pred, k=len(GEO_LABELS), classes=np.unique(y))
     return {
-        "accuracy": float((pred == y).mean()),
-        "macro_f1": float(np.mean(f1)),
+        **figures,
         "coverage": float(given.mean()),
         "own_label_precision": float((pred == y)[given].mean()) if given.any() else None,
     }

@@ -19,7 +19,6 @@ the set).
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -186,11 +185,25 @@ def wilson_interval(correct: int, total: int, confidence: float = CONFIDENCE) ->
     """
     if total <= 0:
         return None
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = correct / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    from heads.calibration import precision_lower_bound  # one-sided Wilson, as thresholds use
+
+    one_sided = 0.5 + confidence / 2
+    lo = float(precision_lower_bound(correct, total, confidence=one_sided))
+    hi = 1.0 - float(precision_lower_bound(total - correct, total, confidence=one_sided))
+    return [max(0.0, lo), min(1.0, hi)]
+
+
+def whole_set_figures(
+    y: np.ndarray, pred: np.ndarray, *, k: int, classes: np.ndarray | None = None
+) -> dict[str, float]:
+    """Accuracy and macro-F1 on all rows, as the replicates score them."""
+    y, pred = np.asarray(y, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    support, predicted, tp = _replicate_counts(y, pred, np.arange(len(y))[None, :], k)
+    cls = None if classes is None else np.asarray(classes, dtype=np.int64)
+    return {
+        "accuracy": float(tp.sum() / len(y)),
+        "macro_f1": float(_macro_f1(support, predicted, tp, cls)[0]),
+    }
 
 
 def paired_differences(
@@ -225,19 +238,11 @@ def paired_differences(
     reps = _replicates(
         y, [pred, other], k=k, classes=cls, assigned=masks, n_bootstrap=n_bootstrap, seed=seed
     )
-    whole = np.arange(len(y))[None, :]
     out: dict[str, Any] = {"confidence": confidence, "n_bootstrap": n_bootstrap}
+    mine, theirs = (whole_set_figures(y, p, k=k, classes=cls) for p in (pred, other))
     for name in ("accuracy", "macro_f1"):
-        figures = []
-        for p in (pred, other):
-            support, predicted, tp = _replicate_counts(y, p, whole, k)
-            figures.append(
-                tp.sum() / len(y)
-                if name == "accuracy"
-                else float(_macro_f1(support, predicted, tp, cls)[0])
-            )
         out[name] = {
-            "difference": float(figures[0] - figures[1]),
+            "difference": mine[name] - theirs[name],
             "interval": _interval(reps[name][0] - reps[name][1], confidence),
         }
     if masks is not None:
