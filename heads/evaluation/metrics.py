@@ -212,8 +212,8 @@ def evaluate(
         selective_accuracy, correct_assigned_share, macro_f1_with_abstention, ece, nll,
         per_class (support, precision, recall, f1 with and without abstention, threshold),
         classes_meeting_target, classes_assigning_nothing, precision_coverage, reliability, slices,
-        and ``intervals`` (95% bootstrap intervals of accuracy, macro-F1 and the precision of the
-        assigned labels; absent with ``n_bootstrap=0``).
+        and ``intervals`` (95% bootstrap intervals of accuracy and macro-F1, Wilson's interval of
+        the precision of the assigned labels; absent with ``n_bootstrap=0``).
 
     Raises:
         InvalidInputError: on empty input, shape mismatches, unknown labels or bad slice masks.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,17 +123,13 @@ def write_plots(ev: HeadEvaluation, directory: Path, *, prefix: str = "") -> dic
 
 
 # ------------------------------------------------------------------------------------ markdown
-def _interval_text(intervals: Mapping[str, Any] | None) -> Any:
-    """``ci(figure, fmt)`` -> `` (95% CI lo-hi)``, or ``""`` without an interval for it."""
-
-    def ci(figure: str, fmt: Any) -> str:
-        span = (intervals or {}).get(figure)
-        if not span:
-            return ""
-        level = f"{100 * intervals['confidence']:.0f}%"  # type: ignore[index]
-        return f" ({level} CI {fmt(span[0])}-{fmt(span[1])})"
-
-    return ci
+def _ci(metrics: Mapping[str, Any], figure: str, fmt: Callable[[float], str]) -> str:
+    """`` (95% CI lo-hi)`` for one figure of ``metrics["intervals"]``, or ``""`` without one."""
+    intervals = metrics.get("intervals") or {}
+    span = intervals.get(figure)
+    if not span:
+        return ""
+    return f" ({100 * intervals['confidence']:.0f}% CI {fmt(span[0])}-{fmt(span[1])})"
 
 
 def render_markdown(ev: HeadEvaluation, images: Mapping[str, str], *, level: int = 2) -> str:
@@ -151,15 +147,14 @@ def render_markdown(ev: HeadEvaluation, images: Mapping[str, str], *, level: int
     out = [f"{h} Head `{ev.name}`", ""]
     out += [f"- {k}: `{v}`" for k, v in ev.info.items()]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    ci = _interval_text(m.get("intervals"))
     out += ["", "| metric | value |", "|---|---|"]
     out += [
         f"| profiles | {m['n']} |",
-        f"| accuracy (argmax) | {pct(m['accuracy'])}{ci('accuracy', pct)} |",
-        f"| macro-F1 (argmax) | {m['macro_f1']:.3f}{ci('macro_f1', lambda x: f'{x:.3f}')} |",
+        f"| accuracy (argmax) | {pct(m['accuracy'])}{_ci(m, 'accuracy', pct)} |",
+        f"| macro-F1 (argmax) | {m['macro_f1']:.3f}{_ci(m, 'macro_f1', lambda x: f'{x:.3f}')} |",
         f"| coverage (assigned, not UNCERTAIN) | {pct(m['coverage'])} |",
         f"| precision of assigned | {pct(m['selective_accuracy'])}"
-        f"{ci('selective_accuracy', pct)} |",
+        f"{_ci(m, 'selective_accuracy', pct)} |",
         f"| share of all profiles assigned their correct label | "
         f"{pct(m['correct_assigned_share'])} |",
         f"| macro-F1 with abstention | {m['macro_f1_with_abstention']:.3f} |",
