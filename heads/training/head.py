@@ -493,7 +493,7 @@ def calibrate_head(
 
     def own(ev: Any) -> dict[str, Any]:
         m = ev.metrics
-        # how far the figure could move on another sample like these rows (95% bootstrap)
+        # how far the figure could move on another sample like these rows (95%, Wilson)
         span = (m.get("intervals") or {}).get("selective_accuracy")
         return {
             "coverage": round(m["coverage"], 4),
