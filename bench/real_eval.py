@@ -611,9 +611,10 @@ def _versus_table(sets: dict[str, Any]) -> list[str]:
     first = next(iter(rows.values()))["model"]
     level = f"{100 * first['confidence']:.0f}%"
     lines = [
-        f"**How sure**: {level} bootstrap intervals ({first['n_bootstrap']} replicates of the "
-        "profiles) of the model's figures, and the model minus each anchor in points, the same "
-        "profiles drawn for both (paired). An interval that holds 0 is a tie on this set:",
+        f"**How sure**: {level} intervals of the model's figures (accuracy and macro-F1: "
+        f"bootstrap, {first['n_bootstrap']} replicates of the profiles; own-label precision: "
+        "Wilson's), and the model minus each anchor in points, the same profiles drawn for both "
+        "(paired bootstrap). An interval that holds 0 is a tie on this set:",
         "",
         "| set | accuracy | macro-F1 | own-label precision | accuracy - language-id anchor "
         "| accuracy - char TF-IDF LR | accuracy - frozen head | macro-F1 - language-id anchor |",
