@@ -252,10 +252,17 @@ def test_audience_after_calibrate_scores_every_population(geo_model, capsys):
         out = capsys.readouterr().out.strip().splitlines()
         assert sum("half-B accuracy" in line for line in out) == len(sets)
         lines = [line for line in out if "half-B accuracy" not in line]
-        assert len(lines) == 4 * len(sets) + 1  # four populations per set, then the means
-        means = dict(cell.rsplit(" ", 1) for cell in lines[-1].split(": ", 1)[1].split(", "))
+        # four populations per set, then the means and their intervals
+        assert len(lines) == 4 * len(sets) + 2
+        means = dict(cell.rsplit(" ", 1) for cell in lines[-2].split(": ", 1)[1].split(", "))
         assert set(means) == names
         assert all(0.0 <= float(v) <= 1.0 for v in means.values())
+        assert lines[-1].startswith("95% interval of the mean (populations resampled): ")
+        for cell in lines[-1].split(": ", 1)[1].split(", "):
+            name, span, count = cell.split(" ", 2)
+            lo, hi = (float(v) for v in span.split("-"))
+            assert lo <= float(means[name]) <= hi
+            assert count.endswith(f"/{4 * len(sets)} <= 0.15)")
 
 
 def test_mean_tv_differences_are_paired_over_populations(real_eval):
