@@ -97,18 +97,16 @@ def score_predictions(
         selective_accuracy (precision of the assigned labels), correct_assigned_share,
         macro_f1_with_abstention.
     """
-    return _score(np.asarray(y), np.asarray(probs), thresholds, in_distribution)[0]
+    probs = np.asarray(probs)
+    return _score(np.asarray(y), probs, assigned_rows(probs, thresholds, in_distribution))[0]
 
 
 def _score(
-    y: np.ndarray,
-    probs: np.ndarray,
-    thresholds: np.ndarray | None,
-    in_distribution: np.ndarray | None = None,
+    y: np.ndarray, probs: np.ndarray, assigned: np.ndarray
 ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The summary and per-class counts; ``assigned``: the rows given a label (assigned_rows)."""
     k = probs.shape[1]
     arg = probs.argmax(1)
-    assigned = assigned_rows(probs, thresholds, in_distribution)
     pred_abs = np.where(assigned, arg, -1)
     s_all, s_abs = _per_class(y, arg, k), _per_class(y, pred_abs, k)
     n_assigned = int(assigned.sum())
@@ -230,7 +228,8 @@ def evaluate(
     ind = None if in_distribution is None else np.asarray(in_distribution, dtype=bool)
     if ind is not None and ind.shape != (len(yi),):
         raise InvalidInputError(f"in_distribution has shape {ind.shape}, expected ({len(yi)},)")
-    summary, s_all, s_abs = _score(yi, probs, thr, ind)
+    assigned = assigned_rows(probs, thr, ind)
+    summary, s_all, s_abs = _score(yi, probs, assigned)
     if ind is not None:
         summary["out_of_distribution"] = float((~ind).mean())
     per_class = {}
@@ -268,7 +267,7 @@ def evaluate(
             yi,
             probs.argmax(1),
             k=k,
-            assigned=assigned_rows(probs, thr, ind),
+            assigned=assigned,
             n_bootstrap=n_bootstrap,
         )
     for sname, mask in (slices or {}).items():
