@@ -218,11 +218,19 @@ def summarise(
     in_distribution: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The headline figures (heads.evaluation's definitions) plus the costliest confusions."""
-    from heads.evaluation.metrics import evaluate
+    from heads.evaluation.intervals import wilson_interval
+    from heads.evaluation.metrics import assigned_rows, evaluate
 
-    ev = evaluate(probs, y, GEO_LABELS, thresholds=thresholds, in_distribution=in_distribution)
+    # no bootstrap here: the one interval a summary keeps is Wilson's, from two counts
+    ev = evaluate(
+        probs, y, GEO_LABELS, thresholds=thresholds, in_distribution=in_distribution, n_bootstrap=0
+    )
     m = ev.metrics
     arg = probs.argmax(1)
+    own_interval = None
+    if thresholds is not None:
+        given = assigned_rows(probs, thresholds, in_distribution)
+        own_interval = wilson_interval(int(((arg == y) & given).sum()), int(given.sum()))
     pairs: dict[tuple[int, int], int] = {}
     for t, p in zip(y.tolist(), arg.tolist(), strict=True):
         if t != p:
@@ -237,10 +245,8 @@ def summarise(
         "macro_f1_present": float(np.mean(f1_present)),
         "coverage": m["coverage"] if thresholds is not None else None,
         "own_label_precision": m["selective_accuracy"] if thresholds is not None else None,
-        # 95% bootstrap interval (heads.evaluation.intervals); None without assigned labels
-        "own_label_precision_interval": (m.get("intervals") or {}).get("selective_accuracy")
-        if thresholds is not None
-        else None,
+        # 95% Wilson interval; None without assigned labels
+        "own_label_precision_interval": own_interval,
         "correct_assigned_share": m["correct_assigned_share"] if thresholds is not None else None,
         "ece": m["ece"],
         "out_of_distribution": m.get("out_of_distribution"),
@@ -715,10 +721,18 @@ def mean_tv_differences(
         if meth == base or len(pairs) < 2:
             continue
         gap = np.array([a - b for a, b in pairs])
-        draws = gap[rng.integers(0, len(gap), size=(n_bootstrap, len(gap)))].mean(axis=1)
-        lo, hi = np.quantile(draws, [0.025, 0.975])
+        lo, hi = mean_interval(gap, rng, n_bootstrap=n_bootstrap)
         out[meth] = f"{gap.mean():+.2f} ({lo:+.2f} to {hi:+.2f})"
     return out
+
+
+def mean_interval(
+    values: np.ndarray, rng: np.random.Generator, *, n_bootstrap: int = 2000
+) -> tuple[float, float]:
+    """95% percentile interval of the mean of ``values`` (populations), resampled with ``rng``."""
+    draws = values[rng.integers(0, len(values), size=(n_bootstrap, len(values)))].mean(axis=1)
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return float(lo), float(hi)
 
 
 def render_report(report: dict[str, Any], out: Path, command: str) -> Path:
