@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     min_rows = [int(v) for v in args.min_rows.split(",")]
 
-    from real_eval import halves, load_sets, populations
+    from real_eval import halves, load_sets, mean_interval, populations
 
     from heads.audience import estimate_audience, head_audience_inputs
     from heads.audience_estimators import (
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     spans = []
     for name, values in tvs.items():
         v = np.asarray(values)
-        means = v[rng.integers(0, len(v), size=(2000, len(v)))].mean(axis=1)
-        lo, hi = np.quantile(means, [0.025, 0.975])
+        lo, hi = mean_interval(v, rng)
         spans.append(f"{name} {lo:.3f}-{hi:.3f} ({int((v <= 0.15).sum())}/{len(v)} <= 0.15)")
     print("95% interval of the mean (populations resampled): " + ", ".join(spans))
     return 0
