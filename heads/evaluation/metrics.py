@@ -245,9 +245,10 @@ def evaluate(
             "f1_with_abstention": _f(s_abs["f1"][c]),
             "threshold": None if thr is None or math.isinf(thr[c]) else float(thr[c]),
         }
+    calibration = _calibration_stats(yi, probs)
     metrics: dict[str, Any] = {
         **summary,
-        **{k2: v for k2, v in _calibration_stats(yi, probs).items() if k2 != "bins"},
+        **{k2: v for k2, v in calibration.items() if k2 != "bins"},
         "target_precision": target,
         "classes_meeting_target": sorted(
             lab
@@ -259,7 +260,7 @@ def evaluate(
         ),
         "per_class": per_class,
         "precision_coverage": _precision_coverage(yi, probs),
-        "reliability": _calibration_stats(yi, probs)["bins"],
+        "reliability": calibration["bins"],
         "slices": {},
     }
     if n_bootstrap > 0:
