@@ -6,15 +6,19 @@ into a scratch folder outside the repository, then
     python bench/real_sources.py multilang  RAW/all_annotated.tsv      -o REAL/multilang.jsonl
     python bench/real_sources.py nadi       RAW/DA_train_labeled.tsv   -o REAL/nadi.jsonl
     python bench/real_sources.py tass       RAW/tass/train             -o REAL/tass.jsonl
+    python bench/real_sources.py bios       RAW/people.csv             -o REAL/bios.jsonl
 
-Each row becomes one profile in the project schema: the post as its only caption (these sources are
-single posts, not whole profiles), ``country`` as ISO 3166-1 alpha-2 (outside the 36 labels ->
-``OTHER`` when read, with the code kept in ``country_iso``), ``source`` naming the set, and any
-other real label (``sentiment`` for TASS) as an extra field.
+Each row becomes one profile in the project schema, ``country`` as ISO 3166-1 alpha-2 (outside the
+36 labels -> ``OTHER`` when read, with the code kept in ``country_iso``), ``source`` naming the set,
+and any other real label (``sentiment`` for TASS) as an extra field. The first three sources are
+single posts (the post is the profile's only caption); ``bios`` is whole profile headers: username,
+display name and bio, labelled by the location the user typed (``bench/place_names.py``), which is
+not part of the profile.
 
 Reserved rows are dropped *before* a row is parsed (``multilang``: only tweet ids with
-``sha256(id) % 10 < 3`` are read; ``tass``: only the ``train/`` folder is accepted), so reserved
-text never reaches a report, a model or this process's memory beyond the line reader.
+``sha256(id) % 10 < 3`` are read; ``tass``: only the ``train/`` folder is accepted; ``bios``: only
+usernames with ``sha256(username) % 10 < 7``), so reserved text never reaches a report, a model or
+this process's memory beyond the line reader.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 csv.field_size_limit(10_000_000)
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: bench/place_names and embedder/ import from here
+    sys.path.insert(0, str(ROOT))
 
 #: Where each source came from; written into docs/REAL_DATA.md.
 SOURCES: dict[str, dict[str, str]] = {
@@ -60,6 +68,18 @@ SOURCES: dict[str, dict[str, str]] = {
         "column is the tweet's sentiment (P/N/NEU/NONE), kept as `sentiment`",
         "rows": "train/ only; dev/ is reserved and never opened",
     },
+    "bios": {
+        "repo": "i5m/i5m.github.io",
+        "path": "projects/twitter/data/in_parts/10/people.csv",
+        "commit": "c959c8869d8fca07ead3772692a36656132d8664",
+        "licence": "no licence file in the repository; public Twitter profiles collected in "
+        "November 2019, used for evaluation only",
+        "label": "the profile's typed location, read as one country by bench/place_names.py "
+        "(profiles whose location names no single country are dropped); the location itself "
+        "is not part of the profile",
+        "rows": "only usernames with int(sha256(lower-case username).hexdigest(), 16) % 10 < 7 "
+        "and a non-empty bio; the other 30% are reserved for independent checks",
+    },
 }
 
 #: NADI's country names -> ISO alpha-2.
@@ -83,6 +103,12 @@ class SourceError(ValueError):
 def multilang_kept(tweet_id: str) -> bool:
     """The issue's rule: only these Multi-Lang-v02 rows may be used; the others are reserved."""
     return int(hashlib.sha256(tweet_id.encode()).hexdigest(), 16) % 10 < 3
+
+
+def bios_kept(username: str) -> bool:
+    """This project's rule for the bios source: these usernames may be used, the rest are
+    reserved for independent checks (decided on the username alone, before the row is read)."""
+    return int(hashlib.sha256(username.lower().encode()).hexdigest(), 16) % 10 < 7
 
 
 def _country_code(name: str) -> str | None:
@@ -176,10 +202,50 @@ def tass(folder: Path) -> Iterator[dict[str, Any]]:
                     }
 
 
+#: people.csv's columns (the file has no header row): handle, display name, avatar URL, bio,
+#: "Joined <month year>", tweets, following, followers, likes, typed location, (empty).
+_BIOS_COLUMNS = 11
+_BIOS_USERNAME, _BIOS_NAME, _BIOS_BIO, _BIOS_JOINED, _BIOS_LOCATION = 0, 1, 3, 4, 9
+
+
+def bios(path: Path) -> Iterator[dict[str, Any]]:
+    """Twitter profile headers (username, display name, bio) labelled by their typed location."""
+    from bench.place_names import resolve_location
+
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if len(row) != _BIOS_COLUMNS or not row[_BIOS_USERNAME].startswith("/"):
+                raise SourceError(
+                    f"{path}: line {line}: expected {_BIOS_COLUMNS} columns starting with "
+                    f"'/username', got {len(row)} columns starting {row[:1]!r}"
+                )
+            username = row[_BIOS_USERNAME].strip().lstrip("/")
+            # The reserve check comes first: a reserved row is never looked at further.
+            if not username or not bios_kept(username):
+                continue
+            if row[_BIOS_JOINED] and not row[_BIOS_JOINED].startswith("Joined"):
+                raise SourceError(
+                    f"{path}: line {line}: column 5 should read 'Joined <month year>', "
+                    f"got {row[_BIOS_JOINED][:40]!r}"
+                )
+            bio = row[_BIOS_BIO].replace("\xa0", " ").strip()
+            country = resolve_location(row[_BIOS_LOCATION])
+            if not bio or country is None:
+                continue
+            yield {
+                "id": f"tw-{username}",
+                "username": username,
+                "full_name": row[_BIOS_NAME].strip(),
+                "biography": bio,
+                "country": country,
+            }
+
+
 CONVERTERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
     "multilang": multilang,
     "nadi": nadi,
     "tass": tass,
+    "bios": bios,
 }
 
 _WS = re.compile(r"\s+")
@@ -194,7 +260,8 @@ def convert(name: str, src: Path, out: Path) -> Counter[str]:
     tmp = out.with_suffix(out.suffix + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         for record in CONVERTERS[name](src):
-            key = _WS.sub(" ", record["captions"][0]).lower()
+            text = [record.get(k, "") for k in ("username", "full_name", "biography")]
+            key = _WS.sub(" ", " ".join(text + list(record.get("captions", ())))).lower()
             if record["id"] in seen_ids or key in seen_texts:
                 continue
             seen_ids.add(record["id"])
