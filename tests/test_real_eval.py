@@ -274,3 +274,28 @@ def test_mean_tv_differences_are_paired_over_populations(real_eval):
     assert out["a"] == "+0.10 (+0.10 to +0.10)"
     mean_gap = np.mean([0.3 - 0.1 * i for i in range(6)])
     assert out["c"].startswith(f"{mean_gap:+.2f} (")
+
+
+def test_language_rule_scores_a_run_from_its_per_row_fields(real_eval, tmp_path, capsys):
+    rule = _bench("language_rule")
+    sets = real_eval.load_sets(FIXTURE)
+    runs = {}
+    for rs in sets:
+        pred = rs.y.copy()
+        pred[0] = GEO_LABELS.index("JP")  # one wrong label, for a country few French posts get
+        runs[rs.name] = {"y": rs.y.tolist(), "pred": pred.tolist(), "assigned": [1] * len(pred)}
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"sets": runs}))
+    assert rule.main([str(metrics), "--data", str(FIXTURE), "--floors", "0,1.01"]) == 0
+    out = capsys.readouterr().out
+    for rs in sets:
+        n = len(rs.y)
+        row = next(line for line in out.splitlines() if line.startswith(f"| {rs.name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        # floor 0 withdraws nothing; a floor over 1 withdraws every label
+        assert cells[2] == cells[3] and cells[2].startswith(f"100.0% / {(n - 1) / n:.3f}")
+        assert cells[4] == "0.0% / -"
+    runs[sets[0].name]["y"] = runs[sets[0].name]["y"][1:]
+    metrics.write_text(json.dumps({"sets": runs}))
+    assert rule.main([str(metrics), "--data", str(FIXTURE)]) == 2
+    assert "no per-row fields for these rows" in capsys.readouterr().out
