@@ -79,9 +79,11 @@ def score_row(preds: dict[str, np.ndarray], y: np.ndarray, k: int) -> dict[str, 
 
     row = {name: _scores(pred, y) for name, pred in preds.items()}
     best = max(row, key=lambda name: row[name]["accuracy"])
-    for name, pred in preds.items():
+    # a method may answer a label the set does not have (calibrate_predict's -1): one more class
+    inside = {name: np.where((p >= 0) & (p < k), p, k) for name, p in preds.items()}
+    for name in preds:
         if name != best:
-            diff = paired_differences(y, pred, preds[best], k=k)
+            diff = paired_differences(y, inside[name], inside[best], k=k + 1)
             row[name]["versus_best"] = diff["accuracy"]
     return row
 

@@ -299,3 +299,36 @@ def test_language_rule_scores_a_run_from_its_per_row_fields(real_eval, tmp_path,
     metrics.write_text(json.dumps({"sets": runs}))
     assert rule.main([str(metrics), "--data", str(FIXTURE)]) == 2
     assert "no per-row fields for these rows" in capsys.readouterr().out
+
+
+def test_abstention_rules_scores_stricter_targets(geo_model, tmp_path, capsys):
+    rules = _bench("abstention_rules")
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    rows = "".join(p.read_text() for p in sorted(FIXTURE.glob("*.jsonl")))
+    for name in ("val.first8000.jsonl", "test.jsonl"):
+        (sim / name).write_text(rows)
+    argv = ["--model", str(geo_model), "--data", str(FIXTURE), "--sim", str(sim), "--cache", ""]
+    out = tmp_path / "rules.json"
+    assert rules.main([*argv, "--targets", "0.6,0.99", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| target0.6 | target0.99 |" in table.splitlines()[0]
+    scored = json.loads(out.read_text())
+    for e in scored.values():
+        # the tiny head is sure enough of most rows for 0.6; no class holds 0.99 on 40 rows
+        assert e["target0.6"]["coverage"] > 0.5 and e["target0.99"]["coverage"] == 0.0
+    with pytest.raises(SystemExit):
+        rules.main([*argv, "--targets", "1.5"])
+    assert "each target must be in (0, 1)" in capsys.readouterr().err
+
+
+def test_learning_curve_scores_a_label_outside_the_set_as_wrong():
+    lc = _bench("learning_curve")
+    y = np.array([0, 1, 2, 0, 1, 2] * 20)
+    right = y.copy()
+    outside = y.copy()
+    outside[:30] = -1  # calibrate_predict's answer for a label the set does not have
+    row = lc.score_row({"right": right, "outside": outside}, y, k=3)
+    assert row["right"]["accuracy"] == 1.0 and row["outside"]["accuracy"] == 0.75
+    diff = row["outside"]["versus_best"]
+    assert diff["difference"] == pytest.approx(-0.25) and diff["interval"][1] < 0
