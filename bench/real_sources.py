@@ -100,15 +100,20 @@ class SourceError(ValueError):
     """A source file that is not what its converter expects (names the file and line)."""
 
 
+def _tenth(key: str) -> int:
+    """A stable 0-9 from a row's key: sha256 of its text, modulo 10."""
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16) % 10
+
+
 def multilang_kept(tweet_id: str) -> bool:
     """The issue's rule: only these Multi-Lang-v02 rows may be used; the others are reserved."""
-    return int(hashlib.sha256(tweet_id.encode()).hexdigest(), 16) % 10 < 3
+    return _tenth(tweet_id) < 3
 
 
 def bios_kept(username: str) -> bool:
     """This project's rule for the bios source: these usernames may be used, the rest are
     reserved for independent checks (decided on the username alone, before the row is read)."""
-    return int(hashlib.sha256(username.lower().encode()).hexdigest(), 16) % 10 < 7
+    return _tenth(username.lower()) < 7
 
 
 def _country_code(name: str) -> str | None:
