@@ -203,3 +203,44 @@ def test_cli_predict_evaluate_audience(built, tmp_path, capsys):
     assert abs(sum(v["share"] for v in by_id["inf2"]["shares"].values()) - 1) < 0.05
     assert (adir / "audience_inf1.png").read_bytes()[:4] == b"\x89PNG"
     assert outs[-1]["audiences_with_truth"] == 1
+
+
+def test_cli_evaluate_scores_the_heads_the_data_has_labels_for(built, tmp_path, capsys):
+    encoder, geo, _, val = built
+    profiles = [Profile.from_dict(r, extra_exclude=("country",))[0] for r in val]
+    x = encoder.encode(profiles)
+    cats = ["food" if i % 2 else "travel" for i in range(len(val))]
+    cat = standard_head("category", embedding_version=encoder.embedding_version, in_dim=encoder.dim)
+    cat.fit(x, cats, val_embeddings=x, val_labels=cats, missing_classes="abstain", epochs=20)
+    path = save_model(tmp_path / "two", encoder, {"geolocation": geo, "category": cat})
+    data = tmp_path / "countries.jsonl"  # country labels only, as a user's real labels would be
+    data.write_text("\n".join(json.dumps(r) for r in val) + "\n")
+    argv = ["evaluate", "--model", str(path), "--data", str(data)]
+    assert main([*argv, "--report", str(tmp_path / "r1")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert list(summary["heads"]) == ["geolocation"]
+    assert summary["heads"]["geolocation"]["n"] == len(val)
+    assert summary["not_evaluated"] == {"category": "no labels for it in the data"}
+    assert json.loads((tmp_path / "r1" / "metrics.json").read_text()).keys() == {"geolocation"}
+    # a head asked for by name still needs its labels
+    assert main([*argv, "--report", str(tmp_path / "r2"), "--heads", "category"]) == 2
+    assert "no rows with the 'category' label needed by head 'category'" in capsys.readouterr().err
+    # and data no head can be scored on is refused, naming what each head needs
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("\n".join(json.dumps({"id": r["id"], "biography": "x"}) for r in val) + "\n")
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(path),
+                "--data",
+                str(bare),
+                "--report",
+                str(tmp_path / "r3"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "('category' for head 'category', 'country' for head 'geolocation')" in err

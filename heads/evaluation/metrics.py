@@ -415,29 +415,46 @@ def evaluate_model(
     batch_size: int = 64,
     info: Mapping[str, Any] | None = None,
     show_progress: bool = True,
+    skip_unlabelled: bool = False,
 ) -> list[HeadEvaluation]:
     """Evaluate every head of a ``ProfileModel`` on labelled rows (``profile-embed evaluate``).
 
     Each profile that any head has a label for is embedded once (through the model's cache),
     then :func:`evaluate_heads` scores each head on its own labelled rows.
 
+    Args:
+        skip_unlabelled: leave out, with a log line, a head that none of the rows has a label
+            for (a file of country labels scored by a model with a category head too); without
+            it such a head is an error.
+
     Raises:
         InvalidInputError: a head none of the rows has a label for (naming ``source``, the
-            label field and the head).
+            label field and the head), or, with ``skip_unlabelled``, no head with any label.
     """
     from heads.training.data import row_label
 
     fields = {name: label_field(model.heads[name]) for name in model.head_names}
-    for name, wanted in fields.items():
-        if not any(row_label(r, wanted) is not None for r in rows):
-            raise InvalidInputError(
-                f"{source} has no rows with the '{wanted}' label needed by head {name!r}"
-            )
+    missing = [
+        name
+        for name, wanted in fields.items()
+        if not any(row_label(r, wanted) is not None for r in rows)
+    ]
+    if missing and not skip_unlabelled:
+        name = missing[0]
+        raise InvalidInputError(
+            f"{source} has no rows with the '{fields[name]}' label needed by head {name!r}"
+        )
+    if missing and len(missing) == len(fields):
+        wanted = ", ".join(f"'{fields[name]}' for head {name!r}" for name in missing)
+        raise InvalidInputError(f"{source} has no rows with any label the heads need ({wanted})")
+    for name in missing:
+        logger.info("head %s not evaluated: %s has no '%s' labels", name, source, fields[name])
+        del fields[name]
     labelled = [r for r in rows if any(row_label(r, f) is not None for f in fields.values())]
     emb = model.embed(
         [r.profile for r in labelled], batch_size=batch_size, show_progress=show_progress
     )
-    heads = {name: model.heads[name] for name in model.head_names}
+    heads = {name: model.heads[name] for name in fields}
     evaluations = evaluate_heads(
         heads, labelled, emb, fields=fields, info=info, head_facts=("label_field",)
     )

@@ -27,7 +27,12 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--data", required=True, help="labelled profiles (.jsonl/.csv/.parquet)")
     p.add_argument("--report", required=True, help="output folder for the report")
-    p.add_argument("--heads", default=None, help="comma-separated head names (default: all)")
+    p.add_argument(
+        "--heads",
+        default=None,
+        help="comma-separated head names (default: every head the data has labels for; a "
+        "head named here without labels in the data is an error)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     add_device_flag(p)
     add_skip_invalid(p)
@@ -55,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         source=str(args.data),
         batch_size=args.batch_size,
         info={"data": str(args.data), "model": str(args.model)},
+        skip_unlabelled=args.heads is None,
     )
     write_report(args.report, evaluations, title=f"Evaluation of {args.model} on {args.data}")
     keys = (
@@ -70,5 +76,9 @@ def run(args: argparse.Namespace) -> int:
         ev.name: {**{k: ev.metrics[k] for k in keys}, "intervals": ev.metrics.get("intervals")}
         for ev in evaluations
     }
-    print(json.dumps({"report": str(args.report), "heads": summary}, indent=2))
+    skipped = [name for name in model.head_names if name not in summary]
+    out = {"report": str(args.report), "heads": summary}
+    if skipped:
+        out["not_evaluated"] = {name: "no labels for it in the data" for name in skipped}
+    print(json.dumps(out, indent=2))
     return 1 if loaded.errors else 0
