@@ -12,13 +12,15 @@ with ``copy_model_dir``. File permissions cannot do this job: the suite may run 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
 import string
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
@@ -208,3 +210,29 @@ def encoder_only_model_dir(tiny_base_dir: Path, tmp_path_factory: pytest.TempPat
 def writable_model_dir(encoder_only_model_dir: Path, tmp_path: Path) -> Path:
     """This test's own copy of ``encoder_only_model_dir``, for commands that add heads."""
     return copy_model_dir(encoder_only_model_dir, tmp_path / "model")
+
+
+@pytest.fixture(scope="session")
+def load_bench() -> Callable[[str], ModuleType]:
+    """Import a ``bench/`` script by name (``load_bench("real_eval")``), once per session.
+
+    The scripts are not a package; the repository root goes on ``sys.path`` first because they
+    import ``embedder``, ``heads`` and each other from there.
+    """
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    loaded: dict[str, ModuleType] = {}
+
+    def load(name: str) -> ModuleType:
+        if name not in loaded:
+            path = root / "bench" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+            assert spec is not None and spec.loader is not None, path
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    return load

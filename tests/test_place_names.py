@@ -4,29 +4,15 @@ uses them (bench/real_sources.py); all rows here are made up."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench(name: str):
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def places():
-    return _bench("place_names")
+def places(load_bench):
+    return load_bench("place_names")
 
 
 @pytest.mark.parametrize(
@@ -68,8 +54,8 @@ def _person(username: str, bio: str, location: str) -> list[str]:
             "10", "2", "3", "4", location, ""]  # fmt: skip
 
 
-def test_bios_keeps_unreserved_profiles_labelled_by_their_typed_location(tmp_path):
-    sources = _bench("real_sources")
+def test_bios_keeps_unreserved_profiles_labelled_by_their_typed_location(load_bench, tmp_path):
+    sources = load_bench("real_sources")
     names = [f"user{i}" for i in range(60)]
     kept = [n for n in names if sources.bios_kept(n)]
     assert 25 < len(kept) < 55  # about 7 in 10
@@ -89,8 +75,8 @@ def test_bios_keeps_unreserved_profiles_labelled_by_their_typed_location(tmp_pat
     assert "Lyon" not in json.dumps(out) and "captions" not in first
 
 
-def test_bios_drops_profiles_whose_location_names_no_one_country(tmp_path):
-    sources = _bench("real_sources")
+def test_bios_drops_profiles_whose_location_names_no_one_country(load_bench, tmp_path):
+    sources = load_bench("real_sources")
     kept = [n for n in (f"u{i}" for i in range(40)) if sources.bios_kept(n)][:3]
     src = tmp_path / "people.csv"
     _write_people(src, [_person(kept[0], "hi", "Earth"), _person(kept[1], "hola", "Madrid"),
@@ -100,8 +86,8 @@ def test_bios_drops_profiles_whose_location_names_no_one_country(tmp_path):
     assert [(r["username"], r["country"]) for r in out] == [(kept[1], "ES")]
 
 
-def test_bios_refuses_a_file_of_another_layout_naming_the_line(tmp_path):
-    sources = _bench("real_sources")
+def test_bios_refuses_a_file_of_another_layout_naming_the_line(load_bench, tmp_path):
+    sources = load_bench("real_sources")
     src = tmp_path / "people.csv"
     kept = next(n for n in (f"v{i}" for i in range(40)) if sources.bios_kept(n))
     _write_people(src, [_person(kept, "ok", "Paris"), ["username", "bio", "location"]])

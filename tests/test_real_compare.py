@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def real_compare():
-    spec = importlib.util.spec_from_file_location(
-        "bench_real_compare", ROOT / "bench" / "real_compare.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def real_compare(load_bench):
+    return load_bench("real_compare")
 
 
 def _run(path: Path, sets: dict) -> Path:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "real"
 
 
-def _bench(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def real_eval():
-    return _bench("real_eval")
+def real_eval(load_bench):
+    return load_bench("real_eval")
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +131,8 @@ def test_real_eval_writes_report_and_docs(real_eval, geo_model, tmp_path):
     assert docs.read_text().count("<!-- real-eval:begin -->") == 1
 
 
-def test_real_sources_keeps_only_unreserved_multilang_rows(tmp_path):
-    sources = _bench("real_sources")
+def test_real_sources_keeps_only_unreserved_multilang_rows(load_bench, tmp_path):
+    sources = load_bench("real_sources")
     ids = [str(10**17 + i) for i in range(200)]
     lines = ["\tTweet ID\tCountry\tDate\tTweet"]
     lines += [f"{i}\t{tid}\tFR\t2013\tBonjour {i}" for i, tid in enumerate(ids)]
@@ -157,8 +147,8 @@ def test_real_sources_keeps_only_unreserved_multilang_rows(tmp_path):
         list(sources.tass(tmp_path / "dev"))
 
 
-def test_learning_curve_compares_heads_and_anchors(geo_model, tmp_path):
-    curve = _bench("learning_curve")
+def test_learning_curve_compares_heads_and_anchors(load_bench, geo_model, tmp_path):
+    curve = load_bench("learning_curve")
     docs = tmp_path / "REAL_DATA.md"
     argv = ["--model", str(geo_model), "--data", str(FIXTURE), "--docs", str(docs)]
     argv += [
@@ -199,8 +189,8 @@ def test_learning_curve_compares_heads_and_anchors(geo_model, tmp_path):
     assert "<!-- learning-curve:begin -->" in text and "**posts** (sentiment" in text
 
 
-def test_prior_sweep_reweights_by_the_target_prior(geo_model, capsys):
-    sweep = _bench("prior_sweep")
+def test_prior_sweep_reweights_by_the_target_prior(load_bench, geo_model, capsys):
+    sweep = load_bench("prior_sweep")
     labels = list(GEO_LABELS)
     pop = sweep.label_populations(labels)
     assert pop.sum() == pytest.approx(1.0)
@@ -224,7 +214,7 @@ def test_prior_sweep_reweights_by_the_target_prior(geo_model, capsys):
     }
     assert set(rows) >= {"target prior", "shipped (training prior)", "flat-1.0", "pop-1.0"}
     # the shipped row is the head's own argmax accuracy on each set
-    real_eval = _bench("real_eval")
+    real_eval = load_bench("real_eval")
     model = ProfileModel.load(geo_model, heads=["geolocation"])
     head = model.head("geolocation")
     cells = rows["shipped (training prior)"].strip(" |").split(" | ")[1:]
@@ -233,15 +223,15 @@ def test_prior_sweep_reweights_by_the_target_prior(geo_model, capsys):
         assert cell.split(" / ")[0] == f"{(probs.argmax(1) == rs.y).mean():.3f}"
 
 
-def test_audience_after_calibrate_scores_every_population(geo_model, capsys):
-    bench = _bench("audience_after_calibrate")
+def test_audience_after_calibrate_scores_every_population(load_bench, geo_model, capsys):
+    bench = load_bench("audience_after_calibrate")
     # the simplex solve: an identity confusion returns the target; a label left out gets 0
     target = np.array([0.5, 0.3, 0.2])
     np.testing.assert_allclose(bench._simplex_nnls(np.eye(3), target, np.ones(3, bool)), target)
     out = bench._simplex_nnls(np.eye(3), target, np.array([True, True, False]))
     assert out[2] == 0 and out.sum() == pytest.approx(1.0)
 
-    sets = _bench("real_eval").load_sets(FIXTURE)
+    sets = load_bench("real_eval").load_sets(FIXTURE)
     project = {"average", "acc", "em", "guarded", "ensemble"}
     for head, names in (
         ("calibrated", project | {"acc>=1", "pacc>=1", "em>=1", "raw-em"}),
@@ -276,8 +266,10 @@ def test_mean_tv_differences_are_paired_over_populations(real_eval):
     assert out["c"].startswith(f"{mean_gap:+.2f} (")
 
 
-def test_language_rule_scores_a_run_from_its_per_row_fields(real_eval, tmp_path, capsys):
-    rule = _bench("language_rule")
+def test_language_rule_scores_a_run_from_its_per_row_fields(
+    load_bench, real_eval, tmp_path, capsys
+):
+    rule = load_bench("language_rule")
     sets = real_eval.load_sets(FIXTURE)
     runs = {}
     for rs in sets:
@@ -301,8 +293,8 @@ def test_language_rule_scores_a_run_from_its_per_row_fields(real_eval, tmp_path,
     assert "no per-row fields for these rows" in capsys.readouterr().out
 
 
-def test_abstention_rules_scores_stricter_targets(geo_model, tmp_path, capsys):
-    rules = _bench("abstention_rules")
+def test_abstention_rules_scores_stricter_targets(load_bench, geo_model, tmp_path, capsys):
+    rules = load_bench("abstention_rules")
     sim = tmp_path / "sim"
     sim.mkdir()
     rows = "".join(p.read_text() for p in sorted(FIXTURE.glob("*.jsonl")))
@@ -322,8 +314,8 @@ def test_abstention_rules_scores_stricter_targets(geo_model, tmp_path, capsys):
     assert "each target must be in (0, 1)" in capsys.readouterr().err
 
 
-def test_learning_curve_scores_a_label_outside_the_set_as_wrong():
-    lc = _bench("learning_curve")
+def test_learning_curve_scores_a_label_outside_the_set_as_wrong(load_bench):
+    lc = load_bench("learning_curve")
     y = np.array([0, 1, 2, 0, 1, 2] * 20)
     right = y.copy()
     outside = y.copy()
