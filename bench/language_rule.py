@@ -46,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         floors = [float(f) for f in args.floors.split(",") if f.strip()]
     except ValueError:
-        print(f"error: --floors: expected numbers separated by commas, got {args.floors!r}")
+        print(
+            f"error: --floors: expected numbers separated by commas, got {args.floors!r}",
+            file=sys.stderr,
+        )
         return 2
     try:
         runs = json.loads(args.metrics.read_text())["sets"]
     except (OSError, ValueError, KeyError) as err:
-        print(f"error: {args.metrics}: not a real_eval metrics.json ({err})")
+        print(f"error: {args.metrics}: not a real_eval metrics.json ({err})", file=sys.stderr)
         return 2
     langid = LanguageIdBaseline()
     header = ["set", "n", "shipped"] + [f"+language {f:g}" for f in floors]
@@ -59,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     for rs in load_sets(args.data, max_rows=args.max_rows):
         run = runs.get(rs.name)
         if run is None or "pred" not in run or not np.array_equal(run["y"], rs.y):
-            print(f"error: {args.metrics}: set {rs.name}: no per-row fields for these rows")
+            print(
+                f"error: {args.metrics}: set {rs.name}: no per-row fields for these rows",
+                file=sys.stderr,
+            )
             return 2
         pred = np.asarray(run["pred"])
         assigned = np.asarray(run["assigned"]).astype(bool)

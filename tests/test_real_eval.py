@@ -290,7 +290,7 @@ def test_language_rule_scores_a_run_from_its_per_row_fields(
     runs[sets[0].name]["y"] = runs[sets[0].name]["y"][1:]
     metrics.write_text(json.dumps({"sets": runs}))
     assert rule.main([str(metrics), "--data", str(FIXTURE)]) == 2
-    assert "no per-row fields for these rows" in capsys.readouterr().out
+    assert "no per-row fields for these rows" in capsys.readouterr().err
 
 
 def test_abstention_rules_scores_stricter_targets(load_bench, geo_model, tmp_path, capsys):
