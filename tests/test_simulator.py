@@ -228,6 +228,33 @@ def test_real_names_come_from_the_profiles_country():
     assert mentions > 50 and mention_hits / mentions > 0.8
 
 
+def test_foreign_names_say_nothing_about_the_label():
+    from embedder.simulator.names import BORROWED, name_table
+
+    table = name_table()
+
+    def own_country_share(cfg: SimulatorConfig) -> float:
+        own = named = 0
+        for row in simulate_profiles(400, seed=5, config=cfg):
+            p = row.profile
+            names = table.get(p.extra["country_iso"]) or table.get(
+                BORROWED.get(p.extra["country_iso"], "")
+            )
+            if names is None or not p.full_name:
+                continue
+            named += 1
+            own += any(p.full_name.lower().startswith(n.lower()) for n in names.first)
+        assert named > 150
+        return own / named
+
+    assert own_country_share(SimulatorConfig(real_name_share=1.0)) == 1.0
+    # Drawn from the prior, a name is the profile's own country's only as often as that
+    # country's share of the prior (plus first names several countries share).
+    assert own_country_share(SimulatorConfig(real_name_share=1.0, foreign_name_share=1.0)) < 0.5
+    with pytest.raises(InvalidInputError, match=r"foreign_name_share must be in \[0, 1\]"):
+        SimulatorConfig(foreign_name_share=2.0)
+
+
 def test_names_without_their_package_are_a_clear_error(monkeypatch):
     from importlib import metadata
 
@@ -253,6 +280,9 @@ def test_simulate_cli_names_flags(tmp_path: Path, capsys):
     out = tmp_path / "named"
     argv = ["simulate", "--n", "40", "--test-n", "0", "--no-progress", "-o", str(out)]
     assert cli_main([*argv, "--real-name-share", "1", "--name-mention-share", "1"]) == 0
+    assert (
+        cli_main([*argv, "--overwrite", "--real-name-share", "1", "--foreign-name-share", "1"]) == 0
+    )
     rows = read_profiles(out / "train.jsonl").rows
     assert sum(bool(r.profile.full_name) for r in rows) > 10
     assert cli_main([*argv, "--overwrite", "--real-name-share", "1.5"]) == 2

@@ -55,6 +55,9 @@ class SimulatorConfig:
         real_name_share: P(a profile's display name and username come from real names of its
             country, ``embedder.simulator.names``) rather than random words.
         name_mention_share: P(an @mention is a friend's real name from the profile's country).
+        foreign_name_share: P(a real display name and username are drawn from the names of a
+            country drawn from the prior instead of the profile's own (migrants, diasporas, names
+            shared across borders): at 1 a name says nothing about the label).
     """
 
     prior_percent: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PRIOR_PERCENT))
@@ -75,6 +78,7 @@ class SimulatorConfig:
     city_population_exponent: float = 0.9
     real_name_share: float = 0.0
     name_mention_share: float = 0.0
+    foreign_name_share: float = 0.0
 
     def __post_init__(self) -> None:
         rates = {
@@ -88,6 +92,7 @@ class SimulatorConfig:
             "decoy_rate": self.decoy_rate,
             "real_name_share": self.real_name_share,
             "name_mention_share": self.name_mention_share,
+            "foreign_name_share": self.foreign_name_share,
             **{f"english_rate[{k}]": v for k, v in self.english_rate.items()},
             **{f"cue_rates[{k}]": v for k, v in self.cue_rates.items()},
         }

@@ -121,6 +121,9 @@ class Simulator:
             names = names_for(d.country.iso, rng)
         # the names this profile is itself named from (None: random words, as before)
         own = names if names is not None and rng.random() < cfg.real_name_share else None
+        if own is not None and cfg.foreign_name_share > 0:  # else no draw: old corpora unchanged
+            if rng.random() < cfg.foreign_name_share:
+                own = names_for(pick_cum(rng, self.prior.isos, self.prior.cum), rng)
         if own is not None:
             seeds = handle_words(rng, own) or seeds
         handle = make_handle(rng, seeds)

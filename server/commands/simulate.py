@@ -57,6 +57,13 @@ def register(subparsers: Any) -> None:
         help="share of @mentions that are a friend's real name from the profile's country "
         "(default 0)",
     )
+    p.add_argument(
+        "--foreign-name-share",
+        type=float,
+        default=None,
+        help="share of real names drawn from a country drawn from the prior instead of the "
+        "profile's own (default 0; 1: names say nothing about the label)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier corpus in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -68,7 +75,13 @@ def run(args: argparse.Namespace) -> int:
 
     from embedder.simulator import SimulatorConfig, write_corpus
 
-    settings = ("cue_free_share", "label_noise", "real_name_share", "name_mention_share")
+    settings = (
+        "cue_free_share",
+        "label_noise",
+        "real_name_share",
+        "name_mention_share",
+        "foreign_name_share",
+    )
     overrides = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
     config = SimulatorConfig(**overrides)
     total = args.n + args.test_n
