@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from embedder.data import read_profiles
@@ -253,6 +254,27 @@ def test_foreign_names_say_nothing_about_the_label():
     assert own_country_share(SimulatorConfig(real_name_share=1.0, foreign_name_share=1.0)) < 0.5
     with pytest.raises(InvalidInputError, match=r"foreign_name_share must be in \[0, 1\]"):
         SimulatorConfig(foreign_name_share=2.0)
+
+
+def test_same_language_names_come_from_that_languages_writers():
+    from embedder.simulator.core import Simulator
+
+    sim = Simulator(SimulatorConfig())
+    assert sim.writers_of("ja") == (("JP",), (1.0,))
+    isos, cum = sim.writers_of("pt")
+    shares = dict(zip(isos, np.diff((0.0, *cum)), strict=True))
+    assert max(shares, key=shares.__getitem__) == "BR" and "PT" in shares and "JP" not in shares
+    isos, _ = sim.writers_of("en")
+    assert {"US", "GB", "IN", "PH", "NG"} <= set(isos)
+    # every profile is named from a country whose profiles write its language
+    cfg = SimulatorConfig(real_name_share=1.0, same_language_name_share=1.0)
+    from embedder.simulator.names import name_table
+
+    table = name_table()
+    for row in simulate_profiles(200, seed=4, config=cfg):
+        p = row.profile
+        if p.extra["language"] == "ja" and p.full_name:
+            assert any(p.full_name.lower().startswith(n.lower()) for n in table["JP"].first)
 
 
 def test_names_without_their_package_are_a_clear_error(monkeypatch):

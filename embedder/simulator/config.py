@@ -58,6 +58,10 @@ class SimulatorConfig:
         foreign_name_share: P(a real display name and username are drawn from the names of a
             country drawn from the prior instead of the profile's own (migrants, diasporas, names
             shared across borders): at 1 a name says nothing about the label).
+        same_language_name_share: P(a real display name and username are drawn from the names
+            of the country of a random profile written in the same main language (a Portuguese
+            profile's name is Brazilian or Portuguese, an English one's American, Indian,
+            British, ...): a name then tells the language area, not the country).
     """
 
     prior_percent: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_PRIOR_PERCENT))
@@ -79,6 +83,7 @@ class SimulatorConfig:
     real_name_share: float = 0.0
     name_mention_share: float = 0.0
     foreign_name_share: float = 0.0
+    same_language_name_share: float = 0.0
 
     def __post_init__(self) -> None:
         rates = {
@@ -93,6 +98,7 @@ class SimulatorConfig:
             "real_name_share": self.real_name_share,
             "name_mention_share": self.name_mention_share,
             "foreign_name_share": self.foreign_name_share,
+            "same_language_name_share": self.same_language_name_share,
             **{f"english_rate[{k}]": v for k, v in self.english_rate.items()},
             **{f"cue_rates[{k}]": v for k, v in self.cue_rates.items()},
         }

@@ -77,6 +77,42 @@ class Simulator:
             return float(self.config.english_rate[iso])
         return min(0.5, self.config.english_rate_default + english_percent(iso) / 200.0)
 
+    def language_share(self, iso: str, lang: str) -> float:
+        """P(a profile of ``iso`` writes mainly in ``lang``), as ``_draft`` draws it."""
+        english = self.english_rate(iso)
+        if lang == "en" and english >= 1.0:
+            return 1.0
+        langs = country_languages(iso)
+        total = sum(w for _, w in langs) or 1.0
+        other = (1.0 - english) * sum(w for lg, w in langs if lg == lang) / total
+        return (english if lang == "en" else 0.0) + other
+
+    def writers_of(self, lang: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """Countries weighted by how many simulated profiles write mainly in ``lang``: the
+        country of a random profile in that language (ISO codes and cumulative weights)."""
+        table = self._writers.get(lang)
+        if table is None:
+            prev, weights = 0.0, []
+            for iso, c in zip(self.prior.isos, self.prior.cum, strict=True):
+                weights.append((c - prev) * self.language_share(iso, lang))
+                prev = c
+            total = sum(weights)
+            if total <= 0:  # a language no country's profiles write: the profile's own names
+                table = ((), ())
+            else:
+                pairs = [(i, w) for i, w in zip(self.prior.isos, weights, strict=True) if w > 0]
+                acc, cum = 0.0, []
+                for _, w in pairs:
+                    acc += w / total
+                    cum.append(acc)
+                table = (tuple(i for i, _ in pairs), tuple(cum))
+            self._writers[lang] = table
+        return table
+
+    @cached_property
+    def _writers(self) -> dict[str, tuple[tuple[str, ...], tuple[float, ...]]]:
+        return {}
+
     def _draft(self, rng: random.Random, iso: str | None = None) -> _Draft:
         gaz = self._tables[0]
         iso = iso or pick_cum(rng, self.prior.isos, self.prior.cum)
@@ -124,6 +160,10 @@ class Simulator:
         if own is not None and cfg.foreign_name_share > 0:  # else no draw: old corpora unchanged
             if rng.random() < cfg.foreign_name_share:
                 own = names_for(pick_cum(rng, self.prior.isos, self.prior.cum), rng)
+        if own is not None and cfg.same_language_name_share > 0:
+            isos, cum = self.writers_of(d.lang)
+            if isos and rng.random() < cfg.same_language_name_share:
+                own = names_for(pick_cum(rng, isos, cum), rng)
         if own is not None:
             seeds = handle_words(rng, own) or seeds
         handle = make_handle(rng, seeds)
