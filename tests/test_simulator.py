@@ -302,9 +302,8 @@ def test_simulate_cli_names_flags(tmp_path: Path, capsys):
     out = tmp_path / "named"
     argv = ["simulate", "--n", "40", "--test-n", "0", "--no-progress", "-o", str(out)]
     assert cli_main([*argv, "--real-name-share", "1", "--name-mention-share", "1"]) == 0
-    assert (
-        cli_main([*argv, "--overwrite", "--real-name-share", "1", "--foreign-name-share", "1"]) == 0
-    )
+    for flag in ("--foreign-name-share", "--same-language-name-share"):
+        assert cli_main([*argv, "--overwrite", "--real-name-share", "1", flag, "0.5"]) == 0
     rows = read_profiles(out / "train.jsonl").rows
     assert sum(bool(r.profile.full_name) for r in rows) > 10
     assert cli_main([*argv, "--overwrite", "--real-name-share", "1.5"]) == 2

@@ -64,6 +64,13 @@ def register(subparsers: Any) -> None:
         help="share of real names drawn from a country drawn from the prior instead of the "
         "profile's own (default 0; 1: names say nothing about the label)",
     )
+    p.add_argument(
+        "--same-language-name-share",
+        type=float,
+        default=None,
+        help="share of real names drawn from the country of a random profile in the same main "
+        "language (default 0)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier corpus in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -81,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         "real_name_share",
         "name_mention_share",
         "foreign_name_share",
+        "same_language_name_share",
     )
     overrides = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
     config = SimulatorConfig(**overrides)
