@@ -271,10 +271,16 @@ def test_same_language_names_come_from_that_languages_writers():
     from embedder.simulator.names import name_table
 
     table = name_table()
-    for row in simulate_profiles(200, seed=4, config=cfg):
-        p = row.profile
-        if p.extra["language"] == "ja" and p.full_name:
-            assert any(p.full_name.lower().startswith(n.lower()) for n in table["JP"].first)
+    japanese = [
+        row.profile
+        for row in simulate_profiles(600, seed=4, config=cfg)
+        if row.profile.extra["language"] == "ja" and row.profile.full_name
+    ]
+    assert japanese
+    for p in japanese:
+        assert any(p.full_name.lower().startswith(n.lower()) for n in table["JP"].first), p
+    with pytest.raises(InvalidInputError, match="at most one of foreign_name_share"):
+        SimulatorConfig(foreign_name_share=0.5, same_language_name_share=0.5)
 
 
 def test_names_without_their_package_are_a_clear_error(monkeypatch):

@@ -105,6 +105,12 @@ class SimulatorConfig:
         for name, value in rates.items():
             if not 0.0 <= float(value) <= 1.0:
                 raise InvalidInputError(f"SimulatorConfig.{name} must be in [0, 1], got {value!r}")
+        if self.foreign_name_share > 0 and self.same_language_name_share > 0:
+            raise InvalidInputError(
+                "SimulatorConfig: set at most one of foreign_name_share and "
+                f"same_language_name_share (where a real name comes from), got "
+                f"{self.foreign_name_share!r} and {self.same_language_name_share!r}"
+            )
         unknown = sorted(set(self.cue_rates) - set(DEFAULT_CUE_RATES))
         if unknown:
             raise InvalidInputError(

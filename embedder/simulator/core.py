@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
+from itertools import accumulate
 from typing import Any
 
 from embedder.data import LabelledProfile
@@ -80,8 +81,6 @@ class Simulator:
     def language_share(self, iso: str, lang: str) -> float:
         """P(a profile of ``iso`` writes mainly in ``lang``), as ``_draft`` draws it."""
         english = self.english_rate(iso)
-        if lang == "en" and english >= 1.0:
-            return 1.0
         langs = country_languages(iso)
         total = sum(w for _, w in langs) or 1.0
         other = (1.0 - english) * sum(w for lg, w in langs if lg == lang) / total
@@ -89,25 +88,21 @@ class Simulator:
 
     def writers_of(self, lang: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
         """Countries weighted by how many simulated profiles write mainly in ``lang``: the
-        country of a random profile in that language (ISO codes and cumulative weights)."""
-        table = self._writers.get(lang)
-        if table is None:
-            prev, weights = 0.0, []
-            for iso, c in zip(self.prior.isos, self.prior.cum, strict=True):
-                weights.append((c - prev) * self.language_share(iso, lang))
-                prev = c
-            total = sum(weights)
-            if total <= 0:  # a language no country's profiles write: the profile's own names
-                table = ((), ())
-            else:
-                pairs = [(i, w) for i, w in zip(self.prior.isos, weights, strict=True) if w > 0]
-                acc, cum = 0.0, []
-                for _, w in pairs:
-                    acc += w / total
-                    cum.append(acc)
-                table = (tuple(i for i, _ in pairs), tuple(cum))
-            self._writers[lang] = table
-        return table
+        country of a random profile in that language (ISO codes and cumulative weights; both
+        empty for a language no profile writes)."""
+        if lang not in self._writers:
+            shares = (c - p for p, c in zip((0.0, *self.prior.cum), self.prior.cum, strict=False))
+            weights = {
+                iso: s * self.language_share(iso, lang)
+                for iso, s in zip(self.prior.isos, shares, strict=True)
+            }
+            weights = {iso: w for iso, w in weights.items() if w > 0}
+            total = sum(weights.values())
+            self._writers[lang] = (
+                tuple(weights),
+                tuple(accumulate(w / total for w in weights.values())),
+            )
+        return self._writers[lang]
 
     @cached_property
     def _writers(self) -> dict[str, tuple[tuple[str, ...], tuple[float, ...]]]:
