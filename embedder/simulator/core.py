@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cached_property
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import Any
 
 from embedder.data import LabelledProfile
@@ -91,7 +91,7 @@ class Simulator:
         country of a random profile in that language (ISO codes and cumulative weights; both
         empty for a language no profile writes)."""
         if lang not in self._writers:
-            shares = (c - p for p, c in zip((0.0, *self.prior.cum), self.prior.cum, strict=False))
+            shares = (c - p for p, c in pairwise((0.0, *self.prior.cum)))
             weights = {
                 iso: s * self.language_share(iso, lang)
                 for iso, s in zip(self.prior.isos, shares, strict=True)
