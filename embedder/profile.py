@@ -207,6 +207,12 @@ class AssemblyConfig:
             profile's own username, in the header, is kept). A mentioned friend's handle is
             mostly letters and digits the encoder reads as a foreign name; off in models saved
             before the setting existed.
+        ignore_names: leave the display name and username out: the encoder reads the bio and
+            the captions only. A model fine-tuned on simulated profiles, whose names are random
+            words of the profile's language, reads a real name as a word of a language ("Maria"
+            as Portuguese); on real profile headers that cost 4 to 6 points of accuracy
+            (docs/TRAINING_EXPERIMENTS.md, "Twenty-fourth session"). Off in models saved before
+            the setting existed.
     """
 
     max_tokens: int = 192
@@ -216,6 +222,7 @@ class AssemblyConfig:
     caption_marker: str = "post:"
     link_hosts_only: bool = False
     mask_mentions: bool = False
+    ignore_names: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
@@ -226,9 +233,9 @@ class AssemblyConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready settings. ``link_hosts_only`` and ``mask_mentions`` appear only
-        when on, so the settings, and with them the ``embedding_version``, of models saved before
-        they existed are unchanged."""
+        """Return the JSON-ready settings. ``link_hosts_only``, ``mask_mentions`` and
+        ``ignore_names`` appear only when on, so the settings, and with them the
+        ``embedding_version``, of models saved before they existed are unchanged."""
         out: dict[str, Any] = {
             "max_tokens": self.max_tokens,
             "bio_tokens": self.bio_tokens,
@@ -240,6 +247,8 @@ class AssemblyConfig:
             out["link_hosts_only"] = True
         if self.mask_mentions:
             out["mask_mentions"] = True
+        if self.ignore_names:
+            out["ignore_names"] = True
         return out
 
     @classmethod
@@ -315,7 +324,7 @@ def assemble_texts(
     clean = config.link_hosts_only or config.mask_mentions
     fields: list[list[str]] = []
     for p in profiles:
-        head = _header(p)
+        head = "" if config.ignore_names else _header(p)
         bio, captions = p.biography[:char_cap], [c[:char_cap] for c in p.captions]
         if clean:  # the text only: the header's @username is the profile's own
             bio, captions = _clean(bio, config), [_clean(c, config) for c in captions]

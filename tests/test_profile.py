@@ -143,6 +143,28 @@ def test_mask_mentions_writes_handles_as_user_and_keeps_the_own_username(tokeniz
     assert "mask_mentions" not in AssemblyConfig().to_dict()
 
 
+def test_ignore_names_reads_the_bio_and_captions_only(tokenizer):
+    profile = Profile(
+        id="n",
+        username="maria.silva",
+        full_name="Maria Silva",
+        biography="eu tenho medo",
+        captions=("bom dia",),
+    )
+    (whole,) = assemble_texts([profile], tokenizer, AssemblyConfig())
+    (bare,) = assemble_texts([profile], tokenizer, AssemblyConfig(ignore_names=True))
+    assert whole == "passage: bio: Maria Silva @maria.silva\neu tenho medo\npost: bom dia"
+    assert bare == "passage: bio: eu tenho medo\npost: bom dia"
+    # A profile with a name and nothing else reads as an empty one.
+    (empty,) = assemble_texts(
+        [Profile(id="e", full_name="Maria")], tokenizer, AssemblyConfig(ignore_names=True)
+    )
+    assert empty == "passage: "
+    on = AssemblyConfig(ignore_names=True)
+    assert on.to_dict()["ignore_names"] is True and "ignore_names" not in AssemblyConfig().to_dict()
+    assert AssemblyConfig.from_dict(on.to_dict()) == on
+
+
 class _WrapperOnly:
     """The Hugging Face tokenizer without its Rust tokenizer: the wrapper path of the helpers."""
 

@@ -462,12 +462,19 @@ def test_probe_first_is_recorded_and_refuses_a_hidden_layer(tiny_base_dir, tmp_p
     assert set(info["probe"]["heads"]) == {"geolocation", "category"}
 
 
-def test_mentions_masked_after_fine_tuning_keep_the_weights_and_change_what_is_read(
-    tiny_base_dir, tmp_path
+@pytest.mark.parametrize(
+    ("setting", "read_before", "read_after"),
+    [
+        ("mask_mentions_after_fine_tuning", "@friend", "@user"),
+        ("ignore_names_after_fine_tuning", "Zelda", None),
+    ],
+)
+def test_text_read_differently_after_fine_tuning_keeps_the_weights(
+    tiny_base_dir, tmp_path, setting, read_before, read_after
 ):
-    """``mask_mentions_after_fine_tuning``: fine-tuning reads the handles as written, so the
-    weights are those of a run without the setting; the saved encoder, calibration and the
-    test split read ``@user``."""
+    """``mask_mentions_after_fine_tuning`` / ``ignore_names_after_fine_tuning``: fine-tuning
+    reads the handles and names as written, so the weights are those of a run without the
+    setting; the saved encoder, calibration and the test split read ``@user`` / no name."""
     import json
     from dataclasses import replace
 
@@ -478,6 +485,8 @@ def test_mentions_masked_after_fine_tuning_keep_the_weights_and_change_what_is_r
         Row(
             replace(
                 r.profile,
+                full_name=f"Zelda Quux{i}",
+                username=f"zq{i}",
                 captions=tuple(f"@friend_{i}_{j} {c}" for j, c in enumerate(r.profile.captions)),
             ),
             r.labels,
@@ -487,27 +496,26 @@ def test_mentions_masked_after_fine_tuning_keep_the_weights_and_change_what_is_r
     train = _write_split(tmp_path / "train.jsonl", rows[:32])
     val = _write_split(tmp_path / "val.jsonl", rows[32:])
     plain = train_model(train, val, tmp_path / "plain", _tiny_config(tiny_base_dir))
-    masked = train_model(
-        train,
-        val,
-        tmp_path / "masked",
-        _tiny_config(tiny_base_dir, mask_mentions_after_fine_tuning=True),
+    changed = train_model(
+        train, val, tmp_path / "changed", _tiny_config(tiny_base_dir, **{setting: True})
     )
     a = ProfileEncoder.load(tmp_path / "plain" / "encoder")
-    b = ProfileEncoder.load(tmp_path / "masked" / "encoder")
+    b = ProfileEncoder.load(tmp_path / "changed" / "encoder")
     wa, wb = a.st_model.state_dict(), b.st_model.state_dict()
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert not a.assembly.mask_mentions and b.assembly.mask_mentions
-    assert masked.embedding_version == b.embedding_version != plain.embedding_version
+    assembly_field = setting.removesuffix("_after_fine_tuning")
+    assert not getattr(a.assembly, assembly_field) and getattr(b.assembly, assembly_field)
+    assert changed.embedding_version == b.embedding_version != plain.embedding_version
     (text,) = b.assemble([rows[0].profile])
-    assert "@user" in text and "@friend" not in text
-    assert "@friend" in a.assemble([rows[0].profile])[0]
+    assert read_before not in text and read_before in a.assemble([rows[0].profile])[0]
+    if read_after is not None:
+        assert read_after in text
     info = {
         name: json.loads((tmp_path / name / "training.json").read_text())
-        for name in ("plain", "masked")
+        for name in ("plain", "changed")
     }
-    assert info["masked"]["config"]["mask_mentions_after_fine_tuning"] is True
+    assert info["changed"]["config"][setting] is True
     # Calibrated on the validation rows as the saved encoder reads them, not on the last
-    # validation pass of fine-tuning (which read the handles).
-    temps = [info[n]["calibration"]["geolocation"]["temperature"] for n in ("plain", "masked")]
+    # validation pass of fine-tuning (which read them as written).
+    temps = [info[n]["calibration"]["geolocation"]["temperature"] for n in ("plain", "changed")]
     assert temps[0] != pytest.approx(temps[1], rel=1e-6)

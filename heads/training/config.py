@@ -92,6 +92,13 @@ class TrainConfig:
             ``@user``. The simulator's handles are random words, so fine-tuning learns nothing
             from them either way and the weights are those of a run without the setting; real
             handles are friends' names that the heads read as foreign words.
+        ignore_names: leave display names and usernames out of what the encoder reads
+            (``embedder.profile.AssemblyConfig.ignore_names``).
+        ignore_names_after_fine_tuning: fine-tune reading the names, then save the encoder
+            ignoring them: the heads the build re-fits, calibration and serving read the bio and
+            captions only. The simulator's names are random words of the profile's language, so
+            what fine-tuning learns from them is the language, which the rest of the text
+            carries too; what the encoder reads into a real name is no evidence of its country.
         max_train: use at most this many training rows (a seeded sample).
         place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
             training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
@@ -120,6 +127,8 @@ class TrainConfig:
     link_hosts_only: bool = False
     mask_mentions: bool = False
     mask_mentions_after_fine_tuning: bool = False
+    ignore_names: bool = False
+    ignore_names_after_fine_tuning: bool = False
     max_train: int | None = None
     place_snippets: int = 0
     snippets_first: bool = False
@@ -150,6 +159,7 @@ class TrainConfig:
             bio_tokens=min(bio, self.max_tokens),
             link_hosts_only=self.link_hosts_only,
             mask_mentions=self.mask_mentions,
+            ignore_names=self.ignore_names,
         )
 
     def saved_assembly(self) -> AssemblyConfig:
@@ -157,6 +167,7 @@ class TrainConfig:
         return replace(
             self.assembly(),
             mask_mentions=self.mask_mentions or self.mask_mentions_after_fine_tuning,
+            ignore_names=self.ignore_names or self.ignore_names_after_fine_tuning,
         )
 
     def to_dict(self) -> dict[str, Any]:
