@@ -210,9 +210,9 @@ class AssemblyConfig:
         ignore_names: leave the display name and username out: the encoder reads the bio and
             the captions only. A model fine-tuned on simulated profiles, whose names are random
             words of the profile's language, reads a real name as a word of a language ("Maria"
-            as Portuguese); on real profile headers that cost 4 to 6 points of accuracy
-            (docs/TRAINING_EXPERIMENTS.md, "Twenty-fourth session"). Off in models saved before
-            the setting existed.
+            as Portuguese); on real profile headers that cost about 5 points of accuracy (4.9 to
+            5.2 on three builds, docs/TRAINING_EXPERIMENTS.md, "Twenty-fourth session"). Off in
+            models saved before the setting existed.
     """
 
     max_tokens: int = 192

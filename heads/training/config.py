@@ -98,7 +98,7 @@ class TrainConfig:
             ignoring them: the heads the build re-fits, calibration and serving read the bio and
             captions only. The simulator's names are random words of the profile's language, so
             what fine-tuning learns from them is the language, which the rest of the text
-            carries too; what the encoder reads into a real name is no evidence of its country.
+            carries too; what the encoder reads into a real name is untrained.
         max_train: use at most this many training rows (a seeded sample).
         place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
             training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
