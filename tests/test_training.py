@@ -462,25 +462,15 @@ def test_probe_first_is_recorded_and_refuses_a_hidden_layer(tiny_base_dir, tmp_p
     assert set(info["probe"]["heads"]) == {"geolocation", "category"}
 
 
-@pytest.mark.parametrize(
-    ("setting", "read_before", "read_after"),
-    [
-        ("mask_mentions_after_fine_tuning", "@friend", "@user"),
-        ("ignore_names_after_fine_tuning", "Zelda", None),
-    ],
-)
-def test_text_read_differently_after_fine_tuning_keeps_the_weights(
-    tiny_base_dir, tmp_path, setting, read_before, read_after
-):
-    """``mask_mentions_after_fine_tuning`` / ``ignore_names_after_fine_tuning``: fine-tuning
-    reads the handles and names as written, so the weights are those of a run without the
-    setting; the saved encoder, calibration and the test split read ``@user`` / no name."""
-    import json
+@pytest.fixture(scope="module")
+def named_run(tiny_base_dir, tmp_path_factory):
+    """Profiles with names and @mentions, their splits, and a plain run on them: trained once
+    for every after-fine-tuning setting compared with it."""
     from dataclasses import replace
 
-    from embedder.encoder import ProfileEncoder
     from heads.training.run import train_model
 
+    root = tmp_path_factory.mktemp("named")
     rows = [
         Row(
             replace(
@@ -493,13 +483,35 @@ def test_text_read_differently_after_fine_tuning_keeps_the_weights(
         )
         for i, r in enumerate(make_rows(48, 1))
     ]
-    train = _write_split(tmp_path / "train.jsonl", rows[:32])
-    val = _write_split(tmp_path / "val.jsonl", rows[32:])
-    plain = train_model(train, val, tmp_path / "plain", _tiny_config(tiny_base_dir))
+    train = _write_split(root / "train.jsonl", rows[:32])
+    val = _write_split(root / "val.jsonl", rows[32:])
+    plain = train_model(train, val, root / "plain", _tiny_config(tiny_base_dir))
+    return rows, train, val, root / "plain", plain
+
+
+@pytest.mark.parametrize(
+    ("setting", "read_before", "read_after"),
+    [
+        ("mask_mentions_after_fine_tuning", "@friend", "@user"),
+        ("ignore_names_after_fine_tuning", "Zelda", None),
+    ],
+)
+def test_text_read_differently_after_fine_tuning_keeps_the_weights(
+    tiny_base_dir, tmp_path, named_run, setting, read_before, read_after
+):
+    """``mask_mentions_after_fine_tuning`` / ``ignore_names_after_fine_tuning``: fine-tuning
+    reads the handles and names as written, so the weights are those of a run without the
+    setting; the saved encoder, calibration and the test split read ``@user`` / no name."""
+    import json
+
+    from embedder.encoder import ProfileEncoder
+    from heads.training.run import train_model
+
+    rows, train, val, plain_dir, plain = named_run
     changed = train_model(
         train, val, tmp_path / "changed", _tiny_config(tiny_base_dir, **{setting: True})
     )
-    a = ProfileEncoder.load(tmp_path / "plain" / "encoder")
+    a = ProfileEncoder.load(plain_dir / "encoder")
     b = ProfileEncoder.load(tmp_path / "changed" / "encoder")
     wa, wb = a.st_model.state_dict(), b.st_model.state_dict()
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -511,8 +523,8 @@ def test_text_read_differently_after_fine_tuning_keeps_the_weights(
     if read_after is not None:
         assert read_after in text
     info = {
-        name: json.loads((tmp_path / name / "training.json").read_text())
-        for name in ("plain", "changed")
+        name: json.loads((folder / "training.json").read_text())
+        for name, folder in (("plain", plain_dir), ("changed", tmp_path / "changed"))
     }
     assert info["changed"]["config"][setting] is True
     # Calibrated on the validation rows as the saved encoder reads them, not on the last
