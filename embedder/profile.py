@@ -213,10 +213,6 @@ class AssemblyConfig:
             as Portuguese); on real profile headers that cost about 5 points of accuracy (4.9 to
             5.2 on three builds, docs/TRAINING_EXPERIMENTS.md, "Twenty-fourth session"). Off in
             models saved before the setting existed.
-        ignore_display_name: leave the display name out and keep the ``@username``. The
-            display name is where real profiles put a person's name; the username is often a
-            handle made of the profile's own words (``camille.patisserie``). Off in models
-            saved before the setting existed; ``ignore_names`` leaves out both.
     """
 
     max_tokens: int = 192
@@ -227,7 +223,6 @@ class AssemblyConfig:
     link_hosts_only: bool = False
     mask_mentions: bool = False
     ignore_names: bool = False
-    ignore_display_name: bool = False
 
     def __post_init__(self) -> None:
         if self.max_tokens < 8:
@@ -238,9 +233,9 @@ class AssemblyConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON-ready settings. ``link_hosts_only``, ``mask_mentions``,
-        ``ignore_names`` and ``ignore_display_name`` appear only when on, so the settings, and
-        with them the ``embedding_version``, of models saved before they existed are unchanged."""
+        """Return the JSON-ready settings. ``link_hosts_only``, ``mask_mentions`` and
+        ``ignore_names`` appear only when on, so the settings, and with them the
+        ``embedding_version``, of models saved before they existed are unchanged."""
         out: dict[str, Any] = {
             "max_tokens": self.max_tokens,
             "bio_tokens": self.bio_tokens,
@@ -254,8 +249,6 @@ class AssemblyConfig:
             out["mask_mentions"] = True
         if self.ignore_names:
             out["ignore_names"] = True
-        if self.ignore_display_name:
-            out["ignore_display_name"] = True
         return out
 
     @classmethod
@@ -295,10 +288,8 @@ def _clean(text: str, config: AssemblyConfig) -> str:
     return text
 
 
-def _header(profile: Profile, config: AssemblyConfig) -> str:
-    if config.ignore_names:
-        return ""
-    parts = [] if config.ignore_display_name else [profile.full_name.strip()]
+def _header(profile: Profile) -> str:
+    parts = [profile.full_name.strip()]
     if profile.username.strip():
         parts.append("@" + profile.username.strip().lstrip("@"))
     return " ".join(p for p in parts if p)
@@ -333,7 +324,7 @@ def assemble_texts(
     clean = config.link_hosts_only or config.mask_mentions
     fields: list[list[str]] = []
     for p in profiles:
-        head = _header(p, config)
+        head = "" if config.ignore_names else _header(p)
         bio, captions = p.biography[:char_cap], [c[:char_cap] for c in p.captions]
         if clean:  # the text only: the header's @username is the profile's own
             bio, captions = _clean(bio, config), [_clean(c, config) for c in captions]

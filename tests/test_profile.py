@@ -165,24 +165,6 @@ def test_ignore_names_reads_the_bio_and_captions_only(tokenizer):
     assert AssemblyConfig.from_dict(on.to_dict()) == on
 
 
-def test_ignore_display_name_keeps_the_username(tokenizer):
-    profile = Profile(id="n", username="maria.silva", full_name="Maria Silva", biography="oi")
-    config = AssemblyConfig(ignore_display_name=True)
-    (text,) = assemble_texts([profile], tokenizer, config)
-    assert text == "passage: bio: @maria.silva\noi"
-    # Without a username nothing of the header is left.
-    nameless = Profile(id="e", full_name="Maria", biography="oi")
-    (bare,) = assemble_texts([nameless], tokenizer, config)
-    assert bare == "passage: bio: oi"
-    # ignore_names leaves out the username too.
-    both = AssemblyConfig(ignore_names=True, ignore_display_name=True)
-    assert assemble_texts([profile], tokenizer, both) == ["passage: bio: oi"]
-    assert config.to_dict()["ignore_display_name"] is True
-    assert "ignore_display_name" not in AssemblyConfig().to_dict()
-    assert AssemblyConfig.from_dict(config.to_dict()) == config
-    assert config.to_dict() != AssemblyConfig(ignore_names=True).to_dict()
-
-
 class _WrapperOnly:
     """The Hugging Face tokenizer without its Rust tokenizer: the wrapper path of the helpers."""
 

@@ -494,16 +494,14 @@ def named_run(tiny_base_dir, tmp_path_factory):
     [
         ("mask_mentions_after_fine_tuning", "@friend", "@user"),
         ("ignore_names_after_fine_tuning", "Zelda", None),
-        ("ignore_display_name_after_fine_tuning", "Zelda", "@zq0"),
     ],
 )
 def test_text_read_differently_after_fine_tuning_keeps_the_weights(
     tiny_base_dir, tmp_path, named_run, setting, read_before, read_after
 ):
-    """``mask_mentions_after_fine_tuning`` / ``ignore_names_after_fine_tuning`` /
-    ``ignore_display_name_after_fine_tuning``: fine-tuning reads the handles and names as
-    written, so the weights are those of a run without the setting; the saved encoder,
-    calibration and the test split read ``@user`` / no name / the username only."""
+    """``mask_mentions_after_fine_tuning`` / ``ignore_names_after_fine_tuning``: fine-tuning
+    reads the handles and names as written, so the weights are those of a run without the
+    setting; the saved encoder, calibration and the test split read ``@user`` / no name."""
     import json
 
     from embedder.encoder import ProfileEncoder

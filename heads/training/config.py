@@ -99,10 +99,6 @@ class TrainConfig:
             captions only. The simulator's names are random words of the profile's language, so
             what fine-tuning learns from them is the language, which the rest of the text
             carries too; what the encoder reads into a real name is untrained.
-        ignore_display_name: leave display names out and keep usernames
-            (``embedder.profile.AssemblyConfig.ignore_display_name``).
-        ignore_display_name_after_fine_tuning: as ``ignore_names_after_fine_tuning``, for the
-            display name only.
         max_train: use at most this many training rows (a seeded sample).
         place_snippets: add this many simulated place snippets ("📍 Lyon", "大阪在住") to the
             training rows (``embedder.simulator.places``): gazetteer knowledge at a tenth of the
@@ -133,8 +129,6 @@ class TrainConfig:
     mask_mentions_after_fine_tuning: bool = False
     ignore_names: bool = False
     ignore_names_after_fine_tuning: bool = False
-    ignore_display_name: bool = False
-    ignore_display_name_after_fine_tuning: bool = False
     max_train: int | None = None
     place_snippets: int = 0
     snippets_first: bool = False
@@ -166,7 +160,6 @@ class TrainConfig:
             link_hosts_only=self.link_hosts_only,
             mask_mentions=self.mask_mentions,
             ignore_names=self.ignore_names,
-            ignore_display_name=self.ignore_display_name,
         )
 
     def saved_assembly(self) -> AssemblyConfig:
@@ -175,8 +168,6 @@ class TrainConfig:
             self.assembly(),
             mask_mentions=self.mask_mentions or self.mask_mentions_after_fine_tuning,
             ignore_names=self.ignore_names or self.ignore_names_after_fine_tuning,
-            ignore_display_name=self.ignore_display_name
-            or self.ignore_display_name_after_fine_tuning,
         )
 
     def to_dict(self) -> dict[str, Any]:
