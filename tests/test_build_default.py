@@ -268,3 +268,32 @@ def test_if_missing_refits_heads_when_only_head_settings_changed(tiny_base_dir, 
     assert main([*args, "--recipe", str(path)]) == 0
     assert "nothing to build" in capsys.readouterr().err
     assert head_versions(link, "geolocation") == [1, 2, 3]
+
+
+def test_refit_rows_add_profiles_fine_tuning_did_not_read(tmp_path):
+    from embedder.errors import InvalidInputError
+    from heads.training.recipes import Recipe, refit_rows
+    from heads.training.run import fine_tuning_sample
+
+    toy = json.loads(Path(TOY_RECIPE).read_text())
+    toy["train"]["max_train"] = 20
+    lines = [json.dumps({"id": f"p{i}"}) + "\n" for i in range(50)]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(lines[:7]) + "\n" + "".join(lines[7:]))  # a blank line does not count
+
+    plain = Recipe.from_dict(toy)
+    assert refit_rows(path, plain) == lines[:20]  # as before the setting existed
+
+    read = set(fine_tuning_sample(50, 20, plain.train.loop.seed).tolist())
+    unread = [i for i in range(20, 50) if i not in read]
+    assert len(read) == 20 and 0 < len(unread) < 30
+    rows = refit_rows(path, Recipe.from_dict({**toy, "refit_extra_rows": 5}))
+    assert rows == lines[:20] + [lines[i] for i in unread[:5]]
+    everything = refit_rows(path, Recipe.from_dict({**toy, "refit_extra_rows": 1000}))
+    assert everything == lines[:20] + [lines[i] for i in unread]
+
+    with pytest.raises(InvalidInputError, match="refit_extra_rows must be >= 0"):
+        Recipe.from_dict({**toy, "refit_extra_rows": -1})
+    toy["train"]["max_train"] = None
+    with pytest.raises(InvalidInputError, match=r"train\.max_train is null"):
+        Recipe.from_dict({**toy, "refit_extra_rows": 5})

@@ -78,6 +78,11 @@ class Recipe:
             well as its temperature (``HeadTrainConfig.class_bias``) on the validation rows (the
             default recipe's choice: real accuracy +0.1 / +3.0 / +0.9 points on multilang / nadi /
             tass, docs/TRAINING_EXPERIMENTS.md, "Language evidence and class biases together").
+        refit_extra_rows: the re-fitted heads also read this many training profiles that
+            fine-tuning did not (those after the first ``train.max_train`` rows that its seeded
+            sample skipped, in file order; :func:`refit_rows`). Fine-tuning pulls the profiles
+            it read together by label, so a head fitted only on them learns margins that unseen
+            profiles do not have; more rows also let more classes prove their precision.
         description: one line for ``--help`` and the build record.
         notes: why the recipe is sized as it is (JSON has no comments).
     """
@@ -100,11 +105,19 @@ class Recipe:
     refit_language_evidence_power: float = 1.0
     refit_language_evidence_after_calibration: bool = False
     refit_class_bias: bool = False
+    refit_extra_rows: int = 0
     description: str = ""
     notes: str = ""
 
     def __post_init__(self) -> None:
         self.simulator_config()  # refuses an unknown setting or a bad value now, not mid-build
+        if self.refit_extra_rows < 0:
+            raise ValueError(f"refit_extra_rows must be >= 0, got {self.refit_extra_rows}")
+        if self.refit_extra_rows and self.train.max_train is None:
+            raise ValueError(
+                "refit_extra_rows needs rows fine-tuning did not read, but train.max_train is "
+                "null (fine-tuning reads every training row); set train.max_train as well"
+            )
         if not (1.0 <= self.refit_language_evidence_power < float("inf")):
             raise ValueError(
                 "refit_language_evidence_power must be a number >= 1, got "
@@ -168,6 +181,7 @@ HEAD_FIELDS = (
     "refit_language_evidence_power",
     "refit_language_evidence_after_calibration",
     "refit_class_bias",
+    "refit_extra_rows",
 )
 #: Words about a recipe, not settings.
 PROSE_FIELDS = ("description", "notes")
@@ -416,8 +430,10 @@ def refit_heads(
 ) -> dict[str, Any]:
     """Re-fit ``recipe.refit_heads`` on the fine-tuned encoder's embeddings (see ``Recipe``).
 
-    Uses the rows fine-tuning used (the first ``train.max_train`` of ``train_path``) and the same
-    validation file; the jointly trained head stays as version 1.
+    Uses the first ``train.max_train`` rows of ``train_path`` (fine-tuning read a seeded sample
+    of that many, which shares about a fifth of them on the default corpus) and
+    ``recipe.refit_extra_rows`` more (:func:`refit_rows`), and the same validation file; the
+    jointly trained head stays as version 1.
 
     Returns:
         ``{head: train_head summary}``.
@@ -427,13 +443,10 @@ def refit_heads(
 
     if not recipe.refit_heads:
         return {}
-    limit = recipe.train.max_train
     rows_path = model_dir.with_name(model_dir.name + ".refit-train.jsonl")
-    with open(train_path, encoding="utf-8") as src, open(rows_path, "w", encoding="utf-8") as dst:
-        for i, line in enumerate(src):
-            if limit is not None and i >= limit:
-                break
-            dst.write(line)
+    rows = refit_rows(train_path, recipe)
+    rows_path.write_text("".join(rows), encoding="utf-8")
+    logger.info("[3/5] re-fitting on %d training profiles", len(rows))
     out = {}
     try:
         for name in recipe.refit_heads:
@@ -465,6 +478,24 @@ def refit_heads(
     finally:
         rows_path.unlink(missing_ok=True)
     return out
+
+
+def refit_rows(train_path: Path, recipe: Recipe) -> list[str]:
+    """The training file's lines the re-fitted heads read: the first ``train.max_train`` (all
+    when it is null), then the first ``recipe.refit_extra_rows`` of the rest that fine-tuning's
+    seeded sample (``heads.training.run.fine_tuning_sample``) did not read. Blank lines do not
+    count, as when fine-tuning reads the file."""
+    from heads.training.run import fine_tuning_sample
+
+    with open(train_path, encoding="utf-8") as src:
+        lines = [line if line.endswith("\n") else line + "\n" for line in src if line.strip()]
+    limit = recipe.train.max_train
+    rows = list(lines[:limit] if limit is not None else lines)
+    if recipe.refit_extra_rows:
+        read = set(fine_tuning_sample(len(lines), limit, recipe.train.loop.seed).tolist())
+        unread = (i for i in range(len(rows), len(lines)) if i not in read)
+        rows += [lines[i] for _, i in zip(range(recipe.refit_extra_rows), unread, strict=False)]
+    return rows
 
 
 def _remove_tree(path: Path) -> None:

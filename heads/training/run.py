@@ -48,13 +48,20 @@ class TrainResult:
     info: dict[str, Any]
 
 
+def fine_tuning_sample(n_rows: int, max_train: int | None, seed: int) -> np.ndarray:
+    """The indices of the training rows fine-tuning reads (``max_train`` of them, seeded), in
+    file order; all of them when ``max_train`` is None or not smaller."""
+    if max_train is None or max_train >= n_rows:
+        return np.arange(n_rows)
+    if max_train < 1:
+        raise InvalidInputError(f"max_train must be >= 1, got {max_train}", field="max_train")
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=max_train, replace=False))
+
+
 def _subsample(rows: list[Any], n: int | None, seed: int) -> list[Any]:
     if n is None or n >= len(rows):
         return rows
-    if n < 1:
-        raise InvalidInputError(f"max_train must be >= 1, got {n}", field="max_train")
-    keep = np.sort(np.random.default_rng(seed).choice(len(rows), size=n, replace=False))
-    return [rows[i] for i in keep]
+    return [rows[i] for i in fine_tuning_sample(len(rows), n, seed)]
 
 
 def _targets(
