@@ -401,16 +401,20 @@ class SoftmaxAbstainHead(Head):
         mean, scale = _standardiser(x)
         xs = (x - mean) / scale
         k = len(self.labels)
+        fitted: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         if l2 is not None:
             chosen, scores = float(l2), {}
         else:
             if val is not None:
                 vs = (val[0] - mean) / scale
-                scores = _path_log_loss(xs, y, k, weights, vs, val[1])
+                scores = _path_log_loss(xs, y, k, weights, vs, val[1], fitted=fitted)
             else:
                 scores = _cv_path_log_loss(xs, y, k, weights, folds=3, seed=seed)
             chosen = min(scores, key=lambda lam: (scores[lam], -lam))
-        w, b = _lbfgs_fit(xs, y, k, weights, chosen)
+        # The validation path already fitted the chosen penalty on all training rows (warm-started
+        # from the stronger one, converged to the same tolerance): refitting it from zero would
+        # cost the longest single fit of the path again.
+        w, b = fitted[chosen] if chosen in fitted else _lbfgs_fit(xs, y, k, weights, chosen)
         # Fold the standardisation into the layer: (x - m) / s @ W.T + b == x @ (W / s).T + b'.
         w_fold = w / scale[None, :]
         b_fold = b - w_fold @ mean
@@ -697,6 +701,10 @@ class SoftmaxAbstainHead(Head):
 #: Strongest first: each fit of the path warm-starts from the previous, stronger one.
 L2_GRID: tuple[float, ...] = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 
+#: The validation path stops after this many rises of the held-out loss in a row (one rise can be
+#: a flat stretch; two mean the penalties are past the best).
+PATH_STOP_AFTER_RISES = 2
+
 
 def _class_weights(y: np.ndarray, k: int, class_weight: str | None) -> np.ndarray:
     counts = np.bincount(y, minlength=k).astype(np.float64)
@@ -789,12 +797,27 @@ def _path_log_loss(
     weights: np.ndarray,
     vx: np.ndarray,
     vy: np.ndarray,
+    *,
+    fitted: dict[float, tuple[np.ndarray, np.ndarray]] | None = None,
+    stop_after_rises: int | None = PATH_STOP_AFTER_RISES,
 ) -> dict[float, float]:
-    """Held-out log-loss of every ``L2_GRID`` penalty, fitted as a warm-started path."""
-    scores, prev = {}, None
+    """Held-out log-loss of the ``L2_GRID`` penalties, fitted as a warm-started path.
+
+    The path stops once the held-out loss has risen ``stop_after_rises`` times in a row (None:
+    never): weaker penalties only fit the training rows more closely from there, and they are
+    the slowest fits of the path. ``fitted``, when given, receives each penalty's weights.
+    """
+    scores: dict[float, float] = {}
+    prev, best, rises = None, math.inf, 0
     for lam in L2_GRID:
         prev = _lbfgs_fit(x, y, k, weights, lam, init=prev)
         scores[lam] = _log_loss(prev, vx, vy)
+        if fitted is not None:
+            fitted[lam] = prev
+        rises = rises + 1 if scores[lam] > best else 0
+        best = min(best, scores[lam])
+        if stop_after_rises is not None and rises >= stop_after_rises:
+            break
     return scores
 
 
@@ -807,7 +830,12 @@ def _cv_path_log_loss(
     for f in range(folds):
         held = fold == f
         if held.any() and len(np.unique(y[~held])) >= 2:
-            runs.append(_path_log_loss(x[~held], y[~held], k, weights, x[held], y[held]))
+            # the whole grid in every fold: the folds' losses are averaged per penalty
+            runs.append(
+                _path_log_loss(
+                    x[~held], y[~held], k, weights, x[held], y[held], stop_after_rises=None
+                )
+            )
     if not runs:
         return {lam: math.inf for lam in L2_GRID}
     return {lam: float(np.mean([r[lam] for r in runs])) for lam in L2_GRID}

@@ -54,6 +54,41 @@ def test_lbfgs_head_is_as_accurate_as_sklearn_logistic_regression():
     assert ours >= theirs - 0.005, (ours, theirs)
 
 
+def test_validation_path_stops_past_the_best_penalty_and_keeps_its_fit():
+    """The L2 path stops after two rises of the held-out loss in a row, chooses what the whole
+    grid would have chosen, and the head carries the path's fit of that penalty."""
+    import heads.softmax as softmax
+
+    # few, overlapping rows in 32 dimensions: weak penalties overfit, so the path turns
+    x, y = _blobs(700, 6, d=32, sep=0.3, seed=3)
+    mean, scale = x[:400].mean(0), x[:400].std(0)
+    xs, vs, w = (x[:400] - mean) / scale, (x[400:] - mean) / scale, np.ones(6)
+    full = softmax._path_log_loss(xs, y[:400], 6, w, vs, y[400:], stop_after_rises=None)
+    fitted: dict = {}
+    short = softmax._path_log_loss(xs, y[:400], 6, w, vs, y[400:], fitted=fitted)
+    assert list(full) == list(softmax.L2_GRID) and len(short) < len(full)
+    assert short == {lam: full[lam] for lam in short}  # the same fits, in the same order
+    a, b, c = list(short.values())[-3:]
+    assert a < b < c  # it stopped on the second rise in a row
+    best = min(full, key=lambda lam: (full[lam], -lam))
+    assert min(short, key=lambda lam: (short[lam], -lam)) == best
+    assert set(fitted) == set(short)
+    head = _head(6, d=32).fit(
+        x[:400], y[:400], val_embeddings=x[400:], val_labels=y[400:], class_weight=None
+    )
+    assert head.fit_info_["l2"] == best
+    assert head.fit_info_["l2_scores"] == {str(lam): round(v, 6) for lam, v in short.items()}
+    # the head's weights are the path's fit of that penalty, folded onto raw inputs
+    wf, bf = fitted[best]
+    layer = head.logits_module()[0]
+    np.testing.assert_allclose(
+        layer.weight.detach().numpy(), wf / scale[None, :], rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        layer.bias.detach().numpy(), bf - (wf / scale[None, :]) @ mean, rtol=1e-4, atol=1e-5
+    )
+
+
 def test_standardisation_is_folded_into_the_saved_weights(tmp_path):
     from heads.registry import load_head
 

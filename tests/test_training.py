@@ -531,3 +531,38 @@ def test_text_read_differently_after_fine_tuning_keeps_the_weights(
     # validation pass of fine-tuning (which read them as written).
     temps = [info[n]["calibration"]["geolocation"]["temperature"] for n in ("plain", "changed")]
     assert temps[0] != pytest.approx(temps[1], rel=1e-6)
+
+
+def test_validation_read_again_goes_through_the_cache_the_head_refit_reads(
+    tiny_base_dir, tmp_path, named_run
+):
+    """With a setting that reads the text differently after fine-tuning, the validation rows are
+    embedded again on the serving path (``encoder.encode``) into ``embedding_cache``; a later
+    ``train_head`` on the saved model and that validation file embeds only its training rows."""
+    from embedder.data import read_profiles
+    from embedder.encoder import ProfileEncoder
+    from heads.training.head import cached_embeddings, train_head
+    from heads.training.run import train_model
+
+    _, train, val, _, _ = named_run
+    cache = tmp_path / "cache.sqlite"
+    out = tmp_path / "m"
+    train_model(
+        train,
+        val,
+        out,
+        _tiny_config(tiny_base_dir, ignore_names_after_fine_tuning=True),
+        embedding_cache=cache,
+    )
+    saved = ProfileEncoder.load(out / "encoder")
+    profiles = [r.profile for r in read_profiles(val).rows]
+    (from_cache,), stats = cached_embeddings(saved, [profiles], cache)
+    assert stats == {"hits": len(profiles), "misses": 0}
+    np.testing.assert_allclose(from_cache, saved.encode(profiles), atol=1e-5)
+    summary = train_head(out, "geolocation", train, val, cache_path=cache, progress=False)
+    # the same as over a cache that holds the validation rows alone (names ignored, some
+    # training rows read as a validation row does, so they are hits too)
+    only_val = tmp_path / "only-val.sqlite"
+    cached_embeddings(saved, [profiles], only_val)
+    again = train_head(out, "geolocation", train, val, cache_path=only_val, progress=False)
+    assert summary["cache"] == again["cache"] and summary["cache"]["hits"] >= len(profiles)

@@ -388,6 +388,7 @@ def build_model(
         test_path=corpus / "test.jsonl",
         checkpoint_dir=partial.with_name(partial.name + ".checkpoints"),
         progress=progress,
+        embedding_cache=None,  # the shared cache, which refit_heads reads
     )
     final = models_root / f"{recipe.name}-{result.embedding_version.removeprefix('emb-')[:12]}"
     if final.exists():

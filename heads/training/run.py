@@ -173,6 +173,7 @@ def train_model(
     skip_invalid: bool = False,
     report: Callable[[str, Any], None] | None = None,
     progress: bool = True,
+    embedding_cache: str | Path | None = "",
 ) -> TrainResult:
     """Fine-tune encoder + heads, calibrate, evaluate and write a new model folder.
 
@@ -189,6 +190,11 @@ def train_model(
         report: called as ``report(path, load_result)`` after each file is read (the CLI lists
             the skipped rows with it).
         progress: progress bars (the epochs, embedding the test split).
+        embedding_cache: where the validation embeddings go when the saved encoder reads the
+            text differently from fine-tuning (``"ignore_names_after_fine_tuning"`` and the
+            like): they are computed again the way they will be served, and a later
+            ``train_head`` on this model and validation file finds them there (``""``: no
+            cache; None: ``heads.training.head.default_cache_path()``).
 
     Returns:
         The model folder, its embedding_version and the recorded facts.
@@ -302,7 +308,13 @@ def train_model(
         # The loss weighted classes to learn the small ones; the served posteriors must not be.
         head.undo_class_weights(weights[name])
     if reread:
-        val_emb, _ = trainer.predict_logits(trainer.val_profiles)
+        from heads.training.head import cached_embeddings
+
+        # The serving path (encoder.encode), so the build's re-fitted heads (train_head) read
+        # these vectors from the cache instead of embedding the validation rows once more.
+        (val_emb,), _ = cached_embeddings(
+            encoder, [trainer.val_profiles], embedding_cache, show_progress=progress
+        )
     elif trainer.best_epoch == trainer.epoch and trainer.last_val_embeddings is not None:
         val_emb = trainer.last_val_embeddings  # the final weights are the best: reuse
     else:
