@@ -75,7 +75,15 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     # accurate numerics (not the build machine, which model.json no longer fixes).
     assert json.loads((link / "numerics.json").read_text())["accurate"] == check["accurate"]
     assert "numerics" not in json.loads((link / "model.json").read_text())
-    assert (link / "report" / "test" / "REPORT.md").is_file()
+    # the test report and the printed figures are of the heads served (geolocation re-fitted:
+    # v2; the toy recipe leaves category as trained), not of the jointly trained v1 alone
+    assert out["served_heads"] == {"category": 1, "geolocation": 2}
+    assert record["served"]["heads"] == out["served_heads"]
+    assert out["test_geolocation"] == record["served"]["test"]["geolocation"]
+    assert out["test_geolocation"] != record["metrics"]["test"]["geolocation"]
+    report = json.loads((link / "report" / "test" / "metrics.json").read_text())
+    assert "geolocation v2" in (link / "report" / "test" / "REPORT.md").read_text()
+    assert report
     assert not list(models.glob(".*partial*")), "no partial folders or checkpoints left behind"
 
     model = ProfileModel.load(link)
@@ -92,7 +100,7 @@ def test_build_writes_versioned_model_and_points_the_link(tiny_base_dir, home, c
     assert geo.language_ is not None and geo.language_.alpha == 0.5
     assert "en" in geo.language_.languages
     # ... and class biases calibrated with the temperature on the validation rows (the category
-    # head, which the recipe also re-fits, keeps temperature-only calibration)
+    # head, which the toy recipe does not re-fit, keeps temperature-only calibration)
     assert geo.class_bias_ is not None and len(geo.class_bias_) == len(geo.labels)
     assert any(b != 0.0 for b in geo.class_bias_)
     assert model.heads["category"].class_bias_ is None
@@ -263,6 +271,9 @@ def test_if_missing_refits_heads_when_only_head_settings_changed(tiny_base_dir, 
     (update,) = after["head_updates"]
     assert update["changed"] == ["refit_class_bias", "refit_language_evidence"]
     assert update["refit_heads"]["geolocation"]["head_version"] == 3
+    # the folder's test report follows the heads served
+    assert after["served"]["heads"] == {"category": 1, "geolocation": 3}
+    assert "geolocation v3" in (link / "report" / "test" / "REPORT.md").read_text()
 
     # Built with this recipe now: nothing more to do.
     assert main([*args, "--recipe", str(path)]) == 0

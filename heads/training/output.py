@@ -49,12 +49,17 @@ def write_model(
     test: Sequence[Any] | None = None,
     training_file: str = "training.json",
     progress: bool = True,
+    embedding_cache: str | Path | None = "",
 ) -> dict[str, Any]:
     """Evaluate on validation (and test) and write the model folder atomically.
 
     The folder gets ``encoder/``, ``heads/<name>/v1/`` (validation report as model card),
     ``report/`` (validation; ``report/test/`` for the test split), ``model.json`` (with a training
     summary) and ``training.json`` (``info`` plus the metrics).
+
+    The test split is embedded through ``embedding_cache`` (``heads.training.head.
+    cached_embeddings``: ``""`` none, None the shared one), where a later report of re-fitted
+    heads (``heads.training.recipes.report_served_heads``) finds it.
 
     Returns:
         ``{"val": {head: metrics}, "test": {...}}``.
@@ -70,7 +75,11 @@ def write_model(
     val_rows, val_emb = val
     evs = {"val": evaluations(heads, tasks, val_rows, val_emb, "val")}
     if test is not None:
-        test_emb = encoder.encode([r.profile for r in test], show_progress=progress)
+        from heads.training.head import cached_embeddings
+
+        (test_emb,), _ = cached_embeddings(
+            encoder, [[r.profile for r in test]], embedding_cache, show_progress=progress
+        )
         evs["test"] = evaluations(heads, tasks, test, test_emb, "test")
     metrics = {
         split: {name: _core(ev.metrics) for name, ev in per_head.items()}

@@ -402,6 +402,11 @@ def build_model(
             update_heads(final, recipe, data_root=data_root, progress=progress)
     else:
         refit = refit_heads(partial, corpus / "train.jsonl", val, recipe, progress=progress)
+        served = (
+            report_served_heads(partial, corpus / "test.jsonl", progress=progress)
+            if refit
+            else None
+        )
         logger.info("[4/5] checking which inference numerics keep the accuracy")
         numerics = check_numerics_accuracy(
             partial,
@@ -418,6 +423,8 @@ def build_model(
             "numerics": numerics,
             "refit_heads": refit,
         }
+        if served is not None:
+            summary["served"] = served
         (partial / BUILD_FILE).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
         os.replace(partial, final)
     _remove_tree(partial.with_name(partial.name + ".checkpoints"))
@@ -481,6 +488,54 @@ def refit_heads(
     finally:
         rows_path.unlink(missing_ok=True)
     return out
+
+
+def report_served_heads(
+    model_dir: Path, test_path: Path, *, progress: bool = True
+) -> dict[str, Any]:
+    """Score the heads the model serves (the latest version of each) on the test split and write
+    ``report/test/`` for them.
+
+    Fine-tuning wrote that report for the jointly trained version 1; after :func:`refit_heads`
+    the re-fitted versions are what is served, so the folder's report (and the summary
+    ``build-default`` prints) would otherwise describe heads nobody gets. The test split's
+    embeddings come from the shared cache, where fine-tuning put them.
+
+    Returns:
+        ``{"heads": {name: version}, "test": {name: scalar metrics}}``.
+    """
+    from embedder.data import read_profiles
+    from heads.evaluation.metrics import evaluate_model
+    from heads.evaluation.report import write_report
+    from heads.model import ProfileModel
+    from heads.training.head import default_cache_path
+
+    model = ProfileModel.load(model_dir, numerics="fp32", cache=default_cache_path())
+    try:
+        versions = {name: model.heads[name].head_version for name in model.head_names}
+        evaluations = evaluate_model(
+            model,
+            read_profiles(test_path).rows,
+            source=str(test_path),
+            info={"split": "test"},
+            show_progress=progress,
+            skip_unlabelled=True,
+        )
+    finally:
+        model.close()
+    listed = ", ".join(f"{name} v{v}" for name, v in versions.items())
+    write_report(
+        model_dir / "report" / "test",
+        evaluations,
+        title="Test report",
+        notes=f"The heads this model serves ({listed}) on `{test_path}`. The jointly trained "
+        "version 1's figures are in `training.json` (`metrics`).",
+    )
+    scalars = {
+        ev.name: {k: v for k, v in ev.metrics.items() if not isinstance(v, (dict, list))}
+        for ev in evaluations
+    }
+    return {"heads": versions, "test": scalars}
 
 
 def refit_rows(train_path: Path, recipe: Recipe) -> list[str]:
@@ -551,6 +606,8 @@ def update_heads(
     start = time.perf_counter()
     refit = refit_heads(model_dir, corpus / "train.jsonl", val, recipe, progress=progress)
     record = read_build(model_dir)
+    if refit:
+        record["served"] = report_served_heads(model_dir, corpus / "test.jsonl", progress=progress)
     record.setdefault("head_updates", []).append(
         {
             "changed": recipe_changes(record.get("recipe"), recipe),

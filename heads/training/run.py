@@ -190,11 +190,12 @@ def train_model(
         report: called as ``report(path, load_result)`` after each file is read (the CLI lists
             the skipped rows with it).
         progress: progress bars (the epochs, embedding the test split).
-        embedding_cache: where the validation embeddings go when the saved encoder reads the
-            text differently from fine-tuning (``"ignore_names_after_fine_tuning"`` and the
-            like): they are computed again the way they will be served, and a later
-            ``train_head`` on this model and validation file finds them there (``""``: no
-            cache; None: ``heads.training.head.default_cache_path()``).
+        embedding_cache: where the test split's embeddings go, and the validation rows' when
+            the saved encoder reads the text differently from fine-tuning
+            (``"ignore_names_after_fine_tuning"`` and the like: they are computed again the
+            way they will be served); a later ``train_head`` or report on this model and
+            these files finds them there (``""``: no cache; None:
+            ``heads.training.head.default_cache_path()``).
 
     Returns:
         The model folder, its embedding_version and the recorded facts.
@@ -362,6 +363,7 @@ def train_model(
         test=test,
         training_file=TRAINING_FILE,
         progress=progress,
+        embedding_cache=embedding_cache,
     )
     info["wall_seconds"] = round(time.perf_counter() - wall, 1)
     logger.info("model %s written to %s in %.0f s", version, out_dir, info["wall_seconds"])

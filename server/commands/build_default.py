@@ -95,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         progress=not args.no_progress,
     )
-    geo = result.summary.get("metrics", {}).get("test", {}).get("geolocation", {})
+    # the served heads' figures: after a re-fit those are not the jointly trained version 1's
+    served = result.summary.get("served") or {}
+    geo = served.get("test", {}).get("geolocation") or result.summary.get("metrics", {}).get(
+        "test", {}
+    ).get("geolocation", {})
     print(
         json.dumps(
             {
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 "embedding_version": result.embedding_version,
                 "build_seconds": result.summary.get("build_seconds"),
                 "test_geolocation": {k: geo[k] for k in sorted(geo) if k != "slices"},
+                "served_heads": served.get("heads"),
                 "targets": TARGETS,
                 "report": str(result.model_dir / "report" / "test" / "REPORT.md"),
             },
