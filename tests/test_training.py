@@ -69,7 +69,15 @@ def tiny_st(path: Path, seed: int = 0):
 
 
 def make_trainer(
-    base: Path, rows, val_rows, *, ckpt=None, epochs=2, seed=0, heads=("geolocation", "category")
+    base: Path,
+    rows,
+    val_rows,
+    *,
+    ckpt=None,
+    epochs=2,
+    seed=0,
+    heads=("geolocation", "category"),
+    **trainer_kw,
 ):
     from heads.registry import build_head
 
@@ -106,6 +114,7 @@ def make_trainer(
         config=cfg,
         checkpoint_dir=ckpt,
         run_info={"data": "test", "heads": list(heads)},
+        **trainer_kw,
     )
 
 
@@ -169,6 +178,23 @@ def test_same_seed_same_loss_trajectory_and_resume_equals_uninterrupted(tiny_bas
     sa, sd = a.net.state_dict(), d.net.state_dict()
     assert all(torch.equal(sa[k], sd[k]) for k in sa)
     assert [h["val"] for h in d.history] == [h["val"] for h in a.history]
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_only_an_unopposed_last_epoch_skips_its_validation(tiny_base_dir, epochs):
+    """``validate_unopposed_last_epoch=False``: a one-epoch run keeps its weights whatever they
+    score, so its validation pass is skipped; in a longer run the last epoch competes with the
+    earlier ones and is validated."""
+    rows, val_rows = make_rows(16, 1), make_rows(8, 2)
+    t = make_trainer(
+        tiny_base_dir, rows, val_rows, epochs=epochs, validate_unopposed_last_epoch=False
+    )
+    t.fit()
+    validated = [h["val"] is not None for h in t.history]
+    assert validated == ([False] if epochs == 1 else [True, True])
+    assert t.best_epoch >= 1 and t.history[t.best_epoch - 1]["epoch"] == t.best_epoch
+    if epochs == 1:
+        assert t.history[0]["val_score"] is None and t.last_val_embeddings is None
 
 
 def test_resume_refuses_other_data(tiny_base_dir, tmp_path):
@@ -527,6 +553,11 @@ def test_text_read_differently_after_fine_tuning_keeps_the_weights(
         for name, folder in (("plain", plain_dir), ("changed", tmp_path / "changed"))
     }
     assert info["changed"]["config"][setting] is True
+    # the one epoch's own validation pass (reading the text as fine-tuning did) is skipped there:
+    # the validation rows are embedded again as the saved encoder reads them
+    assert info["changed"]["history"][0]["val"] is None and info["changed"]["best_epoch"] == 1
+    assert info["plain"]["history"][0]["val"] is not None
+    assert info["changed"]["metrics"]["val"]["geolocation"]["n"] > 0
     # Calibrated on the validation rows as the saved encoder reads them, not on the last
     # validation pass of fine-tuning (which read them as written).
     temps = [info[n]["calibration"]["geolocation"]["temperature"] for n in ("plain", "changed")]

@@ -184,6 +184,11 @@ class MultiTaskTrainer:
             are trained before all others (place snippets first, then the profiles that carry
             every head's label, so heads missing from the snippets are not left to drift between
             snippet batches), each stage with its own learning-rate warm-up and decay.
+        validate_unopposed_last_epoch: False skips the validation pass of a last epoch that no
+            earlier validated epoch competes with (a one-epoch run): its weights are kept
+            whatever it scores, so the pass would only fill the history. For callers that
+            embed the validation rows again anyway, read another way (``train_model`` when the
+            saved encoder reads the text differently from fine-tuning).
     """
 
     def __init__(
@@ -203,8 +208,10 @@ class MultiTaskTrainer:
         run_info: Mapping[str, Any] | None = None,
         first_stage: np.ndarray | None = None,
         progress: bool = True,
+        validate_unopposed_last_epoch: bool = True,
     ) -> None:
         self.cfg = config or LoopConfig()
+        self.validate_unopposed_last_epoch = validate_unopposed_last_epoch
         self.progress = progress
         self.first_stage = None if first_stage is None else np.asarray(first_stage, dtype=bool)
         if self.first_stage is not None and len(self.first_stage) != len(train_profiles):
@@ -370,8 +377,12 @@ class MultiTaskTrainer:
                 break
             t0 = time.perf_counter()
             losses = self.train_epoch()
-            val = self.validate()
-            score = float(np.mean([m["macro_f1"] for m in val.values()]))
+            unopposed = self.epoch + 1 == cfg.epochs and self.best_epoch < 0
+            if unopposed and not self.validate_unopposed_last_epoch:
+                val, score = None, None  # kept whatever it scores; the caller validates
+            else:
+                val = self.validate()
+                score = float(np.mean([m["macro_f1"] for m in val.values()]))
             record = {
                 "epoch": self.epoch + 1,
                 "train_loss": losses,
@@ -387,11 +398,14 @@ class MultiTaskTrainer:
                 "; ".join(
                     f"{k} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}"
                     for k, m in val.items()
-                ),
+                )
+                if val is not None
+                else "validated after training, as the saved encoder reads the text",
             )
-            improved = score > self.best_score
+            improved = score is None or score > self.best_score
             if improved:
-                self.best_score, self.best_epoch, self.bad_epochs = score, self.epoch + 1, 0
+                self.best_epoch, self.bad_epochs = self.epoch + 1, 0
+                self.best_score = self.best_score if score is None else score
             else:
                 self.bad_epochs += 1
             self.epoch += 1

@@ -289,6 +289,10 @@ def train_model(
             else None
         ),
         progress=progress,
+        # Read another way after fine-tuning: the validation rows are embedded again below, so
+        # a one-epoch run's own validation pass (reading them as fine-tuning did) would only
+        # fill the history.
+        validate_unopposed_last_epoch=config.saved_assembly() == config.assembly(),
     )
     if resume is not None:
         trainer.resume(resume)

@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         "model": str(result.model_dir),
         "embedding_version": result.embedding_version,
         "best_epoch": info["best_epoch"],
-        "val": info["history"][info["best_epoch"] - 1]["val"] if info["history"] else None,
+        # the saved model's validation figures where fine-tuning's own pass was skipped (the
+        # saved encoder reads the text differently from fine-tuning)
+        "val": (info["history"][info["best_epoch"] - 1]["val"] if info["history"] else None)
+        or info["metrics"]["val"],
         "throughput": info["throughput"],
         "wall_seconds": info["wall_seconds"],
     }
