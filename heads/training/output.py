@@ -82,7 +82,7 @@ def write_model(
         )
         evs["test"] = evaluations(heads, tasks, test, test_emb, "test")
     metrics = {
-        split: {name: _core(ev.metrics) for name, ev in per_head.items()}
+        split: {name: core_metrics(ev.metrics) for name, ev in per_head.items()}
         for split, per_head in evs.items()
     }
     for split, per_head in metrics.items():
@@ -109,7 +109,7 @@ def write_model(
     return metrics
 
 
-def _core(m: Mapping[str, Any]) -> dict[str, Any]:
+def core_metrics(m: Mapping[str, Any]) -> dict[str, Any]:
     """The scalar metrics and the slices (the per-class tables and curves stay in report/)."""
     return {k: v for k, v in m.items() if k == "slices" or not isinstance(v, (dict, list))}
 

@@ -502,13 +502,14 @@ def report_served_heads(
     embeddings come from the shared cache, where fine-tuning put them.
 
     Returns:
-        ``{"heads": {name: version}, "test": {name: scalar metrics}}``.
+        ``{"heads": {name: version}, "test": {name: metrics}}`` (as ``build.json``'s).
     """
     from embedder.data import read_profiles
     from heads.evaluation.metrics import evaluate_model
     from heads.evaluation.report import write_report
     from heads.model import ProfileModel
     from heads.training.head import default_cache_path
+    from heads.training.output import core_metrics
 
     model = ProfileModel.load(model_dir, numerics="fp32", cache=default_cache_path())
     try:
@@ -531,11 +532,7 @@ def report_served_heads(
         notes=f"The heads this model serves ({listed}) on `{test_path}`. The jointly trained "
         "version 1's figures are in `training.json` (`metrics`).",
     )
-    scalars = {
-        ev.name: {k: v for k, v in ev.metrics.items() if not isinstance(v, (dict, list))}
-        for ev in evaluations
-    }
-    return {"heads": versions, "test": scalars}
+    return {"heads": versions, "test": {ev.name: core_metrics(ev.metrics) for ev in evaluations}}
 
 
 def refit_rows(train_path: Path, recipe: Recipe) -> list[str]:

@@ -266,6 +266,8 @@ def train_model(
             weights,
             progress=progress,
         )
+    saved_assembly = config.saved_assembly()
+    reread = saved_assembly != encoder.assembly
     trainer = MultiTaskTrainer(
         encoder.st_model,
         encoder.assemble,
@@ -292,7 +294,7 @@ def train_model(
         # Read another way after fine-tuning: the validation rows are embedded again below, so
         # a one-epoch run's own validation pass (reading them as fine-tuning did) would only
         # fill the history.
-        validate_unopposed_last_epoch=config.saved_assembly() == config.assembly(),
+        validate_unopposed_last_epoch=not reread,
     )
     if resume is not None:
         trainer.resume(resume)
@@ -300,8 +302,6 @@ def train_model(
     trainer.net.to("cpu")
     trainer.device = torch.device("cpu")
     encoder.st_model.eval()
-    saved_assembly = config.saved_assembly()
-    reread = saved_assembly != encoder.assembly
     if reread:
         # From here on (calibration, the test split, the saved encoder) the text is read the
         # way it will be served.
