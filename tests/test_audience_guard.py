@@ -356,3 +356,27 @@ def test_labels_without_calibration_rows_are_not_reweighted_by_em():
         assert est.shares[3:].sum() < 1e-6, method
         if method == "em":
             np.testing.assert_allclose(est.shares[:3], alone, atol=1e-4)
+
+
+def test_ensemble_intervals_hold_both_consistent_members(inputs):
+    # a large audience from a head whose log-odds for the largest classes are off: the median's
+    # bootstrap is as narrow as 10,000 followers make it, while EM and ACC, both unbiased only
+    # for a calibrated head, land apart; the interval must hold both
+    truth = _mixture(8)  # an audience where, without the widening, 3 labels' intervals miss one
+    probs, _ = _followers(truth, 10000, seed=8)
+    probs = probs * np.exp(np.where(np.arange(K) < 3, 0.3, 0.0))
+    probs /= probs.sum(1, keepdims=True)
+    est = estimate_audience(
+        probs, labels=LABELS, method="ensemble", n_bootstrap=30, diagnose=False, **inputs
+    )
+    members = [
+        estimate_audience(probs, labels=LABELS, method=m, n_bootstrap=0, **inputs).shares
+        for m in ("em", "acc")
+    ]
+    assert est.interval == "followers+model+members"
+    assert np.all(est.lower <= np.minimum(*members) + 1e-12)
+    assert np.all(est.upper >= np.maximum(*members) - 1e-12)
+    assert np.all(est.lower <= est.shares) and np.all(est.shares <= est.upper)
+    # the point estimate is the median's, unchanged by the wider interval
+    point = estimate_audience(probs, labels=LABELS, method="ensemble", n_bootstrap=0, **inputs)
+    np.testing.assert_allclose(est.shares, point.shares)

@@ -40,6 +40,8 @@ def test_estimate_audience_says_which_estimator_and_flags_low_evidence(client):
     # no method: the ensemble, since the tiny head recorded its prior and validation confusion
     default = client.audience(followers[:12], n_bootstrap=4)
     assert default["method"] == "ensemble" and default["used"] == "ensemble"
+    # its intervals also hold its EM and ACC members' shares, and the response says so
+    assert default["interval"].startswith("followers+model+members")
 
 
 def test_estimate_audience_refuses_an_unknown_method_number(client):
