@@ -417,8 +417,10 @@ def _hold_consistent_members(
     probs: np.ndarray,
     prior: np.ndarray | None,
     confusion: np.ndarray | None,
+    known: Mapping[str, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Widen the ensemble's intervals to hold EM's and ACC's shares.
+    """Widen the ensemble's intervals to hold EM's and ACC's shares (from ``known`` when the
+    diagnosis already ran them).
 
     Both are unbiased under a prior shift of the validation data, so where they disagree the gap
     is the model's bias, which the bootstrap of their median cannot see: with 10,000 followers
@@ -430,8 +432,8 @@ def _hold_consistent_members(
         return lower, upper
     members = np.stack(
         [
-            em_prior_shift(probs, prior, reweight=calibrated_labels(confusion))[0],
-            adjusted_classify_and_count(probs, confusion),
+            known[m] if m in known else _estimator(m, prior, None)(probs, None, confusion, None)
+            for m in ("em", "acc")
         ]
     )
     return np.minimum(lower, members.min(axis=0)), np.maximum(upper, members.max(axis=0))
@@ -578,10 +580,8 @@ def estimate_audience(
         )
     flags: tuple[str, ...] = ()
     diag: dict[str, Any] = {}
+    others: Mapping[str, np.ndarray] = {}
     interval = "followers+model" if model_error > 0 else "followers"
-    if n_bootstrap > 0 and used == "ensemble":
-        lower, upper = _hold_consistent_members(lower, upper, probs, pri, conf)
-        interval += "+members"
     if diagnose:
         flags, diag, others = _diagnose(
             method, used, probs, shares, pri, conf, thr, rc, misfit, val_assigned_share
@@ -591,11 +591,14 @@ def estimate_audience(
             diag["argmax_misfit"] = refuted[1]
         if "capped" in diag:
             diag["capped"] = [labels[i] for i in diag["capped"]]
-        doubt = {"unlike_training", "estimators_disagree"} & set(flags)
-        if n_bootstrap > 0 and (doubt or diag.get("em_refuted")):
-            # the model's assumptions failed a check: which estimator is right is itself unknown
-            lower, upper = _envelope(lower, upper, others, bool(diag.get("em_refuted")))
-            interval += "+estimators"
+    if n_bootstrap > 0 and used == "ensemble":
+        lower, upper = _hold_consistent_members(lower, upper, probs, pri, conf, others)
+        interval += "+members"
+    doubt = {"unlike_training", "estimators_disagree"} & set(flags)
+    if n_bootstrap > 0 and (doubt or diag.get("em_refuted")):
+        # the model's assumptions failed a check: which estimator is right is itself unknown
+        lower, upper = _envelope(lower, upper, others, bool(diag.get("em_refuted")))
+        interval += "+estimators"
     logger.info("audience of %d followers estimated with %s (flags %s)", len(probs), used, flags)
     return AudienceEstimate(
         tuple(labels),
