@@ -398,6 +398,14 @@ def _diagnose(
     return flags, diag, others
 
 
+def _widen_to(
+    lower: np.ndarray, upper: np.ndarray, members: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The intervals widened, where needed, to hold every member's shares."""
+    stack = np.stack(members)
+    return np.minimum(lower, stack.min(axis=0)), np.maximum(upper, stack.max(axis=0))
+
+
 def _envelope(
     lower: np.ndarray, upper: np.ndarray, others: Mapping[str, np.ndarray], refuted: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -407,8 +415,7 @@ def _envelope(
         members = [others[m] for m in ("average", "acc") if m in others]
     if not members:
         return lower, upper
-    stack = np.stack(members)
-    return np.minimum(lower, stack.min(axis=0)), np.maximum(upper, stack.max(axis=0))
+    return _widen_to(lower, upper, members)
 
 
 def _hold_consistent_members(
@@ -430,13 +437,11 @@ def _hold_consistent_members(
     """
     if prior is None or confusion is None:
         return lower, upper
-    members = np.stack(
-        [
-            known[m] if m in known else _estimator(m, prior, None)(probs, None, confusion, None)
-            for m in ("em", "acc")
-        ]
-    )
-    return np.minimum(lower, members.min(axis=0)), np.maximum(upper, members.max(axis=0))
+    members = [
+        known[m] if m in known else _estimator(m, prior, None)(probs, None, confusion, None)
+        for m in ("em", "acc")
+    ]
+    return _widen_to(lower, upper, members)
 
 
 def _assigned(probs: np.ndarray, thresholds: np.ndarray | None) -> int | None:
